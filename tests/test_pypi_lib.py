@@ -1,7 +1,7 @@
 """Unit tests for the pure PyPI library: simple API (PEP 503/592/658/691/700/714) and uploads."""
 from __future__ import annotations
 
-import html
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +15,7 @@ import orjson
 import pytest
 from packaging.version import Version
 
+from proxy.ecosystems.pypi.dist import Distribution, inspect_distribution, require_fields
 from proxy.ecosystems.pypi.simple import (
     CONTENT_TYPE_HTML,
     CONTENT_TYPE_JSON,
@@ -29,7 +30,12 @@ from proxy.ecosystems.pypi.simple import (
     render_root_html,
     render_root_json,
 )
-from proxy.errors import NotAcceptable, UpstreamError
+from proxy.errors import BadRequest, NotAcceptable, UpstreamError
+
+try:  # pytest's prepend import mode puts tests/ on sys.path; `python -m pytest` adds the root
+    from fixtures import wheels as fx
+except ImportError:  # pragma: no cover - depends on how pytest was started
+    from tests.fixtures import wheels as fx  # type: ignore[no-redef]
 
 PAGE = "https://upstream.example/simple/foo-bar/"
 
@@ -320,3 +326,262 @@ def test_negotiate_not_acceptable(accept: str) -> None:
         negotiate(accept)
     assert info.value.status == 406
     assert "application/vnd.pypi.simple.v1+json" in info.value.message
+
+
+# --------------------------------------------------------------------------- upload validation
+
+
+def inspect(path: Path, **overrides: str) -> Distribution:
+    return inspect_distribution(path, path.name, fx.twine_fields(path, **overrides), fx.file_digests(path))
+
+
+def test_inspect_wheel(tmp_path: Path) -> None:
+    path = fx.make_wheel(tmp_path, "My.Pkg", "1.0.0", requires_python=">=3.8", requires_dist=["attrs>=20"])
+    assert path.name == "my_pkg-1.0.0-py3-none-any.whl"
+    dist = inspect(path)
+    assert dist.name == "my-pkg"
+    assert dist.display_name == "My.Pkg"
+    assert dist.version == "1.0.0"
+    assert dist.filename == path.name
+    assert dist.requires_python == ">=3.8"
+    assert dist.packagetype == "bdist_wheel"
+    assert dist.metadata.startswith(b"Metadata-Version: 2.1\nName: My.Pkg\n")
+    assert b"Requires-Dist: attrs>=20" in dist.metadata
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_inspect_sdist(tmp_path: Path, fmt: str) -> None:
+    path = fx.make_sdist(tmp_path, "Other_Pkg", "2.0rc1", fmt=fmt)  # type: ignore[arg-type]
+    assert path.name == f"other_pkg-2.0rc1.{fmt}"
+    dist = inspect(path)
+    assert (dist.name, dist.display_name, dist.version, dist.packagetype) == ("other-pkg", "Other_Pkg", "2.0rc1", "sdist")
+    assert dist.requires_python is None
+    assert b"Name: Other_Pkg" in dist.metadata
+
+
+def test_inspect_accepts_equivalent_spellings_and_computes_missing_digests(tmp_path: Path) -> None:
+    path = fx.make_wheel(tmp_path, "pkg", "1.0")
+    fields = fx.twine_fields(path, name="PKG", version="1.0.0")  # same project, same PEP 440 version
+    dist = inspect_distribution(path, path.name, fields, {})  # digests computed when not given
+    assert dist.version == "1.0"
+    bare = {"name": "pkg", "version": "1.0"}  # no digests declared: nothing to compare
+    assert inspect_distribution(path, path.name, bare, {}).name == "pkg"
+
+
+def test_require_fields_names_every_missing_field() -> None:
+    with pytest.raises(BadRequest, match=r"missing required form field\(s\): :action, version, content"):
+        require_fields({"name": "x", "version": " "}, (":action", "name", "version", "content"))
+    require_fields({":action": "file_upload", "name": "x", "version": "1"})
+
+
+def _rejected(path: Path, fields: dict[str, str], digests: dict[str, str] | None = None,
+              filename: str | None = None) -> str:
+    with pytest.raises(BadRequest) as info:
+        inspect_distribution(path, path.name if filename is None else filename, fields, fx.file_digests(path) if digests is None else digests)
+    assert info.value.status == 400
+    return info.value.message
+
+
+def test_reject_not_a_zip_wheel(tmp_path: Path) -> None:
+    path = fx.make_not_a_zip_wheel(tmp_path, "pkg", "1.0")
+    message = _rejected(path, {"name": "pkg", "version": "1.0"})
+    assert "not a zip archive" in message and path.name in message
+
+
+def test_reject_not_a_gzip_sdist(tmp_path: Path) -> None:
+    path = fx.make_not_a_gzip_sdist(tmp_path, "pkg", "1.0")
+    assert "not a gzip-compressed tar archive" in _rejected(path, {"name": "pkg", "version": "1.0"})
+
+
+def test_reject_zip_disguised_as_tar_gz(tmp_path: Path) -> None:
+    wheel = fx.make_wheel(tmp_path / "w", "pkg", "1.0")
+    path = tmp_path / "pkg-1.0.tar.gz"
+    path.write_bytes(wheel.read_bytes())
+    assert "not a gzip-compressed tar archive" in _rejected(path, {"name": "pkg", "version": "1.0"})
+
+
+def test_reject_missing_metadata(tmp_path: Path) -> None:
+    path = fx.make_wheel_without_metadata(tmp_path, "pkg", "1.0")
+    assert "has no pkg-1.0.dist-info/METADATA" in _rejected(path, {"name": "pkg", "version": "1.0"})
+    sdist = fx.make_sdist(tmp_path, "pkg", "1.0", include_metadata=False)
+    assert "has no <top>/PKG-INFO" in _rejected(sdist, {"name": "pkg", "version": "1.0"})
+
+
+def test_reject_metadata_name_mismatch(tmp_path: Path) -> None:
+    path = fx.make_mismatched_wheel(tmp_path, "pkg", "1.0", metadata_name="evil")
+    message = _rejected(path, fx.twine_fields(path, name="pkg"))
+    assert "METADATA Name 'evil' does not match the file name" in message
+
+
+def test_reject_metadata_version_mismatch(tmp_path: Path) -> None:
+    path = fx.make_mismatched_wheel(tmp_path, "pkg", "1.0", metadata_version="2.0")
+    message = _rejected(path, fx.twine_fields(path, version="1.0"))
+    assert "METADATA Version '2.0' does not match the file name" in message
+    sdist = fx.make_sdist(tmp_path, "pkg", "1.0", metadata_version="1.1")
+    assert "PKG-INFO Version '1.1'" in _rejected(sdist, {"name": "pkg", "version": "1.0"})
+
+
+def test_reject_form_mismatch(tmp_path: Path) -> None:
+    path = fx.make_wheel(tmp_path, "pkg", "1.0")
+    assert "form field name 'other'" in _rejected(path, fx.twine_fields(path, name="other"))
+    assert "form field version '1.1'" in _rejected(path, fx.twine_fields(path, version="1.1"))
+    assert "not a valid PEP 440 version" in _rejected(path, fx.twine_fields(path, version="one"))
+    assert "form field filetype 'sdist'" in _rejected(path, fx.twine_fields(path, filetype="sdist"))
+    assert "missing required form field(s): name, version" in _rejected(path, {":action": "file_upload"})
+
+
+@pytest.mark.parametrize("field", ["sha256_digest", "md5_digest", "blake2_256_digest"])
+def test_reject_digest_mismatch(tmp_path: Path, field: str) -> None:
+    path = fx.make_wheel(tmp_path, "pkg", "1.0")
+    message = _rejected(path, fx.twine_fields(path, **{field: "0" * 32}))
+    assert f"{field} does not match the uploaded file" in message
+
+
+def test_reject_digest_mismatch_against_core_digests(tmp_path: Path) -> None:
+    path = fx.make_wheel(tmp_path, "pkg", "1.0")
+    # the core's streamed digests are authoritative: bytes changed after twine hashed them
+    actual = dict(fx.file_digests(path), sha256="f" * 64)
+    assert "sha256_digest does not match" in _rejected(path, fx.twine_fields(path), actual)
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("pkg-1.0.exe", "unsupported distribution file type"),
+        ("pkg-1.0.tar.bz2", "unsupported distribution file type"),
+        ("pkg-1.0-py3-none.whl", "invalid distribution file name"),
+        ("pkg.tar.gz", "invalid distribution file name"),
+        ("../pkg-1.0-py3-none-any.whl", "invalid distribution file name"),
+        ("", "invalid distribution file name"),
+    ],
+)
+def test_reject_bad_filenames(tmp_path: Path, filename: str, expected: str) -> None:
+    path = fx.make_wheel(tmp_path, "pkg", "1.0")
+    assert expected in _rejected(path, {"name": "pkg", "version": "1.0"}, filename=filename)
+
+
+def test_reject_wheel_renamed_to_other_project(tmp_path: Path) -> None:
+    path = fx.make_wheel(tmp_path, "pkg", "1.0")
+    renamed = tmp_path / "other-1.0-py3-none-any.whl"
+    renamed.write_bytes(path.read_bytes())
+    assert "has no other-1.0.dist-info/METADATA" in _rejected(renamed, {"name": "other", "version": "1.0"})
+
+
+# --------------------------------------------------------------------------- real installs with pip
+
+
+def _pip_env() -> dict[str, str]:
+    """HELPERS.md: isolate pip from the machine's config (extra indexes, find-links)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PIP_NO_INPUT"] = "1"
+    return env
+
+
+def _pip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--isolated", *args],
+        env=_pip_env(), capture_output=True, text=True, timeout=240, check=False,
+    )
+
+
+def _import_value(target: Path, module: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(target))
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {module}; print({module}.VALUE)"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_make_wheel_installs_with_pip_find_links(tmp_path: Path) -> None:
+    dists = tmp_path / "dists"
+    fx.make_wheel(dists, "cg-dep", "0.1", module_body="VALUE = 'dep'\n")
+    fx.make_wheel(dists, "CG.App", "1.2.3", requires_dist=["cg-dep>=0.1"], module_body="VALUE = 'app'\n")
+    target = tmp_path / "target"
+    result = _pip("install", "--no-index", "--find-links", str(dists), "--target", str(target), "cg.app==1.2.3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _import_value(target, "cg_app") == "app"
+    assert _import_value(target, "cg_dep") == "dep"  # Requires-Dist was honoured
+    assert (target / "cg_app-1.2.3.dist-info" / "RECORD").is_file()
+
+
+@pytest.fixture
+def static_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on 127.0.0.1 over tmp_path/www (directory index.html served)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_static_simple_index_installs_with_pip(tmp_path: Path, static_server: tuple[str, Path]) -> None:
+    url, root = static_server
+    build = tmp_path / "build"
+    good = fx.make_wheel(build, "cg-lib", "1.0", module_body="VALUE = 'one'\n")
+    newer = fx.make_wheel(build, "cg-lib", "2.0", module_body="VALUE = 'two'\n")
+    future = fx.make_wheel(build, "cg-lib", "3.0", requires_python=">=99", module_body="VALUE = 'three'\n")
+    layout = fx.write_simple_index(root, [good, newer, future], yanked={newer.name: "broken"})
+    assert layout == {"cg-lib": [good.name, newer.name, future.name]}
+    assert (root / "files" / f"{good.name}.metadata").read_bytes() == fx.read_dist_info(good).metadata
+    # the page parses with our own parser: hashes, yanked, requires-python, PEP 658 metadata
+    page_url = f"{url}/simple/cg-lib/"
+    entries = parse_html((root / "simple" / "cg-lib" / "index.html").read_bytes(), page_url)
+    assert [e.yanked for e in entries] == [False, "broken", False]
+    assert entries[2].requires_python == ">=99"
+    assert entries[0].url == f"{url}/files/{good.name}"
+    assert entries[0].core_metadata and entries[0].hashes["sha256"] == fx.file_digests(good)["sha256"]
+    target = tmp_path / "target"
+    # yanked 2.0 and requires-python 3.0 are both skipped: pip picks 1.0
+    result = _pip("install", "--index-url", f"{url}/simple/", "--target", str(target), "cg-lib")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _import_value(target, "cg_lib") == "one"
+
+
+def test_rendered_page_installs_with_pip(tmp_path: Path, static_server: tuple[str, Path]) -> None:
+    """Our render_project_html output (with metadata attributes) is what pip consumes."""
+    url, root = static_server
+    wheel = fx.make_wheel(root / "f", "cg-rendered", "0.5", module_body="VALUE = 'rendered'\n")
+    info = fx.read_dist_info(wheel)
+    (root / "f" / f"{wheel.name}.metadata").write_bytes(info.metadata)
+    entry = FileEntry(
+        wheel.name,
+        "",
+        hashes={"sha256": fx.file_digests(wheel)["sha256"]},
+        requires_python=">=3.8",
+        core_metadata={"sha256": hashlib.sha256(info.metadata).hexdigest()},
+        size=wheel.stat().st_size,
+    )
+    page = root / "simple" / "cg-rendered"
+    page.mkdir(parents=True)
+    (page / "index.html").write_bytes(render_project_html("cg-rendered", [entry], lambda e: f"/f/{e.filename}"))
+    target = tmp_path / "target"
+    result = _pip("install", "--index-url", f"{url}/simple/", "--target", str(target), "cg-rendered")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _import_value(target, "cg_rendered") == "rendered"
+
+
+def test_write_simple_index_json(tmp_path: Path) -> None:
+    wheel = fx.make_wheel(tmp_path / "b", "cg-json", "1.0", requires_python=">=3.8")
+    sdist = fx.make_sdist(tmp_path / "b", "cg-json", "1.0")
+    fx.write_simple_index(tmp_path / "www", [wheel, sdist], fmt="json")
+    body = (tmp_path / "www" / "simple" / "cg-json" / "index.json").read_bytes()
+    entries = parse_json(body, "http://127.0.0.1/simple/cg-json/")
+    assert [e.filename for e in entries] == [wheel.name, sdist.name]
+    assert entries[0].size == wheel.stat().st_size and entries[0].requires_python == ">=3.8"
+    assert entries[0].core_metadata and entries[1].core_metadata is False
+    root_doc = orjson.loads((tmp_path / "www" / "simple" / "index.json").read_bytes())
+    assert root_doc["projects"] == [{"name": "cg-json"}]
