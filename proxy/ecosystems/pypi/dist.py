@@ -76,10 +76,7 @@ def _parse_version(text: str, where: str) -> Version:
 
 
 def _actual_digest(path: Path, algorithm: str) -> str:
-    if algorithm == "blake2_256":
-        hasher = hashlib.blake2b(digest_size=32)
-    else:
-        hasher = hashlib.new(algorithm)
+    hasher = hashlib.blake2b(digest_size=32) if algorithm == "blake2_256" else hashlib.new(algorithm)
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             hasher.update(chunk)
@@ -163,12 +160,12 @@ def _sdist_metadata(path: Path, filename: str) -> bytes:
         with tarfile.open(path, mode="r:gz") as tf:
             members = {m.name.removeprefix("./"): m for m in tf.getmembers()}
             name = _pick_pkg_info(members, filename)
-            member = members[name]
-            if not member.isfile():
+            tar_member = members[name]
+            if not tar_member.isfile():
                 raise BadRequest(f"{filename}: {name} is not a regular file")
-            if member.size > MAX_METADATA_BYTES:
+            if tar_member.size > MAX_METADATA_BYTES:
                 raise BadRequest(f"{filename}: {name} is too large")
-            extracted = tf.extractfile(member)
+            extracted = tf.extractfile(tar_member)
             if extracted is None:
                 raise BadRequest(f"{filename}: {name} is not a regular file")
             return extracted.read()
