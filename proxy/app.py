@@ -1,0 +1,196 @@
+"""create_app(settings): services in cleanup_ctx, one dispatching route, one error middleware.
+
+Every request goes through ``dispatch``: route the path, find the token, decide, then
+hand over to the ecosystem. Authorisation always happens before any body is read and
+before anything reveals whether a channel exists.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiocache import SimpleMemoryCache
+from aiocache.base import BaseCache
+from aiohttp import web
+
+from . import __version__, routing
+from .auth.credentials import token_from_headers, verify
+from .auth.policy import READ_ACTION, Action, Decision, decide
+from .cache import MetadataCache
+from .context import ChannelRequest, Services
+from .errors import ChannelgateError, ConfigError, Forbidden, MethodNotAllowed, NotFound, Unauthorized
+from .keys import POLICY_PATH, SERVICES, SETTINGS
+from .logs import mask
+from .settings import Settings, load_settings
+from .store.blobs import BlobStore
+from .store.catalog import Catalog
+from .upstream import Upstream
+from .uploads import handle_upload
+
+log = logging.getLogger(__name__)
+
+ECOSYSTEM_MODULES = {
+    "pypi": "proxy.ecosystems.pypi.handlers",
+    "conda": "proxy.ecosystems.conda.handlers",
+    "cran": "proxy.ecosystems.cran.handlers",
+}
+# JSON APIs under /api/<segment>/..., each module exposing ``api_handlers(services) -> dict``
+API_MODULES = ("proxy.ecosystems.conda.anaconda_api",)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(settings: Settings, *, policy_path: Path | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app[SETTINGS] = settings
+    if policy_path is not None:
+        app[POLICY_PATH] = policy_path
+    app.cleanup_ctx.append(_services_ctx)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+def _make_aiocache(settings: Settings) -> BaseCache:
+    if settings.cache_backend == "redis":
+        from urllib.parse import urlsplit
+
+        from aiocache import RedisCache
+        from aiocache.serializers import PickleSerializer
+
+        parts = urlsplit(settings.redis_url or "redis://127.0.0.1:6379/0")
+        return RedisCache(  # type: ignore[no-any-return]
+            serializer=PickleSerializer(),
+            endpoint=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=int((parts.path or "/0").lstrip("/") or 0),
+            password=parts.password,
+            namespace="channelgate",
+        )
+    return SimpleMemoryCache()
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = BlobStore(settings.storage_path)
+    store.open()
+    catalog = Catalog(settings.storage_path / "catalog.sqlite3")
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),
+        trust_env=False,
+    )
+    aio = _make_aiocache(settings)
+    upstream = Upstream(session, store)
+    meta = MetadataCache(
+        aio=aio,
+        upstream=upstream,
+        root=settings.storage_path / "meta",
+        tmp_dir=settings.storage_path / "tmp",
+        ttl=settings.metadata_ttl,
+        negative_ttl=settings.negative_ttl,
+        offline=settings.offline,
+    )
+    services = Services(settings=settings, store=store, catalog=catalog, upstream=upstream, meta=meta)
+    for name, module in ECOSYSTEM_MODULES.items():
+        services.ecosystems[name] = importlib.import_module(module).create(services)
+    for module in API_MODULES:
+        services.api.update(importlib.import_module(module).api_handlers(services))
+    app[SERVICES] = services
+    log.info("channelgate %s ready: %d channel(s), storage %s", __version__, len(settings.channels), settings.storage_path)
+    try:
+        yield
+    finally:
+        await meta.close()
+        await upstream.close()
+        await session.close()
+        await aio.close()
+        catalog.close()
+
+
+def reload_policy(app: web.Application) -> bool:
+    """SIGHUP: load the policy file again; keep the running policy if the file is invalid."""
+    path = app.get(POLICY_PATH)
+    services = app.get(SERVICES)
+    if path is None or services is None:
+        log.warning("reload requested, but the server runs on the embedded default policy: nothing to reload")
+        return False
+    try:
+        new = load_settings(path)
+    except ConfigError as exc:
+        log.error("policy reload refused, the running policy stays: %d problem(s)", len(exc.problems))
+        for problem in exc.problems:
+            log.error("  %s", problem)
+        return False
+    old = services.settings
+    for attr in ("storage_path", "listen", "cache_backend", "redis_url", "metadata_ttl", "negative_ttl", "offline"):
+        if getattr(old, attr) != getattr(new, attr):
+            log.warning("policy reload: %s changed; it takes effect after a restart", attr)
+    services.settings = new
+    log.info("policy reloaded: %d channel(s), %d token(s)", len(new.channels), len(new.tokens))
+    return True
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ChannelgateError as exc:
+        return error_response(exc)
+    except web.HTTPException:
+        raise
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, mask(request.path))
+        return error_response(ChannelgateError())
+
+
+def error_response(exc: ChannelgateError) -> web.Response:
+    headers = dict(exc.headers)
+    reason = None
+    # twine shows the reason phrase: make it the message when it is a safe single line
+    if exc.status < 500 and exc.message.isascii() and "\n" not in exc.message and len(exc.message) < 200:
+        reason = exc.message
+    return web.json_response({"error": exc.message}, status=exc.status, headers=headers, reason=reason)
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    route = routing.parse(request.path)
+    if route.kind == "api":
+        return await _api(request, route, services)
+    settings = services.settings
+    channel = settings.channels.get(route.channel)
+    token = route.token or token_from_headers(request.headers)
+    principal = verify(token, settings)
+    upload = request.method == "POST" and route.rest in ("", "/")
+    if upload:
+        action = Action.WRITE
+    elif request.method in ("GET", "HEAD"):
+        action = READ_ACTION[route.ecosystem]
+    else:
+        action = Action.WRITE
+    decision = decide(principal, channel, action)
+    if decision is Decision.UNAUTHENTICATED:
+        raise Unauthorized("invalid or expired token" if token else "authentication required")
+    if decision is Decision.FORBIDDEN or channel is None:
+        raise Forbidden(f"this token may not {'upload to' if action is Action.WRITE else 'read'} this channel")
+    ctx = ChannelRequest(route, channel, principal, services)
+    if upload:
+        return await handle_upload(request, ctx)
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed()
+    return await services.ecosystems[route.ecosystem].serve(request, ctx)
+
+
+async def _api(request: web.Request, route: routing.Route, services: Services) -> web.StreamResponse:
+    head = route.rest.split("/", 1)[0]
+    if head == "health" and request.method in ("GET", "HEAD"):
+        return web.json_response({"status": "ok", "version": __version__, "time": time.time()})
+    handler = services.api.get(head)
+    if handler is None:
+        raise NotFound()
+    return await handler(request, route, services)

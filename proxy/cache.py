@@ -1,0 +1,210 @@
+"""Upstream index documents: TTL, revalidation, stale serving (DESIGN, "Caching semantics").
+
+Two tiers:
+- aiocache (memory by default, Redis when configured) holds a small entry per document
+  that lives exactly ``metadata_ttl`` seconds: while it is there, the document is fresh.
+  Upstream 404s are remembered there for ``negative_ttl``.
+- The store's ``meta/`` keeps the last good copy of every document (body content-addressed,
+  descriptor beside it), which survives restarts, serves ``offline: true`` and pre-seeded
+  air-gapped sites, and is what stale-while-revalidate / stale-if-error serve.
+
+A request never waits for a refresh when a copy exists: a stale copy is returned at once
+and one background task per document revalidates it with If-None-Match/If-Modified-Since.
+Only a document never seen before is fetched in the foreground (single flight).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Generic, Hashable, TypeVar
+
+from aiocache.base import BaseCache
+
+from .errors import ChannelgateError, NotFound, UpstreamError, UpstreamTimeout
+from .settings import UpstreamSettings
+from .store.blobs import atomic_write
+from .upstream import Upstream, redact_url
+
+log = logging.getLogger(__name__)
+
+ERROR_RETRY = 30  # seconds a stale copy is served without retrying a failing upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """A cached upstream document. ``digest`` (sha256 of the body) identifies its content."""
+
+    url: str
+    digest: str
+    etag: str | None
+    last_modified: str | None
+    content_type: str
+    fetched_at: float
+    body_path: str
+
+    def read(self) -> bytes:
+        return Path(self.body_path).read_bytes()
+
+
+class MetadataCache:
+    def __init__(
+        self,
+        *,
+        aio: BaseCache,
+        upstream: Upstream,
+        root: Path,
+        tmp_dir: Path,
+        ttl: int,
+        negative_ttl: int,
+        offline: bool,
+    ) -> None:
+        self.aio = aio
+        self.upstream = upstream
+        self.root = root
+        self.tmp_dir = tmp_dir
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.offline = offline
+        self._inflight: dict[str, asyncio.Task[Doc]] = {}
+        (root / "docs").mkdir(parents=True, exist_ok=True)
+        (root / "bodies").mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(url: str, accept: str | None) -> str:
+        return hashlib.sha256(f"{url}\n{accept or ''}".encode()).hexdigest()
+
+    async def get(self, up: UpstreamSettings, url: str, *, accept: str | None = None) -> Doc:
+        """The document at ``url``; NotFound if the upstream has none; Upstream* if it is
+        unreachable and nothing is cached."""
+        key = self.key(url, accept)
+        entry = await self.aio.get(key)
+        if entry is not None:
+            if entry.get("missing"):
+                raise NotFound()
+            return Doc(**entry)
+        stored = self._load(key)
+        if self.offline:
+            if stored is None:
+                raise NotFound("not cached, and the server is offline")
+            return stored
+        if stored is not None:
+            age = time.time() - stored.fetched_at
+            if age < self.ttl:
+                await self._remember(key, stored, self.ttl - age)
+            else:
+                self._refresh(key, up, url, accept, stored)  # stale-while-revalidate
+            return stored
+        task = self._refresh(key, up, url, accept, None)
+        return await asyncio.shield(task)
+
+    def peek(self, url: str, accept: str | None = None) -> Doc | None:
+        """The stored copy, without contacting anyone (for offline seeding checks)."""
+        return self._load(self.key(url, accept))
+
+    def _refresh(self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None) -> asyncio.Task[Doc]:
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._revalidate(key, up, url, accept, stored))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._finished(key, t))
+        return task
+
+    def _finished(self, key: str, task: asyncio.Task[Doc]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # a background refresh's failure is logged where it happens
+
+    async def _revalidate(self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None) -> Doc:
+        try:
+            resp = await self.upstream.fetch_index(
+                up,
+                url,
+                etag=stored.etag if stored else None,
+                last_modified=stored.last_modified if stored else None,
+                accept=accept,
+            )
+        except NotFound:
+            if self.negative_ttl > 0:
+                await self.aio.set(key, {"missing": True}, ttl=self.negative_ttl)
+            raise
+        except (UpstreamError, UpstreamTimeout):
+            if stored is None:
+                raise
+            log.warning("serving a stale copy of %s: upstream %s failed", redact_url(url), up.name)
+            await self._remember(key, stored, min(ERROR_RETRY, self.ttl) or ERROR_RETRY)
+            return stored
+        now = time.time()
+        if resp.status == 304 and stored is not None:
+            doc = replace(stored, fetched_at=now)
+        else:
+            digest = hashlib.sha256(resp.body).hexdigest()
+            body_path = self.root / "bodies" / digest[:2] / digest
+            if not body_path.exists():
+                await asyncio.to_thread(atomic_write, body_path, resp.body, self.tmp_dir)
+            doc = Doc(url, digest, resp.etag, resp.last_modified, resp.content_type, now, str(body_path))
+        await asyncio.to_thread(
+            atomic_write, self._doc_path(key), json.dumps(asdict(doc)).encode(), self.tmp_dir
+        )
+        await self._remember(key, doc, self.ttl)
+        return doc
+
+    async def _remember(self, key: str, doc: Doc, ttl: float) -> None:
+        if ttl > 0:
+            await self.aio.set(key, asdict(doc), ttl=max(1, int(ttl)))
+
+    def _doc_path(self, key: str) -> Path:
+        return self.root / "docs" / f"{key}.json"
+
+    def _load(self, key: str) -> Doc | None:
+        try:
+            data = json.loads(self._doc_path(key).read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("ignoring a damaged cache descriptor %s", key)
+            return None
+        doc = Doc(**data)
+        return doc if Path(doc.body_path).exists() else None
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Memo(Generic[K, V]):
+    """A small LRU for values derived from cached documents (parsed indexes, rendered pages),
+    keyed by whatever identifies their inputs (document digests, catalog generations)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> V:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+        return value
+
+    def get_or_build(self, key: K, build: Callable[[], V]) -> V:
+        value = self.get(key)
+        return value if value is not None else self.put(key, build())
+
+
+__all__ = ["Doc", "MetadataCache", "Memo", "ChannelgateError", "Any"]

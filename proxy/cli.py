@@ -1,0 +1,166 @@
+"""Command line: ``channelgate serve | check-config | token create`` (DESIGN, "Command line")."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+from aiohttp import web
+
+from . import __version__, logs
+from .app import create_app, reload_policy
+from .auth.credentials import generate_token, hash_token
+from .errors import ConfigError
+from .settings import SCOPES, Settings, load_settings, parse_settings
+
+log = logging.getLogger("proxy.cli")
+
+
+def _embedded_default() -> Settings:
+    """config/quickstart.yaml, shipped inside the package; relative paths resolve against the CWD."""
+    text = resources.files("proxy").joinpath("quickstart.yaml").read_text(encoding="utf-8")
+    return parse_settings(text, source=None)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def _serve(settings: Settings, policy_path: Path | None, listen: str) -> None:
+    app = create_app(settings, policy_path=policy_path)
+    runner = web.AppRunner(app, access_log_class=logs.AccessLogger, handle_signals=False)
+    await runner.setup()
+    host, port = _split_listen(listen)
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_policy, app)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("listening on http://%s:%d", host, port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        if args.config:
+            policy_path = Path(args.config).resolve()
+            settings = load_settings(policy_path)
+        else:
+            policy_path = None
+            settings = _embedded_default()
+            log.info("no --config given: running on the embedded default policy (storage under ./var)")
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    listen = args.listen or settings.listen
+    try:
+        import uvloop  # optional extra "fast"
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(settings, policy_path, listen))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(
+        f"{args.config}: OK ({len(settings.channels)} channel(s), {len(settings.upstreams)} upstream(s), "
+        f"{len(settings.tokens)} token(s))"
+    )
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    unknown = [s for s in args.scope if s not in SCOPES]
+    if unknown:
+        print(f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(sorted(SCOPES))})", file=sys.stderr)
+        return 2
+    token = generate_token()
+    entry: dict[str, object] = {
+        "name": args.name or f"{args.user}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}",
+        "user": args.user,
+        "sha256": f"sha256:{hash_token(token)}",
+        "scopes": list(dict.fromkeys(args.scope)),
+    }
+    if args.expires is not None:
+        entry["expires"] = (dt.date.today() + dt.timedelta(days=args.expires)).isoformat()
+    snippet = yaml.safe_dump([entry], sort_keys=False, default_flow_style=None)
+    print(f"token (shown once, store it now): {token}")
+    print("YAML entry for tokens: (or the tokens_file):")
+    print(snippet, end="")
+    if args.append:
+        path = Path(args.append)
+        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+        data = yaml.safe_load(existing) if existing.strip() else None
+        prefix = "" if existing.endswith("\n") or not existing else "\n"
+        if data is None:
+            prefix = existing + prefix + "tokens:\n"
+            existing = ""
+        elif not (isinstance(data, dict) and isinstance(data.get("tokens"), list)):
+            print(f"{path} is not a tokens file (expected 'tokens: [...]')", file=sys.stderr)
+            return 2
+        indented = "".join("  " + line + "\n" for line in snippet.splitlines())
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(prefix + indented)
+        print(f"appended to {path}; send SIGHUP to the server to apply it")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="channelgate", description="Authenticating, caching proxy for conda, PyPI and CRAN.")
+    parser.add_argument("--version", action="version", version=f"channelgate {__version__}")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", help="policy file (default: the embedded quickstart policy)")
+    serve.add_argument("--listen", help="HOST:PORT (overrides server.listen)")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a policy file")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=cmd_check_config)
+
+    token = sub.add_parser("token", help="manage tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="print a new token and its YAML entry")
+    create.add_argument("--user", required=True)
+    create.add_argument("--scope", action="append", required=True, help="repeatable: " + ", ".join(sorted(SCOPES)))
+    create.add_argument("--expires", type=int, metavar="DAYS")
+    create.add_argument("--name", help="entry name (default: <user>-<timestamp>)")
+    create.add_argument("--append", metavar="TOKENS_FILE", help="also append the entry to this tokens file")
+    create.set_defaults(func=cmd_token_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""What handlers receive: the app's services and the authorised request context.
+
+Built once in ``app.create_app`` (no globals). ``Services.settings`` is replaced on SIGHUP
+reload; everything reads it per request, so a reload takes effect on the next request.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+
+from .settings import ChannelPolicy, Settings, UpstreamSettings
+
+if TYPE_CHECKING:
+    from .auth.credentials import Principal
+    from .cache import MetadataCache
+    from .routing import Route
+    from .store.blobs import BlobStore, TempBlob
+    from .store.catalog import Catalog
+    from .upstream import Upstream
+
+
+class Ecosystem(Protocol):
+    """One ecosystem's thin handlers (proxy/ecosystems/<name>/handlers.py)."""
+
+    async def serve(self, request: web.Request, ctx: "ChannelRequest") -> web.StreamResponse: ...
+
+    async def upload(self, request: web.Request, ctx: "ChannelRequest", form: "UploadForm") -> web.StreamResponse: ...
+
+
+class ApiHandler(Protocol):
+    """A JSON API under /api/<first segment>/ (e.g. anaconda-client's)."""
+
+    async def __call__(self, request: web.Request, route: "Route", services: "Services") -> web.StreamResponse: ...
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: "BlobStore"
+    catalog: "Catalog"
+    upstream: "Upstream"
+    meta: "MetadataCache"
+    ecosystems: dict[str, Ecosystem] = field(default_factory=dict)
+    api: dict[str, ApiHandler] = field(default_factory=dict)
+
+    def upstreams_for(self, channel: ChannelPolicy, ecosystem: str) -> list[UpstreamSettings]:
+        """The channel's upstreams of one ecosystem, in the channel's order."""
+        ups = self.settings.upstreams
+        return [ups[name] for name in channel.upstreams if name in ups and ups[name].type == ecosystem]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRequest:
+    route: "Route"
+    channel: ChannelPolicy
+    principal: "Principal | None"
+    services: Services
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+
+@dataclass
+class UploadForm:
+    """A parsed multipart upload: text fields and the one file, already in a temp blob."""
+
+    fields: dict[str, list[str]]
+    filename: str
+    blob: "TempBlob"
+    digests: dict[str, str]
+    size: int
+
+    def field(self, name: str) -> str | None:
+        values = self.fields.get(name)
+        return values[0] if values else None

@@ -1,0 +1,250 @@
+"""PyPI handlers: ``P/simple/``, ``P/simple/<project>/``, files and PEP 658 ``.metadata``.
+
+Files are linked *relative* to the project page (``<filename>#sha256=...``), as PEP 503/691
+allow, so every link resolves under the very prefix the client used, ``/t/<TOKEN>/`` and
+Basic-auth forms alike, and never points at an upstream.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import quote
+
+from aiohttp import web
+
+from ...cache import Doc, Memo
+from ...context import ChannelRequest, Services, UploadForm
+from ...errors import BadRequest, Conflict, NotFound, UpstreamError, UpstreamTimeout
+from ...merge import merge, upstream_may_serve
+from ...responses import etag_for, index_response
+from ...settings import UpstreamSettings
+from ...store.catalog import Upload
+from ...upstream import ArtifactSpec, file_response
+from .dist import inspect_distribution, require_fields
+from .simple import (
+    FileEntry,
+    negotiate,
+    normalize,
+    parse_html,
+    parse_json,
+    render_project_html,
+    render_project_json,
+    render_root_html,
+    render_root_json,
+)
+
+# Ask upstreams for PEP 691 JSON, accept HTML (PEP 691 "Version + Format Selection")
+UPSTREAM_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
+)
+INDEX_MAX_AGE = 60
+HASH_ALGORITHMS = ("sha256", "md5")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    entry: FileEntry
+    upload: Upload | None = None  # a hosted file
+    upstream: UpstreamSettings | None = None  # or a file of this upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    name: str
+    files: tuple[FileEntry, ...]
+    sources: Mapping[str, Source]
+    key: tuple[object, ...]  # identifies the inputs: catalog generation + upstream digests
+
+
+def create(services: Services) -> "PyPI":
+    return PyPI(services)
+
+
+def _content_type(filename: str) -> str:
+    if filename.endswith((".whl", ".zip", ".egg")):
+        return "application/zip"
+    if filename.endswith((".tar.gz", ".tgz")):
+        return "application/gzip"
+    return "application/octet-stream"
+
+
+def _local_entry(upload: Upload) -> FileEntry:
+    meta = upload.meta
+    return FileEntry(
+        filename=upload.filename,
+        url="",
+        hashes={"sha256": upload.sha256},
+        requires_python=meta.get("requires_python"),
+        core_metadata={"sha256": meta["metadata_sha256"]} if meta.get("metadata_sha256") else False,
+        size=upload.size,
+        upload_time=meta.get("upload_time"),
+    )
+
+
+def _link(entry: FileEntry) -> str:
+    return quote(entry.filename, safe="+!~*'()@,;=")
+
+
+class PyPI:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._parsed: Memo[str, list[FileEntry]] = Memo(4096)
+        self._projects: Memo[tuple[object, ...], Project] = Memo(4096)
+        self._pages: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(4096)
+
+    # ------------------------------------------------------------------ GET
+    async def serve(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
+        parts = ctx.route.rest.split("/")
+        base = f"{ctx.route.prefix}/simple/"
+        if len(parts) == 1:
+            raise web.HTTPMovedPermanently(base)
+        if len(parts) == 2 and parts[1] == "":
+            return await self._root(request, ctx)
+        project = normalize(parts[1])
+        if len(parts) == 2 or (len(parts) == 3 and parts[2] == "" and parts[1] != project):
+            raise web.HTTPMovedPermanently(f"{base}{project}/")  # PEP 503: canonical URLs
+        if len(parts) == 3 and parts[2] == "":
+            return await self._project_page(request, ctx, project)
+        if len(parts) == 3:
+            return await self._file(request, ctx, project, parts[2])
+        raise NotFound()
+
+    async def _root(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
+        kind, content_type = negotiate(request.headers.get("Accept"))
+        names = set(self.services.catalog.names(ctx.channel.name, "pypi"))
+        for up in self.services.upstreams_for(ctx.channel, "pypi"):
+            try:
+                doc = await self.services.meta.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)
+            except (NotFound, UpstreamError, UpstreamTimeout):
+                continue
+            names.update(normalize(e.filename) for e in self._parse(doc, root=True))
+        projects = sorted(names)
+        body = render_root_json(projects) if kind == "json" else render_root_html(projects)
+        return index_response(request, body, content_type, max_age=INDEX_MAX_AGE, vary="Accept")
+
+    def _parse(self, doc: Doc, *, root: bool = False) -> list[FileEntry]:
+        def build() -> list[FileEntry]:
+            body = doc.read()
+            if "json" in doc.content_type:
+                if root:
+                    import orjson
+
+                    return [FileEntry(p["name"], "") for p in orjson.loads(body).get("projects", [])]
+                return parse_json(body, doc.url)
+            return parse_html(body, doc.url)
+
+        return self._parsed.get_or_build(doc.digest, build)
+
+    async def project(self, ctx: ChannelRequest, project: str) -> Project:
+        """The merged file list of one project (DESIGN's merge rule)."""
+        channel = ctx.channel
+        catalog = self.services.catalog
+        uploads = [u for u in catalog.list(channel.name, "pypi") if u.name == project]
+        local_names = catalog.names(channel.name, "pypi")
+        allow = frozenset(normalize(n) for n in channel.upstream_allow)
+        docs: list[tuple[UpstreamSettings, Doc]] = []
+        failure: Exception | None = None
+        if upstream_may_serve(project, local_names, allow):
+            for up in self.services.upstreams_for(channel, "pypi"):
+                try:
+                    docs.append((up, await self.services.meta.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT)))
+                except NotFound:
+                    continue
+                except (UpstreamError, UpstreamTimeout) as exc:
+                    failure = exc
+        if not uploads and not docs:
+            raise failure if failure is not None else NotFound(f"no project named {project!r}")
+        key = (channel.name, project, catalog.generation(channel.name, "pypi"), channel.upstream_allow,
+               tuple((up.name, doc.digest) for up, doc in docs))
+        cached = self._projects.get(key)
+        if cached is not None:
+            return cached
+        local = [Source(_local_entry(u), upload=u) for u in uploads]
+        remote = [[Source(e, upstream=up) for e in self._parse(doc)] for up, doc in docs]
+        merged = merge(
+            local, remote, name=lambda s: project, key=lambda s: s.entry.filename, allow=allow,
+            local_names=frozenset({project}) if uploads else frozenset(),
+        )
+        result = Project(project, tuple(s.entry for s in merged), {s.entry.filename: s for s in merged}, key)
+        return self._projects.put(key, result)
+
+    async def _project_page(self, request: web.Request, ctx: ChannelRequest, project: str) -> web.StreamResponse:
+        kind, content_type = negotiate(request.headers.get("Accept"))
+        merged = await self.project(ctx, project)
+        page_key = (merged.key, kind)
+        page = self._pages.get(page_key)
+        if page is None:
+            render = render_project_json if kind == "json" else render_project_html
+            body = render(project, merged.files, _link)
+            page = self._pages.put(page_key, (body, etag_for(body)))
+        return index_response(request, page[0], content_type, etag=page[1], max_age=INDEX_MAX_AGE, vary="Accept")
+
+    async def _file(self, request: web.Request, ctx: ChannelRequest, project: str, filename: str) -> web.StreamResponse:
+        metadata = filename.endswith(".metadata")
+        dist_name = filename[: -len(".metadata")] if metadata else filename
+        merged = await self.project(ctx, project)
+        source = merged.sources.get(dist_name)
+        if source is None:
+            raise NotFound(f"{project} has no file {dist_name}")
+        if source.upload is not None:
+            sha = source.upload.meta.get("metadata_sha256") if metadata else source.upload.sha256
+            path = self.services.store.find("uploads", sha) if sha else None
+            if path is None:
+                raise NotFound(f"{filename} is not stored")
+            return file_response(path, "text/plain; charset=utf-8" if metadata else _content_type(filename), immutable=False)
+        assert source.upstream is not None
+        entry = source.entry
+        if metadata:
+            if not entry.has_metadata:
+                raise NotFound(f"the upstream offers no metadata file for {dist_name}")
+            expect = entry.core_metadata if isinstance(entry.core_metadata, Mapping) else {}
+            url, content_type = entry.url + ".metadata", "text/plain; charset=utf-8"
+        else:
+            expect, url, content_type = entry.hashes, entry.url, _content_type(filename)
+        spec = ArtifactSpec(
+            upstream=source.upstream,
+            url=url,
+            expect={k: v for k, v in expect.items() if k in HASH_ALGORITHMS},
+            filename=filename,
+            content_type=content_type,
+        )
+        return await self.services.upstream.serve_artifact(request, spec, offline=ctx.settings.offline)
+
+    # ------------------------------------------------------------------ POST (twine)
+    async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
+        fields = {k: v[0] for k, v in form.fields.items() if v}
+        require_fields(fields, (":action", "name", "version"))
+        dist = await asyncio.to_thread(inspect_distribution, form.blob.path, form.filename, fields, form.digests)
+        catalog = self.services.catalog
+        if catalog.get(ctx.channel.name, "pypi", dist.filename) is not None:
+            raise Conflict("File already exists")
+        if not dist.metadata:
+            raise BadRequest(f"{dist.filename} has no metadata")
+        blob = await form.blob.commit()
+        meta_blob = await self.services.store.put_bytes("uploads", dist.metadata)
+        now = dt.datetime.now(dt.timezone.utc)
+        catalog.add(
+            Upload(
+                channel=ctx.channel.name,
+                ecosystem="pypi",
+                path=dist.filename,
+                name=dist.name,
+                version=dist.version,
+                filename=dist.filename,
+                sha256=blob.sha256,
+                md5=blob.md5,
+                size=blob.size,
+                meta={
+                    "requires_python": dist.requires_python,
+                    "metadata_sha256": meta_blob.sha256,
+                    "upload_time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "display_name": dist.display_name,
+                    "packagetype": dist.packagetype,
+                },
+                uploader=ctx.principal.user if ctx.principal else "",
+                uploaded_at=now.timestamp(),
+            )
+        )
+        return web.json_response({"ok": True, "filename": dist.filename, "sha256": blob.sha256})

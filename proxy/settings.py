@@ -1,0 +1,441 @@
+"""Policy file: YAML -> validated, frozen objects.
+
+Strict by design: unknown keys, dangling references, malformed hashes, unknown scopes,
+duplicate names and bad dates are errors, and every problem is reported at once with its
+key path and line (``ConfigError.problems``). Nothing here touches the network or disk
+beyond reading the policy and its tokens file.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+SCOPES = frozenset({"conda:download", "pypi:download", "cran:download", "api:write", "api:read", "all"})
+ECOSYSTEMS = ("conda", "pypi", "cran")
+ROLES = ("read", "write", "admin")
+RESERVED_CHANNEL_NAMES = frozenset({"api", "t", "static", "metrics"})
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256_RE = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    name: str
+    type: str  # "conda" | "pypi" | "cran"
+    url: str  # no trailing slash
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+
+    def __repr__(self) -> str:  # never print credentials
+        return f"UpstreamSettings(name={self.name!r}, type={self.type!r}, url={self.url!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPolicy:
+    name: str
+    public: bool = False
+    upstreams: tuple[str, ...] = ()
+    upstream_allow: frozenset[str] = frozenset()  # raw names; each ecosystem normalises its own way
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    admin: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    name: str
+    user: str
+    sha256: str  # bare lowercase hex
+    scopes: frozenset[str]
+    expires: dt.date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:8080"
+    public_url: str | None = None
+    storage_path: Path = Path("var")
+    metadata_ttl: int = 600
+    negative_ttl: int = 60
+    cache_backend: str = "memory"  # "memory" | "redis"
+    redis_url: str | None = None
+    max_upload_bytes: int = 2 * 1024**3
+    offline: bool = False
+    upstreams: Mapping[str, UpstreamSettings] = field(default_factory=dict)
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    users: frozenset[str] = frozenset()
+    channels: Mapping[str, ChannelPolicy] = field(default_factory=dict)
+    tokens: tuple[TokenEntry, ...] = ()
+    tokens_by_hash: Mapping[str, TokenEntry] = field(default_factory=dict)
+    memberships: Mapping[str, frozenset[str]] = field(default_factory=dict)  # user -> groups
+    source: Path | None = None
+
+
+# --------------------------------------------------------------------------- YAML with lines
+class _Doc:
+    """Plain data converted from a composed YAML node tree, with the line of every key path."""
+
+    def __init__(self) -> None:
+        self.lines: dict[tuple[Any, ...], int] = {}
+        self.problems: list[str] = []
+        self._scalars = _Constructor()
+
+    def convert(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.convert(key_node, path + ("<key>",))
+                if key in out:
+                    self.problems.append(
+                        f"{_fmt(path + (key,))}: duplicate key (line {key_node.start_mark.line + 1})"
+                    )
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+                out[key] = self.convert(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except (ValueError, yaml.YAMLError):
+            # e.g. a timestamp like 2020-13-01: keep the text; the typed check reports it
+            return str(node.value)
+
+
+class _Constructor(yaml.SafeLoader):
+    def __init__(self) -> None:  # a constructor without a stream, for scalar nodes only
+        yaml.constructor.SafeConstructor.__init__(self)
+
+
+def _fmt(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _parse_yaml(text: str, label: str) -> tuple[Any, _Doc]:
+    doc = _Doc()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError([f"{label}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if node is None:
+        return {}, doc
+    return doc.convert(node, ()), doc
+
+
+# --------------------------------------------------------------------------- validation
+class _Checker:
+    def __init__(self, doc: _Doc, label: str) -> None:
+        self.doc = doc
+        self.label = label
+        self.problems = doc.problems
+
+    def bad(self, path: tuple[Any, ...], message: str) -> None:
+        line = self._line(path)
+        where = f" (line {line})" if line else ""
+        self.problems.append(f"{self.label}: {_fmt(path)}: {message}{where}")
+
+    def _line(self, path: tuple[Any, ...]) -> int | None:
+        while path:
+            if path in self.doc.lines:
+                return self.doc.lines[path]
+            path = path[:-1]
+        return self.doc.lines.get(())
+
+    def mapping(self, value: Any, path: tuple[Any, ...], allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.bad(path, f"must be a mapping, not {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                self.bad(path + (key,), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def typed(self, value: Any, path: tuple[Any, ...], kind: type | tuple[type, ...], default: Any) -> Any:
+        if value is None:
+            return default
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            self.bad(path, "must be a number")
+            return default
+        if not isinstance(value, kind):
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            self.bad(path, f"must be {name}, not {type(value).__name__}")
+            return default
+        return value
+
+    def name_list(self, value: Any, path: tuple[Any, ...]) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.bad(path, "must be a list")
+            return []
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                self.bad(path + (i,), "must be a non-empty string")
+            else:
+                out.append(item)
+        return out
+
+
+def _positive_int(ck: _Checker, value: Any, path: tuple[Any, ...], default: int) -> int:
+    number = ck.typed(value, path, int, default)
+    if number < 0:
+        ck.bad(path, "must not be negative")
+        return default
+    return int(number)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a policy file (and its tokens_file). Raises ConfigError with every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_settings(text, source=path)
+
+
+def parse_settings(text: str, *, source: Path | None = None) -> Settings:
+    label = str(source) if source else "<policy>"
+    data, doc = _parse_yaml(text, label)
+    ck = _Checker(doc, label)
+    top = ck.mapping(
+        data,
+        (),
+        {"server", "storage", "cache", "offline", "upstreams", "groups", "users", "channels", "tokens", "tokens_file"},
+    )
+    base_dir = source.parent if source else Path.cwd()
+
+    server = ck.mapping(top.get("server"), ("server",), {"listen", "public_url", "max_upload_mb"})
+    listen = ck.typed(server.get("listen"), ("server", "listen"), str, "127.0.0.1:8080")
+    if not re.match(r"^.+:\d{1,5}$", listen):
+        ck.bad(("server", "listen"), f"must be HOST:PORT, got {listen!r}")
+    public_url = ck.typed(server.get("public_url"), ("server", "public_url"), str, None)
+    if public_url is not None and not re.match(r"^https?://[^/]+", public_url):
+        ck.bad(("server", "public_url"), "must be an http(s) URL")
+    max_upload_mb = _positive_int(ck, server.get("max_upload_mb"), ("server", "max_upload_mb"), 2048)
+
+    storage = ck.mapping(top.get("storage"), ("storage",), {"path"})
+    storage_path = Path(ck.typed(storage.get("path"), ("storage", "path"), str, "var"))
+    if not storage_path.is_absolute():
+        storage_path = base_dir / storage_path
+
+    cache = ck.mapping(top.get("cache"), ("cache",), {"metadata_ttl", "negative_ttl", "backend", "redis_url"})
+    metadata_ttl = _positive_int(ck, cache.get("metadata_ttl"), ("cache", "metadata_ttl"), 600)
+    negative_ttl = _positive_int(ck, cache.get("negative_ttl"), ("cache", "negative_ttl"), 60)
+    backend = ck.typed(cache.get("backend"), ("cache", "backend"), str, "memory")
+    if backend not in ("memory", "redis"):
+        ck.bad(("cache", "backend"), f"must be 'memory' or 'redis', got {backend!r}")
+    redis_url = ck.typed(cache.get("redis_url"), ("cache", "redis_url"), str, None)
+    if backend == "redis" and not redis_url:
+        ck.bad(("cache", "redis_url"), "is required when cache.backend is 'redis'")
+
+    offline = ck.typed(top.get("offline"), ("offline",), bool, False)
+
+    upstreams: dict[str, UpstreamSettings] = {}
+    raw_up = top.get("upstreams") or {}
+    if not isinstance(raw_up, dict):
+        ck.bad(("upstreams",), "must be a mapping of upstream name to {type, url}")
+        raw_up = {}
+    for name, spec in raw_up.items():
+        p = ("upstreams", name)
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            ck.bad(p, "upstream names use letters, digits, '.', '_' and '-'")
+            continue
+        spec = ck.mapping(spec, p, {"type", "url", "username", "password", "timeout"})
+        kind = ck.typed(spec.get("type"), p + ("type",), str, "")
+        if kind not in ECOSYSTEMS:
+            ck.bad(p + ("type",), f"must be one of {', '.join(ECOSYSTEMS)}")
+        url = ck.typed(spec.get("url"), p + ("url",), str, "")
+        if not re.match(r"^https?://[^/]+", url):
+            ck.bad(p + ("url",), "must be an http(s) URL")
+        timeout = ck.typed(spec.get("timeout"), p + ("timeout",), (int, float), 30.0)
+        upstreams[name] = UpstreamSettings(
+            name=name,
+            type=kind,
+            url=url.rstrip("/"),
+            username=ck.typed(spec.get("username"), p + ("username",), str, None),
+            password=ck.typed(spec.get("password"), p + ("password",), str, None),
+            timeout=float(timeout),
+        )
+
+    users = set(ck.name_list(top.get("users"), ("users",)))
+    groups: dict[str, tuple[str, ...]] = {}
+    raw_groups = top.get("groups") or {}
+    if not isinstance(raw_groups, dict):
+        ck.bad(("groups",), "must be a mapping of group name to a list of users")
+        raw_groups = {}
+    for gname, members in raw_groups.items():
+        names = ck.name_list(members, ("groups", gname))
+        groups[str(gname)] = tuple(names)
+        users.update(names)
+    memberships: dict[str, set[str]] = {}
+    for gname, members in groups.items():
+        for user in members:
+            memberships.setdefault(user, set()).add(gname)
+
+    channels: dict[str, ChannelPolicy] = {}
+    raw_channels = top.get("channels") or {}
+    if not isinstance(raw_channels, dict):
+        ck.bad(("channels",), "must be a mapping of channel name to its policy")
+        raw_channels = {}
+    for cname, spec in raw_channels.items():
+        p = ("channels", cname)
+        if not isinstance(cname, str) or not _NAME_RE.match(cname) or cname in RESERVED_CHANNEL_NAMES:
+            ck.bad(p, "channel names use letters, digits, '.', '_' and '-' and may not be api, t, static or metrics")
+            continue
+        spec = ck.mapping(spec, p, {"public", "upstreams", "upstream_allow", "read", "write", "admin"})
+        ups = ck.name_list(spec.get("upstreams"), p + ("upstreams",))
+        for i, up in enumerate(ups):
+            if up not in upstreams:
+                ck.bad(p + ("upstreams", i), f"names upstream {up!r}, which is not defined under upstreams")
+        if len(set(ups)) != len(ups):
+            ck.bad(p + ("upstreams",), "lists an upstream twice")
+        roles: dict[str, tuple[str, ...]] = {}
+        for role in ROLES:
+            principals = ck.name_list(spec.get(role), p + (role,))
+            for i, principal in enumerate(principals):
+                kind, _, ref = principal.partition(":")
+                if kind == "group" and ref:
+                    if ref not in groups:
+                        ck.bad(p + (role, i), f"names group {ref!r}, which is not defined under groups")
+                elif kind == "user" and ref:
+                    if ref not in users:
+                        ck.bad(p + (role, i), f"names user {ref!r}, who is in no group and not under users")
+                else:
+                    ck.bad(p + (role, i), f"must be 'group:NAME' or 'user:NAME', got {principal!r}")
+            roles[role] = tuple(principals)
+        channels[cname] = ChannelPolicy(
+            name=cname,
+            public=ck.typed(spec.get("public"), p + ("public",), bool, False),
+            upstreams=tuple(ups),
+            upstream_allow=frozenset(ck.name_list(spec.get("upstream_allow"), p + ("upstream_allow",))),
+            **roles,
+        )
+
+    tokens: list[TokenEntry] = []
+    _read_tokens(ck, top.get("tokens"), ("tokens",), users, tokens)
+    tokens_file = ck.typed(top.get("tokens_file"), ("tokens_file",), str, None)
+    if tokens_file:
+        tf_path = Path(tokens_file)
+        if not tf_path.is_absolute():
+            tf_path = base_dir / tf_path
+        if tf_path.exists():
+            try:
+                tf_text = tf_path.read_text(encoding="utf-8")
+            except OSError as exc:
+                ck.bad(("tokens_file",), f"cannot read {tf_path}: {exc.strerror}")
+            else:
+                try:
+                    tf_data, tf_doc = _parse_yaml(tf_text, str(tf_path))
+                except ConfigError as exc:
+                    ck.problems.extend(exc.problems)
+                else:
+                    tf_ck = _Checker(tf_doc, str(tf_path))
+                    if isinstance(tf_data, dict):
+                        tf_ck.mapping(tf_data, (), {"tokens"})
+                        tf_data = tf_data.get("tokens")
+                    _read_tokens(tf_ck, tf_data, ("tokens",), users, tokens)
+                    ck.problems.extend(p for p in tf_ck.problems if p not in ck.problems)
+
+    by_hash: dict[str, TokenEntry] = {}
+    seen_names: set[str] = set()
+    for entry in tokens:
+        if entry.name in seen_names:
+            ck.bad(("tokens",), f"token name {entry.name!r} is used twice")
+        seen_names.add(entry.name)
+        if entry.sha256 in by_hash:
+            ck.bad(("tokens",), f"token {entry.name!r} has the same sha256 as {by_hash[entry.sha256].name!r}")
+        by_hash[entry.sha256] = entry
+
+    if ck.problems:
+        raise ConfigError(ck.problems)
+    return Settings(
+        listen=listen,
+        public_url=public_url.rstrip("/") if public_url else None,
+        storage_path=storage_path,
+        metadata_ttl=metadata_ttl,
+        negative_ttl=negative_ttl,
+        cache_backend=backend,
+        redis_url=redis_url,
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        offline=offline,
+        upstreams=upstreams,
+        groups=groups,
+        users=frozenset(users),
+        channels=channels,
+        tokens=tuple(tokens),
+        tokens_by_hash=by_hash,
+        memberships={u: frozenset(g) for u, g in memberships.items()},
+        source=source,
+    )
+
+
+def _read_tokens(ck: _Checker, value: Any, path: tuple[Any, ...], users: set[str], out: list[TokenEntry]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list):
+        ck.bad(path, "must be a list of token entries")
+        return
+    for i, raw in enumerate(value):
+        p = path + (i,)
+        spec = ck.mapping(raw, p, {"name", "user", "sha256", "scopes", "expires"})
+        if not spec:
+            continue
+        name = ck.typed(spec.get("name"), p + ("name",), str, "")
+        if not name:
+            ck.bad(p + ("name",), "is required")
+        user = ck.typed(spec.get("user"), p + ("user",), str, "")
+        if not user:
+            ck.bad(p + ("user",), "is required")
+        elif user not in users:
+            ck.bad(p + ("user",), f"names user {user!r}, who is in no group and not under users")
+        digest = ck.typed(spec.get("sha256"), p + ("sha256",), str, "")
+        if not _SHA256_RE.match(digest):
+            ck.bad(p + ("sha256",), "must be 'sha256:' followed by 64 lowercase hex digits")
+        scopes = ck.name_list(spec.get("scopes"), p + ("scopes",))
+        if not scopes:
+            ck.bad(p + ("scopes",), "needs at least one scope")
+        for j, scope in enumerate(scopes):
+            if scope not in SCOPES:
+                ck.bad(p + ("scopes", j), f"unknown scope {scope!r} (known: {', '.join(sorted(SCOPES))})")
+        expires = spec.get("expires")
+        if expires is not None and not isinstance(expires, dt.date):
+            if isinstance(expires, str):
+                try:
+                    expires = dt.date.fromisoformat(expires)
+                except ValueError:
+                    ck.bad(p + ("expires",), f"must be a date YYYY-MM-DD, got {expires!r}")
+                    expires = None
+            else:
+                ck.bad(p + ("expires",), "must be a date YYYY-MM-DD")
+                expires = None
+        if isinstance(expires, dt.datetime):
+            expires = expires.date()
+        out.append(
+            TokenEntry(
+                name=name,
+                user=user,
+                sha256=digest.removeprefix("sha256:"),
+                scopes=frozenset(scopes),
+                expires=expires,
+            )
+        )

@@ -1,0 +1,185 @@
+"""Filesystem blob store: content-addressed by sha256, written atomically.
+
+Layout under the storage root::
+
+    tmp/                       writes in progress (emptied at start: a crash leaves nothing servable)
+    uploads/sha256/ab/<hex>    hosted uploads
+    cache/sha256/ab/<hex>      cached upstream artifacts
+    cache/refs/<key digest>    alias -> sha256, for artifacts an upstream declares by another hash (CRAN's MD5)
+    meta/                      cached upstream index documents (see cache.py)
+
+A blob is written to ``tmp/`` while its digests are computed, fsynced, checked against the
+digests its source declared, and only then renamed into place (rename is atomic on POSIX).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+
+from ..errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+Area = Literal["uploads", "cache"]
+AREAS: tuple[Area, ...] = ("uploads", "cache")
+HASHES = ("sha256", "md5", "blake2_256")
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    sha256: str
+    md5: str
+    blake2_256: str
+    size: int
+    path: Path
+
+
+class DigestMismatch(Exception):
+    def __init__(self, algorithm: str, declared: str, actual: str) -> None:
+        self.algorithm, self.declared, self.actual = algorithm, declared, actual
+        super().__init__(f"{algorithm} mismatch: declared {declared}, got {actual}")
+
+
+class TempBlob:
+    """A blob being written. Use as an async context manager: anything not committed is removed."""
+
+    def __init__(self, store: "BlobStore", area: Area) -> None:
+        self.store = store
+        self.area = area
+        self.path = store.root / "tmp" / f"{area}-{uuid.uuid4().hex}.part"
+        self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish/discard
+        self._sha256 = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._blake = hashlib.blake2b(digest_size=32)
+        self.size = 0
+        self._digests: dict[str, str] | None = None
+        self.committed: Blob | None = None
+
+    async def __aenter__(self) -> "TempBlob":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.committed is None:
+            self.discard()
+
+    def write(self, chunk: bytes) -> None:
+        """Append bytes (small, page-cache writes; the fsync happens off the loop in ``finish``)."""
+        self._fh.write(chunk)
+        self._sha256.update(chunk)
+        self._md5.update(chunk)
+        self._blake.update(chunk)
+        self.size += len(chunk)
+
+    def flush(self) -> None:
+        """Make written bytes visible to readers of ``path`` (the tee in upstream.py)."""
+        self._fh.flush()
+
+    async def finish(self) -> dict[str, str]:
+        """Close and fsync; return the digests. Idempotent."""
+        if self._digests is None:
+            fh = self._fh
+            await asyncio.to_thread(_close_synced, fh)
+            self._digests = {
+                "sha256": self._sha256.hexdigest(),
+                "md5": self._md5.hexdigest(),
+                "blake2_256": self._blake.hexdigest(),
+            }
+        return self._digests
+
+    async def commit(self, expect: Mapping[str, str] | None = None) -> Blob:
+        """Check declared digests, then move into the content-addressed place."""
+        digests = await self.finish()
+        for algorithm, declared in (expect or {}).items():
+            actual = digests.get(algorithm)
+            if actual is not None and declared.lower() != actual:
+                self.discard()
+                raise DigestMismatch(algorithm, declared, actual)
+        final = self.store.blob_path(self.area, digests["sha256"])
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, final)
+        self.committed = Blob(digests["sha256"], digests["md5"], digests["blake2_256"], self.size, final)
+        return self.committed
+
+    def discard(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _close_synced(fh) -> None:  # type: ignore[no-untyped-def]
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def open(self) -> None:
+        """Create the layout and remove leftovers of a crash (partial writes never become blobs)."""
+        for sub in ("tmp", "uploads/sha256", "cache/sha256", "cache/refs", "meta"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        leftovers = list((self.root / "tmp").iterdir())
+        for item in leftovers:
+            if item.is_dir():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                item.unlink(missing_ok=True)
+        if leftovers:
+            log.info("removed %d partial file(s) left by an earlier run", len(leftovers))
+
+    def temp(self, area: Area) -> TempBlob:
+        return TempBlob(self, area)
+
+    def blob_path(self, area: Area, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise BadRequest("malformed sha256")
+        return self.root / area / "sha256" / sha256[:2] / sha256
+
+    def find(self, area: Area, sha256: str) -> Path | None:
+        path = self.blob_path(area, sha256)
+        return path if path.is_file() else None
+
+    # -- aliases: another declared hash (or a URL) -> sha256 of a cached blob
+    def _ref_path(self, key: str) -> Path:
+        return self.root / "cache" / "refs" / hashlib.sha256(key.encode()).hexdigest()
+
+    def find_ref(self, key: str) -> Path | None:
+        try:
+            sha256 = self._ref_path(key).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return self.find("cache", sha256)
+
+    def set_ref(self, key: str, sha256: str) -> None:
+        atomic_write(self._ref_path(key), sha256.encode(), self.root / "tmp")
+
+    async def put_bytes(self, area: Area, data: bytes) -> Blob:
+        async with self.temp(area) as tmp:
+            tmp.write(data)
+            return await tmp.commit()
+
+
+def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write a small file atomically (temp file in the store, fsync, rename)."""
+    tmp = tmp_dir / f"w-{uuid.uuid4().hex}.part"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+
+
+__all__ = ["Area", "Blob", "BlobStore", "DigestMismatch", "TempBlob", "atomic_write"]

@@ -1,0 +1,152 @@
+"""The catalog of hosted uploads: which channel holds which file, with its labels and metadata.
+
+SQLite (stdlib) gives atomic transactions and the uniqueness that turns a duplicate upload
+into a 409. Reads are served from an in-process snapshot per (channel, ecosystem) that is
+rebuilt only when that pair changes; ``generation`` tells callers when to rebuild what they
+derived (merged indexes).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field, replace as _replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..errors import Conflict
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    channel     TEXT NOT NULL,
+    ecosystem   TEXT NOT NULL,
+    path        TEXT NOT NULL,      -- unique serving path within the channel's ecosystem tree
+    name        TEXT NOT NULL,      -- merge key: the package name in its ecosystem's normal form
+    version     TEXT NOT NULL,
+    filename    TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    md5         TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    labels      TEXT NOT NULL,      -- JSON list
+    meta        TEXT NOT NULL,      -- JSON object, ecosystem specific
+    uploader    TEXT NOT NULL,
+    uploaded_at REAL NOT NULL,
+    PRIMARY KEY (channel, ecosystem, path)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    channel: str
+    ecosystem: str
+    path: str
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    md5: str
+    size: int
+    labels: tuple[str, ...] = ("main",)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    uploader: str = ""
+    uploaded_at: float = 0.0
+
+
+class Catalog:
+    def __init__(self, db_path: Path) -> None:
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._generation: dict[tuple[str, str], int] = {}
+        self._snapshots: dict[tuple[str, str], tuple[int, tuple[Upload, ...]]] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def generation(self, channel: str, ecosystem: str) -> int:
+        return self._generation.get((channel, ecosystem), 0)
+
+    def _bump(self, channel: str, ecosystem: str) -> None:
+        key = (channel, ecosystem)
+        self._generation[key] = self._generation.get(key, 0) + 1
+
+    def list(self, channel: str, ecosystem: str) -> tuple[Upload, ...]:
+        key = (channel, ecosystem)
+        gen = self.generation(channel, ecosystem)
+        snap = self._snapshots.get(key)
+        if snap is not None and snap[0] == gen:
+            return snap[1]
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM uploads WHERE channel=? AND ecosystem=? ORDER BY uploaded_at, path", key
+            ).fetchall()
+        uploads = tuple(_row_to_upload(r) for r in rows)
+        self._snapshots[key] = (gen, uploads)
+        return uploads
+
+    def names(self, channel: str, ecosystem: str) -> frozenset[str]:
+        return frozenset(u.name for u in self.list(channel, ecosystem))
+
+    def get(self, channel: str, ecosystem: str, path: str) -> Upload | None:
+        for upload in self.list(channel, ecosystem):
+            if upload.path == path:
+                return upload
+        return None
+
+    def add(self, upload: Upload, *, replace: bool = False) -> None:
+        """Record an upload. A file already at that path is a Conflict unless ``replace``."""
+        if not upload.uploaded_at:
+            upload = _replace(upload, uploaded_at=time.time())
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        with self._lock:
+            try:
+                self._db.execute(
+                    f"{verb} INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        upload.channel, upload.ecosystem, upload.path, upload.name, upload.version,
+                        upload.filename, upload.sha256, upload.md5, upload.size,
+                        json.dumps(list(upload.labels)), json.dumps(dict(upload.meta), sort_keys=True),
+                        upload.uploader, upload.uploaded_at,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("File already exists") from None
+        self._bump(upload.channel, upload.ecosystem)
+
+    def remove(self, channel: str, ecosystem: str, paths: Iterable[str]) -> int:
+        with self._lock:
+            count = 0
+            for path in paths:
+                count += self._db.execute(
+                    "DELETE FROM uploads WHERE channel=? AND ecosystem=? AND path=?", (channel, ecosystem, path)
+                ).rowcount
+        if count:
+            self._bump(channel, ecosystem)
+        return count
+
+    def set_labels(self, channel: str, ecosystem: str, path: str, labels: Iterable[str]) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE uploads SET labels=? WHERE channel=? AND ecosystem=? AND path=?",
+                (json.dumps(sorted(set(labels))), channel, ecosystem, path),
+            )
+        self._bump(channel, ecosystem)
+
+    def channels_with(self, ecosystem: str) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT DISTINCT channel FROM uploads WHERE ecosystem=?", (ecosystem,)
+            )]
+
+
+def _row_to_upload(row: tuple[Any, ...]) -> Upload:
+    (channel, ecosystem, path, name, version, filename, sha256, md5, size, labels, meta, uploader, at) = row
+    return Upload(
+        channel=channel, ecosystem=ecosystem, path=path, name=name, version=version, filename=filename,
+        sha256=sha256, md5=md5, size=size, labels=tuple(json.loads(labels)), meta=json.loads(meta),
+        uploader=uploader, uploaded_at=at,
+    )
