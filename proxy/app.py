@@ -18,11 +18,11 @@ from aiocache.base import BaseCache
 from aiohttp import web
 
 from . import __version__, routing
-from .auth.credentials import token_from_headers, verify
-from .auth.policy import READ_ACTION, Action, Decision, decide
+from .auth.guard import authorize
+from .auth.policy import READ_ACTION, Action
 from .cache import MetadataCache
 from .context import ChannelRequest, Services
-from .errors import ChannelgateError, ConfigError, Forbidden, MethodNotAllowed, NotFound, Unauthorized
+from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
 from .keys import POLICY_PATH, SERVICES, SETTINGS
 from .logs import mask
 from .settings import Settings, load_settings
@@ -163,21 +163,13 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if route.kind == "api":
         return await _api(request, route, services)
     settings = services.settings
-    channel = settings.channels.get(route.channel)
-    token = route.token or token_from_headers(request.headers)
-    principal = verify(token, settings)
     upload = request.method == "POST" and route.rest in ("", "/")
-    if upload:
-        action = Action.WRITE
-    elif request.method in ("GET", "HEAD"):
-        action = READ_ACTION[route.ecosystem]
+    if upload or request.method not in ("GET", "HEAD"):
+        action = Action.WRITE  # decided before anything else, so no method reveals a channel
     else:
-        action = Action.WRITE
-    decision = decide(principal, channel, action)
-    if decision is Decision.UNAUTHENTICATED:
-        raise Unauthorized("invalid or expired token" if token else "authentication required")
-    if decision is Decision.FORBIDDEN or channel is None:
-        raise Forbidden(f"this token may not {'upload to' if action is Action.WRITE else 'read'} this channel")
+        action = READ_ACTION[route.ecosystem]
+    principal = authorize(settings, request.headers, route.token, route.channel, action)
+    channel = settings.channels[route.channel]
     ctx = ChannelRequest(route, channel, principal, services)
     if upload:
         return await handle_upload(request, ctx)

@@ -1,0 +1,42 @@
+"""The one place a request is authorised: used by channel dispatch and by the JSON APIs."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from ..errors import Forbidden, Unauthorized
+from ..settings import Settings
+from .credentials import Principal, token_from_headers, verify
+from .policy import Action, Decision, decide
+
+
+def authorize(
+    settings: Settings,
+    headers: Mapping[str, str],
+    path_token: str | None,
+    channel_name: str | None,
+    action: Action,
+) -> Principal | None:
+    """The principal allowed to do ``action`` on the channel, or raise 401/403.
+
+    A missing channel is decided like a private one (no enumeration). Returns None only
+    for anonymous reads of a public channel.
+    """
+    token = path_token or token_from_headers(headers)
+    principal = verify(token, settings)
+    channel = settings.channels.get(channel_name) if channel_name else None
+    decision = decide(principal, channel, action)
+    if decision is Decision.UNAUTHENTICATED:
+        raise Unauthorized("invalid or expired token" if token else "authentication required")
+    if decision is Decision.FORBIDDEN:
+        verb = "upload to" if action in (Action.WRITE, Action.ADMIN) else "read"
+        raise Forbidden(f"this token may not {verb} this channel")
+    return principal
+
+
+def authenticate(settings: Settings, headers: Mapping[str, str], path_token: str | None) -> Principal:
+    """A valid principal (no channel involved, e.g. anaconda-client's ``GET /api/user``), or 401."""
+    token = path_token or token_from_headers(headers)
+    principal = verify(token, settings)
+    if principal is None:
+        raise Unauthorized("invalid or expired token" if token else "authentication required")
+    return principal

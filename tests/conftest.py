@@ -1,0 +1,49 @@
+"""Shared fixtures: real upstream servers and real channelgate processes, torn down after use."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Channelgate, Policy, UpstreamServer  # noqa: E402
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool, or skip with the reason (CI installs them all)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (.ci/run installs it)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def upstream_factory() -> Iterator[Callable[..., UpstreamServer]]:
+    servers: list[UpstreamServer] = []
+
+    def make(root: Path, **kwargs: object) -> UpstreamServer:
+        server = UpstreamServer(root, **kwargs).start()  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def channelgate_factory() -> Iterator[Callable[[Path, Policy], Channelgate]]:
+    procs: list[Channelgate] = []
+
+    def make(workdir: Path, policy: Policy) -> Channelgate:
+        proc = Channelgate(workdir, policy).start()
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        proc.stop()

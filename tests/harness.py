@@ -1,0 +1,297 @@
+"""Test harness: a real channelgate process and real upstream HTTP servers.
+
+- ``UpstreamServer``: an aiohttp server on 127.0.0.1 in its own thread and loop, serving a
+  directory of real-format fixtures, with a call log, ETag/Last-Modified/304 support and
+  fault injection (``overrides``: path -> bytes or status; ``stop()`` refuses connections).
+- ``Channelgate``: ``python -m proxy serve`` as a subprocess with a policy written from a
+  dict; ``reload()`` sends SIGHUP and waits for the server's own log line.
+- ``client_env``: an environment for pip/uv/twine/R/rattler isolated from the machine's
+  own configuration (this machine's pip.conf adds extra indexes).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import mimetypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from aiohttp import web
+
+from proxy.auth.credentials import generate_token, hash_token
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- upstreams
+@dataclass
+class Call:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+Override = Callable[[web.Request], "web.StreamResponse | None"] | bytes | int
+
+
+class UpstreamServer:
+    """A real HTTP server over ``root``. ``url`` has no trailing slash."""
+
+    def __init__(self, root: Path, *, json_index: bool = True) -> None:
+        self.root = Path(root)
+        self.json_index = json_index
+        self.calls: list[Call] = []
+        self.overrides: dict[str, Override] = {}
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def calls_to(self, suffix: str, method: str = "GET") -> int:
+        return sum(1 for c in self.calls if c.method == method and c.path.endswith(suffix))
+
+    def start(self, port: int = 0) -> "UpstreamServer":
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, access_log=None)
+            try:
+                loop.run_until_complete(self._runner.setup())
+                site = web.TCPSite(self._runner, "127.0.0.1", port)
+                loop.run_until_complete(site.start())
+                self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            except BaseException as exc:  # pragma: no cover - reported to the caller
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def restart(self) -> None:
+        """Start again on the same port (an upstream that comes back)."""
+        self.start(self.port)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.calls.append(Call(request.method, request.path, dict(request.headers)))
+        override = self.overrides.get(request.path)
+        if isinstance(override, int):
+            return web.Response(status=override)
+        if isinstance(override, bytes):
+            return web.Response(body=override, content_type="application/octet-stream")
+        if callable(override):
+            resp = override(request)
+            if resp is not None:
+                return resp
+        rel = request.path.lstrip("/")
+        path = (self.root / rel).resolve()
+        if not str(path).startswith(str(self.root.resolve())):
+            return web.Response(status=404)
+        content_type = None
+        if path.is_dir():
+            accept = request.headers.get("Accept", "")
+            if self.json_index and "json" in accept and (path / "index.json").exists():
+                path, content_type = path / "index.json", "application/vnd.pypi.simple.v1+json"
+            elif (path / "index.html").exists():
+                path, content_type = path / "index.html", "text/html"
+            else:
+                return web.Response(status=404)
+        if not path.is_file():
+            return web.Response(status=404)
+        data = path.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Last-Modified": formatdate(path.stat().st_mtime, usegmt=True)}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        if content_type is None:
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            if path.name.endswith(".json"):
+                content_type = "application/json"
+        headers["Content-Type"] = content_type
+        return web.Response(body=data, headers=headers)
+
+
+# --------------------------------------------------------------------------- channelgate
+@dataclass
+class Policy:
+    """A policy under construction; ``add_token`` returns the secret, the entry keeps its hash."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def add_token(self, user: str, scopes: list[str], *, expires: str | None = None, name: str | None = None) -> str:
+        token = generate_token()
+        entry: dict[str, Any] = {
+            "name": name or f"{user}-{len(self.data.setdefault('tokens', []))}",
+            "user": user,
+            "sha256": f"sha256:{hash_token(token)}",
+            "scopes": scopes,
+        }
+        if expires:
+            entry["expires"] = expires
+        self.data.setdefault("tokens", []).append(entry)
+        return token
+
+
+class Channelgate:
+    def __init__(self, workdir: Path, policy: Policy | dict[str, Any]) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.policy = policy if isinstance(policy, Policy) else Policy(policy)
+        self.policy.data.setdefault("storage", {"path": str(self.workdir / "storage")})
+        self.config = self.workdir / "channelgate.yaml"
+        self.log_path = self.workdir / "channelgate.log"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage(self) -> Path:
+        return Path(self.policy.data["storage"]["path"])
+
+    def write_policy(self, text: str | None = None) -> None:
+        self.config.write_text(text if text is not None else yaml.safe_dump(self.policy.data, sort_keys=False))
+
+    def start(self) -> "Channelgate":
+        self.write_policy()
+        self.port = free_port()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"channelgate exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.05)  # polling the readiness endpoint of a process that is starting
+        raise RuntimeError(f"channelgate did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def reload(self, text: str | None = None, *, timeout: float = 15) -> str:
+        """Write the policy (or ``text``), SIGHUP, and return the outcome line from the log."""
+        assert self.proc is not None
+        before = self.log().count("policy reload")
+        self.write_policy(text)
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in self.log().splitlines() if "policy reload" in line]
+            if len(lines) > before:
+                return lines[-1]
+            time.sleep(0.05)  # waiting for the server's own log line
+        raise TimeoutError("no reload outcome in the log")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+# --------------------------------------------------------------------------- clients
+def client_env(home: Path) -> dict[str, str]:
+    """Environment for real clients, isolated from this machine's pip/uv/conda/R config."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "CONDA", "TWINE_", "R_"))}
+    env.update(
+        HOME=str(home),
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+        UV_NO_CONFIG="1",
+        UV_CACHE_DIR=str(home / "uv-cache"),
+        UV_PYTHON_DOWNLOADS="never",
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_CACHE_HOME=str(home / ".cache"),
+    )
+    return env
+
+
+def venv_bin(name: str) -> str:
+    """A console script installed beside this interpreter (twine, uv, anaconda)."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(name)
+    return found
+
+
+def run(cmd: list[str], *, env: dict[str, str], timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def http(method: str, url: str, *, headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP request that does not raise on 4xx/5xx."""
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def stored_blobs(storage: Path, area: str) -> set[str]:
+    base = storage / area / "sha256"
+    return {p.name for p in base.rglob("*") if p.is_file()} if base.exists() else set()
