@@ -83,7 +83,8 @@ class Settings:
 class _Doc:
     """Plain data converted from a composed YAML node tree, with the line of every key path."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
         self.lines: dict[tuple[Any, ...], int] = {}
         self.problems: list[str] = []
         self._scalars = _Constructor()
@@ -96,7 +97,7 @@ class _Doc:
                 key = self.convert(key_node, path + ("<key>",))
                 if key in out:
                     self.problems.append(
-                        f"{_fmt(path + (key,))}: duplicate key (line {key_node.start_mark.line + 1})"
+                        f"{self.label}: {_fmt(path + (key,))}: duplicate key (line {key_node.start_mark.line + 1})"
                     )
                 self.lines[path + (key,)] = key_node.start_mark.line + 1
                 out[key] = self.convert(value_node, path + (key,))
@@ -126,7 +127,7 @@ def _fmt(path: tuple[Any, ...]) -> str:
 
 
 def _parse_yaml(text: str, label: str) -> tuple[Any, _Doc]:
-    doc = _Doc()
+    doc = _Doc(label)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:

@@ -1,6 +1,7 @@
 """Shared fixtures: real upstream servers and real channelgate processes, torn down after use."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,10 +15,14 @@ from harness import Channelgate, Policy, UpstreamServer  # noqa: E402
 
 
 def require_tool(name: str) -> str:
-    """The path of a command-line tool, or skip with the reason (CI installs them all)."""
+    """The path of a command-line tool, or skip with the reason. Under CI (which installs
+    every tool) a missing tool fails instead: CI must never skip."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (.ci/run installs it)")
+        message = f"{name} is not installed (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
