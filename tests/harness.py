@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import mimetypes
 import os
 import shutil
@@ -50,7 +51,7 @@ class Call:
     headers: dict[str, str]
 
 
-Override = Callable[[web.Request], "web.StreamResponse | None"] | bytes | int
+Override = Callable[[web.Request], Any] | bytes | int  # a callable may be async
 
 
 class UpstreamServer:
@@ -124,6 +125,8 @@ class UpstreamServer:
             return web.Response(body=override, content_type="application/octet-stream")
         if callable(override):
             resp = override(request)
+            if inspect.isawaitable(resp):
+                resp = await resp
             if resp is not None:
                 return resp
         rel = request.path.lstrip("/")
