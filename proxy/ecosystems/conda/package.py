@@ -1,0 +1,262 @@
+"""Validate an uploaded conda package and derive its repodata record.
+
+Formats (conda-package-handling / CEP-3):
+- ``.tar.bz2``: a bzip2-compressed tar holding ``info/`` and the payload.
+- ``.conda``: an uncompressed zip holding ``metadata.json``, ``info-<stem>.tar.zst`` and
+  ``pkg-<stem>.tar.zst``.
+
+``inspect_package`` reads every member of every inner tar (so a truncated stream, a
+member outside the prefix or a bad archive fails *before* the file is published), and
+returns the ``repodata.json`` record: ``info/index.json`` plus ``sha256``/``md5``/``size``
+(the caller hashed the bytes while storing them). This is blocking, CPU-bound work:
+handlers run it in a thread.
+"""
+from __future__ import annotations
+
+import bz2
+import re
+import sys
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+import orjson
+from conda_package_streaming.package_streaming import tar_generator  # type: ignore[import-untyped]
+
+from proxy.errors import BadRequest
+from proxy.ecosystems.conda.version import InvalidVersion, VersionOrder
+
+# the zstd reader conda-package-streaming uses (raises EOFError on a truncated frame)
+if sys.version_info >= (3, 14):
+    import compression.zstd as _zstd
+else:
+    import backports.zstd as _zstd
+
+CONDA_EXTENSIONS = (".conda", ".tar.bz2")
+
+# index.json keys that describe a local install or a fetch, never a channel record
+# (conda-index and rattler-index drop them as well).
+_NOT_IN_REPODATA = frozenset({"fn", "url", "channel", "schannel", "priority", "files", "paths", "link", "auth"})
+_REQUIRED_STR = ("name", "version", "build", "subdir")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_BUILD_RE = re.compile(r"^[A-Za-z0-9_.+]+$")  # conda build strings: no '-', no spaces
+_SUBDIR_RE = re.compile(r"^(noarch|[a-z0-9]+-[a-z0-9_]+)$")
+_MAX_INDEX_JSON = 1 << 20
+_DRAIN_CHUNK = 1 << 16
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class CondaPackage:
+    """A validated conda package file and its repodata record."""
+
+    name: str
+    version: str
+    build: str
+    build_number: int
+    subdir: str
+    filename: str
+    record: dict[str, Any] = field(hash=False)
+
+    @property
+    def record_bytes(self) -> bytes:
+        """The record as compact JSON, the form repodata rendering concatenates."""
+        return orjson.dumps(self.record, option=orjson.OPT_SORT_KEYS)
+
+    def as_record(self) -> tuple[str, str, bytes]:
+        """This package as a merge source entry: (filename, name, record JSON bytes)."""
+        return self.filename, self.name, self.record_bytes
+
+
+def split_filename(filename: str) -> tuple[str, str]:
+    """``foo-1.0-0.conda`` -> (``foo-1.0-0``, ``.conda``); BadRequest for other extensions."""
+    for ext in CONDA_EXTENSIONS:
+        if filename.endswith(ext) and len(filename) > len(ext):
+            return filename[: -len(ext)], ext
+    raise BadRequest(f"{_safe(filename)}: unsupported conda package extension (expected .conda or .tar.bz2)")
+
+
+def inspect_package(path: Path, filename: str, *, sha256: str, md5: str, size: int) -> CondaPackage:
+    """Validate the conda package stored at ``path`` (uploaded as ``filename``).
+
+    Raises ``BadRequest`` naming the problem when the extension is wrong, the file is not
+    really that format or is truncated, ``info/index.json`` is missing or invalid, the
+    name does not match ``<name>-<version>-<build>``, or any member path is absolute or
+    contains ``..``.
+    """
+    if not filename or "/" in filename or "\\" in filename or filename.startswith("."):
+        raise BadRequest(f"{_safe(filename)}: invalid package file name")
+    stem, ext = split_filename(filename)
+    if ext == ".conda":
+        index_raw = _scan_conda(path, filename, stem)
+    else:
+        index_raw = _scan_tar_bz2(path, filename)
+    if index_raw is None:
+        raise BadRequest(f"{filename}: info/index.json is missing")
+    index = _parse_index(filename, index_raw)
+    name, version, build, subdir = (index[k] for k in _REQUIRED_STR)
+    expected = f"{name}-{version}-{build}"
+    if stem != expected:
+        raise BadRequest(
+            f"{filename}: file name does not match info/index.json (expected {expected}{ext})"
+        )
+    record = {k: v for k, v in index.items() if k not in _NOT_IN_REPODATA}
+    record["sha256"] = sha256
+    record["md5"] = md5
+    record["size"] = size
+    return CondaPackage(
+        name=name, version=version, build=build, build_number=index["build_number"],
+        subdir=subdir, filename=filename, record=record,
+    )
+
+
+# --------------------------------------------------------------------------- archive walking
+
+
+def _scan_tar_bz2(path: Path, filename: str) -> bytes | None:
+    with path.open("rb") as raw:
+        if raw.read(3) != b"BZh":
+            raise BadRequest(f"{filename}: not a valid .tar.bz2 file (no bzip2 header)")
+        raw.seek(0)
+        with bz2.open(raw, "rb") as reader:
+            return _scan_tar(reader, filename, "archive", want_index=True)
+
+
+def _scan_conda(path: Path, filename: str, stem: str) -> bytes | None:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BadRequest(f"{filename}: not a valid .conda file (not a zip archive, or truncated: {exc})") from None
+    with zf:
+        names = [info.filename for info in zf.infolist()]
+        for member in names:
+            _check_member_path(filename, "zip", member)
+        if len(set(names)) != len(names):
+            raise BadRequest(f"{filename}: not a valid .conda file (duplicate zip members)")
+        if "metadata.json" not in names:
+            raise BadRequest(f"{filename}: not a valid .conda file (metadata.json is missing)")
+        info_name, pkg_name = f"info-{stem}.tar.zst", f"pkg-{stem}.tar.zst"
+        for component in (info_name, pkg_name):
+            if component not in names:
+                raise BadRequest(
+                    f"{filename}: not a valid .conda file ({component} is missing;"
+                    " the file name must match the package inside)"
+                )
+        try:
+            metadata = orjson.loads(zf.read("metadata.json"))
+        except (orjson.JSONDecodeError, zipfile.BadZipFile, OSError) as exc:
+            raise BadRequest(f"{filename}: not a valid .conda file (metadata.json: {exc})") from None
+        if not isinstance(metadata, dict) or metadata.get("conda_pkg_format_version") != 2:
+            raise BadRequest(f"{filename}: not a valid .conda file (conda_pkg_format_version must be 2)")
+        index_raw = _scan_component(zf, filename, info_name, want_index=True)
+        _scan_component(zf, filename, pkg_name, want_index=False)
+        return index_raw
+
+
+def _scan_component(zf: zipfile.ZipFile, filename: str, member: str, *, want_index: bool) -> bytes | None:
+    try:
+        with zf.open(member) as compressed, _zstd.open(compressed, "rb") as reader:
+            return _scan_tar(reader, filename, member, want_index=want_index)
+    except BadRequest:
+        raise
+    except (zipfile.BadZipFile, _zstd.ZstdError, EOFError, OSError) as exc:
+        raise BadRequest(f"{filename}: not a valid .conda file ({member}: {exc})") from None
+
+
+def _scan_tar(reader: _Readable, filename: str, where: str, *, want_index: bool) -> bytes | None:
+    """Walk every member of one tar stream; return info/index.json's bytes if asked.
+
+    The stream is drained to its end afterwards so a truncated compressed stream (even
+    one cut inside the tar's trailing padding) is detected.
+    """
+    index_raw: bytes | None = None
+    try:
+        for tar, member in _members(reader):
+            _check_member_path(filename, where, member.name)
+            if member.islnk() and member.linkname:
+                # a hard link's target is a path inside the archive
+                _check_member_path(filename, where, member.linkname)
+            if want_index and member.name in ("info/index.json", "./info/index.json"):
+                if not member.isfile():
+                    raise BadRequest(f"{filename}: info/index.json is not a regular file")
+                if member.size > _MAX_INDEX_JSON:
+                    raise BadRequest(f"{filename}: info/index.json is too large")
+                fh = tar.extractfile(member)
+                index_raw = fh.read() if fh is not None else None
+        while reader.read(_DRAIN_CHUNK):
+            pass
+    except BadRequest:
+        raise
+    except EOFError:
+        raise BadRequest(f"{filename}: archive is truncated ({where} ends early)") from None
+    except (tarfile.TarError, OSError, ValueError, _zstd.ZstdError) as exc:
+        kind = "corrupt or truncated" if not isinstance(exc, tarfile.TarError) else "not a valid tar"
+        raise BadRequest(f"{filename}: archive is {kind} ({where}: {exc})") from None
+    return index_raw
+
+
+def _members(reader: _Readable) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    # conda-package-streaming's streaming tar walk ("r|" mode: no seeks, one pass)
+    members: Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]] = tar_generator(reader)
+    return members
+
+
+def _check_member_path(filename: str, where: str, name: str) -> None:
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise BadRequest(f"{filename}: archive member {_safe(name)!r} in {where} has an absolute path")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if ".." in parts:
+        raise BadRequest(f"{filename}: archive member {_safe(name)!r} in {where} contains '..'")
+
+
+# --------------------------------------------------------------------------- index.json
+
+
+def _parse_index(filename: str, raw: bytes) -> dict[str, Any]:
+    try:
+        index = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{filename}: info/index.json is not valid JSON ({exc})") from None
+    if not isinstance(index, dict):
+        raise BadRequest(f"{filename}: info/index.json is not a JSON object")
+    for key in _REQUIRED_STR:
+        value = index.get(key)
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"{filename}: info/index.json has no valid '{key}' field")
+    checks: list[tuple[str, Callable[[str], bool], str]] = [
+        ("name", lambda v: bool(_NAME_RE.match(v)), "letters, digits, '_', '.', '-'"),
+        ("build", lambda v: bool(_BUILD_RE.match(v)), "letters, digits, '_', '.', '+'"),
+        ("subdir", lambda v: bool(_SUBDIR_RE.match(v)), "'noarch' or '<platform>-<arch>'"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok(index[key]):
+            raise BadRequest(f"{filename}: info/index.json '{key}' is invalid (allowed: {allowed})")
+    if "-" in index["version"]:
+        raise BadRequest(f"{filename}: info/index.json 'version' must not contain '-'")
+    try:
+        VersionOrder(index["version"])
+    except InvalidVersion as exc:
+        raise BadRequest(f"{filename}: info/index.json 'version' is invalid ({exc})") from None
+    build_number = index.setdefault("build_number", 0)
+    if isinstance(build_number, bool) or not isinstance(build_number, int) or build_number < 0:
+        raise BadRequest(f"{filename}: info/index.json 'build_number' must be a non-negative integer")
+    for key in ("depends", "constrains"):
+        value = index.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequest(f"{filename}: info/index.json '{key}' must be a list of strings")
+    timestamp = index.get("timestamp")
+    if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, (int, float))):
+        raise BadRequest(f"{filename}: info/index.json 'timestamp' must be a number")
+    return index
+
+
+def _safe(text: str) -> str:
+    """Clip client-supplied text for an error message (printable, bounded)."""
+    clipped = "".join(ch if ch.isprintable() else "?" for ch in text[:200])
+    return clipped or "(empty)"

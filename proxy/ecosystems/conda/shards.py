@@ -1,0 +1,284 @@
+"""CEP-16 sharded repodata: build (for our merged channels) and parse (from upstreams).
+
+CEP-16 (conda/ceps cep-0016.md):
+- ``<subdir>/repodata_shards.msgpack.zst``: zstd-compressed msgpack
+  ``{"version": 1, "info": {"base_url", "shards_base_url", "created_at", ...},
+  "shards": {name: <32 raw sha256 bytes>}}``; ``base_url`` and ``shards_base_url`` are
+  relative to the index URL. Serve with a short ``max-age``.
+- ``<shards_base_url><sha256 hex>.msgpack.zst``: zstd-compressed msgpack
+  ``{"packages": {...}, "packages.conda": {...}, "removed": [...]}`` holding every record
+  of one package name; ``sha256``/``md5`` are raw bytes, not hex. The file name is the
+  sha256 of the *compressed* file (content-addressed), so shards are immutable.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urljoin
+
+import msgpack  # type: ignore[import-untyped]
+import orjson
+import zstandard
+
+from proxy.errors import NotFound, UpstreamError
+from proxy.ecosystems.conda.repodata import UPSTREAM_ONLY_KEYS, CondaRecord, dump_record, is_package_filename
+
+SHARD_INDEX_FILENAME = "repodata_shards.msgpack.zst"
+SHARDS_DIR = "shards"
+MAX_INDEX_BYTES = 256 << 20
+MAX_SHARD_BYTES = 256 << 20
+_HASH_FIELDS = {"sha256": 32, "md5": 16}
+_LEVEL = 9
+
+
+def shard_filename(sha256_hex: str) -> str:
+    """``<sha256>.msgpack.zst`` (the name under ``shards_base_url``)."""
+    return f"{sha256_hex}.msgpack.zst"
+
+
+def package_name_of(filename: str) -> str | None:
+    """``foo-bar-1.0-h1_0.conda`` -> ``foo-bar`` (name, version and build hold no ``-``)."""
+    for ext in (".conda", ".tar.bz2"):
+        if filename.endswith(ext):
+            parts = filename[: -len(ext)].rsplit("-", 2)
+            return parts[0] if len(parts) == 3 and parts[0] else None
+    return None
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _pack_record(raw: bytes) -> dict[str, Any]:
+    """JSON record -> CEP-16 record: hex ``sha256``/``md5`` become raw bytes."""
+    record: dict[str, Any] = orjson.loads(raw)
+    for key, length in _HASH_FIELDS.items():
+        value = record.get(key)
+        if isinstance(value, str):
+            try:
+                digest = bytes.fromhex(value)
+            except ValueError:
+                digest = b""
+            if len(digest) == length:
+                record[key] = digest
+            else:
+                del record[key]  # a malformed hash cannot be expressed as bytes
+    return record
+
+
+def build_shard(records: Iterable[CondaRecord], *, removed: Iterable[str] = (), level: int = _LEVEL) -> tuple[str, bytes]:
+    """One name's shard: returns (sha256 hex of the compressed bytes, compressed bytes).
+
+    Deterministic: file names are sorted, so the same records give the same hash
+    (clients cache shards by hash).
+    """
+    tar_bz2: dict[str, Any] = {}
+    conda: dict[str, Any] = {}
+    for filename, _name, raw in sorted(records, key=lambda r: r[0]):
+        target = conda if filename.endswith(".conda") else tar_bz2
+        target.setdefault(filename, _pack_record(raw))
+    doc = {"packages": tar_bz2, "packages.conda": conda, "removed": sorted(set(removed))}
+    body = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(
+        msgpack.packb(doc, use_bin_type=True)
+    )
+    return hashlib.sha256(body).hexdigest(), body
+
+
+def render_shard_index(
+    hashes: Mapping[str, str],
+    *,
+    subdir: str,
+    base_url: str = "./",
+    shards_base_url: str = f"./{SHARDS_DIR}/",
+    created_at: datetime | None = None,
+    level: int = _LEVEL,
+) -> bytes:
+    """``repodata_shards.msgpack.zst`` for ``{name: sha256 hex}``.
+
+    ``base_url`` (where packages live) and ``shards_base_url`` are relative to the index
+    URL: the defaults put packages beside the index and shards in ``shards/``.
+    """
+    when = (created_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    doc = {
+        "version": 1,
+        "info": {
+            "subdir": subdir,
+            "base_url": base_url,
+            "shards_base_url": shards_base_url,
+            "created_at": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        },
+        "shards": {name: bytes.fromhex(hashes[name]) for name in sorted(hashes)},
+    }
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(
+        msgpack.packb(doc, use_bin_type=True)
+    )
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A subdir's sharded repodata: the index bytes and every shard by hash."""
+
+    index: bytes
+    by_name: dict[str, str]  # name -> sha256 hex
+    shards: dict[str, bytes] = field(repr=False)  # sha256 hex -> compressed shard
+
+
+def group_by_name(records: Iterable[CondaRecord]) -> dict[str, list[CondaRecord]]:
+    """Records per package name, first occurrence of a file name wins (merge order)."""
+    grouped: dict[str, list[CondaRecord]] = {}
+    seen: set[str] = set()
+    for rec in records:
+        if rec[0] in seen:
+            continue
+        seen.add(rec[0])
+        grouped.setdefault(rec[1], []).append(rec)
+    return grouped
+
+
+def build_shards(
+    records: Iterable[CondaRecord],
+    *,
+    subdir: str,
+    removed: Iterable[str] = (),
+    created_at: datetime | None = None,
+    level: int = _LEVEL,
+) -> ShardSet:
+    """Shard a merged selection: one shard per name plus the index.
+
+    ``removed`` file names go into the shard of the name they belong to (if that name
+    still has records).
+    """
+    grouped = group_by_name(records)
+    removed_by_name: dict[str, list[str]] = {}
+    for filename in removed:
+        name = package_name_of(filename)
+        if name is not None and name in grouped:
+            removed_by_name.setdefault(name, []).append(filename)
+    by_name: dict[str, str] = {}
+    shards: dict[str, bytes] = {}
+    for name, recs in grouped.items():
+        digest, body = build_shard(recs, removed=removed_by_name.get(name, ()), level=level)
+        by_name[name] = digest
+        shards[digest] = body
+    index = render_shard_index(by_name, subdir=subdir, created_at=created_at, level=level)
+    return ShardSet(index=index, by_name=by_name, shards=shards)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _unzstd(body: bytes, limit: int, what: str) -> bytes:
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(body)
+        data = reader.read(limit + 1)
+        while len(data) <= limit and (more := reader.read(limit + 1 - len(data))):
+            data += more
+    except zstandard.ZstdError as exc:
+        raise UpstreamError(f"{what} is not valid zstd ({exc})") from None
+    if len(data) > limit:
+        raise UpstreamError(f"{what} exceeds the size limit")
+    return data
+
+
+def _unpack(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (msgpack.UnpackException, ValueError, TypeError) as exc:
+        raise UpstreamError(f"{what} is not valid msgpack ({exc})") from None
+    if not isinstance(doc, dict):
+        raise UpstreamError(f"{what} is not a msgpack map")
+    return doc
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """A parsed ``repodata_shards.msgpack.zst``."""
+
+    info: dict[str, Any]
+    shards: dict[str, str]  # name -> sha256 hex
+
+    def shard_url(self, index_url: str, name: str) -> str:
+        """Absolute URL of ``name``'s shard (``shards_base_url`` is relative to the index)."""
+        base = self.info.get("shards_base_url") or f"./{SHARDS_DIR}/"
+        base = str(base)
+        if not base.endswith("/"):
+            base += "/"
+        return urljoin(urljoin(index_url, base), shard_filename(self.shards[name]))
+
+    def package_base_url(self, index_url: str) -> str:
+        """Absolute URL packages are relative to (``info.base_url``, default: the subdir)."""
+        base = str(self.info.get("base_url") or "./")
+        if not base.endswith("/"):
+            base += "/"
+        return urljoin(index_url, base)
+
+
+def parse_shard_index(body: bytes) -> ShardIndex:
+    """Parse an upstream's shard index; raises ``UpstreamError`` when malformed."""
+    doc = _unpack(_unzstd(body, MAX_INDEX_BYTES, "shard index"), "shard index")
+    info = doc.get("info")
+    raw_shards = doc.get("shards")
+    if not isinstance(info, dict) or not isinstance(raw_shards, dict):
+        raise UpstreamError("shard index lacks 'info' or 'shards'")
+    shards: dict[str, str] = {}
+    for name, digest in raw_shards.items():
+        if isinstance(name, str) and isinstance(digest, (bytes, bytearray)) and len(digest) == 32:
+            shards[name] = bytes(digest).hex()
+    return ShardIndex(info=info, shards=shards)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One parsed shard: its records as ``CondaRecord`` and its removed file names."""
+
+    records: list[CondaRecord] = field(repr=False)
+    removed: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[CondaRecord]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _unpack_record(record: dict[str, Any]) -> dict[str, Any]:
+    """CEP-16 record -> JSON record: raw-byte hashes become lower-case hex."""
+    return {
+        key: (bytes(value).hex() if isinstance(value, (bytes, bytearray)) else value)
+        for key, value in record.items()
+        if key not in UPSTREAM_ONLY_KEYS
+    }
+
+
+def parse_shard(body: bytes, *, expected_sha256: str | None = None) -> Shard:
+    """Parse an upstream shard into records; checks its hash when one is given.
+
+    Raises ``UpstreamError`` on a hash mismatch or a malformed shard.
+    """
+    if expected_sha256 is not None and hashlib.sha256(body).hexdigest() != expected_sha256.lower():
+        raise UpstreamError("shard content does not match its sha256")
+    doc = _unpack(_unzstd(body, MAX_SHARD_BYTES, "shard"), "shard")
+    records: list[CondaRecord] = []
+    for section in ("packages", "packages.conda"):
+        entries = doc.get(section) or {}
+        if not isinstance(entries, dict):
+            raise UpstreamError(f"shard section {section!r} is not a map")
+        for filename, record in entries.items():
+            if not isinstance(filename, str) or not is_package_filename(filename) or not isinstance(record, dict):
+                continue
+            name = record.get("name")
+            if not isinstance(name, str):
+                continue
+            records.append((filename, name, dump_record(_unpack_record(record))))
+    removed_raw = doc.get("removed") or []
+    removed = tuple(r for r in removed_raw if isinstance(r, str)) if isinstance(removed_raw, list) else ()
+    return Shard(records=records, removed=removed)
+
+
+def check_shard_request(sha256_hex: str) -> str:
+    """Validate the ``<sha256>`` of a ``shards/<sha256>.msgpack.zst`` URL (lower-case hex)."""
+    if len(sha256_hex) != 64 or any(c not in "0123456789abcdef" for c in sha256_hex):
+        raise NotFound("no such shard")
+    return sha256_hex
