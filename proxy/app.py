@@ -63,6 +63,7 @@ def _make_aiocache(settings: Settings) -> BaseCache:
 
         parts = urlsplit(settings.redis_url or "redis://127.0.0.1:6379/0")
         return RedisCache(  # type: ignore[no-any-return]
+            timeout=5,
             serializer=PickleSerializer(),
             endpoint=parts.hostname or "127.0.0.1",
             port=parts.port or 6379,
@@ -70,7 +71,7 @@ def _make_aiocache(settings: Settings) -> BaseCache:
             password=parts.password,
             namespace="channelgate",
         )
-    return SimpleMemoryCache()
+    return SimpleMemoryCache(timeout=None)  # no per-call wait_for: lookups are in-process
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:

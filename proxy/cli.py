@@ -36,7 +36,10 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 async def _serve(settings: Settings, policy_path: Path | None, listen: str) -> None:
     app = create_app(settings, policy_path=policy_path)
-    runner = web.AppRunner(app, access_log_class=logs.AccessLogger, handle_signals=False)
+    sink = logs.AccessSink()
+    runner = web.AppRunner(
+        app, access_log_class=logs.AccessLogger, access_log=sink, handle_signals=False  # type: ignore[arg-type]
+    )
     await runner.setup()
     host, port = _split_listen(listen)
     site = web.TCPSite(runner, host, port, backlog=1024)
@@ -52,6 +55,7 @@ async def _serve(settings: Settings, policy_path: Path | None, listen: str) -> N
     finally:
         log.info("shutting down")
         await runner.cleanup()
+        sink.flush()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

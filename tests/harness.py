@@ -228,6 +228,16 @@ class Channelgate:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_log(self, text: str, timeout: float = 10) -> str:
+        """The log once ``text`` has appeared in it (access lines are written in batches)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.05)  # waiting for the server's own output
+        raise TimeoutError(f"{text!r} never appeared in the log")
+
     def reload(self, text: str | None = None, *, timeout: float = 15) -> str:
         """Write the policy (or ``text``), SIGHUP, and return the outcome line from the log."""
         assert self.proc is not None
