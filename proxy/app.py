@@ -23,7 +23,7 @@ from .auth.policy import READ_ACTION, Action
 from .cache import MetadataCache
 from .context import ChannelRequest, Services
 from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
-from .keys import POLICY_PATH, SERVICES, SETTINGS
+from .keys import CLEAN_TMP, POLICY_PATH, SERVICES, SETTINGS
 from .logs import mask
 from .settings import Settings, load_settings
 from .store.blobs import BlobStore
@@ -44,9 +44,11 @@ API_MODULES = ("proxy.ecosystems.conda.anaconda_api",)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(settings: Settings, *, policy_path: Path | None = None) -> web.Application:
+def create_app(settings: Settings, *, policy_path: Path | None = None, clean_tmp: bool = True) -> web.Application:
+    """``clean_tmp=False`` for --workers children: the parent cleaned the store once."""
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     app[SETTINGS] = settings
+    app[CLEAN_TMP] = clean_tmp
     if policy_path is not None:
         app[POLICY_PATH] = policy_path
     app.cleanup_ctx.append(_services_ctx)
@@ -77,7 +79,7 @@ def _make_aiocache(settings: Settings) -> BaseCache:
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = BlobStore(settings.storage_path)
-    store.open()
+    store.open(clean=app[CLEAN_TMP])
     catalog = Catalog(settings.storage_path / "catalog.sqlite3")
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 from importlib import resources
@@ -34,15 +35,15 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def _serve(settings: Settings, policy_path: Path | None, listen: str) -> None:
-    app = create_app(settings, policy_path=policy_path)
+async def _serve(settings: Settings, policy_path: Path | None, listen: str, *, worker: bool = False) -> None:
+    app = create_app(settings, policy_path=policy_path, clean_tmp=not worker)
     sink = logs.AccessSink()
     runner = web.AppRunner(
         app, access_log_class=logs.AccessLogger, access_log=sink, handle_signals=False  # type: ignore[arg-type]
     )
     await runner.setup()
     host, port = _split_listen(listen)
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=worker or None)
     await site.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -72,14 +73,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
     listen = args.listen or settings.listen
+    if args.workers > 1:
+        return _serve_workers(settings, policy_path, listen, args.workers)
+    _install_uvloop()
+    asyncio.run(_serve(settings, policy_path, listen))
+    return 0
+
+
+def _install_uvloop() -> None:
     try:
         import uvloop  # optional extra "fast"
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(settings, policy_path, listen))
-    return 0
+
+
+def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, workers: int) -> int:
+    """N processes share the port (SO_REUSEPORT); the parent forwards SIGHUP/SIGTERM.
+
+    The parent cleans the store's tmp/ once before forking, so no worker can remove a
+    sibling's download in progress. Uploads are seen by every worker at once: the catalog
+    notices other processes' commits (catalog.py, data_version).
+    """
+    from .store.blobs import BlobStore
+
+    BlobStore(settings.storage_path).open()
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                _install_uvloop()
+                asyncio.run(_serve(settings, policy_path, listen, worker=True))
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    log.info("started %d workers on %s", workers, listen)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    status = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        remaining.discard(pid)
+        if code and status == 0:
+            status = 1
+            log.error("worker %d exited with status %d; stopping the others", pid, code)
+            forward(signal.SIGTERM, None)
+    return status
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -142,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--config", help="policy file (default: the embedded quickstart policy)")
     serve.add_argument("--listen", help="HOST:PORT (overrides server.listen)")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a policy file")

@@ -179,7 +179,8 @@ class Policy:
 
 
 class Channelgate:
-    def __init__(self, workdir: Path, policy: Policy | dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, policy: Policy | dict[str, Any], *, args: list[str] | None = None) -> None:
+        self.args = list(args or [])
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.policy = policy if isinstance(policy, Policy) else Policy(policy)
@@ -206,7 +207,7 @@ class Channelgate:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,

@@ -212,3 +212,31 @@ def test_expired_token_is_refused(tmp_path: Path, upstream: UpstreamServer) -> N
         assert b"expired" in body
     finally:
         server.stop()
+
+
+def test_workers_share_the_port_and_see_each_others_uploads(tmp_path: Path, upstream: UpstreamServer) -> None:
+    import requests
+
+    from fixtures.wheels import twine_fields
+
+    policy, reader = make_policy(upstream)
+    policy.data["channels"]["internal"]["write"] = ["group:devs"]
+    writer = policy.add_token("alice", ["api:write", "pypi:download"])
+    server = Channelgate(tmp_path / "cg", policy, args=["--workers", "2"]).start()
+    try:
+        url = f"{server.url}/t/{reader}/internal/simple/worker-pkg/"
+        for _ in range(8):  # both workers have a snapshot of the (empty) catalog and cached the 404
+            assert http("GET", url)[0] == 404
+        wheel = make_wheel(tmp_path / "d", "worker-pkg", "1.0")
+        with open(wheel, "rb") as fh:
+            resp = requests.post(
+                f"{server.url}/api/repo/internal", data=twine_fields(wheel),
+                files={"content": (wheel.name, fh)}, auth=(writer, "x-auth-token"), timeout=60,
+            )
+        assert resp.status_code == 200, resp.text
+        # whichever worker answers, the upload is there at once
+        for _ in range(16):
+            status, _, body = http("GET", url)
+            assert status == 200 and b"worker_pkg-1.0-py3-none-any.whl" in body
+    finally:
+        server.stop()

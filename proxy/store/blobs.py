@@ -126,10 +126,12 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def open(self) -> None:
+    def open(self, *, clean: bool = True) -> None:
         """Create the layout and remove leftovers of a crash (partial writes never become blobs)."""
         for sub in ("tmp", "uploads/sha256", "cache/sha256", "cache/refs", "meta"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if not clean:
+            return
         leftovers = list((self.root / "tmp").iterdir())
         for item in leftovers:
             if item.is_dir():

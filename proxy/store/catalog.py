@@ -63,12 +63,28 @@ class Catalog:
         self._lock = threading.Lock()
         self._generation: dict[tuple[str, str], int] = {}
         self._snapshots: dict[tuple[str, str], tuple[int, tuple[Upload, ...]]] = {}
+        self._epoch = 0  # bumps when another process (a --workers sibling) committed
+        self._data_version = self._read_data_version()
 
     def close(self) -> None:
         self._db.close()
 
+    def _read_data_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _sync(self) -> None:
+        """SQLite's data_version changes when another connection commits: then every
+        snapshot of this process is stale (one cheap pragma per call)."""
+        version = self._read_data_version()
+        if version != self._data_version:
+            self._data_version = version
+            self._epoch += 1
+            self._snapshots.clear()
+
     def generation(self, channel: str, ecosystem: str) -> int:
-        return self._generation.get((channel, ecosystem), 0)
+        self._sync()
+        return self._generation.get((channel, ecosystem), 0) + (self._epoch << 32)
 
     def _bump(self, channel: str, ecosystem: str) -> None:
         key = (channel, ecosystem)
