@@ -14,6 +14,9 @@ import pytest
 from proxy.ecosystems.cran.dcf import DcfError, parse_dcf, render_dcf
 from proxy.ecosystems.cran.index import (
     ArchivedFile,
+    archive_list,
+    packages_matrix,
+    parse_archive_rds,
     compare_versions,
     is_binary_contrib_dir,
     parse_packages,
@@ -31,7 +34,9 @@ from proxy.ecosystems.cran.package import (
     macos_subtype,
     parse_built,
 )
-from proxy.errors import BadRequest
+from proxy.ecosystems.cran.paths import parse_cran_path
+from proxy.ecosystems.cran.rds import R_VERSION, RValue, serialize
+from proxy.errors import BadRequest, NotFound
 
 try:
     from fixtures.cran_pkgs import (
@@ -451,3 +456,93 @@ def test_archive_rds_is_what_cran_publishes(tmp_path: Path) -> None:
         "99 100 1.6e+09 1.7e+09 ",
         "TRUE TRUE ",
     ]
+
+
+# ------------------------------------------------------------------ rds writer vs the rdata package
+
+def _rdata_bytes(obj: RValue) -> bytes:
+    """The same R object built with the rdata package's builders and XDR unparser."""
+    import numpy as np
+    from rdata.conversion.to_r import R_MINIMUM_VERSIONS, ConverterFromPythonToR, build_r_char, build_r_object
+    from rdata.parser import RData, RExtraInfo, RObjectType, RVersions
+    from rdata.unparser import unparse_data
+
+    conv = ConverterFromPythonToR(encoding="utf-8")
+    types = {"str": RObjectType.STR, "int": RObjectType.INT, "lgl": RObjectType.LGL,
+             "real": RObjectType.REAL, "list": RObjectType.VEC}
+
+    def build(o: RValue):  # type: ignore[no-untyped-def]
+        if o is None:
+            return build_r_object(RObjectType.NILVALUE)
+        if o.type == "str":
+            value = [build_r_char(v, encoding="utf-8") for v in o.values]  # type: ignore[arg-type]
+        elif o.type == "list":
+            value = [build(v) for v in o.values]  # type: ignore[arg-type]
+        else:
+            value = np.array(o.values, dtype=np.float64 if o.type == "real" else np.int32)
+        attrs = None
+        if o.attributes:
+            from rdata.conversion.to_r import build_r_list
+            attrs = build_r_list([(conv.convert_to_r_sym(k), build(v)) for k, v in o.attributes])
+        return build_r_object(types[o.type], value=value, attributes=attrs,
+                              is_object=any(k == "class" for k, _ in o.attributes))
+
+    data = RData(RVersions(3, R_VERSION, R_MINIMUM_VERSIONS[3]), RExtraInfo("UTF-8"), build(obj))
+    return unparse_data(data, file_format="xdr", file_type="rds")
+
+
+def test_rds_writer_matches_rdata_byte_for_byte() -> None:
+    entries = [
+        {"Package": "abc", "Version": "2.1", "Depends": "R (>= 3.5)", "License": "GPL-2"},
+        {"Package": "uni", "Version": "1.0-1", "License": "MIT — ü", "Built": "R 4.3.1; ; x; windows"},
+    ]
+    for obj in (
+        packages_matrix(entries), packages_matrix(entries, binary=True), packages_matrix([]),
+        archive_list([ArchivedFile("abc", "abc_1.10.tar.gz", 100, 1.7e9 + 0.5),
+                      ArchivedFile("abc", "abc_1.9.tar.gz", 99, 1.6e9), ArchivedFile("Bz", "Bz_0.1.tar.gz", 5, 1.5e9)]),
+        archive_list([]),
+    ):
+        assert serialize(obj) == _rdata_bytes(obj)
+
+
+def test_archive_rds_round_trips_through_the_rdata_parser() -> None:
+    files = [ArchivedFile("abc", "abc_1.9.tar.gz", 99, 1.6e9), ArchivedFile("abc", "abc_1.10.tar.gz", 100, 1.7e9),
+             ArchivedFile("Bz", "Bz_0.1.tar.gz", 5, 1.5e9)]
+    assert parse_archive_rds(render_archive_rds(files)) == files
+    with pytest.raises(BadRequest, match="archive.rds"):
+        parse_archive_rds(render_packages_rds([{"Package": "x", "Version": "1.0"}]))
+
+
+@needs_r
+def test_parse_archive_rds_reads_what_r_writes(r_repo: Path) -> None:
+    files = parse_archive_rds((r_repo / "src/contrib/Meta/archive.rds").read_bytes())
+    assert [(f.package, f.filename) for f in files] == [("abc", "abc_2.0.tar.gz")]
+    assert files[0].size == (r_repo / "src/contrib/Archive/abc/abc_2.0.tar.gz").stat().st_size
+
+
+@pytest.mark.parametrize(("rest", "expect"), [
+    ("src/contrib/PACKAGES.rds", ("src/contrib", "source", "index", "PACKAGES.rds", "")),
+    ("src/contrib/abc_1.0.tar.gz", ("src/contrib", "source", "file", "abc_1.0.tar.gz", "")),
+    ("src/contrib/4.3.1/Recommended/MASS_7.3.tar.gz",
+     ("src/contrib", "source", "file", "4.3.1/Recommended/MASS_7.3.tar.gz", "")),
+    ("src/contrib/Archive/abc/abc_0.9.tar.gz", ("src/contrib", "source", "archive", "abc_0.9.tar.gz", "abc")),
+    ("src/contrib/Meta/archive.rds", ("src/contrib", "source", "archive_meta", "archive.rds", "")),
+    ("bin/windows/contrib/4.3/PACKAGES", ("bin/windows/contrib/4.3", "windows", "index", "PACKAGES", "")),
+    ("bin/windows/contrib/4.3/abc_1.0.zip", ("bin/windows/contrib/4.3", "windows", "file", "abc_1.0.zip", "")),
+    ("bin/macosx/big-sur-arm64/contrib/4.4/abc_1.0.tgz",
+     ("bin/macosx/big-sur-arm64/contrib/4.4", "macos", "file", "abc_1.0.tgz", "")),
+    ("bin/macosx/contrib/4.0/PACKAGES.gz", ("bin/macosx/contrib/4.0", "macos", "index", "PACKAGES.gz", "")),
+])
+def test_parse_cran_path(rest: str, expect: tuple[str, ...]) -> None:
+    cp = parse_cran_path(rest)
+    assert (cp.contrib_dir, cp.tree, cp.kind, cp.name, cp.package) == expect
+
+
+@pytest.mark.parametrize("rest", [
+    "src/contrib/", "src/contrib/../x.tar.gz", "src/contrib/abc_1.0.zip", "bin/windows/contrib/x/PACKAGES",
+    "bin/windows/contrib/4.3/abc_1.0.tgz", "src/contrib/Archive/abc/other_1.0.tar.gz", "bin/linux/contrib/4.3/PACKAGES",
+    "src/contrib/Archive/abc/..", "bin/macosx/contrib/PACKAGES",
+])
+def test_parse_cran_path_rejects(rest: str) -> None:
+    with pytest.raises(NotFound):
+        parse_cran_path(rest)

@@ -16,9 +16,9 @@ available.packages() resets the row names to the Package column and adds any mis
 required column itself, so extra columns (Built for binaries, Path as CRAN's own index
 uses for recommended packages) are harmless and kept.
 
-The .rds is built with the ``rdata`` package's R-object builders and XDR unparser (its
-high-level converter only writes 1-d string vectors, so the matrix, its ``dim`` and
-``dimnames`` attributes are assembled from rdata's own building blocks).
+The .rds files are written by ``rds.py`` (a minimal XDR writer whose bytes the tests
+compare with the ``rdata`` package's unparser; rdata itself is ~80x slower on CRAN-sized
+indexes) and read back with rdata's parser (``parse_archive_rds``).
 """
 from __future__ import annotations
 
@@ -26,19 +26,11 @@ import gzip
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
 
-import numpy as np
-from rdata.conversion.to_r import (
-    R_MINIMUM_VERSIONS,
-    ConverterFromPythonToR,
-    build_r_char,
-    build_r_object,
-)
-from rdata.parser import RData, RExtraInfo, RObject, RObjectType, RVersions
-from rdata.unparser import unparse_data
+from rdata.parser import RObject, RObjectType
 
 from proxy.ecosystems.cran.dcf import parse_dcf, render_dcf
+from proxy.ecosystems.cran.rds import Compression, RValue, RVector, strings, write_rds
 from proxy.errors import BadRequest
 
 # tools:::.get_standard_repository_db_fields("source"), R 4.2; for "win.binary" and
@@ -168,46 +160,28 @@ def render_packages_gz(entries: Iterable[Mapping[str, str]], *, binary: bool = F
     return gzip.compress(render_packages(entries, binary=binary), compresslevel=9, mtime=0)
 
 
-RdsCompression = Literal["gzip", "xz", "none"]
+def packages_matrix(entries: Sequence[Mapping[str, str]], *, binary: bool = False) -> RVector:
+    """The R object of PACKAGES.rds: a character matrix, one row per entry, NA where a
+    field is missing, ``dimnames = list(<Package column>, <field names>)``."""
+    cols = columns_for(entries, binary=binary)
+    cells: list[str | None] = [e.get(c) or None for c in cols for e in entries]  # column-major
+    rownames: RValue = strings([e.get("Package", "") for e in entries]) if entries else None
+    return RVector("str", cells, (
+        ("dim", RVector("int", [len(entries), len(cols)])),
+        ("dimnames", RVector("list", [rownames, strings(cols)])),
+    ))
 
 
 def render_packages_rds(
-    entries: Iterable[Mapping[str, str]], *, compression: RdsCompression = "gzip",
+    entries: Iterable[Mapping[str, str]], *, compression: Compression = "gzip",
     binary: bool = False,
 ) -> bytes:
-    """PACKAGES.rds: a character matrix as saveRDS(db) writes it (XDR, format version 3).
+    """PACKAGES.rds: the matrix as saveRDS(db) writes it (XDR, format version 3).
 
     R's write_PACKAGES compresses with xz; readRDS reads gzip, bzip2 and xz alike, and
     gzip is much cheaper to produce for a merged index rebuilt on the fly.
     """
-    items = list(entries)
-    cols = columns_for(items, binary=binary)
-    nrow, ncol = len(items), len(cols)
-    cells = []
-    for c in cols:  # R matrices are stored column-major
-        for e in items:
-            v = e.get(c)
-            cells.append(build_r_char(v if v else None, encoding="utf-8"))
-    conv = ConverterFromPythonToR(encoding="utf-8")
-    rownames = np.array([e.get("Package", "") for e in items], dtype=np.str_) if nrow else None
-    attributes = conv.convert_to_r_attributes({
-        "dim": np.array([nrow, ncol], dtype=np.int32),
-        "dimnames": [rownames, np.array(cols, dtype=np.str_)],
-    })
-    matrix = build_r_object(RObjectType.STR, value=cells, attributes=attributes)
-    data = RData(
-        RVersions(3, 0x040202, R_MINIMUM_VERSIONS[3]),
-        RExtraInfo("UTF-8"),
-        matrix,
-    )
-    raw = unparse_data(data, file_format="xdr", file_type="rds")
-    if compression == "gzip":
-        return gzip.compress(raw, compresslevel=6, mtime=0)
-    if compression == "xz":
-        import lzma
-
-        return lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
-    return raw
+    return write_rds(packages_matrix(list(entries), binary=binary), compression=compression)
 
 
 @dataclass(frozen=True)
@@ -282,15 +256,39 @@ class ArchivedFile:
     mtime: float  # seconds since the epoch
 
 
-def _vector(conv: ConverterFromPythonToR, r_type: RObjectType, value: object,
-            attributes: Mapping[str, Any] | None = None) -> RObject:
-    attrs = conv.convert_to_r_attributes(dict(attributes)) if attributes else None
-    return build_r_object(r_type, value=value, attributes=attrs,
-                          is_object=bool(attributes and "class" in attributes))
+_POSIXCT = (("class", strings(["POSIXct", "POSIXt"])),)
+ARCHIVE_COLUMNS = ("size", "isdir", "mode", "mtime", "ctime", "atime", "uid", "gid", "uname", "grname")
 
 
-def _strings(values: Sequence[str | None]) -> list[RObject]:
-    return [build_r_char(v, encoding="utf-8") for v in values]
+def archive_list(files: Iterable[ArchivedFile]) -> RVector:
+    """The R object of Meta/archive.rds (see render_archive_rds)."""
+    by_pkg: dict[str, list[ArchivedFile]] = {}
+    for f in files:
+        by_pkg.setdefault(f.package, []).append(f)
+    names = sorted(by_pkg, key=lambda n: (n.lower(), n))
+    frames: list[RValue] = []
+    for name in names:
+        rows = sorted(by_pkg[name], key=lambda f: _safe_key(_file_version(f.filename)))
+        n = len(rows)
+        times = [float(f.mtime) for f in rows]
+        columns: list[RValue] = [
+            RVector("real", [float(f.size) for f in rows]),
+            RVector("lgl", [0] * n),
+            RVector("int", [0o644] * n, (("class", strings(["octmode"])),)),
+            RVector("real", times, _POSIXCT),
+            RVector("real", times, _POSIXCT),
+            RVector("real", times, _POSIXCT),
+            RVector("int", [0] * n),
+            RVector("int", [0] * n),
+            strings(["cran"] * n),
+            strings(["cran"] * n),
+        ]
+        frames.append(RVector("list", columns, (
+            ("names", strings(ARCHIVE_COLUMNS)),
+            ("class", strings(["data.frame"])),
+            ("row.names", strings([f"{name}/{f.filename}" for f in rows])),
+        )))
+    return RVector("list", frames, (("names", strings(names)),) if names else ())
 
 
 def render_archive_rds(files: Iterable[ArchivedFile]) -> bytes:
@@ -299,43 +297,7 @@ def render_archive_rds(files: Iterable[ArchivedFile]) -> bytes:
     of ``file.info()`` columns (size, isdir, mode, mtime, ctime, atime, uid, gid, uname,
     grname) whose row names are ``<pkg>/<file>``. Packages sorted by name, files by version.
     """
-    by_pkg: dict[str, list[ArchivedFile]] = {}
-    for f in files:
-        by_pkg.setdefault(f.package, []).append(f)
-    names = sorted(by_pkg, key=lambda n: (n.lower(), n))
-    conv = ConverterFromPythonToR(encoding="utf-8")
-    frames = []
-    for name in names:
-        rows = by_pkg[name]
-        rows.sort(key=lambda f: _safe_key(_file_version(f.filename)))
-        n = len(rows)
-        times = np.array([float(f.mtime) for f in rows], dtype=np.float64)
-        posix = {"class": np.array(["POSIXct", "POSIXt"], dtype=np.str_)}
-        columns = [
-            _vector(conv, RObjectType.REAL, np.array([float(f.size) for f in rows], dtype=np.float64)),
-            _vector(conv, RObjectType.LGL, np.zeros(n, dtype=np.int32)),
-            _vector(conv, RObjectType.INT, np.full(n, 0o644, dtype=np.int32),
-                    {"class": np.array(["octmode"], dtype=np.str_)}),
-            _vector(conv, RObjectType.REAL, times, posix),
-            _vector(conv, RObjectType.REAL, times, posix),
-            _vector(conv, RObjectType.REAL, times, posix),
-            _vector(conv, RObjectType.INT, np.zeros(n, dtype=np.int32)),
-            _vector(conv, RObjectType.INT, np.zeros(n, dtype=np.int32)),
-            build_r_object(RObjectType.STR, value=_strings(["cran"] * n)),
-            build_r_object(RObjectType.STR, value=_strings(["cran"] * n)),
-        ]
-        frames.append(_vector(conv, RObjectType.VEC, columns, {
-            "names": np.array(["size", "isdir", "mode", "mtime", "ctime", "atime", "uid", "gid",
-                               "uname", "grname"], dtype=np.str_),
-            "class": np.array(["data.frame"], dtype=np.str_),
-            "row.names": np.array([f"{name}/{f.filename}" for f in rows], dtype=np.str_),
-        }))
-    top = build_r_object(
-        RObjectType.VEC, value=frames,
-        attributes=conv.convert_to_r_attributes({"names": np.array(names, dtype=np.str_)}) if names else None,
-    )
-    data = RData(RVersions(3, 0x040202, R_MINIMUM_VERSIONS[3]), RExtraInfo("UTF-8"), top)
-    return gzip.compress(unparse_data(data, file_format="xdr", file_type="rds"), mtime=0)
+    return write_rds(archive_list(files))
 
 
 def _file_version(filename: str) -> str:
@@ -345,3 +307,67 @@ def _file_version(filename: str) -> str:
             stem = stem[: -len(suffix)]
             break
     return stem.partition("_")[2]
+
+
+def _sym_name(obj: RObject) -> str:
+    sym = obj.referenced_object if obj.info.type == RObjectType.REF else obj
+    if sym is None or sym.info.type != RObjectType.SYM:
+        raise ValueError("attribute tag is not a symbol")
+    value = sym.value.value
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _attributes(obj: RObject) -> dict[str, RObject]:
+    out: dict[str, RObject] = {}
+    node = obj.attributes
+    while node is not None and node.info.type == RObjectType.LIST:
+        car, cdr = node.value
+        if node.tag is not None:
+            out[_sym_name(node.tag)] = car
+        node = cdr
+    return out
+
+
+def _str_values(obj: RObject | None) -> list[str | None]:
+    if obj is None or obj.info.type != RObjectType.STR:
+        return []
+    return [c.value.decode("utf-8", "replace") if isinstance(c.value, bytes) else None for c in obj.value]
+
+
+def parse_archive_rds(data: bytes) -> list[ArchivedFile]:
+    """The files listed in an upstream ``src/contrib/Meta/archive.rds`` (see render_archive_rds).
+
+    Parsed with rdata's low-level parser (no pandas conversion); rows whose name is not
+    ``<pkg>/<file>`` are skipped. Raises BadRequest when the data is not such a list.
+    """
+    import warnings
+
+    from rdata.parser import parse_data
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            top = parse_data(data).object
+        if top.info.type != RObjectType.VEC:
+            raise ValueError("not a list")
+        names = _str_values(_attributes(top).get("names"))
+        out: list[ArchivedFile] = []
+        for pkg, frame in zip(names, top.value):
+            if pkg is None or frame.info.type != RObjectType.VEC:
+                continue
+            attrs = _attributes(frame)
+            cols = dict(zip(_str_values(attrs.get("names")), frame.value))
+            rows = _str_values(attrs.get("row.names"))
+            size, mtime = cols.get("size"), cols.get("mtime")
+            for i, row in enumerate(rows):
+                if row is None or "/" not in row:
+                    continue
+                folder, _, filename = row.partition("/")
+                out.append(ArchivedFile(
+                    package=folder or pkg, filename=filename,
+                    size=int(size.value[i]) if size is not None and size.info.type == RObjectType.REAL else 0,
+                    mtime=float(mtime.value[i]) if mtime is not None and mtime.info.type == RObjectType.REAL else 0.0,
+                ))
+        return out
+    except (ValueError, TypeError, IndexError, AttributeError, NotImplementedError, EOFError, OSError) as exc:
+        raise BadRequest(f"archive.rds is not a CRAN archive listing: {exc}") from None
