@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import secrets
 import signal
 import sys
 from importlib import resources
@@ -164,7 +165,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return 2
     token = generate_token()
     entry: dict[str, object] = {
-        "name": args.name or f"{args.user}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}",
+        # default names must stay unique when several tokens are made in the same second
+        "name": args.name or f"{args.user}-{dt.datetime.now(dt.timezone.utc):%Y%m%d}-{secrets.token_hex(4)}",
         "user": args.user,
         "sha256": f"sha256:{hash_token(token)}",
         "scopes": list(dict.fromkeys(args.scope)),
