@@ -270,6 +270,11 @@ def test_indexes_etag_and_rds(world: World) -> None:
     assert out.stdout == "TRUE 1.1"
     assert http("GET", f"{world.repo()}/bin/windows/contrib/3.1/PACKAGES")[0] == 404
     assert http("GET", f"{world.repo()}/src/contrib/nosuch_1.0.tar.gz")[0] == 404
+    # the squatter's file is not reachable by its name either
+    assert http("GET", f"{world.repo()}/src/contrib/acme_9.0.tar.gz")[0] == 404
+    assert http("GET", f"{world.repo()}/bin/windows/contrib/{R_MINOR}/acme_9.0.zip")[0] == 404
+    status, headers, _ = http("HEAD", f"{world.repo()}/src/contrib/acme_1.1.tar.gz")
+    assert status == 200 and int(headers["Content-Length"]) == world.private["acme_1.1"].path.stat().st_size
 
 
 def test_md5_mismatch_is_502_and_not_cached(world: World) -> None:
