@@ -22,11 +22,11 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Generic, Hashable, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
 from aiocache.base import BaseCache
 
-from .errors import ChannelgateError, NotFound, UpstreamError, UpstreamTimeout
+from .errors import NotFound, UpstreamError, UpstreamTimeout
 from .settings import UpstreamSettings
 from .store.blobs import atomic_write
 from .upstream import Upstream, redact_url
@@ -72,6 +72,9 @@ class MetadataCache:
         self.negative_ttl = negative_ttl
         self.offline = offline
         self._inflight: dict[str, asyncio.Task[Doc]] = {}
+        # L1: what this process already knows to be fresh, so a warm request touches
+        # neither aiocache nor disk. (url, accept) -> (doc or None for a 404, fresh until)
+        self._l1: dict[tuple[str, str | None], tuple[Doc | None, float]] = {}
         (root / "docs").mkdir(parents=True, exist_ok=True)
         (root / "bodies").mkdir(parents=True, exist_ok=True)
 
@@ -82,6 +85,11 @@ class MetadataCache:
     async def get(self, up: UpstreamSettings, url: str, *, accept: str | None = None) -> Doc:
         """The document at ``url``; NotFound if the upstream has none; Upstream* if it is
         unreachable and nothing is cached."""
+        known = self._l1.get((url, accept))
+        if known is not None and time.time() < known[1]:
+            if known[0] is None:
+                raise NotFound()
+            return known[0]
         key = self.key(url, accept)
         entry = await self.aio.get(key)
         if entry is not None:
@@ -96,7 +104,7 @@ class MetadataCache:
         if stored is not None:
             age = time.time() - stored.fetched_at
             if age < self.ttl:
-                await self._remember(key, stored, self.ttl - age)
+                await self._remember(key, url, accept, stored, self.ttl - age)
             else:
                 self._refresh(key, up, url, accept, stored)  # stale-while-revalidate
             return stored
@@ -132,12 +140,13 @@ class MetadataCache:
         except NotFound:
             if self.negative_ttl > 0:
                 await self.aio.set(key, {"missing": True}, ttl=self.negative_ttl)
+                self._learn(url, accept, None, self.negative_ttl)
             raise
         except (UpstreamError, UpstreamTimeout):
             if stored is None:
                 raise
             log.warning("serving a stale copy of %s: upstream %s failed", redact_url(url), up.name)
-            await self._remember(key, stored, min(ERROR_RETRY, self.ttl) or ERROR_RETRY)
+            await self._remember(key, url, accept, stored, min(ERROR_RETRY, self.ttl) or ERROR_RETRY)
             return stored
         now = time.time()
         if resp.status == 304 and stored is not None:
@@ -151,12 +160,21 @@ class MetadataCache:
         await asyncio.to_thread(
             atomic_write, self._doc_path(key), json.dumps(asdict(doc)).encode(), self.tmp_dir
         )
-        await self._remember(key, doc, self.ttl)
+        await self._remember(key, url, accept, doc, self.ttl)
         return doc
 
-    async def _remember(self, key: str, doc: Doc, ttl: float) -> None:
+    async def _remember(self, key: str, url: str, accept: str | None, doc: Doc, ttl: float) -> None:
+        """Fresh for ``ttl`` seconds: in aiocache (shared by replicas with Redis) and in L1."""
         if ttl > 0:
             await self.aio.set(key, asdict(doc), ttl=max(1, int(ttl)))
+            self._learn(url, accept, doc, ttl)
+
+    def _learn(self, url: str, accept: str | None, doc: Doc | None, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        if len(self._l1) > 100_000:
+            self._l1.clear()
+        self._l1[(url, accept)] = (doc, time.time() + ttl)
 
     def _doc_path(self, key: str) -> Path:
         return self.root / "docs" / f"{key}.json"
@@ -207,4 +225,4 @@ class Memo(Generic[K, V]):
         return value if value is not None else self.put(key, build())
 
 
-__all__ = ["Doc", "MetadataCache", "Memo", "ChannelgateError", "Any"]
+__all__ = ["Doc", "MetadataCache", "Memo"]

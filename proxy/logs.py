@@ -12,8 +12,9 @@ from typing import TextIO
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+_PATH_TOKEN = re.compile(r"/t/[^/\s\"'?]+")
 _PATTERNS = (
-    (re.compile(r"/t/[^/\s\"'?]+"), "/t/<redacted>"),  # path tokens, whatever their form
+    (_PATH_TOKEN, "/t/<redacted>"),  # path tokens, whatever their form
     (re.compile(r"cgt-[A-Za-z0-9]+"), "cgt-<redacted>"),  # our tokens anywhere
     (re.compile(r"(?i)(authorization|x-auth)(['\"]?\s*[:=]\s*['\"]?)[^\s,'\"}]+( [^\s,'\"}]+)?"), r"\1\2<redacted>"),
     (re.compile(r"(//)[^/@\s:]+:[^/@\s]+@"), r"\1<redacted>@"),  # userinfo in URLs
@@ -77,7 +78,9 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         path = request.path
-        if "/t/" in path or "cgt-" in path or "@" in path:
+        if "/t/" in path:
+            path = _PATH_TOKEN.sub("/t/<redacted>", path)
+        if "cgt-" in path:
             path = mask(path)
         self.logger.write(  # type: ignore[attr-defined]
             f'{request.remote} "{request.method} {path}" {response.status} {response.body_length} {time:.4f}'

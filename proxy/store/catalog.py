@@ -54,6 +54,30 @@ class Upload:
     uploaded_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One consistent view of a (channel, ecosystem), indexed for per-request lookups."""
+
+    generation: int
+    uploads: tuple[Upload, ...]
+    by_name: Mapping[str, tuple[Upload, ...]]
+    by_path: Mapping[str, Upload]
+    names: frozenset[str]
+
+    @classmethod
+    def build(cls, generation: int, uploads: tuple[Upload, ...]) -> "Snapshot":
+        by_name: dict[str, list[Upload]] = {}
+        for upload in uploads:
+            by_name.setdefault(upload.name, []).append(upload)
+        return cls(
+            generation,
+            uploads,
+            {name: tuple(items) for name, items in by_name.items()},
+            {u.path: u for u in uploads},
+            frozenset(by_name),
+        )
+
+
 class Catalog:
     def __init__(self, db_path: Path) -> None:
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
@@ -62,7 +86,7 @@ class Catalog:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._generation: dict[tuple[str, str], int] = {}
-        self._snapshots: dict[tuple[str, str], tuple[int, tuple[Upload, ...]]] = {}
+        self._snapshots: dict[tuple[str, str], Snapshot] = {}
         self._epoch = 0  # bumps when another process (a --workers sibling) committed
         self._data_version = self._read_data_version()
 
@@ -90,28 +114,28 @@ class Catalog:
         key = (channel, ecosystem)
         self._generation[key] = self._generation.get(key, 0) + 1
 
-    def list(self, channel: str, ecosystem: str) -> tuple[Upload, ...]:
+    def snapshot(self, channel: str, ecosystem: str) -> Snapshot:
         key = (channel, ecosystem)
         gen = self.generation(channel, ecosystem)
         snap = self._snapshots.get(key)
-        if snap is not None and snap[0] == gen:
-            return snap[1]
+        if snap is not None and snap.generation == gen:
+            return snap
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM uploads WHERE channel=? AND ecosystem=? ORDER BY uploaded_at, path", key
             ).fetchall()
-        uploads = tuple(_row_to_upload(r) for r in rows)
-        self._snapshots[key] = (gen, uploads)
-        return uploads
+        snap = Snapshot.build(gen, tuple(_row_to_upload(r) for r in rows))
+        self._snapshots[key] = snap
+        return snap
+
+    def list(self, channel: str, ecosystem: str) -> tuple[Upload, ...]:
+        return self.snapshot(channel, ecosystem).uploads
 
     def names(self, channel: str, ecosystem: str) -> frozenset[str]:
-        return frozenset(u.name for u in self.list(channel, ecosystem))
+        return self.snapshot(channel, ecosystem).names
 
     def get(self, channel: str, ecosystem: str, path: str) -> Upload | None:
-        for upload in self.list(channel, ecosystem):
-            if upload.path == path:
-                return upload
-        return None
+        return self.snapshot(channel, ecosystem).by_path.get(path)
 
     def add(self, upload: Upload, *, replace: bool = False) -> None:
         """Record an upload. A file already at that path is a Conflict unless ``replace``."""

@@ -93,6 +93,13 @@ class PyPI:
         self._parsed: Memo[str, list[FileEntry]] = Memo(4096)
         self._projects: Memo[tuple[object, ...], Project] = Memo(4096)
         self._pages: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(4096)
+        self._allow_memo: Memo[frozenset[str], frozenset[str]] = Memo(64)
+
+    def _allow(self, names: frozenset[str]) -> frozenset[str]:
+        allow = self._allow_memo.get(names)
+        if allow is None:
+            allow = self._allow_memo.put(names, frozenset(normalize(n) for n in names))
+        return allow
 
     # ------------------------------------------------------------------ GET
     async def serve(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
@@ -140,10 +147,10 @@ class PyPI:
     async def project(self, ctx: ChannelRequest, project: str) -> Project:
         """The merged file list of one project (DESIGN's merge rule)."""
         channel = ctx.channel
-        catalog = self.services.catalog
-        uploads = [u for u in catalog.list(channel.name, "pypi") if u.name == project]
-        local_names = catalog.names(channel.name, "pypi")
-        allow = frozenset(normalize(n) for n in channel.upstream_allow)
+        snap = self.services.catalog.snapshot(channel.name, "pypi")
+        uploads = snap.by_name.get(project, ())
+        local_names = snap.names
+        allow = self._allow(channel.upstream_allow)
         docs: list[tuple[UpstreamSettings, Doc]] = []
         failure: Exception | None = None
         if upstream_may_serve(project, local_names, allow):
@@ -156,7 +163,7 @@ class PyPI:
                     failure = exc
         if not uploads and not docs:
             raise failure if failure is not None else NotFound(f"no project named {project!r}")
-        key = (channel.name, project, catalog.generation(channel.name, "pypi"), channel.upstream_allow,
+        key = (channel.name, project, snap.generation, allow,
                tuple((up.name, doc.digest) for up, doc in docs))
         cached = self._projects.get(key)
         if cached is not None:
