@@ -38,44 +38,25 @@ from proxy.ecosystems.cran.paths import parse_cran_path
 from proxy.ecosystems.cran.rds import R_VERSION, RValue, serialize
 from proxy.errors import BadRequest, NotFound
 
-try:
-    from fixtures.cran_pkgs import (
-        HAVE_R,
-        BuiltPackage,
-        build_macos_binary,
-        build_source_package,
-        build_windows_binary,
-        make_absolute_member,
-        make_dotdot_member,
-        make_no_description,
-        make_not_gzip,
-        make_renamed,
-        make_symlink_escape,
-        make_truncated,
-        make_two_top_folders,
-        make_zip_dotdot,
-        run_r,
-        write_cran_repo,
-    )
-except ImportError:  # pragma: no cover - depends on how pytest sets sys.path
-    from tests.fixtures.cran_pkgs import (
-        HAVE_R,
-        BuiltPackage,
-        build_macos_binary,
-        build_source_package,
-        build_windows_binary,
-        make_absolute_member,
-        make_dotdot_member,
-        make_no_description,
-        make_not_gzip,
-        make_renamed,
-        make_symlink_escape,
-        make_truncated,
-        make_two_top_folders,
-        make_zip_dotdot,
-        run_r,
-        write_cran_repo,
-    )
+from fixtures.cran_pkgs import (
+    HAVE_R,
+    BuiltPackage,
+    build_macos_binary,
+    build_source_package,
+    build_windows_binary,
+    make_absolute_member,
+    make_dotdot_member,
+    make_no_description,
+    make_not_gzip,
+    make_renamed,
+    make_symlink_escape,
+    make_truncated,
+    make_two_top_folders,
+    make_zip_dotdot,
+    run_r,
+    write_cran_repo,
+)
+
 
 needs_r = pytest.mark.skipif(not HAVE_R, reason="R (R and Rscript) is not installed")
 
@@ -474,6 +455,7 @@ def _rdata_bytes(obj: RValue) -> bytes:
     def build(o: RValue):  # type: ignore[no-untyped-def]
         if o is None:
             return build_r_object(RObjectType.NILVALUE)
+        value: object
         if o.type == "str":
             value = [build_r_char(v, encoding="utf-8") for v in o.values]  # type: ignore[arg-type]
         elif o.type == "list":
