@@ -1,0 +1,230 @@
+"""conda handlers: every conda URL of DESIGN's surface under a channel prefix ``P``.
+
+    P[/label/<label>]/<subdir>/repodata.json[.zst|.bz2]
+    P[/label/<label>]/<subdir>/current_repodata.json[.zst|.bz2]
+    P[/label/<label>]/<subdir>/repodata_shards.msgpack.zst          (CEP-16 index)
+    P[/label/<label>]/<subdir>/shards/<sha256>.msgpack.zst          (CEP-16 shard)
+    P[/label/<label>]/<subdir>/<package file>
+    P[/label/<label>]/channeldata.json
+
+Package URLs in every index are relative (records carry no ``url``; CEP-16 ``base_url``
+is ``./``), so clients fetch files through the very prefix they used, token included,
+and never from an upstream. Uploads (``POST /api/repo/<channel>``, ``content=@file``,
+optional ``label=``) and anaconda-client's stage/post flow share ``store_conda_upload``.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+import orjson
+from aiohttp import web
+
+from ...context import ChannelRequest, Services, UploadForm
+from ...errors import BadRequest, Conflict, NotFound
+from ...merge import upstream_may_serve
+from ...responses import index_response
+from ...store.blobs import TempBlob
+from ...store.catalog import Upload
+from ...upstream import ArtifactSpec, file_response
+from .index import (
+    DEFAULT_LABEL,
+    LABEL_RE,
+    SUBDIR_RE,
+    CondaIndexes,
+    Rendering,
+    allowed_names,
+    normalize,
+)
+from .package import CondaPackage, inspect_package
+from .repodata import is_package_filename
+from .shards import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
+
+INDEX_MAX_AGE = 60  # seconds; CEP-16 suggests a short max-age for the shard index too
+PACKAGE_CONTENT_TYPE = "application/octet-stream"
+
+INDEX_FILES: dict[str, tuple[Rendering, str]] = {
+    "repodata.json": ("json", "application/json"),
+    "repodata.json.zst": ("zstd", "application/zstd"),
+    "repodata.json.bz2": ("bz2", "application/x-bzip2"),
+    "current_repodata.json": ("current", "application/json"),
+    "current_repodata.json.zst": ("current.zstd", "application/zstd"),
+    "current_repodata.json.bz2": ("current.bz2", "application/x-bzip2"),
+    SHARD_INDEX_FILENAME: ("shards", "application/octet-stream"),
+}
+
+
+def create(services: Services) -> "Conda":
+    return Conda(services)
+
+
+def parse_labels(values: Iterable[str]) -> tuple[str, ...]:
+    """Upload labels (``label=`` fields, repeated or comma-separated); default ``main``."""
+    labels: list[str] = []
+    for value in values:
+        for label in value.split(","):
+            label = label.strip()
+            if not label:
+                continue
+            if not LABEL_RE.match(label) or len(label) > 100:
+                raise BadRequest(f"invalid label {label[:100]!r}: letters, digits, '.', '_' and '-' only")
+            if label not in labels:
+                labels.append(label)
+    return tuple(labels) or (DEFAULT_LABEL,)
+
+
+async def store_conda_upload(
+    services: Services,
+    channel: str,
+    uploader: str,
+    blob: TempBlob,
+    filename: str,
+    digests: dict[str, str],
+    labels: tuple[str, ...],
+    *,
+    replace: bool = False,
+    check: Callable[[CondaPackage], None] | None = None,
+) -> tuple[CondaPackage, Upload]:
+    """Validate an uploaded conda package, publish it and record it in the catalog.
+
+    The one path every conda upload takes (``POST /api/repo/<channel>`` and
+    anaconda-client's stage/post/commit). Raises BadRequest for an invalid package and
+    Conflict when the file exists (unless ``replace``); ``check`` may refuse the package
+    before anything is published. On any error the caller discards the temp blob, so
+    nothing is stored.
+    """
+    pkg = await asyncio.to_thread(
+        inspect_package, blob.path, filename, sha256=digests["sha256"], md5=digests["md5"], size=blob.size
+    )
+    if check is not None:
+        check(pkg)
+    path = f"{pkg.subdir}/{pkg.filename}"
+    catalog = services.catalog
+    if not replace and catalog.get(channel, "conda", path) is not None:
+        raise Conflict("File already exists")
+    committed = await blob.commit()
+    upload = Upload(
+        channel=channel,
+        ecosystem="conda",
+        path=path,
+        name=normalize(pkg.name),
+        version=pkg.version,
+        filename=pkg.filename,
+        sha256=committed.sha256,
+        md5=committed.md5,
+        size=committed.size,
+        labels=labels,
+        meta=pkg.record,
+        uploader=uploader,
+        uploaded_at=time.time(),
+    )
+    catalog.add(upload, replace=replace)
+    return pkg, upload
+
+
+class Conda:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.indexes = CondaIndexes(services)
+
+    # ------------------------------------------------------------------ GET / HEAD
+    async def serve(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
+        parts = ctx.route.rest.split("/")
+        label = DEFAULT_LABEL
+        if parts[0] == "label":
+            if len(parts) < 3 or not LABEL_RE.match(parts[1]):
+                raise NotFound()
+            label, parts = parts[1], parts[2:]
+        if parts == ["channeldata.json"]:
+            body, etag = await self.indexes.channeldata(ctx, label)
+            return index_response(request, body, "application/json", etag=etag, max_age=INDEX_MAX_AGE)
+        if len(parts) == 2 and SUBDIR_RE.match(parts[0]):
+            subdir, name = parts
+            if name in INDEX_FILES:
+                return await self._index(request, ctx, label, subdir, name)
+            if is_package_filename(name):
+                return await self._file(request, ctx, label, subdir, name)
+        if len(parts) == 3 and SUBDIR_RE.match(parts[0]) and parts[1] == "shards" and parts[2].endswith(".msgpack.zst"):
+            return await self._shard(request, ctx, label, parts[0], parts[2][: -len(".msgpack.zst")])
+        raise NotFound()
+
+    async def _index(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, name: str) -> web.StreamResponse:
+        index = await self.indexes.subdir(ctx, label, subdir)
+        if index is None:
+            raise NotFound(f"this channel has no {subdir} packages")
+        kind, content_type = INDEX_FILES[name]
+        body, etag = await index.rendered(kind)
+        return index_response(request, body, content_type, etag=etag, max_age=INDEX_MAX_AGE)
+
+    async def _shard(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, sha256_hex: str) -> web.StreamResponse:
+        check_shard_request(sha256_hex)
+        body = self.indexes.find_shard(ctx.channel.name, label, subdir, sha256_hex)
+        if body is None:  # e.g. after a restart: build the current shards, then look again
+            index = await self.indexes.subdir(ctx, label, subdir)
+            if index is not None:
+                body = (await index.shard_set()).shards.get(sha256_hex)
+        if body is None:
+            raise NotFound("no such shard")
+        # CEP-16: shards are content-addressed, hence immutable
+        return index_response(request, body, "application/octet-stream", etag=f'"{sha256_hex}"', immutable=True)
+
+    async def _file(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, filename: str) -> web.StreamResponse:
+        channel = ctx.channel
+        upload = self.services.catalog.get(channel.name, "conda", f"{subdir}/{filename}")
+        if upload is not None and label in upload.labels:
+            path = self.services.store.find("uploads", upload.sha256)
+            if path is None:
+                raise NotFound(f"{filename} is not stored")
+            return file_response(path, PACKAGE_CONTENT_TYPE, immutable=False)
+        name = package_name_of(filename)
+        local_names = self.services.catalog.names(channel.name, "conda")
+        if label != DEFAULT_LABEL or name is None or not upstream_may_serve(normalize(name), local_names, allowed_names(channel)):
+            raise NotFound(f"no file {filename} in this channel")
+        index = await self.indexes.subdir(ctx, label, subdir)
+        origin = index.origin(filename) if index is not None else None
+        if origin is None or isinstance(origin, Upload):
+            raise NotFound(f"no file {filename} in this channel")
+        source, raw = origin
+        record = orjson.loads(raw)
+        expect: dict[str, str] = {}
+        for algorithm, length in (("sha256", 64), ("md5", 32)):
+            value = record.get(algorithm)
+            if isinstance(value, str) and len(value) == length:
+                expect = {algorithm: value.lower()}
+                break
+        spec = ArtifactSpec(
+            upstream=source.upstream,
+            url=source.file_url(filename),
+            expect=expect,
+            filename=filename,
+            content_type=PACKAGE_CONTENT_TYPE,
+        )
+        return await self.services.upstream.serve_artifact(request, spec, offline=ctx.settings.offline)
+
+    # ------------------------------------------------------------------ POST /api/repo/<channel>
+    async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
+        labels = parse_labels([*form.fields.get("label", []), *form.fields.get("labels", [])])
+        pkg, upload = await store_conda_upload(
+            self.services, ctx.channel.name, ctx.principal.user if ctx.principal else "",
+            form.blob, form.filename, form.digests, labels,
+        )
+        return web.json_response(upload_summary(pkg, upload), status=201)
+
+
+def upload_summary(pkg: CondaPackage, upload: Upload) -> dict[str, object]:
+    return {
+        "ok": True,
+        "name": pkg.name,
+        "version": pkg.version,
+        "build": pkg.build,
+        "subdir": pkg.subdir,
+        "filename": pkg.filename,
+        "basename": upload.path,
+        "labels": list(upload.labels),
+        "sha256": upload.sha256,
+        "md5": upload.md5,
+        "size": upload.size,
+    }
+
+
+__all__ = ["Conda", "create", "parse_labels", "store_conda_upload", "upload_summary"]
