@@ -35,7 +35,7 @@ from proxy.ecosystems.cran.package import (
     parse_built,
 )
 from proxy.ecosystems.cran.paths import parse_cran_path
-from proxy.ecosystems.cran.rds import R_VERSION, RValue, serialize
+from proxy.ecosystems.cran.rds import R_VERSION, RValue, RVector, UnsupportedRds, read_rds, serialize, write_rds
 from proxy.errors import BadRequest, NotFound
 
 from fixtures.cran_pkgs import (
@@ -528,3 +528,33 @@ def test_parse_cran_path(rest: str, expect: tuple[str, ...]) -> None:
 def test_parse_cran_path_rejects(rest: str) -> None:
     with pytest.raises(NotFound):
         parse_cran_path(rest)
+
+
+def test_read_rds_round_trips_the_writer() -> None:
+    obj = packages_matrix([{"Package": "abc", "Version": "2.1", "License": "MIT — ü"}])
+    for compression in ("gzip", "xz", "none"):
+        assert read_rds(write_rds(obj, compression=compression)) == obj  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        read_rds(b"RDX3\n")
+
+
+@needs_r
+def test_read_rds_reads_r_saverds(tmp_path: Path) -> None:
+    run_r('x <- list(a = data.frame(n = c(1.5, NA), s = c("x", NA), i = c(1L, 5L), stringsAsFactors = FALSE), '
+          'b = NULL, c = c(TRUE, FALSE)); saveRDS(x, "x.rds", compress = "bzip2"); '
+          'saveRDS(1:10, "altrep.rds"); '
+          'f <- file.info("x.rds"); f$uid <- seq_len(nrow(f)); rownames(f) <- "abc/abc_1.0.tar.gz"; '
+          'saveRDS(list(abc = f), "archive.rds")', cwd=tmp_path)
+    top = read_rds((tmp_path / "x.rds").read_bytes())
+    assert isinstance(top, RVector) and top.type == "list"
+    frame = top.values[0]
+    assert isinstance(frame, RVector)
+    assert [k for k, _ in top.attributes] == ["names"]
+    assert frame.values[1] == RVector("str", ["x", None])
+    assert frame.values[2] == RVector("int", [1, 5])
+    # compact sequences (ALTREP) are beyond the fast reader: parse_archive_rds falls back to rdata
+    with pytest.raises(UnsupportedRds):
+        read_rds((tmp_path / "altrep.rds").read_bytes())
+    files = parse_archive_rds((tmp_path / "archive.rds").read_bytes())
+    assert [(f.package, f.filename, f.size) for f in files] == [
+        ("abc", "abc_1.0.tar.gz", (tmp_path / "x.rds").stat().st_size)]

@@ -18,7 +18,8 @@ uses for recommended packages) are harmless and kept.
 
 The .rds files are written by ``rds.py`` (a minimal XDR writer whose bytes the tests
 compare with the ``rdata`` package's unparser; rdata itself is ~80x slower on CRAN-sized
-indexes) and read back with rdata's parser (``parse_archive_rds``).
+indexes); upstream archive listings are read by ``rds.read_rds``, with rdata's parser as
+the fallback for anything it does not cover.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from rdata.parser import RObject, RObjectType
 
 from proxy.ecosystems.cran.dcf import parse_dcf, render_dcf
-from proxy.ecosystems.cran.rds import Compression, RValue, RVector, strings, write_rds
+from proxy.ecosystems.cran.rds import Compression, RValue, RVector, UnsupportedRds, read_rds, strings, write_rds
 from proxy.errors import BadRequest
 
 # tools:::.get_standard_repository_db_fields("source"), R 4.2; for "win.binary" and
@@ -309,65 +310,80 @@ def _file_version(filename: str) -> str:
     return stem.partition("_")[2]
 
 
-def _sym_name(obj: RObject) -> str:
-    sym = obj.referenced_object if obj.info.type == RObjectType.REF else obj
-    if sym is None or sym.info.type != RObjectType.SYM:
-        raise ValueError("attribute tag is not a symbol")
-    value = sym.value.value
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+def _attr(vec: RVector, name: str) -> RValue:
+    return next((v for k, v in vec.attributes if k == name), None)
 
 
-def _attributes(obj: RObject) -> dict[str, RObject]:
-    out: dict[str, RObject] = {}
-    node = obj.attributes
-    while node is not None and node.info.type == RObjectType.LIST:
-        car, cdr = node.value
-        if node.tag is not None:
-            out[_sym_name(node.tag)] = car
-        node = cdr
+def _strs(value: RValue) -> list[str | None]:
+    return [v if isinstance(v, str) else None for v in value.values] if value and value.type == "str" else []
+
+
+def _from_list(top: object) -> list[ArchivedFile]:
+    if not isinstance(top, RVector) or top.type != "list":
+        raise ValueError("not a named list")
+    out: list[ArchivedFile] = []
+    for pkg, frame in zip(_strs(_attr(top, "names")), top.values):
+        if pkg is None or not isinstance(frame, RVector) or frame.type != "list":
+            continue
+        cols = dict(zip(_strs(_attr(frame, "names")), frame.values))
+        size, mtime = cols.get("size"), cols.get("mtime")
+        sizes = size.values if isinstance(size, RVector) and size.type == "real" else None
+        times = mtime.values if isinstance(mtime, RVector) and mtime.type == "real" else None
+        for i, row in enumerate(_strs(_attr(frame, "row.names"))):
+            if row is None or "/" not in row:
+                continue
+            folder, _, filename = row.partition("/")
+            out.append(ArchivedFile(
+                package=folder or pkg, filename=filename,
+                size=int(sizes[i]) if sizes is not None else 0,  # type: ignore[call-overload]
+                mtime=float(times[i]) if times is not None else 0.0,  # type: ignore[arg-type]
+            ))
     return out
 
 
-def _str_values(obj: RObject | None) -> list[str | None]:
-    if obj is None or obj.info.type != RObjectType.STR:
-        return []
-    return [c.value.decode("utf-8", "replace") if isinstance(c.value, bytes) else None for c in obj.value]
+def _rdata_to_rvector(obj: RObject) -> RValue:
+    """rdata's parse tree -> RVector, for files the fast reader does not cover."""
+    kinds = {RObjectType.STR: "str", RObjectType.VEC: "list", RObjectType.REAL: "real",
+             RObjectType.INT: "int", RObjectType.LGL: "lgl"}
+    kind = kinds.get(obj.info.type)
+    if kind is None:
+        return None
+    if kind == "str":
+        values: list[object] = [c.value.decode("utf-8", "replace") if isinstance(c.value, bytes) else None
+                                for c in obj.value]
+    elif kind == "list":
+        values = [_rdata_to_rvector(v) for v in obj.value]
+    else:
+        values = [v for v in obj.value.tolist()]
+    attrs: list[tuple[str, RValue]] = []
+    node = obj.attributes
+    while node is not None and node.info.type == RObjectType.LIST:
+        car, cdr = node.value
+        tag = node.tag.referenced_object if node.tag is not None and node.tag.info.type == RObjectType.REF else node.tag
+        if tag is not None and tag.info.type == RObjectType.SYM:
+            attrs.append((tag.value.value.decode("utf-8", "replace"), _rdata_to_rvector(car)))
+        node = cdr
+    return RVector(kind, values, tuple(attrs))  # type: ignore[arg-type]
 
 
 def parse_archive_rds(data: bytes) -> list[ArchivedFile]:
     """The files listed in an upstream ``src/contrib/Meta/archive.rds`` (see render_archive_rds).
 
-    Parsed with rdata's low-level parser (no pandas conversion); rows whose name is not
-    ``<pkg>/<file>`` are skipped. Raises BadRequest when the data is not such a list.
+    Read with ``rds.read_rds`` (CRAN's ~150,000 rows in about a second); a file using
+    parts of R's format it does not cover falls back to the rdata package's parser.
+    Rows whose name is not ``<pkg>/<file>`` are skipped. BadRequest if it is not a listing.
     """
-    import warnings
-
-    from rdata.parser import parse_data
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            top = parse_data(data).object
-        if top.info.type != RObjectType.VEC:
-            raise ValueError("not a list")
-        names = _str_values(_attributes(top).get("names"))
-        out: list[ArchivedFile] = []
-        for pkg, frame in zip(names, top.value):
-            if pkg is None or frame.info.type != RObjectType.VEC:
-                continue
-            attrs = _attributes(frame)
-            cols = dict(zip(_str_values(attrs.get("names")), frame.value))
-            rows = _str_values(attrs.get("row.names"))
-            size, mtime = cols.get("size"), cols.get("mtime")
-            for i, row in enumerate(rows):
-                if row is None or "/" not in row:
-                    continue
-                folder, _, filename = row.partition("/")
-                out.append(ArchivedFile(
-                    package=folder or pkg, filename=filename,
-                    size=int(size.value[i]) if size is not None and size.info.type == RObjectType.REAL else 0,
-                    mtime=float(mtime.value[i]) if mtime is not None and mtime.info.type == RObjectType.REAL else 0.0,
-                ))
-        return out
+        try:
+            top = read_rds(data)
+        except UnsupportedRds:
+            import warnings
+
+            from rdata.parser import parse_data
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                top = _rdata_to_rvector(parse_data(data).object)
+        return _from_list(top)
     except (ValueError, TypeError, IndexError, AttributeError, NotImplementedError, EOFError, OSError) as exc:
         raise BadRequest(f"archive.rds is not a CRAN archive listing: {exc}") from None

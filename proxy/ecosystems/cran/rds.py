@@ -59,37 +59,37 @@ class _Writer:
         self.out = bytearray()
         self.symbols: dict[str, int] = {}
 
-    def int(self, value: int) -> None:
+    def i32(self, value: int) -> None:
         self.out += struct.pack(">i", value)
 
     def char(self, value: str | None) -> None:
         if value is None:
-            self.int(CHARSXP)
-            self.int(-1)
+            self.i32(CHARSXP)
+            self.i32(-1)
             return
         data = value.encode("utf-8")
-        self.int(CHARSXP | ((ASCII_GP if data.isascii() else UTF8_GP) << 12))
-        self.int(len(data))
+        self.i32(CHARSXP | ((ASCII_GP if data.isascii() else UTF8_GP) << 12))
+        self.i32(len(data))
         self.out += data
 
     def symbol(self, name: str) -> None:
         index = self.symbols.get(name)
         if index is not None:
-            self.int((index << 8) | REFSXP)
+            self.i32((index << 8) | REFSXP)
             return
         self.symbols[name] = len(self.symbols) + 1
-        self.int(SYMSXP)
+        self.i32(SYMSXP)
         self.char(name)
 
     def item(self, obj: RValue) -> None:
         if obj is None:
-            self.int(NILVALUE_SXP)
+            self.i32(NILVALUE_SXP)
             return
         attrs = list(obj.attributes)
         is_object = any(name == "class" for name, _ in attrs)
-        self.int(_TYPE[obj.type] | (is_object << 8) | (bool(attrs) << 9))
+        self.i32(_TYPE[obj.type] | (is_object << 8) | (bool(attrs) << 9))
         values = obj.values
-        self.int(len(values))
+        self.i32(len(values))
         if obj.type == "str":
             for v in values:
                 self.char(v)  # type: ignore[arg-type]
@@ -102,20 +102,20 @@ class _Writer:
                 self.item(v)  # type: ignore[arg-type]
         if attrs:
             for name, value in attrs:
-                self.int(LISTSXP | (1 << 10))
+                self.i32(LISTSXP | (1 << 10))
                 self.symbol(name)
                 self.item(value)
-            self.int(NILVALUE_SXP)
+            self.i32(NILVALUE_SXP)
 
 
 def serialize(obj: RValue) -> bytes:
     """The uncompressed XDR serialization of ``obj`` (what saveRDS(compress=FALSE) writes)."""
     w = _Writer()
     w.out += b"X\n"
-    w.int(3)
-    w.int(R_VERSION)
-    w.int(MIN_READER)
-    w.int(5)
+    w.i32(3)
+    w.i32(R_VERSION)
+    w.i32(MIN_READER)
+    w.i32(5)
     w.out += b"UTF-8"
     w.item(obj)
     return bytes(w.out)
@@ -134,3 +134,122 @@ def write_rds(obj: RValue, *, compression: Compression = "gzip") -> bytes:
 
 def strings(values: Sequence[str | None]) -> RVector:
     return RVector("str", values)
+
+
+# ---------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class _Symbol:
+    name: str
+
+
+class UnsupportedRds(ValueError):
+    """The data uses a part of R's format this reader does not implement."""
+
+
+class _Reader:
+    """Reads the subset ``_Writer`` writes (plus bzip2 and REFSXP with an extra index word),
+    which is all a CRAN archive.rds or PACKAGES.rds holds. Anything else raises
+    UnsupportedRds so callers can fall back to the rdata package's complete parser."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.refs: list[_Symbol] = []
+
+    def i32(self) -> int:
+        (value,) = struct.unpack_from(">i", self.data, self.pos)
+        self.pos += 4
+        return int(value)
+
+    def _char_body(self) -> str | None:
+        n = self.i32()
+        if n == -1:
+            return None
+        raw = self.data[self.pos:self.pos + n]
+        if len(raw) != n:
+            raise ValueError("truncated string")
+        self.pos += n
+        return raw.decode("utf-8", "replace")
+
+    def item(self) -> object:
+        flags = self.i32()
+        kind = flags & 0xFF
+        has_attr, has_tag = flags & (1 << 9), flags & (1 << 10)
+        if kind == NILVALUE_SXP:
+            return None
+        if kind == REFSXP:
+            index = flags >> 8 or self.i32()
+            return self.refs[index - 1]
+        if kind == SYMSXP:
+            name = self.item()
+            sym = _Symbol(name if isinstance(name, str) else "")
+            self.refs.append(sym)
+            return sym
+        if kind == CHARSXP:
+            return self._char_body()
+        if kind == LISTSXP:
+            return self._pairlist(has_attr, has_tag)
+        values: Sequence[object]
+        n = self.i32()
+        if kind in (LGLSXP, INTSXP):
+            values = [int(v) for v in np.frombuffer(self.data, ">i4", n, self.pos)]
+            self.pos += 4 * n
+        elif kind == REALSXP:
+            values = [float(v) for v in np.frombuffer(self.data, ">f8", n, self.pos)]
+            self.pos += 8 * n
+        elif kind in (STRSXP, VECSXP):
+            values = [self.item() for _ in range(n)]
+        else:
+            raise UnsupportedRds(f"R type {kind} is not supported")
+        type_name: VectorType = {LGLSXP: "lgl", INTSXP: "int", REALSXP: "real", STRSXP: "str"}.get(kind, "list")  # type: ignore[assignment]
+        attrs = self._attributes(self.item()) if has_attr else ()
+        return RVector(type_name, values, attrs)
+
+    def _pairlist(self, has_attr: int, has_tag: int) -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        while True:
+            if has_attr:
+                self.item()
+            tag = self.item() if has_tag else None
+            out.append((tag.name if isinstance(tag, _Symbol) else "", self.item()))
+            flags = self.i32()
+            if flags & 0xFF == NILVALUE_SXP:
+                return out
+            if flags & 0xFF != LISTSXP:
+                raise UnsupportedRds("a pairlist ends in something else than NULL")
+            has_attr, has_tag = flags & (1 << 9), flags & (1 << 10)
+
+    @staticmethod
+    def _attributes(value: object) -> tuple[tuple[str, RValue], ...]:
+        if not isinstance(value, list):
+            raise UnsupportedRds("attributes are not a pairlist")
+        return tuple((k, v if isinstance(v, RVector) else None) for k, v in value)
+
+
+def read_rds(data: bytes) -> object:
+    """Read an .rds (gzip, bzip2, xz or plain; XDR format 2 or 3) into RVector / str / None."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    elif data[:3] == b"BZh":
+        import bz2
+
+        data = bz2.decompress(data)
+    elif data[:6] == b"\xfd7zXZ\x00":
+        data = lzma.decompress(data)
+    if data[:2] != b"X\n":
+        raise UnsupportedRds("not an XDR serialization")
+    reader = _Reader(data)
+    reader.pos = 2
+    version = reader.i32()
+    reader.i32()
+    reader.i32()
+    if version == 3:
+        nelen = reader.i32()  # the native encoding's name, skipped
+        reader.pos += nelen
+    elif version != 2:
+        raise UnsupportedRds(f"serialization format {version}")
+    try:
+        return reader.item()
+    except (struct.error, IndexError) as exc:
+        raise ValueError(f"truncated or malformed rds: {exc}") from None
