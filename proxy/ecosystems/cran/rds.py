@@ -1,11 +1,12 @@
-"""A minimal writer of R's serialization format (XDR, version 3), for the .rds files a CRAN
-repository publishes (PACKAGES.rds, Meta/archive.rds).
+"""A minimal writer and reader of R's serialization format (XDR, version 3), for the .rds
+files a CRAN repository publishes (PACKAGES.rds, Meta/archive.rds).
 
-Why not rdata's writer: rdata (used to *read* .rds here, and as the byte-level oracle in
+Why not the rdata package: rdata (the fallback reader here, and the byte-level oracle in
 the tests) builds one Python RObject per R value and packs every integer through numpy;
 that costs about 0.3 ms per string, i.e. ~9 s for the PACKAGES.rds of CRAN's ~21,000
 packages (315,000 strings), rebuilt whenever an upstream index changes. This writer emits
-the same bytes (tests compare both) in a fraction of that time.
+the same bytes (tests compare both) about 80 times faster; ``read_rds`` reads the same
+subset (CRAN's Meta/archive.rds, ~150,000 rows: ~3 s instead of ~20 s with rdata).
 
 Format (R Internals, "Serialization Formats"; R's src/main/serialize.c):
 ``X\\n``, then big-endian int32s: format version 3, the writer's R version, the minimum
