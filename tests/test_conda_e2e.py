@@ -6,6 +6,7 @@ import base64
 import bz2
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,22 @@ def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory, channelgat
         fx.build_package(pkgs / "second", Spec("second-only", "0.1", "0")),
     ]
     fx.write_channel(root / "second", second)
+    # a CEP-15 upstream: its repodata says the files live elsewhere (info.base_url)
+    based = fx.build_package(pkgs / "based", Spec("based-pkg", "1.0", "0"))
+    fx.write_channel(root / "based", [])
+    (root / "files" / "noarch").mkdir(parents=True)
+    shutil.copyfile(based, root / "files" / "noarch" / based.name)
+    doc = {"info": {"subdir": "noarch", "base_url": "../../files/noarch/"}, "packages": {},
+           "packages.conda": {based.name: fx.repodata_record(based)}, "removed": [], "repodata_version": 2}
+    (root / "based" / "noarch" / "repodata.json").write_text(json.dumps(doc))
+    (root / "based" / "noarch" / "repodata.json.zst").unlink()
     upstream = upstream_factory(root)
     policy = Policy({
         "cache": {"metadata_ttl": 0},  # revalidate on every request: exercises stale serving
         "upstreams": {
             "conda-forge": {"type": "conda", "url": f"{upstream.url}/conda-forge"},
             "second": {"type": "conda", "url": f"{upstream.url}/second"},
+            "based": {"type": "conda", "url": f"{upstream.url}/based"},
         },
         "groups": {"devs": ["alice"], "readers": ["bob"]},
         "users": ["mallory"],
@@ -103,7 +114,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory, channelgat
                 "read": ["group:readers"],
                 "write": ["group:devs"],
             },
-            "mirror": {"public": True, "upstreams": ["conda-forge"]},
+            "mirror": {"public": True, "upstreams": ["conda-forge", "based"]},
             "hosted": {"read": ["group:readers"], "write": ["group:devs"]},
         },
     })
@@ -273,6 +284,17 @@ async def test_public_mirror_reads_anonymously(world: World) -> None:
     # on the mirror nothing is private: the squatter's acme-lib is what upstream offers
     status, _, body = http("GET", f"{url}/noarch/repodata.json")
     assert status == 200 and "acme-lib-9.0-0.conda" in json.loads(body)["packages.conda"]
+
+
+def test_upstream_base_url_is_followed_but_not_exposed(world: World) -> None:
+    """CEP-15: an upstream's info.base_url tells channelgate where its files are; clients
+    still download from channelgate."""
+    status, _, body = http("GET", f"{world.server.url}/mirror/noarch/repodata.json")
+    doc = json.loads(body)
+    assert status == 200 and "based-pkg-1.0-0.conda" in doc["packages.conda"] and "base_url" not in doc["info"]
+    status, _, body = http("GET", f"{world.server.url}/mirror/noarch/based-pkg-1.0-0.conda")
+    assert status == 200 and body == (world.pkgs / "based" / "based-pkg-1.0-0.conda").read_bytes()
+    assert world.upstream.calls_to("/files/noarch/based-pkg-1.0-0.conda") == 1
 
 
 def test_upstream_artifacts_are_cached_once(world: World) -> None:

@@ -51,7 +51,13 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 DEFAULT_LABEL = "main"
 
 Rendering = Literal["json", "zstd", "bz2", "current", "current.zstd", "current.bz2", "shards"]
-K = TypeVar("K", bound=Hashable)
+# compressed renderings: which plain rendering they compress, and how
+_COMPRESSED: dict[str, tuple[Rendering, Encoding]] = {
+    "zstd": ("json", "zstd"),
+    "bz2": ("json", "bz2"),
+    "current.zstd": ("current", "zstd"),
+    "current.bz2": ("current", "bz2"),
+}
 V = TypeVar("V")
 
 
@@ -157,10 +163,9 @@ class SubdirIndex:
             render = render_repodata_json if kind == "json" else render_current_repodata
             body = await asyncio.to_thread(render, self.subdir, self.records, removed=self.removed)
         else:
-            source, _, encoding = kind.rpartition(".") if "." in kind else ("json", "", kind)
-            plain, _etag = await self.rendered("current" if source == "current" else "json")
-            enc: Encoding = "zstd" if encoding == "zstd" else "bz2"
-            body = await asyncio.to_thread(encode, plain, enc)
+            plain_kind, encoding = _COMPRESSED[kind]
+            plain, _etag = await self.rendered(plain_kind)
+            body = await asyncio.to_thread(encode, plain, encoding)
         result = (body, etag_for(body))
         self._rendered[kind] = result
         return result
