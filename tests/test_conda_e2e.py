@@ -456,3 +456,19 @@ def test_anaconda_move_and_remove(world: World, anaconda_home: Path) -> None:
 
 def test_no_upload_temp_files_left(world: World) -> None:
     assert not upload_temp_files(world)
+
+
+# --------------------------------------------------------------------------- the upstream goes away
+async def test_install_from_cache_when_upstream_is_down(world: World) -> None:
+    warm = world.base / "env-warm"
+    await rattler_install(world, world.channel(world.tokens["reader"]), ["acme-tools"], warm, sharded=False)
+    world.upstream.stop()
+    try:
+        for sharded in (True, False):
+            cold = world.base / f"env-cold-{sharded}"  # a fresh client: nothing cached on its side
+            got = await rattler_install(world, world.channel(world.tokens["reader"]), ["acme-tools"], cold,
+                                        sharded=sharded)
+            assert {n: str(r.version) for n, r in got.items()} == {
+                "acme-tools": "0.3", "acme-lib": "1.0", "tool": "1.5", "upstream-dep": "2.0"}
+    finally:
+        world.upstream.restart()
