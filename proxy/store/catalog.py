@@ -176,11 +176,6 @@ class Catalog:
             )
         self._bump(channel, ecosystem)
 
-    def channels_with(self, ecosystem: str) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT DISTINCT channel FROM uploads WHERE ecosystem=?", (ecosystem,)
-            )]
 
 
 def _row_to_upload(row: tuple[Any, ...]) -> Upload:
