@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from importlib import resources
 from pathlib import Path
@@ -36,15 +37,22 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def _serve(settings: Settings, policy_path: Path | None, listen: str, *, worker: bool = False) -> None:
-    app = create_app(settings, policy_path=policy_path, clean_tmp=not worker)
+async def _serve(
+    settings: Settings, policy_path: Path | None, listen: str, *, sock: socket.socket | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT. ``sock``: a listening socket inherited from the --workers parent."""
+    app = create_app(settings, policy_path=policy_path, clean_tmp=sock is None)
     sink = logs.AccessSink()
     runner = web.AppRunner(
         app, access_log_class=logs.AccessLogger, access_log=sink, handle_signals=False  # type: ignore[arg-type]
     )
     await runner.setup()
     host, port = _split_listen(listen)
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=worker or None)
+    site: web.BaseSite
+    if sock is not None:
+        site = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -91,7 +99,8 @@ def _install_uvloop() -> None:
 
 
 def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, workers: int) -> int:
-    """N processes share the port (SO_REUSEPORT); the parent forwards SIGHUP/SIGTERM.
+    """N processes accept on one listening socket that the parent binds (no SO_REUSEPORT,
+    so no other process can join the port); the parent forwards SIGHUP/SIGTERM.
 
     The parent cleans the store's tmp/ once before forking, so no worker can remove a
     sibling's download in progress. Uploads are seen by every worker at once: the catalog
@@ -100,6 +109,8 @@ def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, wo
     from .store.blobs import BlobStore
 
     BlobStore(settings.storage_path).open()
+    host, port = _split_listen(listen)
+    sock = socket.create_server((host, port), backlog=1024)
     children: list[int] = []
     for _ in range(workers):
         pid = os.fork()
@@ -107,7 +118,7 @@ def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, wo
             code = 0
             try:
                 _install_uvloop()
-                asyncio.run(_serve(settings, policy_path, listen, worker=True))
+                asyncio.run(_serve(settings, policy_path, listen, sock=sock))
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -115,6 +126,7 @@ def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, wo
                 logging.shutdown()
                 os._exit(code)
         children.append(pid)
+    sock.close()  # the children hold it
     log.info("started %d workers on %s", workers, listen)
 
     def forward(signum: int, _frame: object) -> None:
