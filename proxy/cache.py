@@ -15,6 +15,7 @@ Only a document never seen before is fetched in the foreground (single flight).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 from aiocache.base import BaseCache
 
@@ -32,6 +33,9 @@ from .store.blobs import atomic_write
 from .upstream import Upstream, redact_url
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 ERROR_RETRY = 30  # seconds a stale copy is served without retrying a failing upstream
 
@@ -71,7 +75,7 @@ class MetadataCache:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.offline = offline
-        self._inflight: dict[str, asyncio.Task[Doc]] = {}
+        self._flights: SingleFlight[str, Doc] = SingleFlight()
         # L1: what this process already knows to be fresh, so a warm request touches
         # neither aiocache nor disk. (url, accept) -> (doc or None for a 404, fresh until)
         self._l1: dict[tuple[str, str | None], tuple[Doc | None, float]] = {}
@@ -116,17 +120,7 @@ class MetadataCache:
         return self._load(self.key(url, accept))
 
     def _refresh(self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None) -> asyncio.Task[Doc]:
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._revalidate(key, up, url, accept, stored))
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: self._finished(key, t))
-        return task
-
-    def _finished(self, key: str, task: asyncio.Task[Doc]) -> None:
-        self._inflight.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # a background refresh's failure is logged where it happens
+        return self._flights.start(key, lambda: self._revalidate(key, up, url, accept, stored))
 
     async def _revalidate(self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None) -> Doc:
         try:
@@ -191,12 +185,41 @@ class MetadataCache:
         return doc if Path(doc.body_path).exists() else None
 
     async def close(self) -> None:
-        for task in list(self._inflight.values()):
+        self._flights.cancel_all()
+
+
+
+
+class SingleFlight(Generic[K, V]):
+    """One running computation per key; concurrent callers share its task and result.
+
+    ``start`` begins (or joins) the work without waiting, for background refreshes;
+    ``run`` waits for it. A caller that goes away does not cancel the shared work.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+
+    def start(self, key: K, factory: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.ensure_future(factory())
+            self._tasks[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        return task
+
+    async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
+        return await asyncio.shield(self.start(key, factory))
+
+    def _done(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # callers of run() get it; background work logs its own failures
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks.values()):
             task.cancel()
-
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 
 class Memo(Generic[K, V]):
@@ -225,4 +248,4 @@ class Memo(Generic[K, V]):
         return value if value is not None else self.put(key, build())
 
 
-__all__ = ["Doc", "MetadataCache", "Memo"]
+__all__ = ["Doc", "MetadataCache", "Memo", "SingleFlight"]

@@ -11,12 +11,16 @@ validate it and commit it, or it is removed: bad input never leaves anything sto
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any, Mapping
 
 from aiohttp import BodyPartReader, web
 
-from .context import ChannelRequest, UploadForm
-from .errors import BadRequest, PayloadTooLarge
+from .context import ChannelRequest, Services, UploadForm
+from .errors import BadRequest, Conflict, PayloadTooLarge
 from .keys import SERVICES
+from .store.blobs import TempBlob
+from .store.catalog import Upload
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,47 @@ def ecosystem_of_form(form: UploadForm) -> str:
         f"cannot tell what {form.filename} is: twine uploads send :action=file_upload, R uploads send "
         "filetype=cran_source_package or cran_binary_package, conda packages end in .conda or .tar.bz2"
     )
+
+
+async def publish(
+    services: Services,
+    blob: TempBlob,
+    *,
+    channel: str,
+    ecosystem: str,
+    path: str,
+    name: str,
+    version: str,
+    filename: str,
+    meta: Mapping[str, Any],
+    uploader: str,
+    labels: tuple[str, ...] = ("main",),
+    replace: bool = False,
+    uploaded_at: float | None = None,
+) -> Upload:
+    """The one way a validated upload becomes servable, for every ecosystem: refuse a
+    duplicate (409, nothing stored), move the temp blob into place atomically, then record
+    it in the catalog. Until the catalog row exists, no index links to the blob."""
+    if not replace and services.catalog.get(channel, ecosystem, path) is not None:
+        raise Conflict("File already exists")
+    committed = await blob.commit()
+    upload = Upload(
+        channel=channel,
+        ecosystem=ecosystem,
+        path=path,
+        name=name,
+        version=version,
+        filename=filename,
+        sha256=committed.sha256,
+        md5=committed.md5,
+        size=committed.size,
+        labels=labels,
+        meta=meta,
+        uploader=uploader,
+        uploaded_at=uploaded_at if uploaded_at is not None else time.time(),
+    )
+    services.catalog.add(upload, replace=replace)
+    return upload
 
 
 async def handle_upload(request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:

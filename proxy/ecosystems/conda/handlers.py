@@ -15,17 +15,17 @@ optional ``label=``) and anaconda-client's stage/post flow share ``store_conda_u
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable
 import orjson
 from aiohttp import web
 
 from ...context import ChannelRequest, Services, UploadForm
-from ...errors import BadRequest, Conflict, NotFound
+from ...errors import BadRequest, NotFound
 from ...merge import upstream_may_serve
 from ...responses import index_response
 from ...store.blobs import TempBlob
 from ...store.catalog import Upload
+from ...uploads import publish
 from ...upstream import ArtifactSpec, file_response
 from .index import (
     DEFAULT_LABEL,
@@ -98,27 +98,20 @@ async def store_conda_upload(
     )
     if check is not None:
         check(pkg)
-    path = f"{pkg.subdir}/{pkg.filename}"
-    catalog = services.catalog
-    if not replace and catalog.get(channel, "conda", path) is not None:
-        raise Conflict("File already exists")
-    committed = await blob.commit()
-    upload = Upload(
+    upload = await publish(
+        services,
+        blob,
         channel=channel,
         ecosystem="conda",
-        path=path,
+        path=f"{pkg.subdir}/{pkg.filename}",
         name=normalize(pkg.name),
         version=pkg.version,
         filename=pkg.filename,
-        sha256=committed.sha256,
-        md5=committed.md5,
-        size=committed.size,
-        labels=labels,
         meta=pkg.record,
         uploader=uploader,
-        uploaded_at=time.time(),
+        labels=labels,
+        replace=replace,
     )
-    catalog.add(upload, replace=replace)
     return pkg, upload
 
 

@@ -17,14 +17,14 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import quote, urljoin
 
 import orjson
 
-from ...cache import Doc, Memo
+from ...cache import Doc, Memo, SingleFlight
 from ...context import ChannelRequest, Services
 from ...errors import NotFound, UpstreamError, UpstreamTimeout
 from ...merge import merge, upstream_may_serve
@@ -58,24 +58,6 @@ _COMPRESSED: dict[str, tuple[Rendering, Encoding]] = {
     "current.zstd": ("current", "zstd"),
     "current.bz2": ("current", "bz2"),
 }
-V = TypeVar("V")
-
-
-class SingleFlight:
-    """One running computation per key; concurrent callers await the same task."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[Hashable, asyncio.Task[Any]] = {}
-
-    async def run(self, key: Hashable, factory: Callable[[], Awaitable[V]]) -> V:
-        task = self._tasks.get(key)
-        if task is None:
-            task = asyncio.ensure_future(factory())
-            self._tasks[key] = task
-            task.add_done_callback(lambda _t: self._tasks.pop(key, None))
-        result: V = await asyncio.shield(task)
-        return result
-
 
 def normalize(name: str) -> str:
     """conda package names compare lower-case (merge key and dependency-confusion rule)."""
@@ -132,7 +114,7 @@ class SubdirIndex:
         self.removed = removed
         self._rendered: dict[str, tuple[bytes, str]] = {}
         self._shards: ShardSet | None = None
-        self._flight = SingleFlight()
+        self._flight: SingleFlight[Hashable, Any] = SingleFlight()
 
     def origin(self, filename: str) -> Upload | tuple[UpstreamSubdir, bytes] | None:
         """Where a file of this index comes from: a hosted upload, or (upstream, record)."""
@@ -194,7 +176,7 @@ class CondaIndexes:
         self._upstream_channeldata: Memo[str, dict[str, Any]] = Memo(16)
         # the last few shard sets of each subdir: CEP-16 clients may hold a slightly older index
         self._recent_shards: dict[tuple[str, str, str], deque[ShardSet]] = {}
-        self._flight = SingleFlight()
+        self._flight: SingleFlight[Hashable, Any] = SingleFlight()
 
     # ------------------------------------------------------------------ upstream documents
     async def _upstream_doc(self, up: UpstreamSettings, subdir: str) -> tuple[Doc, Encoding]:

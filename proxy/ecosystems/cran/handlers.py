@@ -16,20 +16,20 @@ index's MD5sum before it is kept.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from ...cache import Doc, Memo
+from ...cache import Doc, Memo, SingleFlight
 from ...context import ChannelRequest, Services, UploadForm
-from ...errors import Conflict, NotFound, UpstreamError, UpstreamTimeout
+from ...errors import NotFound, UpstreamError, UpstreamTimeout
 from ...merge import merge, upstream_may_serve
 from ...responses import etag_for, index_response
 from ...settings import UpstreamSettings
 from ...store.catalog import Upload
+from ...uploads import publish
 from ...upstream import ArtifactSpec, file_response
 from .index import (
     ArchivedFile,
@@ -131,7 +131,7 @@ class Cran:
         self._archives: Memo[str, list[ArchivedFile]] = Memo(16)
         self._views: Memo[tuple[object, ...], ContribView] = Memo(256)
         self._archive_pages: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(64)
-        self._building: dict[tuple[object, ...], asyncio.Task[ContribView]] = {}
+        self._building: SingleFlight[tuple[object, ...], ContribView] = SingleFlight()
 
     # ------------------------------------------------------------------ GET
     async def serve(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
@@ -182,13 +182,11 @@ class Cran:
         view = self._views.get(key)
         if view is not None:
             return view
-        task = self._building.get(key)
-        if task is None:  # single flight: one merge per inputs, however many clients ask
-            task = asyncio.create_task(self._build(key, tree, uploads, docs, catalog.names(channel.name, "cran"),
-                                                   channel.upstream_allow))
-            self._building[key] = task
-            task.add_done_callback(lambda _t: self._building.pop(key, None))
-        return await asyncio.shield(task)
+        local_names = catalog.names(channel.name, "cran")
+        # single flight: one merge per inputs, however many clients ask
+        return await self._building.run(
+            key, lambda: self._build(key, tree, uploads, docs, local_names, channel.upstream_allow)
+        )
 
     async def _build(self, key: tuple[object, ...], tree: Tree, uploads: list[Upload],
                      docs: list[tuple[UpstreamSettings, Doc]], local_names: frozenset[str],
@@ -286,27 +284,20 @@ class Cran:
         pkg: CranPackage = await asyncio.to_thread(
             inspect_upload, form.blob.path, form.filename, form.field("filetype") or ""
         )
-        catalog = self.services.catalog
-        if catalog.get(ctx.channel.name, "cran", pkg.path_in_repo) is not None:
-            raise Conflict("File already exists")
-        blob = await form.blob.commit()
-        now = dt.datetime.now(dt.timezone.utc)
-        catalog.add(Upload(
+        upload = await publish(
+            self.services,
+            form.blob,
             channel=ctx.channel.name,
             ecosystem="cran",
             path=pkg.path_in_repo,
             name=pkg.name,
             version=pkg.version,
             filename=pkg.filename,
-            sha256=blob.sha256,
-            md5=blob.md5,
-            size=blob.size,
             meta={"fields": dict(pkg.fields), "kind": pkg.kind},
             uploader=ctx.principal.user if ctx.principal else "",
-            uploaded_at=now.timestamp(),
-        ))
+        )
         return web.json_response(
             {"ok": True, "package": pkg.name, "version": pkg.version, "path": pkg.path_in_repo,
-             "md5": blob.md5, "sha256": blob.sha256},
+             "md5": upload.md5, "sha256": upload.sha256},
             status=201,
         )

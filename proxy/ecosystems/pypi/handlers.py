@@ -21,6 +21,7 @@ from ...merge import merge, upstream_may_serve
 from ...responses import etag_for, index_response
 from ...settings import UpstreamSettings
 from ...store.catalog import Upload
+from ...uploads import publish
 from ...upstream import ArtifactSpec, file_response
 from .dist import inspect_distribution, require_fields
 from .simple import (
@@ -224,34 +225,30 @@ class PyPI:
         fields = {k: v[0] for k, v in form.fields.items() if v}
         require_fields(fields, (":action", "name", "version"))
         dist = await asyncio.to_thread(inspect_distribution, form.blob.path, form.filename, fields, form.digests)
-        catalog = self.services.catalog
-        if catalog.get(ctx.channel.name, "pypi", dist.filename) is not None:
+        # checked early too, so a duplicate stores not even its metadata file
+        if self.services.catalog.get(ctx.channel.name, "pypi", dist.filename) is not None:
             raise Conflict("File already exists")
         if not dist.metadata:
             raise BadRequest(f"{dist.filename} has no metadata")
-        blob = await form.blob.commit()
         meta_blob = await self.services.store.put_bytes("uploads", dist.metadata)
         now = dt.datetime.now(dt.timezone.utc)
-        catalog.add(
-            Upload(
-                channel=ctx.channel.name,
-                ecosystem="pypi",
-                path=dist.filename,
-                name=dist.name,
-                version=dist.version,
-                filename=dist.filename,
-                sha256=blob.sha256,
-                md5=blob.md5,
-                size=blob.size,
-                meta={
-                    "requires_python": dist.requires_python,
-                    "metadata_sha256": meta_blob.sha256,
-                    "upload_time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                    "display_name": dist.display_name,
-                    "packagetype": dist.packagetype,
-                },
-                uploader=ctx.principal.user if ctx.principal else "",
-                uploaded_at=now.timestamp(),
-            )
+        upload = await publish(
+            self.services,
+            form.blob,
+            channel=ctx.channel.name,
+            ecosystem="pypi",
+            path=dist.filename,
+            name=dist.name,
+            version=dist.version,
+            filename=dist.filename,
+            meta={
+                "requires_python": dist.requires_python,
+                "metadata_sha256": meta_blob.sha256,
+                "upload_time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "display_name": dist.display_name,
+                "packagetype": dist.packagetype,
+            },
+            uploader=ctx.principal.user if ctx.principal else "",
+            uploaded_at=now.timestamp(),
         )
-        return web.json_response({"ok": True, "filename": dist.filename, "sha256": blob.sha256})
+        return web.json_response({"ok": True, "filename": dist.filename, "sha256": upload.sha256})
