@@ -107,8 +107,11 @@ def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, wo
     notices other processes' commits (catalog.py, data_version).
     """
     from .store.blobs import BlobStore
+    from .store.catalog import Catalog
 
     BlobStore(settings.storage_path).open()
+    # create the database (and switch it to WAL) once, before the workers open it at the same time
+    Catalog(settings.storage_path / "catalog.sqlite3").close()
     host, port = _split_listen(listen)
     sock = socket.create_server((host, port), backlog=1024)
     children: list[int] = []
