@@ -18,7 +18,7 @@ import yaml
 from aiohttp import web
 
 from . import __version__, logs
-from .app import create_app, reload_policy
+from .app import Gateway, open_services, reload_policy
 from .auth.credentials import generate_token, hash_token
 from .errors import ConfigError
 from .settings import SCOPES, Settings, load_settings, parse_settings
@@ -40,32 +40,36 @@ def _split_listen(listen: str) -> tuple[str, int]:
 async def _serve(
     settings: Settings, policy_path: Path | None, listen: str, *, sock: socket.socket | None = None
 ) -> None:
-    """Serve until SIGTERM/SIGINT. ``sock``: a listening socket inherited from the --workers parent."""
-    app = create_app(settings, policy_path=policy_path, clean_tmp=sock is None)
-    sink = logs.AccessSink()
-    runner = web.AppRunner(
-        app, access_log_class=logs.AccessLogger, access_log=sink, handle_signals=False  # type: ignore[arg-type]
-    )
-    await runner.setup()
-    host, port = _split_listen(listen)
-    site: web.BaseSite
-    if sock is not None:
-        site = web.SockSite(runner, sock)
-    else:
-        site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, reload_policy, app)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("listening on http://%s:%d", host, port)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await runner.cleanup()
-        sink.flush()
+    """Serve until SIGTERM/SIGINT, on aiohttp's low-level server (no router or middleware
+    chain: app.Gateway is the one handler). ``sock``: inherited from the --workers parent."""
+    async with open_services(settings, clean_tmp=sock is None) as services:
+        sink = logs.AccessSink()
+        server = web.Server(
+            Gateway(services).handle,
+            access_log_class=logs.AccessLogger,
+            access_log=sink,  # type: ignore[arg-type]
+        )
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        host, port = _split_listen(listen)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, reload_policy, services, policy_path)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("listening on http://%s:%d", host, port)
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await runner.cleanup()
+            sink.flush()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

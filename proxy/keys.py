@@ -11,4 +11,3 @@ from .settings import Settings
 SETTINGS = web.AppKey("settings", Settings)  # the policy the app was created with
 POLICY_PATH = web.AppKey("policy_path", Path)  # where SIGHUP reloads from (absent: embedded default)
 SERVICES = web.AppKey("services", Services)  # built in cleanup_ctx, lives as long as the app
-CLEAN_TMP = web.AppKey("clean_tmp", bool)  # remove crash leftovers at start (False in --workers children)

@@ -18,7 +18,6 @@ from aiohttp import BodyPartReader, web
 
 from .context import ChannelRequest, Services, UploadForm
 from .errors import BadRequest, Conflict, PayloadTooLarge
-from .keys import SERVICES
 from .store.blobs import TempBlob
 from .store.catalog import Upload
 
@@ -37,7 +36,7 @@ def safe_filename(name: str | None) -> str:
     return name
 
 
-async def read_form(request: web.Request, max_bytes: int) -> UploadForm:
+async def read_form(request: web.BaseRequest, services: Services, max_bytes: int) -> UploadForm:
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("expected a multipart/form-data upload")
     try:
@@ -46,7 +45,6 @@ async def read_form(request: web.Request, max_bytes: int) -> UploadForm:
         raise BadRequest(f"malformed multipart body: {exc}") from None
     fields: dict[str, list[str]] = {}
     form: UploadForm | None = None
-    services = request.app[SERVICES]
     try:
         while True:
             part = await reader.next()
@@ -160,14 +158,14 @@ async def publish(
     return upload
 
 
-async def handle_upload(request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
-    form = await read_form(request, ctx.settings.max_upload_bytes)
+async def handle_upload(request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
+    form = await read_form(request, ctx.services, ctx.settings.max_upload_bytes)
     try:
         ecosystem = ecosystem_of_form(form)
         handler = ctx.services.ecosystems.get(ecosystem)
         if handler is None:
             raise BadRequest(f"{ecosystem} uploads are not enabled on this server")
-        response = await handler.upload(request, ctx, form)
+        response = await handler.upload(request, ctx, form)  # type: ignore[arg-type]
         log.info(
             "upload %s to %s/%s by %s", form.filename, ctx.channel.name, ecosystem,
             ctx.principal.user if ctx.principal else "-",
