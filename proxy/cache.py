@@ -115,10 +115,6 @@ class MetadataCache:
         task = self._refresh(key, up, url, accept, None)
         return await asyncio.shield(task)
 
-    def peek(self, url: str, accept: str | None = None) -> Doc | None:
-        """The stored copy, without contacting anyone (for offline seeding checks)."""
-        return self._load(self.key(url, accept))
-
     def _refresh(self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None) -> asyncio.Task[Doc]:
         return self._flights.start(key, lambda: self._revalidate(key, up, url, accept, stored))
 
