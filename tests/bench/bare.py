@@ -1,0 +1,42 @@
+"""The framework ceiling: bare aiohttp (+ uvloop when installed, as channelgate runs) answering
+every GET with the same bytes from memory, no auth, routing, logging or headers beyond
+aiohttp's own. What channelgate reaches against this is what its own code costs; what this
+reaches against nginx is what the framework costs.
+
+Run: ``python -m tests.bench.bare --file BODY --port N --content-type TYPE``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--file", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--content-type", default="application/octet-stream")
+    args = parser.parse_args(argv)
+    body = args.file.read_bytes()
+    content_type = args.content_type
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""A conda-forge-sized upstream: an upstream linux-64 repodata of 465,000 records (~207 MB raw,
+served as ``repodata.json.zst`` like conda-forge) merged under a channel's own uploads.
+
+Figures: the first merged ``repodata.json.zst`` (cold: upstream fetch, parse, merge, render),
+the warm answer time (nginx serving the same bytes is the reference), the server's peak RSS
+(VmHWM) against the raw upstream size, and how long one new upload takes to appear in the
+merged index. Runs on a fresh channelgate so VmHWM belongs to this scenario alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+
+from .common import (
+    CHANNEL,
+    Bench,
+    Figure,
+    MiB,
+    Skip,
+    at_most,
+    bench_policy,
+    channel_url,
+    median,
+    ratio_at_most,
+    unzstd,
+    upload_conda,
+)
+from .data import conda_packages, conda_repodata
+from .load import BenchError, client_session, curl_get
+from .procs import proc_status, start_nginx, start_upstream
+from .report import Row
+
+FIGURES = {
+    "first": Figure("big_repodata.first_merged", "big upstream repodata + uploads: first merged repodata.json.zst",
+                    "s", "<= 5 s", at_most(5.0)),
+    "warm": Figure("big_repodata.warm", "big merged repodata.json.zst: warm answer time (vs nginx, same bytes)",
+                   "ms", "<= 50 ms", at_most(50.0)),
+    "rss": Figure("big_repodata.peak_rss", "big repodata merge: server peak RSS (VmHWM) vs raw upstream size",
+                  "MiB", "<= 1.5x", ratio_at_most(1.5)),
+    "upload": Figure("big_repodata.upload_visible", "big repodata channel: one conda upload until in the merged index",
+                     "s", "<= 1 s", at_most(1.0)),
+}
+UPLOADS = ["bench-local-a", "bench-local-b"]
+LATE = "bench-late-upload"
+POLL_LIMIT = 120.0
+
+
+def _contains(body: bytes, needle: bytes) -> bool:
+    return needle in unzstd(body)
+
+
+async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[float, int, bytes, str]:
+    """(seconds to the complete body, status, body, ETag)."""
+    start = time.monotonic()
+    async with session.get(url, headers=headers or {}) as resp:
+        body = await resp.read()
+    return time.monotonic() - start, resp.status, body, resp.headers.get("ETag", "")
+
+
+async def big_repodata(bench: Bench) -> list[Row]:
+    s = bench.sizes
+    root = bench.dir("upstream")
+    with bench.timed(f"generated an upstream repodata of {s.big_records:,} records"):
+        repodata = conda_repodata(root / "forge", "linux-64", s.big_records)
+    bench.say(f"upstream linux-64/repodata.json: {repodata.raw_size / 1e6:.1f} MB raw, {repodata.zst_size / 1e6:.1f} MB zst")
+    packages = conda_packages(bench.dir("pkgs"), [*UPLOADS, LATE])
+    up = start_upstream(bench.stack, root, bench.workdir / "upstream.log")
+    policy, reader, writer = bench_policy({"forge": {"type": "conda", "url": f"{up.url}/forge"}})
+    server = bench.channelgate("cg", policy)
+    assert server.proc is not None
+    pid = server.proc.pid
+    for pkg in packages[:-1]:
+        await upload_conda(server.url, writer, pkg)
+    url = f"{channel_url(server.url, reader)}/linux-64/repodata.json.zst"
+    async with client_session(4) as session:
+        first, status, body, etag = await _get(session, url)
+        if status == 404:
+            raise Skip(f"the server answered 404 for {CHANNEL}/linux-64/repodata.json.zst (conda handlers not available)")
+        if status != 200:
+            raise BenchError(f"repodata.json.zst: HTTP {status}: {body[:200]!r}")
+        bench.say(f"first merged repodata.json.zst: {first:.2f} s, {len(body) / 1e6:.1f} MB")
+        doc = await asyncio.to_thread(lambda: orjson.loads(unzstd(body)))
+        count = len(doc.get("packages", {})) + len(doc.get("packages.conda", {}))
+        names = {r.get("name") for part in ("packages", "packages.conda") for r in doc.get(part, {}).values()}
+        del doc
+        if not set(UPLOADS) <= names:
+            raise BenchError("the merged repodata lacks the uploads")
+    static = bench.dir("static")
+    (static / "linux-64").mkdir(exist_ok=True)
+    (static / "linux-64" / "repodata.json.zst").write_bytes(body)
+    nginx = start_nginx(bench.stack, bench.workdir, static, workers="1")
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], "nginx": []}
+    for _ in range(max(5, s.rounds * 3)):  # interleaved, a curl process each (a client that keeps up)
+        for name, target in (("ours", url), ("nginx", f"{nginx.url}/linux-64/repodata.json.zst")):
+            total, first_byte, code, size = await curl_get(target)
+            if code != 200 or size != len(body):
+                raise BenchError(f"warm repodata.json.zst from {name}: HTTP {code}, {size} of {len(body)} bytes")
+            times[name].append((total * 1000, first_byte * 1000))
+    warm = [t for t, _ in times["ours"]]
+    peer = [t for t, _ in times["nginx"]]
+    ttfb = median([f for _, f in times["ours"]]), median([f for _, f in times["nginx"]])
+    late = packages[-1].name.encode()
+    upload_time = await upload_conda(server.url, writer, packages[-1])
+    uploaded = time.monotonic()
+    visible = None
+    polls = 0
+    async with client_session(4) as session:
+        while time.monotonic() - uploaded < POLL_LIMIT:
+            _, status, new, new_etag = await _get(session, url, {"If-None-Match": etag} if etag else None)
+            polls += 1
+            if status == 200:
+                arrived = time.monotonic()
+                if await asyncio.to_thread(_contains, new, late):
+                    visible = arrived - uploaded
+                    break
+                etag = new_etag
+            elif status != 304:
+                raise BenchError(f"repodata.json.zst after the upload: HTTP {status}")
+            await asyncio.sleep(0.005)  # poll interval: the server offers no change notification
+    if visible is None:
+        raise BenchError(f"the upload did not appear in the merged index within {POLL_LIMIT:.0f} s")
+    status_now = proc_status(pid)
+    hwm = status_now["VmHWM"]
+    raw = repodata.raw_size
+    size_note = (f"{count:,} records merged ({repodata.records:,} upstream + {len(UPLOADS)} uploads); upstream "
+                 f"{raw / 1e6:.1f} MB raw / {repodata.zst_size / 1e6:.1f} MB zst; served zst {len(body) / 1e6:.1f} MB")
+    return [
+        FIGURES["first"].row(first, note=size_note),
+        FIGURES["warm"].row(median(warm), median(peer), peer_name="nginx",
+                            note=f"median of {len(warm)} whole-body GETs by curl; first byte after "
+                                 f"{ttfb[0]:.1f} ms (nginx {ttfb[1]:.1f} ms)"),
+        FIGURES["rss"].row(hwm / MiB, raw / MiB, peer_name="raw upstream",
+                           note=f"VmHWM of the server after all of the above; VmRSS now {status_now['VmRSS'] / MiB:.0f} MiB"),
+        FIGURES["upload"].row(visible, note=f"from the upload's 2xx (the POST itself took {upload_time:.3f} s) "
+                                            f"to the first GET whose body lists it; {polls} conditional GETs"),
+    ]
