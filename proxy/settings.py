@@ -77,6 +77,8 @@ class Settings:
     tokens_by_hash: Mapping[str, TokenEntry] = field(default_factory=dict)
     memberships: Mapping[str, frozenset[str]] = field(default_factory=dict)  # user -> groups
     source: Path | None = None
+    # tokens already verified against this policy: token -> (entry, principal); see auth.credentials
+    verified: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------- YAML with lines

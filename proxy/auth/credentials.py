@@ -75,18 +75,28 @@ def token_from_headers(headers: Mapping[str, str]) -> str | None:
 
 
 def verify(token: str | None, settings: Settings, today: dt.date | None = None) -> Principal | None:
-    """The principal a token stands for, or None if it is unknown or expired."""
+    """The principal a token stands for, or None if it is unknown or expired.
+
+    Valid tokens are remembered per policy (``settings.verified``; a reload starts afresh),
+    so a warm request skips the hash; the expiry is checked every time. Unknown tokens are
+    never remembered, so random guesses cannot grow the memo.
+    """
     if not token:
         return None
-    digest = hash_token(token)
-    entry: TokenEntry | None = settings.tokens_by_hash.get(digest)
-    if entry is None or not hmac.compare_digest(entry.sha256, digest):
-        return None
+    known = settings.verified.get(token)
+    if known is None:
+        digest = hash_token(token)
+        entry: TokenEntry | None = settings.tokens_by_hash.get(digest)
+        if entry is None or not hmac.compare_digest(entry.sha256, digest):
+            return None
+        principal = Principal(
+            user=entry.user,
+            token_name=entry.name,
+            scopes=entry.scopes,
+            groups=settings.memberships.get(entry.user, frozenset()),
+        )
+        known = settings.verified[token] = (entry, principal)
+    entry, principal = known
     if entry.expires is not None and (today or dt.date.today()) > entry.expires:
         return None
-    return Principal(
-        user=entry.user,
-        token_name=entry.name,
-        scopes=entry.scopes,
-        groups=settings.memberships.get(entry.user, frozenset()),
-    )
+    return principal

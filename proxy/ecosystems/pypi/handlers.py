@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import quote
@@ -95,6 +96,8 @@ class PyPI:
         self._projects: Memo[tuple[object, ...], Project] = Memo(4096)
         self._pages: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(4096)
         self._allow_memo: Memo[frozenset[str], frozenset[str]] = Memo(64)
+        # Accept headers repeat (one per client version): negotiate each string once
+        self._negotiate = functools.lru_cache(maxsize=256)(negotiate)
 
     def _allow(self, names: frozenset[str]) -> frozenset[str]:
         allow = self._allow_memo.get(names)
@@ -120,7 +123,7 @@ class PyPI:
         raise NotFound()
 
     async def _root(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
-        kind, content_type = negotiate(request.headers.get("Accept"))
+        kind, content_type = self._negotiate(request.headers.get("Accept"))
         names = set(self.services.catalog.names(ctx.channel.name, "pypi"))
         for up in self.services.upstreams_for(ctx.channel, "pypi"):
             try:
@@ -179,7 +182,7 @@ class PyPI:
         return self._projects.put(key, result)
 
     async def _project_page(self, request: web.Request, ctx: ChannelRequest, project: str) -> web.StreamResponse:
-        kind, content_type = negotiate(request.headers.get("Accept"))
+        kind, content_type = self._negotiate(request.headers.get("Accept"))
         merged = await self.project(ctx, project)
         page_key = (merged.key, kind)
         page = self._pages.get(page_key)
