@@ -43,7 +43,7 @@ from ...store.blobs import TempBlob
 from ...store.catalog import Upload
 from ...uploads import safe_filename
 from .package import CondaPackage
-from .handlers import parse_labels, store_conda_upload, upload_summary
+from .handlers import parse_labels, store_conda_upload, upload_summary, uploads_changed
 from .index import SUBDIR_RE, normalize
 from .repodata import is_package_filename
 from .version import version_key_or_none
@@ -224,6 +224,7 @@ async def _package(request: web.Request, route: Route, services: Services) -> we
         return web.json_response({"name": normalize(name), "full_name": f"{owner}/{normalize(name)}", "owner": {"login": owner}})
     if request.method == "DELETE":
         services.catalog.remove(owner, "conda", [u.path for u in _uploads(services, owner, name)])
+        uploads_changed(services, owner)
         return web.json_response({}, status=201)
     raise MethodNotAllowed()
 
@@ -247,6 +248,7 @@ async def _release(request: web.Request, route: Route, services: Services) -> we
         return web.json_response({"name": normalize(name), "version": version, "full_name": f"{owner}/{normalize(name)}/{version}"})
     if request.method == "DELETE":
         services.catalog.remove(owner, "conda", [u.path for u in _uploads(services, owner, name, version)])
+        uploads_changed(services, owner)
         return web.json_response({}, status=201)
     raise MethodNotAllowed()
 
@@ -267,6 +269,7 @@ async def _dist(request: web.Request, route: Route, services: Services) -> web.S
         _can_write(services, request, route, owner)
         upload = _find_dist(services, owner, name, version, basename)
         services.catalog.remove(owner, "conda", [upload.path])
+        uploads_changed(services, owner)
         return web.json_response(_dist_json(upload, owner))
     raise MethodNotAllowed()
 
@@ -424,6 +427,7 @@ async def _channels(request: web.Request, route: Route, services: Services) -> w
         for upload in catalog.list(owner, "conda"):
             if label in upload.labels and to_label not in upload.labels:
                 catalog.set_labels(owner, "conda", upload.path, [*upload.labels, to_label])
+        uploads_changed(services, owner)
         return web.json_response({}, status=201)
     if len(parts) != 2 or request.method not in ("POST", "DELETE"):
         raise NotFound()
@@ -438,4 +442,5 @@ async def _channels(request: web.Request, route: Route, services: Services) -> w
         labels = set(upload.labels)
         labels = labels | {label} if request.method == "POST" else labels - {label}
         catalog.set_labels(owner, "conda", upload.path, sorted(labels))
+    uploads_changed(services, owner)
     return web.json_response({"files": len(selected)}, status=201)

@@ -16,26 +16,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import Literal
+
 import orjson
 from aiohttp import web
 
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, NotFound
 from ...merge import upstream_may_serve
-from ...responses import index_response
+from ...responses import index_response, not_modified
 from ...store.blobs import TempBlob
 from ...store.catalog import Upload
 from ...uploads import publish
 from ...upstream import ArtifactSpec, file_response
-from .index import (
-    DEFAULT_LABEL,
-    LABEL_RE,
-    SUBDIR_RE,
-    CondaIndexes,
-    Rendering,
-    allowed_names,
-    normalize,
-)
+from .index import DEFAULT_LABEL, LABEL_RE, SUBDIR_RE, CondaIndexes, allowed_names, normalize
+from .merged import FileKind, IndexFileResponse
 from .package import CondaPackage, inspect_package
 from .repodata import is_package_filename
 from .shards import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
@@ -43,7 +38,7 @@ from .shards import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
 INDEX_MAX_AGE = 60  # seconds; CEP-16 suggests a short max-age for the shard index too
 PACKAGE_CONTENT_TYPE = "application/octet-stream"
 
-INDEX_FILES: dict[str, tuple[Rendering, str]] = {
+INDEX_FILES: dict[str, tuple[FileKind | Literal["shards"], str]] = {
     "repodata.json": ("json", "application/json"),
     "repodata.json.zst": ("zstd", "application/zstd"),
     "repodata.json.bz2": ("bz2", "application/x-bzip2"),
@@ -112,7 +107,16 @@ async def store_conda_upload(
         labels=labels,
         replace=replace,
     )
+    uploads_changed(services, channel, pkg.subdir)
     return pkg, upload
+
+
+def uploads_changed(services: Services, channel: str, *subdirs: str) -> None:
+    """Start rebuilding the channel's merged indexes now (after any catalog change), so an
+    upload is in them by the time a client asks (and requests wait less)."""
+    conda = services.ecosystems.get("conda")
+    if isinstance(conda, Conda):
+        conda.indexes.changed(channel, subdirs)
 
 
 class Conda:
@@ -129,7 +133,7 @@ class Conda:
                 raise NotFound()
             label, parts = parts[1], parts[2:]
         if parts == ["channeldata.json"]:
-            body, etag = await self.indexes.channeldata(ctx, label)
+            body, etag = await self.indexes.channeldata(ctx.channel, label)
             return index_response(request, body, "application/json", etag=etag, max_age=INDEX_MAX_AGE)
         if len(parts) == 2 and SUBDIR_RE.match(parts[0]):
             subdir, name = parts
@@ -142,18 +146,24 @@ class Conda:
         raise NotFound()
 
     async def _index(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, name: str) -> web.StreamResponse:
-        index = await self.indexes.subdir(ctx, label, subdir)
+        index = await self.indexes.subdir(ctx.channel, label, subdir)
         if index is None:
             raise NotFound(f"this channel has no {subdir} packages")
         kind, content_type = INDEX_FILES[name]
-        body, etag = await index.rendered(kind)
-        return index_response(request, body, content_type, etag=etag, max_age=INDEX_MAX_AGE)
+        if kind == "shards":
+            shard_set = await index.shard_set()
+            return index_response(request, shard_set.index, content_type, max_age=INDEX_MAX_AGE)
+        etag = index.etag(kind)
+        if not_modified(request, etag):
+            return web.Response(status=304, headers={"ETag": etag, "Cache-Control": f"private, max-age={INDEX_MAX_AGE}"})
+        path = await index.file(kind)
+        return IndexFileResponse(path, etag=etag, content_type=content_type, max_age=INDEX_MAX_AGE, keep=index)
 
     async def _shard(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, sha256_hex: str) -> web.StreamResponse:
         check_shard_request(sha256_hex)
         body = self.indexes.find_shard(ctx.channel.name, label, subdir, sha256_hex)
         if body is None:  # e.g. after a restart: build the current shards, then look again
-            index = await self.indexes.subdir(ctx, label, subdir)
+            index = await self.indexes.subdir(ctx.channel, label, subdir)
             if index is not None:
                 body = (await index.shard_set()).shards.get(sha256_hex)
         if body is None:
@@ -173,7 +183,7 @@ class Conda:
         local_names = self.services.catalog.names(channel.name, "conda")
         if label != DEFAULT_LABEL or name is None or not upstream_may_serve(normalize(name), local_names, allowed_names(channel)):
             raise NotFound(f"no file {filename} in this channel")
-        index = await self.indexes.subdir(ctx, label, subdir)
+        index = await self.indexes.subdir(ctx.channel, label, subdir)
         origin = index.origin(filename) if index is not None else None
         if origin is None or isinstance(origin, Upload):
             raise NotFound(f"no file {filename} in this channel")

@@ -1,63 +1,56 @@
 """Merged conda indexes: one per (channel, label, subdir), built from the channel's uploads
 and its upstream channels' ``repodata.json`` (DESIGN, "Merge semantics").
 
-- Uploads carry their repodata record in the catalog (``Upload.meta``); upstream
-  ``repodata.json(.zst)`` documents come from the metadata cache and are parsed once per
-  content digest (``Repodata`` keeps records as bytes).
+- Upstream ``repodata.json(.zst)`` documents come from the metadata cache and are parsed
+  once per content digest, streaming, into sorted sections on disk (records.py).
 - The label ``main`` (the default URL) merges uploads labelled ``main`` with the upstreams;
   any other label serves only the uploads carrying it (anaconda.org's labels).
-- A ``SubdirIndex`` is keyed by everything it derives from (catalog generation, upstream
-  digests, ``upstream_allow``), so it is rebuilt exactly when an input changes. Its
-  renderings (json, zst, bz2, current_repodata, CEP-16 shards) are produced on first use,
-  off the event loop, once (single flight).
+- Each (channel, label, subdir) has a slot holding its current ``SubdirIndex`` (merged.py),
+  keyed by everything it derives from (``IndexKey``). A request whose key matches gets the
+  stored files at once. When only an upstream document changed, the previous index keeps
+  being served while the new one builds (stale-while-revalidate: a refresh never blocks a
+  client). When the uploads changed, requests wait for the new index (an upload is visible
+  to the next request: read-your-writes) — and the build starts when the upload commits
+  (``changed``), not on the next request. Builds run off the loop, one at a time per slot.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
-from collections import deque
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import quote, urljoin
+import time
+from collections import OrderedDict, deque
+from collections.abc import Coroutine, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import orjson
 
 from ...cache import Doc, Memo, SingleFlight
-from ...context import ChannelRequest, Services
-from ...errors import NotFound, UpstreamError, UpstreamTimeout
-from ...merge import merge, upstream_may_serve
+from ...context import Services
+from ...errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
+from ...merge import upstream_may_serve
 from ...responses import etag_for
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...store.catalog import Upload
-from .repodata import (
-    CondaRecord,
-    Encoding,
-    Repodata,
-    decode_body,
-    encode,
-    parse_repodata,
-    render_channeldata,
-    render_current_repodata,
-    render_repodata_json,
-)
-from .shards import ShardSet, build_shards
+from .merged import IndexKey, ShardBasis, SubdirIndex, UpstreamSubdir, new_workdir
+from .parse import parse_repodata_file
+from .records import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
+from .render import build_plan, local_section, positions_of
+from .repodata import render_channeldata
+from .shards import ShardSet
 
 log = logging.getLogger(__name__)
 
 SUBDIR_RE = re.compile(r"^(noarch|[a-z0-9]+-[a-z0-9_]+)$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 DEFAULT_LABEL = "main"
+MAX_SLOTS = 256  # (channel, label, subdir) indexes kept; labels come from URLs
+BAD_DOCUMENT_RETRY = 60.0  # seconds an upstream document that failed to parse is not parsed again
+BUILD_RETRY = 30.0  # seconds a failed background build (upstream refresh) is not retried
 
-Rendering = Literal["json", "zstd", "bz2", "current", "current.zstd", "current.bz2", "shards"]
-# compressed renderings: which plain rendering they compress, and how
-_COMPRESSED: dict[str, tuple[Rendering, Encoding]] = {
-    "zstd": ("json", "zstd"),
-    "bz2": ("json", "bz2"),
-    "current.zstd": ("current", "zstd"),
-    "current.bz2": ("current", "bz2"),
-}
 
 def normalize(name: str) -> str:
     """conda package names compare lower-case (merge key and dependency-confusion rule)."""
@@ -73,110 +66,53 @@ def local_record(upload: Upload) -> CondaRecord:
     return upload.filename, upload.name, orjson.dumps(dict(upload.meta), option=orjson.OPT_SORT_KEYS)
 
 
-@dataclass(frozen=True)
-class UpstreamSubdir:
-    """One upstream's parsed ``<subdir>/repodata.json``."""
+class _Slot:
+    """One (channel, label, subdir): its current index and what its key was computed from."""
 
-    upstream: UpstreamSettings
-    url: str  # where the document was fetched (package URLs resolve against it)
-    digest: str
-    repodata: Repodata
-
-    def file_url(self, filename: str) -> str:
-        """The upstream URL of a package file (CEP-15 ``info.base_url`` when given)."""
-        base = self.repodata.base_url or "./"
-        if not base.endswith("/"):
-            base += "/"
-        return urljoin(urljoin(self.url, base), quote(filename))
-
-
-class SubdirIndex:
-    """The merged records of one (channel, label, subdir) and their lazy renderings."""
-
-    def __init__(
-        self,
-        subdir: str,
-        records: list[CondaRecord],
-        local: dict[str, Upload],
-        upstreams: list[UpstreamSubdir],
-        local_names: frozenset[str],
-        allow: frozenset[str],
-        removed: list[str],
-        on_shards: Callable[[ShardSet], None] | None = None,
-    ) -> None:
-        self.on_shards = on_shards
-        self.subdir = subdir
-        self.records = records
-        self.local = local
-        self.upstreams = upstreams
-        self.local_names = local_names
-        self.allow = allow
-        self.removed = removed
-        self._rendered: dict[str, tuple[bytes, str]] = {}
-        self._shards: ShardSet | None = None
-        self._flight: SingleFlight[Hashable, Any] = SingleFlight()
-
-    def origin(self, filename: str) -> Upload | tuple[UpstreamSubdir, bytes] | None:
-        """Where a file of this index comes from: a hosted upload, or (upstream, record)."""
-        upload = self.local.get(filename)
-        if upload is not None:
-            return upload
-        for source in self.upstreams:
-            entry = source.repodata.records.get(filename)
-            if entry is None:
-                continue
-            if not upstream_may_serve(normalize(entry[0]), self.local_names, self.allow):
-                return None
-            return source, entry[1]
-        return None
-
-    async def rendered(self, kind: Rendering) -> tuple[bytes, str]:
-        """(body, ETag) of one rendering, computed once off the event loop."""
-        done = self._rendered.get(kind)
-        if done is not None:
-            return done
-        return await self._flight.run(kind, lambda: self._render(kind))
-
-    async def _render(self, kind: Rendering) -> tuple[bytes, str]:
-        if kind == "shards":
-            shard_set = await self.shard_set()
-            body = shard_set.index
-        elif kind in ("json", "current"):
-            render = render_repodata_json if kind == "json" else render_current_repodata
-            body = await asyncio.to_thread(render, self.subdir, self.records, removed=self.removed)
-        else:
-            plain_kind, encoding = _COMPRESSED[kind]
-            plain, _etag = await self.rendered(plain_kind)
-            body = await asyncio.to_thread(encode, plain, encoding)
-        result = (body, etag_for(body))
-        self._rendered[kind] = result
-        return result
-
-    async def shard_set(self) -> ShardSet:
-        if self._shards is None:
-            shard_set = await self._flight.run(
-                "shard-set", lambda: asyncio.to_thread(build_shards, self.records, subdir=self.subdir, removed=self.removed)
-            )
-            if self._shards is None:
-                self._shards = shard_set
-                if self.on_shards is not None:
-                    self.on_shards(shard_set)
-        return self._shards
+    def __init__(self) -> None:
+        self.current: SubdirIndex | None = None
+        self.installed = -1  # request sequence of the current index
+        self.requests = itertools.count()
+        self.lock = asyncio.Lock()
+        self.recent: deque[ShardSet] = deque(maxlen=3)  # CEP-16 clients may hold an older index
+        self.generation = -1
+        self.uploads: list[Upload] = []
+        self.local: tuple[tuple[str, str, str], ...] = ()
+        self.names: tuple[str, ...] = ()
+        self.failed: tuple[IndexKey | None, float] = (None, 0.0)  # last background build that failed
 
 
 class CondaIndexes:
-    """Builds and memoises the merged indexes of every channel (no globals: one per app)."""
+    """Builds and serves the merged indexes of every channel (no globals: one per app)."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._parsed: Memo[str, Repodata] = Memo(6)  # by upstream document digest (large)
-        # renderings of a conda-forge-sized subdir weigh hundreds of MB: keep few
-        self._indexes: Memo[tuple[object, ...], SubdirIndex] = Memo(16)
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conda-index")
+        self._parsed: Memo[str, Repodata] = Memo(4)  # by upstream document digest
+        self._bad: dict[str, float] = {}
+        self._slots: OrderedDict[tuple[str, str, str], _Slot] = OrderedDict()
         self._channeldata: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(64)
         self._upstream_channeldata: Memo[str, dict[str, Any]] = Memo(16)
-        # the last few shard sets of each subdir: CEP-16 clients may hold a slightly older index
-        self._recent_shards: dict[tuple[str, str, str], deque[ShardSet]] = {}
         self._flight: SingleFlight[Hashable, Any] = SingleFlight()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.services.store.root / "tmp"
+
+    def _run(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _background(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("background %s failed: %s", what, t.exception())
+
+        task.add_done_callback(done)
 
     # ------------------------------------------------------------------ upstream documents
     async def _upstream_doc(self, up: UpstreamSettings, subdir: str) -> tuple[Doc, Encoding]:
@@ -187,102 +123,196 @@ class CondaIndexes:
         except NotFound:
             return await self.services.meta.get(up, url), "identity"
 
-    async def _parse(self, doc: Doc, encoding: Encoding) -> Repodata:
-        cached = self._parsed.get(doc.digest)
-        if cached is not None:
-            return cached
-
-        def work() -> Repodata:
-            return parse_repodata(decode_body(doc.read(), encoding))
-
-        async def build() -> Repodata:
-            try:
-                parsed = await asyncio.to_thread(work)
-            except NotFound:
-                raise
-            except Exception as exc:  # an upstream served something that is not repodata
-                log.warning("upstream document %s is not valid repodata: %s", doc.digest[:12], exc)
-                raise UpstreamError("an upstream served invalid repodata") from None
-            return self._parsed.put(doc.digest, parsed)
-
-        return await self._flight.run(("parse", doc.digest), build)
-
-    async def upstream_subdirs(self, channel: ChannelPolicy, subdir: str) -> tuple[list[UpstreamSubdir], Exception | None]:
-        """Each upstream's parsed subdir (404s skipped) and the last failure, if any."""
-        out: list[UpstreamSubdir] = []
+    async def _docs(self, channel: ChannelPolicy, subdir: str) -> tuple[list[tuple[UpstreamSettings, Doc, Encoding]], Exception | None]:
+        """Each upstream's current document (404s skipped) and the last failure, if any."""
+        out: list[tuple[UpstreamSettings, Doc, Encoding]] = []
         failure: Exception | None = None
         for up in self.services.upstreams_for(channel, "conda"):
             try:
                 doc, encoding = await self._upstream_doc(up, subdir)
-                repodata = await self._parse(doc, encoding)
             except NotFound:
                 continue
             except (UpstreamError, UpstreamTimeout) as exc:
                 failure = exc
                 continue
-            out.append(UpstreamSubdir(up, doc.url, doc.digest, repodata))
+            out.append((up, doc, encoding))
         return out, failure
+
+    async def _parse(self, doc: Doc, encoding: Encoding) -> Repodata | None:
+        """The parsed document (once per digest); None when it is not valid repodata."""
+        cached = self._parsed.get(doc.digest)
+        if cached is not None:
+            return cached
+        failed = self._bad.get(doc.digest)
+        if failed is not None and time.monotonic() - failed < BAD_DOCUMENT_RETRY:
+            return None
+
+        async def work() -> Repodata | None:
+            start = time.monotonic()
+            try:
+                parsed = await self._run(parse_repodata_file, Path(doc.body_path), encoding, self.tmp_dir)
+            except (BadRequest, OSError) as exc:
+                log.warning("upstream document %s is not valid repodata: %s", doc.digest[:12], exc)
+                now = time.monotonic()
+                self._bad = {d: t for d, t in self._bad.items() if now - t < BAD_DOCUMENT_RETRY}
+                self._bad[doc.digest] = now
+                return None
+            log.info("parsed upstream repodata %s: %d records in %.2f s", doc.digest[:12], len(parsed),
+                     time.monotonic() - start)
+            return self._parsed.put(doc.digest, parsed)
+
+        return await self._flight.run(("parse", doc.digest), work)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ merged subdir index
     def uploads(self, channel: str, label: str, subdir: str) -> list[Upload]:
         prefix = f"{subdir}/"
         return [u for u in self.services.catalog.list(channel, "conda") if u.path.startswith(prefix) and label in u.labels]
 
-    async def subdir(self, ctx: ChannelRequest, label: str, subdir: str) -> SubdirIndex | None:
+    def _slot(self, channel: str, label: str, subdir: str) -> _Slot:
+        key = (channel, label, subdir)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+            while len(self._slots) > MAX_SLOTS:
+                self._slots.popitem(last=False)
+        self._slots.move_to_end(key)
+        return slot
+
+    async def subdir(self, channel: ChannelPolicy, label: str, subdir: str) -> SubdirIndex | None:
         """The merged index, or None when no source has this subdir (noarch always exists)."""
-        channel = ctx.channel
         catalog = self.services.catalog
-        uploads = self.uploads(channel.name, label, subdir)
-        ups: list[UpstreamSubdir] = []
+        slot = self._slot(channel.name, label, subdir)
+        generation = catalog.generation(channel.name, "conda")
+        if slot.generation != generation:
+            slot.uploads = self.uploads(channel.name, label, subdir)
+            slot.local = tuple(sorted((u.path, u.sha256, u.name) for u in slot.uploads))
+            slot.names = tuple(sorted(catalog.names(channel.name, "conda")))
+            slot.generation = generation
+        docs: list[tuple[UpstreamSettings, Doc, Encoding]] = []
         failure: Exception | None = None
         if label == DEFAULT_LABEL:
-            ups, failure = await self.upstream_subdirs(channel, subdir)
-        if not uploads and not ups:
+            docs, failure = await self._docs(channel, subdir)
+        if not slot.uploads and not docs:
             if failure is not None:
                 raise failure
             if subdir != "noarch":
                 return None
-        allow = allowed_names(channel)
-        key = (
-            channel.name, label, subdir, catalog.generation(channel.name, "conda"), allow,
-            tuple((u.upstream.name, u.digest) for u in ups),
+        key = IndexKey(slot.local, slot.names, tuple(sorted(allowed_names(channel))),
+                       tuple((up.name, doc.digest) for up, doc, _ in docs))
+        current = slot.current
+        if current is not None and current.key == key:
+            return current
+        background = current is not None and current.key.same_local(key)  # only an upstream changed
+        if background and slot.failed[0] == key and time.monotonic() - slot.failed[1] < BUILD_RETRY:
+            return current
+        uploads, seq = slot.uploads, next(slot.requests)
+        task = self._flight.start(
+            ("build", channel.name, label, subdir, key), lambda: self._build(slot, key, subdir, uploads, docs, seq)
         )
-        cached = self._indexes.get(key)
-        if cached is not None:
-            return cached
-        local_names = catalog.names(channel.name, "conda")
+        if background:
+            return current  # stale-while-revalidate: the new index builds meanwhile
+        return await asyncio.shield(task)  # type: ignore[no-any-return]
 
-        def build() -> SubdirIndex:
-            local = [local_record(u) for u in uploads]
-            merged = merge(
-                local, [u.repodata.iter_records() for u in ups],
-                name=lambda r: normalize(r[1]), key=lambda r: r[0], allow=allow, local_names=local_names,
-            )
-            present = {r[0] for r in merged}
-            removed = sorted({fn for u in ups for fn in u.repodata.removed if fn not in present})
-            recent = self._recent_shards.setdefault((channel.name, label, subdir), deque(maxlen=3))
-            return SubdirIndex(
-                subdir, merged, {u.filename: u for u in uploads}, ups, local_names, allow, removed, recent.append
-            )
+    async def _build(self, slot: _Slot, key: IndexKey, subdir: str, uploads: list[Upload],
+                     docs: list[tuple[UpstreamSettings, Doc, Encoding]], seq: int) -> SubdirIndex:
+        try:
+            return await self._build_locked(slot, key, subdir, uploads, docs, seq)
+        except Exception as exc:
+            slot.failed = (key, time.monotonic())
+            log.warning("building the %s index failed: %s", subdir, exc)
+            raise
 
-        async def run() -> SubdirIndex:
-            return self._indexes.put(key, await asyncio.to_thread(build))
+    async def _build_locked(self, slot: _Slot, key: IndexKey, subdir: str, uploads: list[Upload],
+                            docs: list[tuple[UpstreamSettings, Doc, Encoding]], seq: int) -> SubdirIndex:
+        async with slot.lock:
+            current = slot.current
+            if current is not None and current.key == key:
+                return current
+            ups: list[UpstreamSubdir] = []
+            for up, doc, encoding in docs:
+                repodata = await self._parse(doc, encoding)
+                if repodata is not None:
+                    ups.append(UpstreamSubdir(up, doc.url, doc.digest, repodata))
+            if docs and not ups and not uploads:
+                raise UpstreamError("an upstream served invalid repodata")
+            start = time.monotonic()
+            index: SubdirIndex = await self._run(self._assemble, key, subdir, uploads, ups)
+            zst = index.workdir / "repodata.json.zst"
+            await self._run(index.plan.write, None, zst, self.tmp_dir)
+            index.adopt("zstd", zst)
+            log.info("built %s index of %d records in %.2f s", subdir, len(index), time.monotonic() - start)
+            index.previous_shards = slot.recent[-1] if slot.recent else None
+            index.on_shards = slot.recent.append
+            if seq < slot.installed:  # a newer request's index is already in place
+                return index
+            previous, slot.current, slot.installed = slot.current, index, seq
+        if previous is not None and (previous.has("json") or previous.has("shards")):
+            # what clients of the previous index read is rebuilt now, one after the other
+            # (not alongside the .zst: on a small machine that would slow both down)
+            self._background(self._warm(index, previous.has("json"), previous.has("shards")), f"{subdir} renderings")
+        return index
 
-        return await self._flight.run(("subdir", key), run)
+    @staticmethod
+    async def _warm(index: SubdirIndex, json: bool, shards: bool) -> None:
+        if shards:  # incremental: milliseconds
+            await index.shard_set()
+        if json:
+            await index.file("json")
+
+    def _assemble(self, key: IndexKey, subdir: str, uploads: list[Upload], ups: list[UpstreamSubdir]) -> SubdirIndex:
+        """Plan the merge (in the executor): a few binary searches per upload."""
+        local = [local_record(u) for u in uploads]
+        blocked = set(key.names) - set(key.allow)
+        sources: dict[str, list[Section]] = {}
+        tables: dict[str, list[list[str]]] = {}
+        excluded: dict[str, list[list[int]]] = {}
+        for ext in EXTENSIONS:
+            section, table = local_section(local, ext)
+            sources[ext], tables[ext], excluded[ext] = [section], [table], [[]]
+        for up in ups:
+            ids = up.repodata.name_ids(blocked)
+            for ext in EXTENSIONS:
+                section = up.repodata.sections[ext]
+                sources[ext].append(section)
+                tables[ext].append(up.repodata.name_table)
+                excluded[ext].append(positions_of(section, ids))
+        skip = {ext: [set(e) for e in excluded[ext]] for ext in EXTENSIONS}
+        removed = _removed(ups, {u.filename for u in uploads}, skip)
+        plan = build_plan(sources, tables, excluded, info={"subdir": subdir}, removed=removed)
+        workdir = new_workdir(self.tmp_dir)
+        by_name: dict[str, set[tuple[str, str]]] = {}
+        for u in uploads:
+            by_name.setdefault(normalize(u.name), set()).add((u.path, u.sha256))
+        basis = ShardBasis(key.upstreams, {n: frozenset(v) for n, v in by_name.items()}, frozenset(blocked))
+        return SubdirIndex(key=key, subdir=subdir, plan=plan, local={u.filename: u for u in uploads}, upstreams=ups,
+                           excluded=skip, workdir=workdir, tmp_dir=self.tmp_dir, executor=self.executor,
+                           shard_basis=basis)
+
+    def changed(self, channel: str, subdirs: tuple[str, ...] = ()) -> None:
+        """The channel's uploads changed: rebuild its indexes now, so the next request finds
+        them ready (each slot's key tells whether it is really affected). ``subdirs``, the
+        ones the change is in, go first (builds queue for two threads)."""
+        policy = self.services.settings.channels.get(channel)
+        if policy is None:
+            return
+        slots = [key for key, slot in self._slots.items() if key[0] == channel and slot.current is not None]
+        slots.sort(key=lambda k: k[2] not in subdirs)
+        for _, label, subdir in slots:
+            self._background(self.subdir(policy, label, subdir), f"{subdir} index refresh")
 
     def find_shard(self, channel: str, label: str, subdir: str, sha256_hex: str) -> bytes | None:
-        """A shard of any memoised index of this subdir (clients may hold a slightly older index)."""
-        for shard_set in reversed(self._recent_shards.get((channel, label, subdir), ())):
+        """A shard of a recent index of this subdir (clients may hold a slightly older index)."""
+        slot = self._slots.get((channel, label, subdir))
+        for shard_set in reversed(slot.recent if slot is not None else ()):
             body = shard_set.shards.get(sha256_hex)
             if body is not None:
                 return body
         return None
 
     # ------------------------------------------------------------------ channeldata.json
-    async def channeldata(self, ctx: ChannelRequest, label: str) -> tuple[bytes, str]:
+    async def channeldata(self, channel: ChannelPolicy, label: str) -> tuple[bytes, str]:
         """``channeldata.json``: the uploads' entries first, then the upstreams' own
         ``channeldata.json`` entries for names the merge rule lets them serve."""
-        channel = ctx.channel
         catalog = self.services.catalog
         docs: list[Doc] = []
         if label == DEFAULT_LABEL:
@@ -329,3 +359,24 @@ class CondaIndexes:
             "subdirs": sorted(subdirs),
         })
         return self._channeldata.put(key, (body, etag_for(body)))
+
+
+def _removed(ups: list[UpstreamSubdir], local_files: set[str], skip: dict[str, list[set[int]]]) -> list[str]:
+    """The upstreams' ``removed`` file names that no source of the merge still offers."""
+    out: set[str] = set()
+    for up in ups:
+        for filename in up.repodata.removed:
+            if filename in out or filename in local_files:
+                continue
+            ext = ".conda" if filename.endswith(".conda") else ".tar.bz2"
+            present = False
+            for j, other in enumerate(ups, start=1):
+                s = other.repodata.find_memo(filename)
+                if s >= 0 and s not in skip[ext][j]:
+                    present = True
+                    break
+            if not present:
+                out.add(filename)
+    return sorted(out)
+
+

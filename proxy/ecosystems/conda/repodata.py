@@ -1,10 +1,11 @@
-"""conda ``repodata.json``: parse (upstream), and render merged indexes.
+"""conda ``repodata.json``: render merged indexes from in-memory records, compress, and
+``current_repodata.json`` / ``channeldata.json``.
 
-Sized for the largest upstreams (conda-forge linux-64: ~465k records, ~243 MB of JSON):
-records are held as raw compact JSON bytes (one ``bytes`` per record), never as
-long-lived dicts, and rendering concatenates those bytes instead of re-serialising.
+Upstream documents are parsed by records.py (sorted sections on disk, msgspec windows);
+large merged indexes are streamed to files by render.py. This module holds the small,
+in-memory forms: an upload's records, label indexes, tests.
 
-The unit every source hands to the shared merge is a ``CondaRecord``:
+The unit every source hands to the merge is a ``CondaRecord``:
 ``(filename, name, record_json_bytes)``. Renderers take the merged, ordered sequence.
 
 Formats (conda docs "Channels and generating an index", schemas.conda.org repodata-1):
@@ -16,195 +17,34 @@ Formats (conda docs "Channels and generating an index", schemas.conda.org repoda
 from __future__ import annotations
 
 import bz2
-import json
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from json.decoder import scanstring  # type: ignore[attr-defined]  # the C string scanner
-from typing import Any, Callable, Literal
+from typing import Any
 
 import orjson
 import zstandard
 
 from proxy.errors import BadRequest
+from proxy.ecosystems.conda.records import (
+    MAX_DECOMPRESSED,
+    REPODATA_VERSION,
+    UPSTREAM_ONLY_KEYS,
+    CondaRecord,
+    Encoding,
+    Repodata,
+    dump_record,
+    is_package_filename,
+)
+from proxy.ecosystems.conda.parse import parse_repodata
 from proxy.ecosystems.conda.version import VersionOrder, version_key_or_none
 
-CondaRecord = tuple[str, str, bytes]
-"""(filename, package name, record as compact JSON bytes)."""
-
-Encoding = Literal["identity", "zstd", "bz2"]
-REPODATA_VERSION = 1
 CHANNELDATA_VERSION = 1
-MAX_DECOMPRESSED = 4 << 30  # refuse a decompression bomb posing as repodata
 _CHUNK = 1 << 20
-_WS = re.compile(r"[ \t\n\r]*")
-# record keys that would point clients at the upstream: links must point at channelgate
-UPSTREAM_ONLY_KEYS = ("url", "channel")
 
-
-# --------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True)
-class Repodata:
-    """One parsed ``repodata.json``: records kept as bytes, keyed by file name."""
-
-    info: dict[str, Any]
-    records: dict[str, tuple[str, bytes]] = field(repr=False)  # filename -> (name, raw JSON)
-    removed: tuple[str, ...] = ()
-    repodata_version: int = REPODATA_VERSION
-
-    @property
-    def packages(self) -> dict[str, bytes]:
-        """The ``packages`` section (``.tar.bz2`` files)."""
-        return {fn: raw for fn, (_, raw) in self.records.items() if fn.endswith(".tar.bz2")}
-
-    @property
-    def packages_conda(self) -> dict[str, bytes]:
-        """The ``packages.conda`` section."""
-        return {fn: raw for fn, (_, raw) in self.records.items() if fn.endswith(".conda")}
-
-    def names(self) -> dict[str, str]:
-        """filename -> package name."""
-        return {fn: name for fn, (name, _) in self.records.items()}
-
-    def iter_records(self) -> Iterator[CondaRecord]:
-        """This source's records, for the merge: (filename, name, raw JSON)."""
-        for fn, (name, raw) in self.records.items():
-            yield fn, name, raw
-
-    @property
-    def base_url(self) -> str | None:
-        """CEP-15 ``info.base_url`` (repodata_version 2): where the package files live."""
-        value = self.info.get("base_url")
-        return value if isinstance(value, str) and value else None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
-def parse_repodata(body: bytes) -> Repodata:
-    """Parse ``repodata.json`` bytes without materialising the whole document.
-
-    Walks the top-level object with the stdlib's C scanner and decodes one record at a
-    time; each record is kept as compact JSON bytes and its dict dropped at once, so peak
-    memory is the text plus the kept bytes rather than a full object tree. Records that
-    are not objects, lack a string ``name`` or have an unsafe file name are skipped.
-    Raises ``BadRequest`` when the document is not a repodata object.
-    """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"repodata is not UTF-8 ({exc})") from None
-    try:
-        return _walk(text)
-    except (ValueError, IndexError) as exc:
-        raise BadRequest(f"repodata.json is not valid: {exc}") from None
-
-
-def _walk(text: str) -> Repodata:
-    decoder = json.JSONDecoder()
-    info: dict[str, Any] = {}
-    removed: tuple[str, ...] = ()
-    version = REPODATA_VERSION
-    records: dict[str, tuple[str, bytes]] = {}
-    names: dict[str, str] = {}  # interning: one str object per distinct name
-    idx = _expect(text, _skip(text, 0), "{")
-    idx = _skip(text, idx)
-    if text[idx] == "}":
-        return Repodata(info, records)
-    while True:
-        key, idx = _key(text, idx)
-        if key in ("packages", "packages.conda"):
-            idx = _walk_records(text, idx, decoder, records, names)
-        else:
-            value, idx = decoder.raw_decode(text, idx)
-            if key == "info" and isinstance(value, dict):
-                info = value
-            elif key == "removed" and isinstance(value, list):
-                removed = tuple(v for v in value if isinstance(v, str))
-            elif key == "repodata_version" and isinstance(value, int):
-                version = value
-        idx = _skip(text, idx)
-        if text[idx] == ",":
-            idx = _skip(text, idx + 1)
-            continue
-        _expect(text, idx, "}")
-        break
-    return Repodata(info, records, removed, version)
-
-
-def _walk_records(
-    text: str, idx: int, decoder: json.JSONDecoder,
-    records: dict[str, tuple[str, bytes]], names: dict[str, str],
-) -> int:
-    # the hot loop (one pass per record): locals only, the C scanner called directly
-    ws: Callable[[str, int], re.Match[str]] = _WS.match  # type: ignore[assignment]  # always matches
-    scan_once: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
-    dump = dump_record
-    is_pkg = is_package_filename
-    idx = ws(text, _expect(text, idx, "{")).end()
-    if text[idx] == "}":
-        return idx + 1
-    while True:
-        if text[idx] != '"':
-            raise ValueError(f"expected a file name at offset {idx}")
-        filename, idx = scanstring(text, idx + 1)
-        idx = ws(text, idx).end()
-        if text[idx] != ":":
-            raise ValueError(f"expected ':' at offset {idx}")
-        start = ws(text, idx + 1).end()
-        try:
-            record, idx = scan_once(text, start)
-        except StopIteration:
-            raise ValueError(f"invalid record at offset {start}") from None
-        name = record.get("name") if type(record) is dict else None
-        if type(name) is str and is_pkg(filename):
-            for key in UPSTREAM_ONLY_KEYS:
-                record.pop(key, None)
-            records[filename] = (names.setdefault(name, name), dump(record))
-        idx = ws(text, idx).end()
-        if text[idx] == ",":
-            idx = ws(text, idx + 1).end()
-            continue
-        return _expect(text, idx, "}")
-
-
-def _key(text: str, idx: int) -> tuple[str, int]:
-    """Read ``"key"`` and the following ``:``; return the key and the value's index."""
-    idx = _expect(text, idx, '"')
-    key, idx = scanstring(text, idx)
-    idx = _expect(text, _skip(text, idx), ":")
-    return key, _skip(text, idx)
-
-
-def _skip(text: str, idx: int) -> int:
-    match = _WS.match(text, idx)
-    return match.end() if match else idx
-
-
-def _expect(text: str, idx: int, char: str) -> int:
-    if idx >= len(text) or text[idx] != char:
-        raise ValueError(f"expected {char!r} at offset {idx}")
-    return idx + 1
-
-
-def dump_record(record: Mapping[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(record)
-    except (orjson.JSONEncodeError, TypeError):  # e.g. an integer beyond 64 bits
-        return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def is_package_filename(filename: str) -> bool:
-    """A plain ``.conda``/``.tar.bz2`` file name that is safe to put in a URL path."""
-    return (
-        filename.endswith((".conda", ".tar.bz2"))
-        and "/" not in filename
-        and "\\" not in filename
-        and not filename.startswith(".")
-        and filename.isprintable()
-    )
+__all__ = [
+    "CHANNELDATA_VERSION", "MAX_DECOMPRESSED", "REPODATA_VERSION", "UPSTREAM_ONLY_KEYS", "CondaRecord", "Encoding",
+    "Repodata", "decode_body", "dump_record", "encode", "is_package_filename", "iter_repodata_json",
+    "parse_repodata", "render_channeldata", "render_current_repodata", "render_repodata_json", "select_current",
+]
 
 
 def decode_body(body: bytes, encoding: Encoding, *, limit: int = MAX_DECOMPRESSED) -> bytes:

@@ -1,0 +1,514 @@
+"""Parse ``repodata.json`` into sorted sections (records.py), streaming, at C speed.
+
+- The decompressed document streams through one reused buffer (``readinto``). Each window
+  of whole ``"file": {record}`` entries is decoded by msgspec into ``Dict[str, Raw]``:
+  ``Raw`` values are zero-copy slices, decoded at C speed. Window boundaries are found by
+  a cheap byte search and *proved* by the decode: ``{`` + entries + ``}`` is valid JSON
+  only when the cut falls between two entries of the section (a cut inside a string or a
+  nested value leaves a string or a bracket open).
+- A typical window (package file names, compact records with a name, no upstream links)
+  is written out verbatim: only lengths and name ids are computed, with C-level map and
+  accumulate. Other windows go record by record: unsafe file names and records without a
+  string ``name`` are skipped, pretty-printed records compacted, and records that link to
+  the upstream (``url``/``channel``: clients must fetch through channelgate) re-encoded
+  without those keys.
+- An upstream whose keys were not sorted is sorted once, file to file in the kernel.
+"""
+from __future__ import annotations
+
+import bz2
+import io
+import itertools
+import json
+import operator
+import os
+import re
+import uuid
+from array import array
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+import orjson
+import zstandard
+
+from proxy.errors import BadRequest
+from proxy.ecosystems.conda.records import (
+    EXTENSIONS,
+    MAX_DECOMPRESSED,
+    READ_CHUNK,
+    REPODATA_VERSION,
+    UPSTREAM_ONLY_KEYS,
+    Data,
+    Encoding,
+    Repodata,
+    Section,
+    copy_range,
+    dump_record,
+    is_package_filename,
+)
+
+SECTION_OF = {"packages": ".tar.bz2", "packages.conda": ".conda"}
+WINDOW = 8 << 20
+
+_WS = re.compile(rb"[ \t\n\r]*")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BOUNDARY = re.compile(rb'\}[ \t\n\r]*,[ \t\n\r]*"')
+_END_PAIR = re.compile(rb"\}[ \t\n\r]*\}")
+_TRAILING = re.compile(r"trailing characters \(byte (\d+)\)")
+
+
+class _Named(msgspec.Struct):
+    name: str
+    url: Any = msgspec.UNSET  # present only in records that link to the upstream
+    channel: Any = msgspec.UNSET
+
+
+_ENTRIES = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_NAME_OF = operator.attrgetter("name")
+_URL = operator.attrgetter("url")
+_CHANNEL = operator.attrgetter("channel")
+_NAME = msgspec.json.Decoder(_Named)
+_STR = msgspec.json.Decoder(str)
+
+
+def _all_package_filenames(keys: list[str]) -> tuple[bool, str]:
+    """Whether every key is a package file name (C-speed passes over the joined keys), and
+    the keys joined by ``/`` (a character no valid key holds)."""
+    text = "/".join(keys) + "/"
+    ok = (
+        text.isprintable()
+        and '"' not in text
+        and "\\" not in text
+        and text.count("/") == len(keys)
+        and "/." not in "/" + text[:-1]
+        and text.count(".conda/") + text.count(".tar.bz2/") == len(keys)
+    )
+    return ok, text
+
+
+def _strip_links(raw: bytes) -> bytes:
+    """The record without keys that point at the upstream (re-encoded only if it has any)."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        record = json.loads(raw)  # e.g. an integer beyond 64 bits
+    if isinstance(record, dict) and any(k in record for k in UPSTREAM_ONLY_KEYS):
+        for key in UPSTREAM_ONLY_KEYS:
+            record.pop(key, None)
+        return dump_record(record)
+    return raw
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Buffer:
+    """The decompressed document, read ahead into one reused bytearray (``readinto``: no
+    copy and no fresh pages per window). The unread bytes are ``buf[pos:end]``; the byte
+    before ``pos`` is always kept, so a window can be framed in place (``_Parser._window``).
+    """
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.buf = bytearray(1 << 16)  # grows to about WINDOW + READ_CHUNK for large documents
+        self.pos = 1
+        self.end = 1
+        self.eof = False
+        self.total = 0
+
+    def fill(self, size: int) -> None:
+        """Make at least ``size`` unread bytes available unless the document ends first.
+        May move the bytes: callers re-read ``buf``/``pos`` afterwards."""
+        if self.end - self.pos >= size or self.eof:
+            return
+        buf = self.buf
+        if self.pos + size > len(buf):  # move the unread bytes to the front, grow if needed
+            keep = self.end - self.pos + 1
+            buf[0:keep] = buf[self.pos - 1 : self.end]
+            self.pos, self.end = 1, keep
+            if size + 1 > len(buf):
+                buf.extend(bytes(size + 1 + READ_CHUNK - len(buf)))
+        view = memoryview(buf)
+        try:
+            while self.end - self.pos < size:
+                got = self.stream.readinto(view[self.end : min(len(buf), self.end + READ_CHUNK)])  # type: ignore[attr-defined]
+                if not got:
+                    self.eof = True
+                    return
+                self.end += got
+                self.total += got
+                if self.total > self.limit:
+                    raise BadRequest("decompressed repodata exceeds the size limit")
+        finally:
+            view.release()
+
+    def peek(self) -> int:
+        """The next byte that is not whitespace (the position moves onto it); -1 at the end."""
+        while True:
+            match = _WS.match(self.buf, self.pos, self.end)
+            self.pos = match.end() if match else self.pos
+            if self.pos < self.end:
+                return self.buf[self.pos]
+            if self.eof:
+                return -1
+            self.fill(READ_CHUNK)
+
+    def expect(self, char: bytes) -> None:
+        if self.peek() != char[0]:
+            raise ValueError(f"expected {char.decode()!r} at offset {self.total - self.end + self.pos}")
+        self.pos += 1
+
+    def string(self) -> str:
+        if self.peek() != ord('"'):
+            raise ValueError("expected a key")
+        size = 4096
+        while True:
+            self.fill(size)
+            match = _STRING.match(self.buf, self.pos, min(self.end, self.pos + size))
+            if match is not None:
+                self.pos = match.end()
+                return _STR.decode(match.group())
+            if self.eof and self.pos + size >= self.end:
+                raise ValueError("unterminated string")
+            size *= 4
+
+    def value(self) -> Any:
+        """One JSON value of any kind (top-level ``info``, ``removed``...)."""
+        self.peek()
+        size = 1 << 16
+        decoder = json.JSONDecoder()
+        while True:
+            self.fill(size)
+            text = bytes(self.buf[self.pos : min(self.end, self.pos + size)]).decode("utf-8", "surrogateescape")
+            whole = self.eof and self.pos + size >= self.end
+            try:
+                value, stop = decoder.raw_decode(text)
+                complete = stop < len(text) or whole  # a number may go on in the next bytes
+            except ValueError:
+                if whole:
+                    raise
+                complete = False
+            if complete:
+                consumed = text[:stop].encode("utf-8")  # strict: refuses what is not UTF-8
+                self.pos += len(consumed)
+                return value
+            size *= 4
+
+
+class _SectionBuilder:
+    """Entries of one extension as they arrive, written to ``out``."""
+
+    def __init__(self, ext: str, out: BinaryIO) -> None:
+        self.ext = ext
+        self.out = out
+        self.offsets = array("Q", [0])
+        self.klens = array("I")
+        self.nids = array("I")
+        self.keys: list[bytes] = []  # kept for sorting when the upstream was not sorted
+        self.sorted = True
+
+    def add_block(self, pieces: list[Any], lengths: list[int], keys: list[bytes], nids: list[int]) -> None:
+        """Append entries (``pieces``: their bytes, written in order) with their lengths."""
+        if not keys:
+            return
+        if self.keys and not keys[0] > self.keys[-1]:
+            self.sorted = False
+        if self.sorted and not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):
+            self.sorted = False
+        write = self.out.write
+        for piece in pieces:
+            write(piece)
+        sums = itertools.accumulate(lengths, initial=self.offsets[-1])
+        next(sums)  # the start, already the last offset
+        self.offsets.extend(sums)
+        self.klens.extend(map(len, keys))
+        self.nids.extend(nids)
+        self.keys.extend(keys)
+
+    def finish(self, data: Data) -> Section:
+        perm: array[int] | None = None
+        if not self.sorted:
+            keys = self.keys
+            order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: equal keys keep document order
+            ranked = list(map(keys.__getitem__, order))
+            if any(map(operator.eq, ranked, itertools.islice(ranked, 1, None))):  # the last one wins
+                order = [i for n, i in enumerate(order) if n + 1 == len(order) or ranked[n + 1] != ranked[n]]
+            perm = array("I", order)
+        self.keys = []
+        return Section(self.ext, data, self.offsets, self.klens, self.nids, perm)
+
+
+class _Parser:
+    def __init__(self, buffer: _Buffer, outputs: dict[str, BinaryIO]) -> None:
+        self.src = buffer
+        self.builders = {ext: _SectionBuilder(ext, outputs[ext]) for ext in EXTENSIONS}
+        self.name_ids: dict[str, int] = {}
+        self.info: dict[str, Any] = {}
+        self.removed: tuple[str, ...] = ()
+        self.version = REPODATA_VERSION
+
+    def parse(self) -> None:
+        src = self.src
+        src.expect(b"{")
+        if src.peek() == ord("}"):
+            src.pos += 1
+        else:
+            while True:
+                key = src.string()
+                src.expect(b":")
+                if key in SECTION_OF:
+                    src.expect(b"{")
+                    self._section()
+                else:
+                    value = src.value()
+                    if key == "info" and isinstance(value, dict):
+                        self.info = value
+                    elif key == "removed" and isinstance(value, list):
+                        self.removed = tuple(v for v in value if isinstance(v, str))
+                    elif key == "repodata_version" and isinstance(value, int):
+                        self.version = value
+                char = src.peek()
+                src.pos += 1
+                if char == ord(","):
+                    continue
+                if char == ord("}"):
+                    break
+                raise ValueError("expected ',' or '}' after a top-level value")
+        if src.peek() != -1:
+            raise ValueError("trailing data after the document")
+
+    def _section(self) -> None:
+        src = self.src
+        if src.peek() == ord("}"):
+            src.pos += 1
+            return
+        window = WINDOW
+        while True:
+            src.fill(window)
+            ended = self._take(src)
+            if ended is None:  # no whole entry in the window: a huge record, or garbage
+                if src.eof:
+                    raise ValueError("unterminated packages section")
+                window *= 2
+                continue
+            if ended:
+                return
+            window = WINDOW
+
+    def _take(self, src: _Buffer) -> bool | None:
+        """Consume whole entries from the buffer: True when the section ended, False when
+        more follow, None when nothing could be taken."""
+        buf, pos, end = src.buf, src.pos, src.end
+        hi = end
+        for _ in range(16):
+            brace = buf.rfind(b"}", pos, hi)
+            if brace < 0:
+                break
+            hi = brace
+            match = _BOUNDARY.match(buf, brace, end)
+            if match is None:
+                continue
+            try:
+                self._window(buf, pos, brace + 1, close=True)
+            except msgspec.DecodeError as exc:
+                hint = _TRAILING.search(str(exc))
+                if hint is not None:  # the section ended inside this window
+                    # "byte N" is 1-based in the window, which starts one byte before ``pos``
+                    last = buf.rfind(b"}", pos, pos + int(hint.group(1)) - 2)
+                    if last > pos and self._try_window(buf, pos, last):
+                        src.pos = last + 1
+                        return True
+                continue
+            src.pos = match.end() - 1  # the next entry's opening quote
+            return False
+        # no entry boundary: the section may end in the buffer (its last entry, then "}")
+        for match in _END_PAIR.finditer(buf, pos, end):
+            last = match.end() - 1
+            if self._try_window(buf, pos, last):
+                src.pos = last + 1
+                return True
+        return None
+
+    def _try_window(self, buf: bytearray, start: int, stop: int) -> bool:
+        try:
+            self._window(buf, start, stop, close=False)
+        except msgspec.DecodeError:
+            return False
+        return True
+
+    def _window(self, buf: bytearray, start: int, stop: int, *, close: bool) -> None:
+        """Decode buf[start:stop] framed as an object and keep its entries; DecodeError when
+        the cut is not between two entries. The frame is made in place: the byte before
+        ``start`` becomes ``{`` and, if ``close``, the byte at ``stop`` becomes ``}`` (else it
+        is the section's own ``}``); both are restored when the decode fails."""
+        before, after = buf[start - 1], buf[stop]
+        buf[start - 1] = 0x7B
+        if close:
+            buf[stop] = 0x7D
+        frame: bytes | memoryview = memoryview(buf)[start - 1 : stop + 1]
+        try:
+            pretty = buf.find(b"\n", start, stop) >= 0  # a newline outside strings: pretty-printed
+            if pretty:
+                frame = msgspec.json.format(frame, indent=-1)
+            entries = _ENTRIES.decode(frame)
+        except msgspec.DecodeError:
+            buf[start - 1], buf[stop] = before, after
+            raise
+        if self._fast(frame, entries):
+            return
+        if not pretty:  # maybe spaces after ':' and ','; records are stored compact
+            frame = msgspec.json.format(frame, indent=-1)
+            entries = _ENTRIES.decode(frame)
+            if self._fast(frame, entries):
+                return
+        self._slow(entries)
+
+    def _fast(self, window: bytes | memoryview, entries: dict[str, msgspec.Raw]) -> bool:
+        """The common window: every key a package file name of one extension, every record
+        an object with a name and no upstream link, compact. Its entries are then the
+        window's own bytes; only lengths and ids are computed, in C (map/accumulate)."""
+        keys = list(entries)
+        ok, text = _all_package_filenames(keys)
+        if not ok:
+            return False
+        count = len(keys)
+        ext = ".conda" if text.count(".conda/") == count else ".tar.bz2" if text.count(".tar.bz2/") == count else None
+        if ext is None:
+            return False
+        values = list(entries.values())
+        try:
+            named = list(map(_NAME.decode, values))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        unset = {msgspec.UNSET}
+        if set(map(_URL, named)) != unset or set(map(_CHANNEL, named)) != unset:
+            return False
+        key_bytes = text.encode().split(b"/")
+        key_bytes.pop()
+        lengths = list(map(operator.add, map(len, key_bytes), map(len, values)))
+        if sum(lengths) + 4 * count != len(window) - 1:  # whitespace, escaped keys, duplicates
+            return False
+        names = list(map(_NAME_OF, named))
+        ids = self.name_ids
+        for name in set(names).difference(ids):
+            ids[name] = len(ids)
+        nids = list(map(ids.__getitem__, names))
+        self.builders[ext].add_block([b",", memoryview(window)[1:-1]], list(map(operator.add, lengths, itertools.repeat(4, count))), key_bytes, nids)
+        return True
+
+    def _slow(self, entries: dict[str, msgspec.Raw]) -> None:
+        """Record by record: skips entries that are not package records, strips links."""
+        ids = self.name_ids
+        parts: dict[str, tuple[list[Any], list[int], list[bytes], list[int]]] = {
+            ext: ([], [], [], []) for ext in EXTENSIONS
+        }
+        for filename, raw in entries.items():
+            if not is_package_filename(filename):
+                continue
+            try:
+                named = _NAME.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # not an object, or no string name
+            name = named.name
+            record: bytes | msgspec.Raw = raw
+            if named.url is not msgspec.UNSET or named.channel is not msgspec.UNSET:
+                record = _strip_links(bytes(raw))
+            key = filename.encode()
+            pieces, lengths, keys, nids = parts[".conda" if filename.endswith(".conda") else ".tar.bz2"]
+            head = b',"' + key + b'":'
+            pieces += (head, record)
+            lengths.append(len(head) + len(record))
+            keys.append(key)
+            nids.append(ids.setdefault(name, len(ids)))
+        for ext, (pieces, lengths, keys, nids) in parts.items():
+            self.builders[ext].add_block(pieces, lengths, keys, nids)
+
+    def result(self, data: dict[str, Data]) -> Repodata:
+        sections = {ext: builder.finish(data[ext]) for ext, builder in self.builders.items()}
+        return Repodata(self.info, self.removed, self.version, list(self.name_ids), sections)
+
+
+def _parse(stream: BinaryIO, outputs: dict[str, BinaryIO], limit: int) -> _Parser:
+    parser = _Parser(_Buffer(stream, limit), outputs)
+    try:
+        parser.parse()
+    except (ValueError, IndexError, msgspec.DecodeError) as exc:
+        raise BadRequest(f"repodata.json is not valid: {exc}") from None
+    return parser
+
+
+def parse_repodata(body: bytes, *, limit: int = MAX_DECOMPRESSED) -> Repodata:
+    """Parse ``repodata.json`` bytes; the sections stay in memory (small documents).
+
+    Records that are not objects, lack a string ``name`` or have an unsafe file name are
+    skipped. Raises ``BadRequest`` when the document is not a repodata object.
+    """
+    outputs = {ext: io.BytesIO() for ext in EXTENSIONS}
+    parser = _parse(io.BytesIO(body), dict[str, BinaryIO](outputs), limit)
+    return parser.result({ext: Data(blob=out.getvalue()) for ext, out in outputs.items()})
+
+
+def open_body(path: Path, encoding: Encoding) -> BinaryIO:
+    """A stream of the decompressed document at ``path``."""
+    if encoding == "zstd":
+        raw = open(path, "rb")  # noqa: SIM115 - closed with the reader
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)  # type: ignore[return-value]
+    if encoding == "bz2":
+        return bz2.BZ2File(path)  # type: ignore[return-value]
+    return open(path, "rb")  # noqa: SIM115
+
+
+def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit: int = MAX_DECOMPRESSED) -> Repodata:
+    """Parse a stored ``repodata.json[.zst|.bz2]`` streaming: peak memory is a few windows
+    plus the arrays; the sections are written to files in ``workdir`` (removed when the
+    returned ``Repodata`` is garbage-collected)."""
+    stem = workdir / f"conda-records-{uuid.uuid4().hex}"
+    paths = {ext: stem.with_suffix(f".{ext.strip('.').replace('.', '-')}") for ext in EXTENSIONS}
+    outputs: dict[str, BinaryIO] = {}
+    try:
+        for ext, p in paths.items():
+            outputs[ext] = open(p, "wb")  # noqa: SIM115 - closed below
+        with open_body(path, encoding) as body:
+            try:
+                parser = _parse(body, outputs, limit)
+            except zstandard.ZstdError as exc:
+                raise BadRequest(f"repodata.json.zst is not valid zstd ({exc})") from None
+            except (OSError, EOFError) as exc:
+                raise BadRequest(f"repodata.json is not readable ({exc})") from None
+        for out in outputs.values():
+            out.close()
+        repodata = parser.result({ext: Data(path=p) for ext, p in paths.items()})
+        for ext, section in repodata.sections.items():
+            if section.perm is not None:  # not sorted upstream: sort once, so merges copy long ranges
+                paths[ext] = paths[ext].with_name(paths[ext].name + "-sorted")
+                repodata.sections[ext] = _sorted_on_disk(section, paths[ext])
+        return repodata
+    except BaseException:
+        for out in outputs.values():
+            out.close()
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+        raise
+
+
+def _sorted_on_disk(section: Section, path: Path) -> Section:
+    """``section`` rewritten in sorted order (file to file, in the kernel), without ``perm``."""
+    perm = section.perm
+    assert perm is not None and section.data.fd >= 0
+    offsets = section.offsets
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for a, b in section.index_runs(0, len(perm)):
+            copy_range(section.data.fd, fd, offsets[a], offsets[b] - offsets[a])
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    starts = map(offsets.__getitem__, perm)
+    ends = map(offsets.__getitem__, map(operator.add, perm, itertools.repeat(1)))
+    sorted_offsets = array("Q", itertools.accumulate(map(operator.sub, ends, starts), initial=0))
+    return Section(section.ext, Data(path=path), sorted_offsets, array("I", map(section.klens.__getitem__, perm)),
+                   array("I", map(section.nids.__getitem__, perm)), None)

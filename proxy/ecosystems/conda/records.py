@@ -1,0 +1,272 @@
+"""Upstream ``repodata.json`` records as sorted sections: the storage parse.py fills and
+render.py copies from.
+
+Sized for conda-forge linux-64 (~465k records, ~207 MB of JSON): no dict per record, no
+document in memory. A *section* holds one extension's entries (``packages``: ``.tar.bz2``;
+``packages.conda``: ``.conda``, chosen by the file's extension, conda docs "repodata.json"),
+each stored as ``,"<file name>":<compact record JSON>`` back to back in a file in the
+store's tmp (or bytes, for small documents), sorted by file name in UTF-8 byte order — code
+point order, what conda-index writes and rattler's plain reader expects. Memory keeps only
+arrays: entry offsets, key lengths, name ids. A merged ``repodata.json`` is then a copy of
+byte ranges; a record is one ``pread``.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import os
+import weakref
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+CondaRecord = tuple[str, str, bytes]
+"""(filename, package name, record as compact JSON bytes)."""
+
+Encoding = Literal["identity", "zstd", "bz2"]
+EXTENSIONS = (".tar.bz2", ".conda")  # section order in repodata.json: packages, packages.conda
+REPODATA_VERSION = 1
+MAX_DECOMPRESSED = 4 << 30  # refuse a decompression bomb posing as repodata
+READ_CHUNK = 4 << 20
+# record keys that would point clients at the upstream: links must point at channelgate
+UPSTREAM_ONLY_KEYS = ("url", "channel")
+
+def is_package_filename(filename: str) -> bool:
+    """A plain ``.conda``/``.tar.bz2`` file name that is safe in a URL path and a JSON key."""
+    return (
+        filename.endswith((".conda", ".tar.bz2"))
+        and "/" not in filename
+        and "\\" not in filename
+        and '"' not in filename
+        and not filename.startswith(".")
+        and filename.isprintable()
+    )
+
+
+def dump_record(record: Any) -> bytes:
+    try:
+        return orjson.dumps(record)
+    except (orjson.JSONEncodeError, TypeError):  # e.g. an integer beyond 64 bits
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class Data:
+    """Where a section's entries live: bytes in memory, or a file read with pread."""
+
+    def __init__(self, blob: bytes | None = None, path: Path | None = None) -> None:
+        self.blob = blob
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY) if path is not None else -1
+        if path is not None:
+            weakref.finalize(self, _close_data, self.fd, path)
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self.blob is not None:
+            return self.blob[offset : offset + size]
+        return os.pread(self.fd, size, offset)
+
+
+def _close_data(fd: int, path: Path) -> None:
+    os.close(fd)
+    path.unlink(missing_ok=True)
+
+
+class Section:
+    """One extension's entries, addressed by sorted position ``0 <= s < len(section)``.
+
+    Entry ``i`` (in the data) is ``data[offsets[i]:offsets[i+1]]`` = ``,"<key>":<record>``;
+    ``perm`` maps sorted positions to entries when the upstream was not sorted (and drops
+    duplicate keys: the last one in the document wins, as in JSON parsers).
+    """
+
+    def __init__(self, ext: str, data: Data, offsets: array[int], klens: array[int],
+                 nids: array[int], perm: array[int] | None) -> None:
+        self.ext = ext
+        self.data = data
+        self.offsets = offsets
+        self.klens = klens
+        self.nids = nids
+        self.perm = perm
+        self._spans: array[int] | None = None
+        self._inverse: array[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.perm) if self.perm is not None else len(self.klens)
+
+    def index(self, s: int) -> int:
+        return self.perm[s] if self.perm is not None else s
+
+    def key(self, s: int) -> bytes:
+        i = self.index(s)
+        return self.data.read(self.offsets[i] + 2, self.klens[i])
+
+    def span(self, lo: int, hi: int) -> int:
+        """Bytes of the entries at sorted positions [lo, hi)."""
+        if self.perm is None:
+            return self.offsets[hi] - self.offsets[lo] if hi > lo else 0
+        if self._spans is None:
+            offsets = self.offsets
+            self._spans = array("Q", itertools.accumulate((offsets[i + 1] - offsets[i] for i in self.perm), initial=0))
+        return self._spans[hi] - self._spans[lo] if hi > lo else 0
+
+    def inverse(self) -> array[int]:
+        """Entry index -> sorted position (-1 for a dropped duplicate)."""
+        if self._inverse is None:
+            inverse = array("l", [-1]) * len(self.klens)
+            for s, i in enumerate(self.perm if self.perm is not None else range(len(self.klens))):
+                inverse[i] = s
+            self._inverse = inverse
+        return self._inverse
+
+    def nid(self, s: int) -> int:
+        return self.nids[self.index(s)]
+
+    def record(self, s: int) -> bytes:
+        i = self.index(s)
+        start = self.offsets[i] + 4 + self.klens[i]
+        return self.data.read(start, self.offsets[i + 1] - start)
+
+    def bisect_left(self, key: bytes, lo: int = 0, hi: int | None = None) -> int:
+        hi = len(self) if hi is None else hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.key(mid) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def find(self, key: bytes) -> int:
+        """Sorted position of ``key``, or -1."""
+        s = self.bisect_left(key)
+        return s if s < len(self) and self.key(s) == key else -1
+
+    def index_runs(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        """The entries at sorted positions [lo, hi) as runs [first, last) of consecutive
+        entries in the data (one run when the upstream was sorted)."""
+        if lo >= hi:
+            return
+        if self.perm is None:
+            yield lo, hi
+            return
+        perm = self.perm
+        first = end = perm[lo]
+        for s in range(lo + 1, hi):
+            i = perm[s]
+            if i != end + 1:
+                yield first, end + 1
+                first = i
+            end = i
+        yield first, end + 1
+
+    def entries(self, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, bytes, memoryview]]:
+        """(sorted position, key, record) for [lo, hi), read in chunks of about READ_CHUNK."""
+        hi = len(self) if hi is None else hi
+        offsets, klens = self.offsets, self.klens
+        s = lo
+        for first, last in self.index_runs(lo, hi):
+            i = first
+            while i < last:
+                j = max(i + 1, bisect.bisect_right(offsets, offsets[i] + READ_CHUNK, i + 1, last + 1) - 1)
+                base = offsets[i]
+                view = memoryview(self.data.read(base, offsets[j] - base))
+                for k in range(i, j):
+                    a = offsets[k] - base
+                    length = klens[k]
+                    yield s, bytes(view[a + 2 : a + 2 + length]), view[a + 4 + length : offsets[k + 1] - base]
+                    s += 1
+                i = j
+
+
+class Repodata:
+    """One parsed ``repodata.json``: info, removed, and its records in two sorted sections."""
+
+    def __init__(self, info: dict[str, Any], removed: tuple[str, ...], repodata_version: int,
+                 name_table: list[str], sections: dict[str, Section]) -> None:
+        self.info = info
+        self.removed = removed
+        self.repodata_version = repodata_version
+        self.name_table = name_table  # name id -> package name
+        self.sections = sections  # ".tar.bz2" / ".conda" -> Section
+        self._lower: dict[str, list[int]] | None = None
+        self._found: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sections.values())
+
+    @property
+    def base_url(self) -> str | None:
+        """CEP-15 ``info.base_url`` (repodata_version 2): where the package files live."""
+        value = self.info.get("base_url")
+        return value if isinstance(value, str) and value else None
+
+    def section_of(self, filename: str) -> Section:
+        return self.sections[".conda" if filename.endswith(".conda") else ".tar.bz2"]
+
+    def lookup(self, filename: str) -> tuple[str, bytes] | None:
+        """(package name, record) of one file, by binary search."""
+        section = self.section_of(filename)
+        s = section.find(filename.encode())
+        if s < 0:
+            return None
+        return self.name_table[section.nid(s)], section.record(s)
+
+    def find_memo(self, filename: str) -> int:
+        """Sorted position of ``filename`` in its section, or -1; remembered (for the
+        ``removed`` lists, looked up on every merge)."""
+        found = self._found.get(filename)
+        if found is None:
+            found = self._found[filename] = self.section_of(filename).find(filename.encode())
+        return found
+
+    def name_ids(self, lower_names: frozenset[str] | set[str]) -> set[int]:
+        """Ids of the names whose lower-case form is in ``lower_names``."""
+        if self._lower is None:
+            lower: dict[str, list[int]] = {}
+            for nid, name in enumerate(self.name_table):
+                lower.setdefault(name.lower(), []).append(nid)
+            self._lower = lower
+        return {nid for name in lower_names for nid in self._lower.get(name, ())}
+
+    def iter_records(self) -> Iterator[CondaRecord]:
+        """Every record, section by section in file-name order (reads them all)."""
+        for section in self.sections.values():
+            for s, key, record in section.entries():
+                yield key.decode(), self.name_table[section.nid(s)], bytes(record)
+
+    # conveniences for small documents and tests (each reads every record)
+    @property
+    def records(self) -> dict[str, tuple[str, bytes]]:
+        return {fn: (name, raw) for fn, name, raw in self.iter_records()}
+
+    @property
+    def packages(self) -> dict[str, bytes]:
+        return {fn: raw for fn, _, raw in self.iter_records() if fn.endswith(".tar.bz2")}
+
+    @property
+    def packages_conda(self) -> dict[str, bytes]:
+        return {fn: raw for fn, _, raw in self.iter_records() if fn.endswith(".conda")}
+
+    def names(self) -> dict[str, str]:
+        return {fn: name for fn, name, _ in self.iter_records()}
+
+
+def copy_range(src: int, dst: int, offset: int, size: int) -> int:
+    """Append ``size`` bytes of ``src`` at ``offset`` to ``dst`` (in the kernel when it can)."""
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src, dst, size - done, offset + done)
+        except OSError:  # e.g. a filesystem that cannot: copy through a buffer
+            n = os.write(dst, os.pread(src, min(size - done, READ_CHUNK), offset + done))
+        if n <= 0:
+            raise OSError(f"short copy at offset {offset + done}")
+        done += n
+    return done
