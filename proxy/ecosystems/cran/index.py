@@ -27,12 +27,14 @@ import gzip
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-from rdata.parser import RObject, RObjectType
+from typing import TYPE_CHECKING
 
 from proxy.ecosystems.cran.dcf import parse_dcf, render_dcf
 from proxy.ecosystems.cran.rds import Compression, RValue, RVector, UnsupportedRds, read_rds, strings, write_rds
 from proxy.errors import BadRequest
+
+if TYPE_CHECKING:  # rdata (and the pandas it imports) loads only for its rare fallback
+    from rdata.parser import RObject
 
 # tools:::.get_standard_repository_db_fields("source"), R 4.2; for "win.binary" and
 # "mac.binary" R uses the same list without NeedsCompilation (which, like Built, is then
@@ -341,8 +343,10 @@ def _from_list(top: object) -> list[ArchivedFile]:
     return out
 
 
-def _rdata_to_rvector(obj: RObject) -> RValue:
+def _rdata_to_rvector(obj: "RObject") -> RValue:
     """rdata's parse tree -> RVector, for files the fast reader does not cover."""
+    from rdata.parser import RObjectType
+
     kinds = {RObjectType.STR: "str", RObjectType.VEC: "list", RObjectType.REAL: "real",
              RObjectType.INT: "int", RObjectType.LGL: "lgl"}
     kind = kinds.get(obj.info.type)

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-import numpy as np
 
 NILVALUE_SXP = 254
 REFSXP = 255
@@ -95,9 +94,9 @@ class _Writer:
             for v in values:
                 self.char(v)  # type: ignore[arg-type]
         elif obj.type in ("int", "lgl"):
-            self.out += np.asarray(values, dtype=">i4").tobytes()
+            self.out += struct.pack(f">{len(values)}i", *values)
         elif obj.type == "real":
-            self.out += np.asarray(values, dtype=">f8").tobytes()
+            self.out += struct.pack(f">{len(values)}d", *values)
         else:
             for v in values:
                 self.item(v)  # type: ignore[arg-type]
@@ -194,10 +193,10 @@ class _Reader:
         values: Sequence[object]
         n = self.i32()
         if kind in (LGLSXP, INTSXP):
-            values = [int(v) for v in np.frombuffer(self.data, ">i4", n, self.pos)]
+            values = list(struct.unpack_from(f">{n}i", self.data, self.pos))
             self.pos += 4 * n
         elif kind == REALSXP:
-            values = [float(v) for v in np.frombuffer(self.data, ">f8", n, self.pos)]
+            values = list(struct.unpack_from(f">{n}d", self.data, self.pos))
             self.pos += 8 * n
         elif kind in (STRSXP, VECSXP):
             values = [self.item() for _ in range(n)]
