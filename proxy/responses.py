@@ -34,7 +34,6 @@ def index_response(
     max_age: int = 60,
     immutable: bool = False,
     vary: str | None = None,
-    extra_headers: dict[str, str] | None = None,
 ) -> web.Response:
     etag = etag or etag_for(body)
     headers = {
@@ -43,8 +42,6 @@ def index_response(
     }
     if vary:
         headers["Vary"] = vary
-    if extra_headers:
-        headers.update(extra_headers)
     if not_modified(request, etag):
         return web.Response(status=304, headers=headers)
     headers["Content-Type"] = content_type
