@@ -32,6 +32,8 @@ from proxy.ecosystems.conda.repodata import (
     render_repodata_json,
     select_current,
 )
+from proxy.ecosystems.conda.merged import UpstreamSubdir
+from proxy.ecosystems.conda.sharded import StoredShard, repodata_from_shards
 from proxy.ecosystems.conda.shards import (
     build_shard,
     build_shards,
@@ -43,6 +45,7 @@ from proxy.ecosystems.conda.shards import (
 )
 from proxy.ecosystems.conda.version import InvalidVersion, VersionOrder
 from proxy.errors import BadRequest, UpstreamError
+from proxy.settings import UpstreamSettings
 
 try:  # pytest's prepend import mode puts tests/ on sys.path; `python -m pytest` adds the root
     from fixtures import conda_pkgs as fx
@@ -448,6 +451,45 @@ async def test_parse_rattler_index_shards(tmp_path: Path, built: list[Path]) -> 
     for fn, record in theirs.items():
         for key in ("name", "version", "build", "build_number", "depends", "sha256", "md5", "size", "subdir"):
             assert record[key] == ours[fn][key], (fn, key)
+
+
+def test_repodata_from_upstream_shards(tmp_path: Path, built: list[Path]) -> None:
+    """A shard-only upstream becomes the same sorted sections a repodata.json gives."""
+    root = tmp_path / "ch"
+    hashes = fx.write_sharded_channel(root, built, base_url="../files/", shards_base_url="../shards/")
+    sub = "linux-64"
+    index_url = f"https://up.example/ch/{sub}/repodata_shards.msgpack.zst"
+    index = parse_shard_index((root / sub / "repodata_shards.msgpack.zst").read_bytes())
+    assert index.shards == hashes[sub]
+    assert index.shard_url(index_url, "foo") == f"https://up.example/ch/shards/{hashes[sub]['foo']}.msgpack.zst"
+    stored = [StoredShard(name, sha, str(root / "shards" / shard_filename(sha))) for name, sha in index.shards.items()]
+    repodata = repodata_from_shards(index, stored, tmp_path)
+    expected = {p.name: fx.repodata_record(p) for p in built if fx.read_index_json(p)["subdir"] == sub}
+    assert {fn: orjson.loads(raw) for fn, (_, raw) in repodata.records.items()} == expected  # hashes in hex
+    for section in repodata.sections.values():
+        keys = [section.key(s) for s in range(len(section))]
+        assert keys == sorted(keys) and section.perm is None
+    assert repodata.base_url == "../files/"  # CEP-16: relative to the index URL, resolved by file_url
+    upstream = UpstreamSubdir(UpstreamSettings(name="up", type="conda", url="https://up.example/ch"), index_url, "d",
+                              repodata)
+    assert upstream.file_url("foo-1.0-0.conda") == "https://up.example/ch/files/foo-1.0-0.conda"
+    bad = stored[0]
+    (tmp_path / "bad").write_bytes(b"not the shard")
+    kept = set(tmp_path.glob("conda-records-*"))  # the sections of ``repodata``, alive
+    with pytest.raises(BadRequest, match="sha256"):
+        repodata_from_shards(index, [StoredShard(bad.name, bad.sha256, str(tmp_path / "bad"))], tmp_path)
+    assert set(tmp_path.glob("conda-records-*")) == kept  # nothing left behind by the failed build
+
+    # shards come in name order; "a" < "a-1" but "a-2.0-0.conda" > "a-1-1.0-0.conda": sorted on disk
+    odd = [fx.build_package(tmp_path / "odd", fx.PkgSpec(name, version, "0")) for name, version in (("a", "2.0"), ("a-1", "1.0"))]
+    fx.write_sharded_channel(tmp_path / "odd-ch", odd)
+    odd_index = parse_shard_index((tmp_path / "odd-ch" / "noarch" / "repodata_shards.msgpack.zst").read_bytes())
+    odd_stored = [StoredShard(n, sha, str(tmp_path / "odd-ch" / "noarch" / "shards" / shard_filename(sha)))
+                  for n, sha in odd_index.shards.items()]
+    sorted_repodata = repodata_from_shards(odd_index, odd_stored, tmp_path)
+    section = sorted_repodata.sections[".conda"]
+    assert [section.key(s) for s in range(len(section))] == [b"a-1-1.0-0.conda", b"a-2.0-0.conda"]
+    assert sorted_repodata.lookup("a-2.0-0.conda") is not None and sorted_repodata.lookup("a-2.0-0.conda")[0] == "a"
 
 
 def test_package_name_of() -> None:

@@ -2,7 +2,9 @@
 and its upstream channels' ``repodata.json`` (DESIGN, "Merge semantics").
 
 - Upstream ``repodata.json(.zst)`` documents come from the metadata cache and are parsed
-  once per content digest, streaming, into sorted sections on disk (records.py).
+  once per content digest, streaming, into sorted sections on disk (records.py). An
+  upstream subdir with neither but a CEP-16 shard index is read from its shards into the
+  same sections (sharded.py); the index's digest then stands for the whole document.
 - The label ``main`` (the default URL) merges uploads labelled ``main`` with the upstreams;
   any other label serves only the uploads carrying it (anaconda.org's labels).
 - Each (channel, label, subdir) has a slot holding its current ``SubdirIndex`` (merged.py),
@@ -24,7 +26,7 @@ from collections import OrderedDict, deque
 from collections.abc import Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -40,7 +42,8 @@ from .parse import parse_repodata_file
 from .records import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
 from .render import build_plan, local_section, positions_of
 from .repodata import render_channeldata
-from .shards import ShardSet
+from .sharded import fetch_shards, repodata_from_shards
+from .shards import SHARD_INDEX_FILENAME, ShardSet, parse_shard_index
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,10 @@ DEFAULT_LABEL = "main"
 MAX_SLOTS = 256  # (channel, label, subdir) indexes kept; labels come from URLs
 BAD_DOCUMENT_RETRY = 60.0  # seconds an upstream document that failed to parse is not parsed again
 BUILD_RETRY = 30.0  # seconds a failed background build (upstream refresh) is not retried
+KNOWN_SHARDS = 1 << 20  # upstream shards (by sha256) whose stored body is read without asking the cache
+
+Source = Encoding | Literal["shards"]
+"""How an upstream subdir's records arrive: ``repodata.json`` (plain, zstd, bz2) or CEP-16 shards."""
 
 
 def normalize(name: str) -> str:
@@ -93,6 +100,7 @@ class CondaIndexes:
         self._slots: OrderedDict[tuple[str, str, str], _Slot] = OrderedDict()
         self._channeldata: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(64)
         self._upstream_channeldata: Memo[str, dict[str, Any]] = Memo(16)
+        self._known_shards: Memo[str, Doc] = Memo(KNOWN_SHARDS)
         self._flight: SingleFlight[Hashable, Any] = SingleFlight()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -115,17 +123,29 @@ class CondaIndexes:
         task.add_done_callback(done)
 
     # ------------------------------------------------------------------ upstream documents
-    async def _upstream_doc(self, up: UpstreamSettings, subdir: str) -> tuple[Doc, Encoding]:
-        """conda's order: ``repodata.json.zst`` first, ``repodata.json`` when that 404s."""
+    async def _upstream_doc(self, up: UpstreamSettings, subdir: str) -> tuple[Doc, Source]:
+        """conda's order: ``repodata.json.zst`` first, ``repodata.json`` when that 404s, and
+        the CEP-16 shard index only when both 404.
+
+        Full repodata is preferred when an upstream offers both: channelgate needs every
+        record of the subdir to merge anyway, and one document (one conditional request per
+        refresh) gives them all, where shards cost one request per package name on a cold
+        cache (~30k for conda-forge linux-64). Shards serve the upstreams that offer nothing
+        else; their refreshes fetch only the shards whose hash changed. (The 404s before the
+        shard index are remembered by the metadata cache for ``negative_ttl``.)"""
         url = f"{up.url}/{subdir}/repodata.json"
         try:
             return await self.services.meta.get(up, url + ".zst"), "zstd"
         except NotFound:
+            pass
+        try:
             return await self.services.meta.get(up, url), "identity"
+        except NotFound:
+            return await self.services.meta.get(up, f"{up.url}/{subdir}/{SHARD_INDEX_FILENAME}"), "shards"
 
-    async def _docs(self, channel: ChannelPolicy, subdir: str) -> tuple[list[tuple[UpstreamSettings, Doc, Encoding]], Exception | None]:
+    async def _docs(self, channel: ChannelPolicy, subdir: str) -> tuple[list[tuple[UpstreamSettings, Doc, Source]], Exception | None]:
         """Each upstream's current document (404s skipped) and the last failure, if any."""
-        out: list[tuple[UpstreamSettings, Doc, Encoding]] = []
+        out: list[tuple[UpstreamSettings, Doc, Source]] = []
         failure: Exception | None = None
         for up in self.services.upstreams_for(channel, "conda"):
             try:
@@ -138,8 +158,12 @@ class CondaIndexes:
             out.append((up, doc, encoding))
         return out, failure
 
-    async def _parse(self, doc: Doc, encoding: Encoding) -> Repodata | None:
-        """The parsed document (once per digest); None when it is not valid repodata."""
+    async def _parse(self, up: UpstreamSettings, doc: Doc, encoding: Source) -> Repodata | None:
+        """The parsed document (once per digest); None when it is not valid repodata.
+
+        A shard index is read with its shards (sharded.py); a shard that cannot be fetched
+        fails the build (retried; the previous index is served meanwhile), a shard that is
+        not valid makes the upstream's document invalid, like invalid repodata."""
         cached = self._parsed.get(doc.digest)
         if cached is not None:
             return cached
@@ -150,7 +174,10 @@ class CondaIndexes:
         async def work() -> Repodata | None:
             start = time.monotonic()
             try:
-                parsed = await self._run(parse_repodata_file, Path(doc.body_path), encoding, self.tmp_dir)
+                if encoding == "shards":
+                    parsed = await self._parse_shards(up, doc)
+                else:
+                    parsed = await self._run(parse_repodata_file, Path(doc.body_path), encoding, self.tmp_dir)
             except (BadRequest, OSError) as exc:
                 log.warning("upstream document %s is not valid repodata: %s", doc.digest[:12], exc)
                 now = time.monotonic()
@@ -162,6 +189,14 @@ class CondaIndexes:
             return self._parsed.put(doc.digest, parsed)
 
         return await self._flight.run(("parse", doc.digest), work)  # type: ignore[no-any-return]
+
+    async def _parse_shards(self, up: UpstreamSettings, doc: Doc) -> Repodata:
+        try:
+            index = await self._run(lambda: parse_shard_index(doc.read()))
+        except UpstreamError as exc:  # the index itself is malformed: an invalid document
+            raise BadRequest(str(exc)) from None
+        stored = await fetch_shards(self.services.meta, up, doc.url, index, self._known_shards)
+        return await self._run(repodata_from_shards, index, stored, self.tmp_dir)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ merged subdir index
     def uploads(self, channel: str, label: str, subdir: str) -> list[Upload]:
@@ -188,7 +223,7 @@ class CondaIndexes:
             slot.local = tuple(sorted((u.path, u.sha256, u.name) for u in slot.uploads))
             slot.names = tuple(sorted(catalog.names(channel.name, "conda")))
             slot.generation = generation
-        docs: list[tuple[UpstreamSettings, Doc, Encoding]] = []
+        docs: list[tuple[UpstreamSettings, Doc, Source]] = []
         failure: Exception | None = None
         if label == DEFAULT_LABEL:
             docs, failure = await self._docs(channel, subdir)
@@ -214,7 +249,7 @@ class CondaIndexes:
         return await asyncio.shield(task)  # type: ignore[no-any-return]
 
     async def _build(self, slot: _Slot, key: IndexKey, subdir: str, uploads: list[Upload],
-                     docs: list[tuple[UpstreamSettings, Doc, Encoding]], seq: int) -> SubdirIndex:
+                     docs: list[tuple[UpstreamSettings, Doc, Source]], seq: int) -> SubdirIndex:
         try:
             return await self._build_locked(slot, key, subdir, uploads, docs, seq)
         except Exception as exc:
@@ -223,14 +258,14 @@ class CondaIndexes:
             raise
 
     async def _build_locked(self, slot: _Slot, key: IndexKey, subdir: str, uploads: list[Upload],
-                            docs: list[tuple[UpstreamSettings, Doc, Encoding]], seq: int) -> SubdirIndex:
+                            docs: list[tuple[UpstreamSettings, Doc, Source]], seq: int) -> SubdirIndex:
         async with slot.lock:
             current = slot.current
             if current is not None and current.key == key:
                 return current
             ups: list[UpstreamSubdir] = []
             for up, doc, encoding in docs:
-                repodata = await self._parse(doc, encoding)
+                repodata = await self._parse(up, doc, encoding)
                 if repodata is not None:
                     ups.append(UpstreamSubdir(up, doc.url, doc.digest, repodata))
             if docs and not ups and not uploads:

@@ -58,15 +58,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class UpstreamSubdir:
-    """One upstream's parsed ``<subdir>/repodata.json``."""
+    """One upstream's parsed ``<subdir>/repodata.json`` (or CEP-16 shard index and shards)."""
 
     upstream: UpstreamSettings
-    url: str  # where the document was fetched (package URLs resolve against it)
+    url: str  # where the document (or shard index) was fetched: package URLs resolve against it
     digest: str
     repodata: Repodata
 
     def file_url(self, filename: str) -> str:
-        """The upstream URL of a package file (CEP-15 ``info.base_url`` when given)."""
+        """The upstream URL of a package file (CEP-15 / CEP-16 ``info.base_url`` when given)."""
         base = self.repodata.base_url or "./"
         if not base.endswith("/"):
             base += "/"
