@@ -1,0 +1,239 @@
+"""conda library: the streaming repodata parser and the merge plan (split from test_conda_lib.py)."""
+from __future__ import annotations
+
+import bz2
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import orjson
+import pytest
+import zstandard
+
+from proxy.ecosystems.conda.records import is_package_filename
+from proxy.ecosystems.conda.repodata import (
+    CondaRecord,
+    parse_repodata,
+    render_current_repodata,
+    render_repodata_json,
+)
+from proxy.errors import BadRequest
+
+try:  # pytest's prepend import mode puts tests/ on sys.path; `python -m pytest` adds the root
+    from fixtures import conda_pkgs as fx
+except ImportError:  # pragma: no cover - depends on how pytest was started
+    from tests.fixtures import conda_pkgs as fx  # type: ignore[no-redef]
+
+rattler = pytest.importorskip("rattler")
+
+
+
+def unzstd(body: bytes) -> bytes:
+    # one-shot decompression needs the content size in the frame header (conda uses it)
+    return zstandard.ZstdDecompressor().decompress(body)
+
+
+def unpack(body: bytes) -> Any:
+    return msgpack.unpackb(unzstd(body), raw=False)
+
+
+SPECS = [
+    fx.PkgSpec("foo", "1.0", "h1_0", 0, "linux-64", depends=("bar >=1",)),
+    fx.PkgSpec("foo", "1.10", "h1_0", 0, "linux-64", depends=("bar >=1",)),
+    fx.PkgSpec("foo", "1.10", "h1_1", 1, "linux-64", depends=("bar >=1",)),
+    fx.PkgSpec("foo", "1.10", "h2_1", 1, "linux-64", depends=("bar >=1",)),
+    fx.PkgSpec("foo", "1.9", "h1_5", 5, "linux-64", depends=("bar >=1",)),
+    fx.PkgSpec("foo", "1.11.0.dev1", "h1_0", 0, "linux-64"),
+    fx.PkgSpec("bar", "1.2", "0", 0, "noarch"),
+    fx.PkgSpec("bar", "2.0a1", "0", 0, "noarch"),
+    fx.PkgSpec("bar", "1.2", "1", 1, "noarch"),
+]
+
+
+
+# --------------------------------------------------------------------------- streaming parser, merge plan
+
+
+def _doc_records(count: int, seed: int, *, names: int = 40) -> dict[str, dict[str, Any]]:
+    """``count`` records over ``names`` names: a mix of both extensions, nested values."""
+    rng = random.Random(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(count):
+        name = f"p{rng.randrange(names)}"
+        fn = f"{name}-1.{i}-h{rng.getrandbits(20):05x}_0.{'conda' if rng.random() < 0.6 else 'tar.bz2'}"
+        out[fn] = {"name": name, "version": f"1.{i}", "build": "h_0", "build_number": rng.randrange(3),
+                   "depends": [f"dep{j} >=1" for j in range(rng.randrange(5))], "sha256": f"{i:064x}",
+                   "md5": f"{i:032x}", "size": i, "subdir": "linux-64", "note": "a }, \"tricky\": {} string"}
+    return out
+
+
+def _expected(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What a parse must keep: package records with a string name, minus upstream links."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in ("packages", "packages.conda"):
+        for fn, record in doc.get(section, {}).items():
+            if isinstance(record, dict) and isinstance(record.get("name"), str) and is_package_filename(fn):
+                out[fn] = {k: v for k, v in record.items() if k not in ("url", "channel")}
+    return out
+
+
+def _parsed(rd: Any) -> dict[str, dict[str, Any]]:
+    got: dict[str, dict[str, Any]] = {}
+    for section in rd.sections.values():
+        keys = [section.key(s) for s in range(len(section))]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)  # sorted, one entry per file name
+    for fn, name, raw in rd.iter_records():
+        record = orjson.loads(raw)
+        assert record["name"] == name and b"\n" not in raw
+        got[fn] = record
+    return got
+
+
+
+@pytest.mark.parametrize("layout", ["compact-sorted", "compact-unsorted", "pretty", "spaced"])
+def test_streaming_parser_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """Tiny windows force hundreds of cuts; every layout parses to the same records."""
+    from proxy.ecosystems.conda import parse as parse_mod, records as records_mod
+    monkeypatch.setattr(parse_mod, "WINDOW", 700)
+    monkeypatch.setattr(parse_mod, "READ_CHUNK", 300)
+    monkeypatch.setattr(records_mod, "READ_CHUNK", 900)
+    records = _doc_records(600, seed=len(layout))
+    items = sorted(records.items()) if layout == "compact-sorted" else list(records.items())
+    doc: dict[str, Any] = {
+        "removed": ["gone-1-0.conda"],
+        "packages.conda": {fn: r for fn, r in items if fn.endswith(".conda")},
+        "info": {"subdir": "linux-64"},
+        "packages": {fn: r for fn, r in items if fn.endswith(".tar.bz2")},
+        "repodata_version": 1,
+    }
+    # the odd ones: links to the upstream, nested objects, a record larger than the window,
+    # entries that are not package records, and a .conda file listed under "packages"
+    doc["packages.conda"]["linked-1-0.conda"] = {"name": "linked", "url": "https://up/x", "channel": "https://up"}
+    doc["packages.conda"]["nested-1-0.conda"] = {"name": "nested", "extra": {"a": {"b": [1, {"c": "}}"}]}}}
+    doc["packages.conda"]["huge-1-0.conda"] = {"name": "huge", "depends": [f"d{i} >=1" for i in range(9000)]}
+    doc["packages.conda"]["noname-1-0.conda"] = {"version": "1"}
+    doc["packages.conda"]["list-1-0.conda"] = [1, 2]
+    doc["packages"]["../evil-1-0.tar.bz2"] = {"name": "evil"}
+    doc["packages"]["moved-1-0.conda"] = {"name": "moved"}
+    if layout == "pretty":
+        body = json.dumps(doc, indent=2).encode()
+    elif layout == "spaced":
+        body = json.dumps(doc).encode()  # ", " and ": " separators, one line
+    else:
+        body = orjson.dumps(doc)
+    expected = _expected(doc)
+    expected["moved-1-0.conda"] = {"name": "moved"}
+    rd = parse_repodata(body)
+    assert _parsed(rd) == expected
+    assert rd.removed == ("gone-1-0.conda",) and rd.info == {"subdir": "linux-64"}
+    assert rd.lookup("linked-1-0.conda") == ("linked", b'{"name":"linked"}')
+    for encoding, data in (("identity", body), ("zstd", zstandard.ZstdCompressor().compress(body)),
+                           ("bz2", bz2.compress(body))):
+        path = tmp_path / f"repodata.{encoding}"
+        path.write_bytes(data)
+        on_disk = parse_mod.parse_repodata_file(path, encoding, tmp_path)  # type: ignore[arg-type]
+        assert _parsed(on_disk) == expected
+        assert all(s.perm is None for s in on_disk.sections.values())  # sorted once, on disk
+
+
+def test_streaming_parser_duplicates_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.ecosystems.conda import parse as parse_mod
+    monkeypatch.setattr(parse_mod, "WINDOW", 200)
+    monkeypatch.setattr(parse_mod, "READ_CHUNK", 100)
+    entries = ",".join(f'"a-{i}-0.conda":{{"name":"a","i":{i}}}' for i in range(50))
+    body = ('{"packages.conda":{' + entries + ',"a-3-0.conda":{"name":"a","i":"last"}}}').encode()
+    rd = parse_repodata(body)
+    assert len(rd) == 50 and orjson.loads(rd.records["a-3-0.conda"][1]) == {"name": "a", "i": "last"}  # JSON: last wins
+    with pytest.raises(BadRequest, match="size limit"):
+        parse_repodata(body, limit=100)
+    for bad in (body[:-1], body + b"x", body.replace(b'"i":7', b'"i":7,')):
+        with pytest.raises(BadRequest):
+            parse_repodata(bad)
+    path = tmp_path / "bad.zst"
+    path.write_bytes(b"not zstd at all")
+    with pytest.raises(BadRequest):
+        parse_mod.parse_repodata_file(path, "zstd", tmp_path)
+    assert not list(tmp_path.glob("conda-records-*"))  # nothing left behind
+
+
+def _reference(local: list[CondaRecord], upstreams: list[list[CondaRecord]], local_names: frozenset[str],
+               allow: frozenset[str]) -> bytes:
+    from proxy.merge import merge
+    merged = merge(local, upstreams, name=lambda r: r[1].lower(), key=lambda r: r[0], allow=allow,
+                   local_names=local_names)
+    return render_repodata_json("linux-64", merged)
+
+
+def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
+    """Sorted-section merging (galloping, exclusions) renders exactly what the shared merge
+    rule and the in-memory renderer produce, through every writer."""
+    from proxy.ecosystems.conda.records import EXTENSIONS
+    from proxy.ecosystems.conda.render import build_plan, local_section, positions_of
+
+    first = _doc_records(400, seed=1, names=30)
+    second = {**_doc_records(300, seed=2, names=30), **{fn: {**r, "from": 2} for fn, r in list(first.items())[:50]}}
+    ups = [parse_repodata(orjson.dumps({"packages": {f: r for f, r in d.items() if f.endswith(".tar.bz2")},
+                                        "packages.conda": {f: r for f, r in d.items() if f.endswith(".conda")}}))
+           for d in (first, second)]
+    shadow = next(fn for fn in first if fn.endswith(".conda"))
+    local = [(shadow, "p999", b'{"name":"p999","mine":true}'), ("p3-9-0.conda", "p3", b'{"name":"p3"}'),
+             ("zz-1-0.tar.bz2", "zz", b'{"name":"zz"}')]
+    local_names, allow = frozenset({"p999", "p3", "zz", "p7"}), frozenset({"p7"})
+    blocked = set(local_names - allow)
+    sources: dict[str, list[Any]] = {}
+    tables: dict[str, list[list[str]]] = {}
+    excluded: dict[str, list[list[int]]] = {}
+    for ext in EXTENSIONS:
+        section, table = local_section(local, ext)
+        sources[ext], tables[ext], excluded[ext] = [section], [table], [[]]
+        for up in ups:
+            sources[ext].append(up.sections[ext])
+            tables[ext].append(up.name_table)
+            excluded[ext].append(positions_of(up.sections[ext], up.name_ids(blocked)))
+    plan = build_plan(sources, tables, excluded, info={"subdir": "linux-64"}, removed=[])
+    expected = _reference(local, [list(up.iter_records()) for up in ups], local_names, allow)
+    assert plan.render() == expected
+    assert plan.size() == len(expected)
+    plan.write(tmp_path / "r.json", tmp_path / "r.json.zst", tmp_path)
+    plan.write_json(tmp_path / "r2.json", tmp_path)
+    assert (tmp_path / "r.json").read_bytes() == expected == (tmp_path / "r2.json").read_bytes()
+    assert unzstd((tmp_path / "r.json.zst").read_bytes()) == expected  # one-shot: the frame has its size
+    doc = orjson.loads(expected)
+    assert doc["packages.conda"][shadow] == {"name": "p999", "mine": True}  # an upload wins its file name
+    assert not any(r["name"] == "p3" for s in ("packages", "packages.conda") for r in doc[s].values()
+                   if r != {"name": "p3"})  # a private name blocks every upstream version
+    assert any(r["name"] == "p7" for r in doc["packages.conda"].values())  # upstream_allow
+    # current_repodata: the same selection as the in-memory implementation
+    from proxy.ecosystems.conda.render import current_subset
+    merged_records = [(fn, rec["name"], orjson.dumps(rec)) for s in ("packages", "packages.conda")
+                      for fn, rec in doc[s].items()]
+    assert orjson.loads(current_subset(plan).render()) == orjson.loads(render_current_repodata("linux-64", merged_records))
+
+
+def test_plan_shards_incremental_equals_full(tmp_path: Path) -> None:
+    from proxy.ecosystems.conda.records import EXTENSIONS
+    from proxy.ecosystems.conda.render import build_plan, local_section, positions_of
+    from proxy.ecosystems.conda.shards import ShardPack, build_plan_shards
+
+    up = parse_repodata(orjson.dumps({"packages.conda": {f: r for f, r in _doc_records(300, seed=5).items()}}))
+
+    def plan_for(local: list[CondaRecord]) -> Any:
+        blocked = up.name_ids({r[1] for r in local})
+        sources = {ext: [local_section(local, ext)[0], up.sections[ext]] for ext in EXTENSIONS}
+        tables = {ext: [local_section(local, ext)[1], up.name_table] for ext in EXTENSIONS}
+        excluded = {ext: [[], positions_of(up.sections[ext], blocked)] for ext in EXTENSIONS}
+        return build_plan(sources, tables, excluded, info={"subdir": "noarch"}, removed=[])
+
+    before = build_plan_shards(plan_for([]), subdir="noarch", pack=ShardPack(tmp_path), basis=None)
+    local = [("p4-7-0.conda", "p4", b'{"name":"p4","version":"7","sha256":"' + b"ab" * 32 + b'"}'),
+             ("new-1-0.conda", "new", b'{"name":"new","version":"1"}')]
+    after = plan_for(local)
+    incremental = build_plan_shards(after, subdir="noarch", pack=before.shards, basis=None,  # type: ignore[arg-type]
+                                    previous=before, changed=frozenset({"p4", "new"}))
+    full = build_plan_shards(after, subdir="noarch", pack=ShardPack(tmp_path), basis=None)
+    assert incremental.by_name == full.by_name and "new" in full.by_name
+    assert incremental.by_name["p5"] == before.by_name["p5"]  # untouched names keep their shard
+    shard = unpack(incremental.shards[incremental.by_name["p4"]])
+    assert list(shard["packages.conda"]) == ["p4-7-0.conda"]  # the upload hides every upstream p4
