@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Literal
 
 import orjson
 from aiohttp import web
 
+from ...cache import Memo
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, NotFound
 from ...merge import upstream_may_serve
@@ -29,12 +31,21 @@ from ...store.blobs import TempBlob
 from ...store.catalog import Upload
 from ...uploads import publish
 from ...upstream import ArtifactSpec, file_response
-from .index import DEFAULT_LABEL, LABEL_RE, SUBDIR_RE, CondaIndexes, allowed_names, normalize
+from .index import (
+    DEFAULT_LABEL,
+    LABEL_RE,
+    SUBDIR_RE,
+    CondaIndexes,
+    allowed_names,
+    normalize,
+)
 from .merged import FileKind, IndexFileResponse
 from .package import CondaPackage, inspect_package
 from .repodata import is_package_filename
 from .shards import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
 
+SMALL_INDEX_BYTES = 2 * 1024 * 1024  # indexes up to this size are answered from memory...
+SMALL_INDEX_COUNT = 32  # ...at most this many of them (64 MiB)
 INDEX_MAX_AGE = 60  # seconds; CEP-16 suggests a short max-age for the shard index too
 PACKAGE_CONTENT_TYPE = "application/octet-stream"
 
@@ -123,6 +134,7 @@ class Conda:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.indexes = CondaIndexes(services)
+        self._small: Memo[tuple[Path, str], bytes] = Memo(SMALL_INDEX_COUNT)
 
     # ------------------------------------------------------------------ GET / HEAD
     async def serve(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
@@ -157,7 +169,15 @@ class Conda:
         if not_modified(request, etag):
             return web.Response(status=304, headers={"ETag": etag, "Cache-Control": f"private, max-age={INDEX_MAX_AGE}"})
         path = await index.file(kind)
-        return IndexFileResponse(path, etag=etag, content_type=content_type, max_age=INDEX_MAX_AGE, keep=index)
+        small = self._small.get((path, etag))
+        if small is None:
+            size = path.stat().st_size
+            if size > SMALL_INDEX_BYTES:  # large: sendfile straight from the stored file
+                return IndexFileResponse(path, etag=etag, content_type=content_type, max_age=INDEX_MAX_AGE, keep=index)
+            # small: kept in memory by file and ETag (a FileResponse costs a thread-pool stat
+            # and open per request, more than the bytes of a small index)
+            small = self._small.put((path, etag), await asyncio.to_thread(path.read_bytes))
+        return index_response(request, small, content_type, etag=etag, max_age=INDEX_MAX_AGE)
 
     async def _shard(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, sha256_hex: str) -> web.StreamResponse:
         check_shard_request(sha256_hex)
