@@ -264,6 +264,22 @@ class Channelgate:
         self.proc = None
 
 
+def channel_url(server: Channelgate, form: str, token: str = "", channel: str = "internal") -> str:
+    """A channel URL as a client configures it, in each form DESIGN allows:
+    ``alias`` /t/TOKEN/<channel> (anaconda.org, conda's channel_alias), ``server``
+    /api/repo/t/TOKEN/<channel>, ``leading`` /t/TOKEN/api/repo/<channel>, ``basic``
+    TOKEN:x-auth-token@ (pip, R), ``anonymous`` /<channel> (public channels)."""
+    host = f"127.0.0.1:{server.port}"
+    forms = {
+        "alias": f"http://{host}/t/{token}/{channel}",
+        "server": f"http://{host}/api/repo/t/{token}/{channel}",
+        "leading": f"http://{host}/t/{token}/api/repo/{channel}",
+        "basic": f"http://{token}:x-auth-token@{host}/api/repo/{channel}",
+        "anonymous": f"http://{host}/{channel}",
+    }
+    return forms[form]
+
+
 # --------------------------------------------------------------------------- clients
 def client_env(home: Path) -> dict[str, str]:
     """Environment for real clients, isolated from this machine's pip/uv/conda/R config."""

@@ -17,7 +17,7 @@ import requests
 import zstandard
 
 from fixtures import conda_pkgs as fx
-from harness import Channelgate, Policy, UpstreamServer, client_env, http, run, stored_blobs, venv_bin
+from harness import Channelgate, Policy, UpstreamServer, channel_url, client_env, http, run, stored_blobs, venv_bin
 
 rattler = pytest.importorskip("rattler")
 
@@ -34,14 +34,7 @@ class World:
 
     def channel(self, token: str, channel: str = "internal", form: str = "alias") -> str:
         """The channel URL a client would configure (conda's channel_alias or Anaconda Server form)."""
-        host = f"127.0.0.1:{self.server.port}"
-        if form == "alias":
-            return f"http://{host}/t/{token}/{channel}"
-        if form == "server":
-            return f"http://{host}/api/repo/t/{token}/{channel}"
-        if form == "leading":
-            return f"http://{host}/t/{token}/api/repo/{channel}"
-        raise ValueError(form)
+        return channel_url(self.server, form, token, channel)
 
     def get(self, path: str, token: str = "", **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
         return http("GET", self.channel(token or self.tokens["reader"]) + path, **kwargs)

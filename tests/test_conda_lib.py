@@ -65,13 +65,7 @@ def records_of(packages: list[CondaPackage]) -> list[CondaRecord]:
     return [p.as_record() for p in packages]
 
 
-def unzstd(body: bytes) -> bytes:
-    # one-shot decompression needs the content size in the frame header (conda uses it)
-    return zstandard.ZstdDecompressor().decompress(body)
-
-
-def unpack(body: bytes) -> Any:
-    return msgpack.unpackb(unzstd(body), raw=False)
+unzstd, unpack = fx.unzstd, fx.unpack
 
 
 SPECS = [

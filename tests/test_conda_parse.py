@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
 import orjson
 import pytest
 import zstandard
@@ -30,26 +29,9 @@ rattler = pytest.importorskip("rattler")
 
 
 
-def unzstd(body: bytes) -> bytes:
-    # one-shot decompression needs the content size in the frame header (conda uses it)
-    return zstandard.ZstdDecompressor().decompress(body)
+unzstd, unpack = fx.unzstd, fx.unpack
 
 
-def unpack(body: bytes) -> Any:
-    return msgpack.unpackb(unzstd(body), raw=False)
-
-
-SPECS = [
-    fx.PkgSpec("foo", "1.0", "h1_0", 0, "linux-64", depends=("bar >=1",)),
-    fx.PkgSpec("foo", "1.10", "h1_0", 0, "linux-64", depends=("bar >=1",)),
-    fx.PkgSpec("foo", "1.10", "h1_1", 1, "linux-64", depends=("bar >=1",)),
-    fx.PkgSpec("foo", "1.10", "h2_1", 1, "linux-64", depends=("bar >=1",)),
-    fx.PkgSpec("foo", "1.9", "h1_5", 5, "linux-64", depends=("bar >=1",)),
-    fx.PkgSpec("foo", "1.11.0.dev1", "h1_0", 0, "linux-64"),
-    fx.PkgSpec("bar", "1.2", "0", 0, "noarch"),
-    fx.PkgSpec("bar", "2.0a1", "0", 0, "noarch"),
-    fx.PkgSpec("bar", "1.2", "1", 1, "noarch"),
-]
 
 
 

@@ -23,7 +23,7 @@ from fixtures.cran_pkgs import (
     make_truncated,
     write_cran_repo,
 )
-from harness import Channelgate, Policy, UpstreamServer, client_env, http, run, stored_blobs
+from harness import Channelgate, Policy, UpstreamServer, channel_url, client_env, http, run, stored_blobs
 
 R_MINOR = "4.2"  # the binaries target the R on this machine, so contrib.url finds them
 R_FULL = "4.2.2"
@@ -43,16 +43,9 @@ class World:
         return f"127.0.0.1:{self.server.port}"
 
     def repo(self, form: str = "path", token: str | None = None, channel: str = "internal") -> str:
-        token = token or self.tokens["reader"]
-        if form == "path":
-            return f"http://{self.host}/t/{token}/{channel}"
-        if form == "api-path":
-            return f"http://{self.host}/api/repo/t/{token}/{channel}"
-        if form == "basic":
-            return f"http://{token}:x-auth-token@{self.host}/api/repo/{channel}"
-        if form == "anonymous":
-            return f"http://{self.host}/{channel}"
-        raise ValueError(form)
+        """R's repos URL: ``path`` /t/TOKEN/<channel>, ``api-path`` /api/repo/t/TOKEN/<channel>."""
+        mapped = {"path": "alias", "api-path": "server"}.get(form, form)
+        return channel_url(self.server, mapped, token or self.tokens["reader"], channel)
 
 
 def rscript(world: World, code: str, name: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from fixtures.wheels import (
     twine_fields,
     write_simple_index,
 )
-from harness import Channelgate, Policy, UpstreamServer, client_env, http, run, stored_blobs, venv_bin
+from harness import Channelgate, Policy, UpstreamServer, channel_url, client_env, http, run, stored_blobs, venv_bin
 
 
 @dataclass
@@ -28,14 +28,8 @@ class World:
     dists: Path
 
     def index(self, form: str, token: str) -> str:
-        host = f"127.0.0.1:{self.server.port}"
-        if form == "basic":
-            return f"http://{token}:x-auth-token@{host}/api/repo/internal/simple"
-        if form == "path":
-            return f"http://{host}/t/{token}/api/repo/internal/simple"
-        if form == "alias":
-            return f"http://{host}/t/{token}/internal/simple"
-        raise ValueError(form)
+        """pip's index URL; ``path`` is the token in the leading path form."""
+        return channel_url(self.server, {"path": "leading"}.get(form, form), token) + "/simple"
 
 
 def twine_upload(world: World, path: Path, token: str) -> "subprocess.CompletedProcess[str]":  # noqa: F821
