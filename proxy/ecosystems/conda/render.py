@@ -202,30 +202,41 @@ class Plan:
             total += span - 1 if span else 0  # the first entry's leading comma is dropped
         return total
 
-    def chunks(self) -> Iterator[bytes]:
-        """The document in pieces of about ``_BATCH`` bytes."""
-        batch: list[bytes] = [self._head()]
-        size = 0
+    def _pieces(self) -> Iterator[bytes | tuple[Section, int, int]]:
+        """The document in order: literal bytes, or ``(section, start, stop)`` byte ranges of
+        a section's data (the one walk over the merge plan both writers share)."""
+        yield self._head()
         for n, ext in enumerate(EXTENSIONS):
             if n:
-                batch.append(b'},"packages.conda":{')
+                yield b'},"packages.conda":{'
             first = True
             sources = self.sections[ext]
             for j, lo, hi in self.runs[ext]:
                 section = sources[j]
                 offsets = section.offsets
                 for a, b in section.index_runs(lo, hi):
-                    start, stop = offsets[a] + first, offsets[b]
+                    yield section, offsets[a] + first, offsets[b]  # the first entry drops its comma
                     first = False
-                    while start < stop:
-                        piece = section.data.read(start, min(stop - start, READ_CHUNK))
-                        start += len(piece)
-                        batch.append(piece)
-                        size += len(piece)
-                        if size >= _BATCH:
-                            yield b"".join(batch)
-                            batch, size = [], 0
-        batch.append(self._tail())
+        yield self._tail()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The document in pieces of about ``_BATCH`` bytes."""
+        batch: list[bytes] = []
+        size = 0
+        for piece in self._pieces():
+            if isinstance(piece, bytes):
+                batch.append(piece)
+                size += len(piece)
+                continue
+            section, start, stop = piece
+            while start < stop:
+                data = section.data.read(start, min(stop - start, READ_CHUNK))
+                start += len(data)
+                batch.append(data)
+                size += len(data)
+                if size >= _BATCH:
+                    yield b"".join(batch)
+                    batch, size = [], 0
         yield b"".join(batch)
 
     def write_json(self, path: Path, tmp_dir: Path) -> int:
@@ -243,23 +254,15 @@ class Plan:
                     view = view[n:]
                     written += n
 
-            put(self._head())
-            for n, ext in enumerate(EXTENSIONS):
-                if n:
-                    put(b'},"packages.conda":{')
-                first = True
-                sources = self.sections[ext]
-                for j, lo, hi in self.runs[ext]:
-                    section = sources[j]
-                    offsets = section.offsets
-                    for a, b in section.index_runs(lo, hi):
-                        start, stop = offsets[a] + first, offsets[b]
-                        first = False
-                        if section.data.fd >= 0:
-                            written += copy_range(section.data.fd, fd, start, stop - start)
-                        else:
-                            put(section.data.read(start, stop - start))
-            put(self._tail())
+            for piece in self._pieces():
+                if isinstance(piece, bytes):
+                    put(piece)
+                    continue
+                section, start, stop = piece
+                if section.data.fd >= 0:
+                    written += copy_range(section.data.fd, fd, start, stop - start)
+                else:
+                    put(section.data.read(start, stop - start))
             os.close(fd)
             fd = -1
             if written != self.size():
