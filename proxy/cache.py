@@ -42,7 +42,12 @@ ERROR_RETRY = 30  # seconds a stale copy is served without retrying a failing up
 
 @dataclass(frozen=True, slots=True)
 class Doc:
-    """A cached upstream document. ``digest`` (sha256 of the body) identifies its content."""
+    """A cached upstream document. ``digest`` (sha256 of the body) identifies its content.
+
+    ``body_path`` is where the body lies in *this* process's store. It is never persisted
+    (descriptors and aiocache entries hold the digest only), so a store copied or imported
+    to another path serves the same (DESIGN, "Air-gap": a store is relocatable).
+    """
 
     url: str
     digest: str
@@ -99,7 +104,7 @@ class MetadataCache:
         if entry is not None:
             if entry.get("missing"):
                 raise NotFound()
-            return Doc(**entry)
+            return self._doc(entry)
         stored = self._load(key)
         if self.offline:
             if stored is None:
@@ -143,20 +148,18 @@ class MetadataCache:
             doc = replace(stored, fetched_at=now)
         else:
             digest = hashlib.sha256(resp.body).hexdigest()
-            body_path = self.root / "bodies" / digest[:2] / digest
+            body_path = self.body_path(digest)
             if not body_path.exists():
                 await asyncio.to_thread(atomic_write, body_path, resp.body, self.tmp_dir)
             doc = Doc(url, digest, resp.etag, resp.last_modified, resp.content_type, now, str(body_path))
-        await asyncio.to_thread(
-            atomic_write, self._doc_path(key), json.dumps(asdict(doc)).encode(), self.tmp_dir
-        )
+        await asyncio.to_thread(atomic_write, self._doc_path(key), _persisted(doc), self.tmp_dir)
         await self._remember(key, url, accept, doc, self.ttl)
         return doc
 
     async def _remember(self, key: str, url: str, accept: str | None, doc: Doc, ttl: float) -> None:
         """Fresh for ``ttl`` seconds: in aiocache (shared by replicas with Redis) and in L1."""
         if ttl > 0:
-            await self.aio.set(key, asdict(doc), ttl=max(1, int(ttl)))
+            await self.aio.set(key, _portable(doc), ttl=max(1, int(ttl)))
             self._learn(url, accept, doc, ttl)
 
     def _learn(self, url: str, accept: str | None, doc: Doc | None, ttl: float) -> None:
@@ -169,6 +172,15 @@ class MetadataCache:
     def _doc_path(self, key: str) -> Path:
         return self.root / "docs" / f"{key}.json"
 
+    def body_path(self, digest: str) -> Path:
+        return self.root / "bodies" / digest[:2] / digest
+
+    def _doc(self, entry: dict[str, object]) -> Doc:
+        """A Doc from a persisted entry; the body path is derived here, from the digest
+        (entries written before the store became relocatable carry an absolute one: ignored)."""
+        fields = {k: v for k, v in entry.items() if k in _PORTABLE_FIELDS}
+        return Doc(**fields, body_path=str(self.body_path(str(entry["digest"]))))  # type: ignore[arg-type]
+
     def _load(self, key: str) -> Doc | None:
         try:
             data = json.loads(self._doc_path(key).read_bytes())
@@ -177,13 +189,29 @@ class MetadataCache:
         except ValueError:
             log.warning("ignoring a damaged cache descriptor %s", key)
             return None
-        doc = Doc(**data)
+        if not isinstance(data, dict) or "digest" not in data:
+            log.warning("ignoring a damaged cache descriptor %s", key)
+            return None
+        doc = self._doc(data)
         return doc if Path(doc.body_path).exists() else None
 
     async def close(self) -> None:
         self._flights.cancel_all()
 
 
+
+
+_PORTABLE_FIELDS = ("url", "digest", "etag", "last_modified", "content_type", "fetched_at")
+
+
+def _portable(doc: Doc) -> dict[str, object]:
+    """What is stored of a Doc: everything but the machine-specific body path."""
+    data = asdict(doc)
+    return {k: data[k] for k in _PORTABLE_FIELDS}
+
+
+def _persisted(doc: Doc) -> bytes:
+    return json.dumps(_portable(doc)).encode()
 
 
 class SingleFlight(Generic[K, V]):
