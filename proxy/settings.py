@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -58,6 +58,36 @@ class TokenEntry:
     expires: dt.date | None = None
 
 
+MiB = 1024 * 1024
+
+
+def _limit(default: int | float, key: str, unit: int = 1, meaning: str = "") -> Any:
+    """A ``server.limits`` entry: policy ``key`` (a positive number, times ``unit``)."""
+    return field(default=default * unit, metadata={"key": key, "unit": unit, "meaning": meaning})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """``server.limits``: what one request may cost (DESIGN "Hostile input and faults").
+
+    Each field names its policy key; the policy value is multiplied by ``unit`` (so
+    ``archive_unpacked_mb: 8192`` is ``archive_unpacked_bytes == 8 GiB``). Every value must be
+    a positive number. To add a limit, add a field here and a row to README's policy
+    reference; ``_read_limits`` validates it.
+    """
+
+    archive_members: int = _limit(100_000, "archive_members", meaning="members in one uploaded archive")
+    archive_unpacked_bytes: int = _limit(
+        8192, "archive_unpacked_mb", MiB, "total decompressed bytes of one uploaded archive"
+    )
+    archive_ratio: int = _limit(
+        100, "archive_ratio", meaning="decompressed/compressed size (checked past 16 MiB decompressed)"
+    )
+    form_fields: int = _limit(1000, "form_fields", meaning="fields in one multipart upload form")
+    form_text_bytes: int = _limit(8, "form_text_mb", MiB, "total size of a form's non-file fields")
+    validation_workers: int = _limit(2, "validation_workers", meaning="threads checking uploads (own pool)")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:8080"
@@ -68,6 +98,7 @@ class Settings:
     cache_backend: str = "memory"  # "memory" | "redis"
     redis_url: str | None = None
     max_upload_bytes: int = 2 * 1024**3
+    limits: Limits = field(default_factory=Limits)
     offline: bool = False
     upstreams: Mapping[str, UpstreamSettings] = field(default_factory=dict)
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -206,6 +237,25 @@ def _positive_int(ck: _Checker, value: Any, path: tuple[Any, ...], default: int)
     return int(number)
 
 
+def _read_limits(ck: _Checker, value: Any, path: tuple[Any, ...]) -> Limits:
+    """``server.limits``: every key optional, each a positive number of its field's type."""
+    specs = {f.metadata["key"]: f for f in fields(Limits)}
+    raw = ck.mapping(value, path, set(specs))
+    chosen: dict[str, Any] = {}
+    for key, spec in specs.items():
+        if raw.get(key) is None:
+            continue
+        kind: type = type(spec.default)
+        number = ck.typed(raw[key], path + (key,), (int, float) if kind is float else int, None)
+        if number is None:
+            continue
+        if number <= 0:
+            ck.bad(path + (key,), "must be a positive number")
+            continue
+        chosen[spec.name] = kind(number * spec.metadata["unit"])
+    return Limits(**chosen)
+
+
 def load_settings(path: str | Path) -> Settings:
     """Read and validate a policy file (and its tokens_file). Raises ConfigError with every problem."""
     path = Path(path)
@@ -227,7 +277,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     )
     base_dir = source.parent if source else Path.cwd()
 
-    server = ck.mapping(top.get("server"), ("server",), {"listen", "public_url", "max_upload_mb"})
+    server = ck.mapping(top.get("server"), ("server",), {"listen", "public_url", "max_upload_mb", "limits"})
     listen = ck.typed(server.get("listen"), ("server", "listen"), str, "127.0.0.1:8080")
     if not re.match(r"^.+:\d{1,5}$", listen):
         ck.bad(("server", "listen"), f"must be HOST:PORT, got {listen!r}")
@@ -235,6 +285,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     if public_url is not None and not re.match(r"^https?://[^/]+", public_url):
         ck.bad(("server", "public_url"), "must be an http(s) URL")
     max_upload_mb = _positive_int(ck, server.get("max_upload_mb"), ("server", "max_upload_mb"), 2048)
+    limits = _read_limits(ck, server.get("limits"), ("server", "limits"))
 
     storage = ck.mapping(top.get("storage"), ("storage",), {"path"})
     storage_path = Path(ck.typed(storage.get("path"), ("storage", "path"), str, "var"))
@@ -380,6 +431,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         cache_backend=backend,
         redis_url=redis_url,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
+        limits=limits,
         offline=offline,
         upstreams=upstreams,
         groups=groups,

@@ -147,3 +147,48 @@ def test_embedded_default_serves_without_a_config(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def test_server_limits_have_safe_defaults_and_are_validated_strictly() -> None:
+    from proxy.errors import ConfigError
+    from proxy.settings import Limits, parse_settings
+
+    assert parse_settings("").limits == Limits()
+    chosen = parse_settings("server:\n  limits: {archive_unpacked_mb: 10, form_fields: 5}\n").limits
+    assert (chosen.archive_unpacked_bytes, chosen.form_fields) == (10 * 1024 * 1024, 5)
+    assert chosen.archive_members == Limits().archive_members
+    bad = """\
+server:
+  limits:
+    form_fields: 0
+    archive_ratio: 1.5
+    validation_workers: true
+    archive_members: -3
+    zip_depth: 2
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(bad)
+    found = "\n".join(caught.value.problems)
+    for text, line in [
+        ("server.limits.form_fields: must be a positive number", 3),
+        ("server.limits.archive_ratio: must be int, not float", 4),
+        ("server.limits.validation_workers: must be a number", 5),
+        ("server.limits.archive_members: must be a positive number", 6),
+        ("server.limits.zip_depth: unknown key", 7),
+    ]:
+        row = next(r for r in found.splitlines() if text in r)
+        assert f"(line {line})" in row, row
+
+
+def test_readme_lists_every_limit_with_its_default() -> None:
+    from dataclasses import fields
+
+    from proxy.settings import Limits
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for spec in fields(Limits):
+        key = spec.metadata["key"]
+        shown = spec.default // spec.metadata["unit"]  # type: ignore[operator]
+        rows = [r for r in readme.splitlines() if r.startswith(f"| `server.limits.{key}`")]
+        assert rows, f"README's policy reference has no row for server.limits.{key}"
+        assert rows[0].rstrip().endswith(f"| `{shown}` |"), rows[0]
