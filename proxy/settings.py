@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ConfigError
+from .filters import UpstreamFilter, build_filter
 
 SCOPES = frozenset({"conda:download", "pypi:download", "cran:download", "api:write", "api:read", "all"})
 ECOSYSTEMS = ("conda", "pypi", "cran")
@@ -33,6 +34,7 @@ class UpstreamSettings:
     username: str | None = None
     password: str | None = None
     timeout: float = 30.0
+    filter: "UpstreamFilter | None" = None  # mirror rules (filters.py); None: everything
 
     def __repr__(self) -> str:  # never print credentials
         return f"UpstreamSettings(name={self.name!r}, type={self.type!r}, url={self.url!r})"
@@ -314,7 +316,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             ck.bad(p, "upstream names use letters, digits, '.', '_' and '-'")
             continue
-        spec = ck.mapping(spec, p, {"type", "url", "username", "password", "timeout"})
+        spec = ck.mapping(spec, p, {"type", "url", "username", "password", "timeout", "filter"})
         kind = ck.typed(spec.get("type"), p + ("type",), str, "")
         if kind not in ECOSYSTEMS:
             ck.bad(p + ("type",), f"must be one of {', '.join(ECOSYSTEMS)}")
@@ -322,6 +324,9 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         if not re.match(r"^https?://[^/]+", url):
             ck.bad(p + ("url",), "must be an http(s) URL")
         timeout = ck.typed(spec.get("timeout"), p + ("timeout",), (int, float), 30.0)
+        flt, flt_problems = build_filter(kind, spec.get("filter"))
+        for sub, message in flt_problems:
+            ck.bad(p + ("filter",) + sub, message)
         upstreams[name] = UpstreamSettings(
             name=name,
             type=kind,
@@ -329,6 +334,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
             username=ck.typed(spec.get("username"), p + ("username",), str, None),
             password=ck.typed(spec.get("password"), p + ("password",), str, None),
             timeout=float(timeout),
+            filter=flt,
         )
 
     users = set(ck.name_list(top.get("users"), ("users",)))

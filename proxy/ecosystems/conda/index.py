@@ -37,6 +37,7 @@ from ...merge import upstream_may_serve
 from ...responses import etag_for
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...store.catalog import Upload
+from .filtered import filtered_positions
 from .merged import IndexKey, ShardBasis, SubdirIndex, UpstreamSubdir, new_workdir
 from .parse import parse_repodata_file
 from .records import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
@@ -148,6 +149,8 @@ class CondaIndexes:
         out: list[tuple[UpstreamSettings, Doc, Source]] = []
         failure: Exception | None = None
         for up in self.services.upstreams_for(channel, "conda"):
+            if up.filter is not None and not up.filter.allows_subdir(subdir):
+                continue  # filtered out: the upstream has no such subdir here (DESIGN, upstream filters)
             try:
                 doc, encoding = await self._upstream_doc(up, subdir)
             except NotFound:
@@ -233,7 +236,7 @@ class CondaIndexes:
             if subdir != "noarch":
                 return None
         key = IndexKey(slot.local, slot.names, tuple(sorted(allowed_names(channel))),
-                       tuple((up.name, doc.digest) for up, doc, _ in docs))
+                       tuple((up.name, doc.digest + (up.filter.fingerprint if up.filter else "")) for up, doc, _ in docs))
         current = slot.current
         if current is not None and current.key == key:
             return current
@@ -306,11 +309,13 @@ class CondaIndexes:
             sources[ext], tables[ext], excluded[ext] = [section], [table], [[]]
         for up in ups:
             ids = up.repodata.name_ids(blocked)
+            filtered = filtered_positions(up.upstream.filter, up.repodata)
             for ext in EXTENSIONS:
                 section = up.repodata.sections[ext]
                 sources[ext].append(section)
                 tables[ext].append(up.repodata.name_table)
-                excluded[ext].append(positions_of(section, ids))
+                cut = positions_of(section, ids)
+                excluded[ext].append(sorted(set(cut) | filtered[ext]) if filtered[ext] else cut)
         skip = {ext: [set(e) for e in excluded[ext]] for ext in EXTENSIONS}
         removed = _removed(ups, {u.filename for u in uploads}, skip)
         plan = build_plan(sources, tables, excluded, info={"subdir": subdir}, removed=removed)
@@ -349,15 +354,16 @@ class CondaIndexes:
         """``channeldata.json``: the uploads' entries first, then the upstreams' own
         ``channeldata.json`` entries for names the merge rule lets them serve."""
         catalog = self.services.catalog
-        docs: list[Doc] = []
+        docs: list[tuple[UpstreamSettings, Doc]] = []
         if label == DEFAULT_LABEL:
             for up in self.services.upstreams_for(channel, "conda"):
                 try:
-                    docs.append(await self.services.meta.get(up, f"{up.url}/channeldata.json"))
+                    docs.append((up, await self.services.meta.get(up, f"{up.url}/channeldata.json")))
                 except (NotFound, UpstreamError, UpstreamTimeout):
                     continue
         allow = allowed_names(channel)
-        key = (channel.name, label, catalog.generation(channel.name, "conda"), allow, tuple(d.digest for d in docs))
+        key = (channel.name, label, catalog.generation(channel.name, "conda"), allow,
+               tuple((d.digest, up.filter.fingerprint if up.filter else "") for up, d in docs))
         cached = self._channeldata.get(key)
         if cached is not None:
             return cached
@@ -369,7 +375,7 @@ class CondaIndexes:
         doc = orjson.loads(render_channeldata(by_subdir))
         packages: dict[str, Any] = doc["packages"]
         subdirs: set[str] = set(doc["subdirs"])
-        for upstream_doc in docs:
+        for up, upstream_doc in docs:
             theirs = self._upstream_channeldata.get(upstream_doc.digest)
             if theirs is None:
                 try:
@@ -382,6 +388,8 @@ class CondaIndexes:
                 if name in packages or not isinstance(entry, dict):
                     continue
                 if not upstream_may_serve(normalize(name), local_names, allow):
+                    continue
+                if up.filter is not None and not up.filter.allows_name(name):
                     continue
                 # icons would be fetched from the upstream: links must point at channelgate
                 packages[name] = {k: v for k, v in entry.items() if k not in ("icon_url", "icon_hash")}

@@ -25,6 +25,7 @@ from aiohttp import web
 from ...cache import Doc, Memo, SingleFlight
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import NotFound, UpstreamError, UpstreamTimeout
+from ...filters import select
 from ...merge import merge, upstream_may_serve
 from ...responses import etag_for, index_response
 from ...settings import UpstreamSettings
@@ -106,7 +107,7 @@ def build_view(
     """Merge one contrib folder (pure; runs in a worker thread)."""
     local = [Source(dict(u.meta.get("fields", {})), u.filename, upload=u) for u in uploads]
     remote = [
-        [Source(e, upstream_relpath(e, tree), upstream=up) for e in entries if e.get("Package")]
+        [Source(e, upstream_relpath(e, tree), upstream=up) for e in _filtered(up, entries) if e.get("Package")]
         for up, entries in upstream_entries
     ]
     merged = merge(local, remote, name=lambda s: s.package, key=lambda s: s.relpath,
@@ -122,6 +123,12 @@ def build_view(
     index = render_index([s.entry for s in latest], binary=tree != "source")
     etags = {name: etag_for(index.get(name)) for name in CONTENT_TYPES}
     return ContribView(key, latest, {s.relpath: s for s in merged}, archived, index, etags)
+
+
+def _filtered(up: UpstreamSettings, entries: Sequence[Entry]) -> Sequence[Entry]:
+    """The upstream's entries that pass its filter (one place: index, files and seed)."""
+    return select(up.filter, entries, name=lambda e: e.get("Package", ""), version=lambda e: e.get("Version", ""),
+                  license=lambda e: e.get("License"))
 
 
 class Cran:
@@ -178,7 +185,7 @@ class Cran:
         if not uploads and not docs:
             raise failure if failure is not None else NotFound(f"no packages in {contrib_dir}")
         key = (channel.name, contrib_dir, catalog.generation(channel.name, "cran"), channel.upstream_allow,
-               tuple((up.name, doc.digest) for up, doc in docs))
+               tuple((up.name, doc.digest, up.filter.fingerprint if up.filter else "") for up, doc in docs))
         view = self._views.get(key)
         if view is not None:
             return view
@@ -235,6 +242,8 @@ class Cran:
             raise NotFound(f"no archived file {cp.filename}")
         failure: Exception | None = None
         for up in self.services.upstreams_for(ctx.channel, "cran"):
+            if up.filter is not None and not up.filter.allows_name(cp.package):
+                continue  # filtered out (DESIGN, upstream filters)
             # CRAN's archive has no index with checksums: the file is cached by its URL.
             spec = ArtifactSpec(upstream=up, url=f"{up.url}/src/contrib/Archive/{cp.package}/{cp.filename}",
                                 expect={}, filename=cp.filename, content_type=FILE_TYPES["source"])

@@ -10,13 +10,14 @@ import asyncio
 import datetime as dt
 import functools
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 from urllib.parse import quote
 
 from aiohttp import web
 
 from ...cache import Doc, Memo
 from ...context import ChannelRequest, Services, UploadForm
+from ...filters import select
 from ...errors import BadRequest, Conflict, NotFound, UpstreamError, UpstreamTimeout
 from ...merge import merge, upstream_may_serve
 from ...responses import etag_for, index_response
@@ -35,6 +36,7 @@ from .simple import (
     render_project_json,
     render_root_html,
     render_root_json,
+    version_from_filename,
 )
 
 # Ask upstreams for PEP 691 JSON, accept HTML (PEP 691 "Version + Format Selection")
@@ -130,7 +132,8 @@ class PyPI:
                 doc = await self.services.meta.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)
             except (NotFound, UpstreamError, UpstreamTimeout):
                 continue
-            names.update(normalize(e.filename) for e in self._parse(doc, root=True))
+            listed = (normalize(e.filename) for e in self._parse(doc, root=True))
+            names.update(n for n in listed if up.filter is None or up.filter.allows_name(n))
         projects = sorted(names)
         body = render_root_json(projects) if kind == "json" else render_root_html(projects)
         return index_response(request, body, content_type, max_age=INDEX_MAX_AGE, vary="Accept")
@@ -159,6 +162,8 @@ class PyPI:
         failure: Exception | None = None
         if upstream_may_serve(project, local_names, allow):
             for up in self.services.upstreams_for(channel, "pypi"):
+                if up.filter is not None and not up.filter.allows_name(project):
+                    continue  # filtered out: this upstream has no such project (DESIGN, upstream filters)
                 try:
                     docs.append((up, await self.services.meta.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT)))
                 except NotFound:
@@ -168,18 +173,26 @@ class PyPI:
         if not uploads and not docs:
             raise failure if failure is not None else NotFound(f"no project named {project!r}")
         key = (channel.name, project, snap.generation, allow,
-               tuple((up.name, doc.digest) for up, doc in docs))
+               tuple((up.name, doc.digest, up.filter.fingerprint if up.filter else "") for up, doc in docs))
         cached = self._projects.get(key)
         if cached is not None:
             return cached
         local = [Source(_local_entry(u), upload=u) for u in uploads]
-        remote = [[Source(e, upstream=up) for e in self._parse(doc)] for up, doc in docs]
+        remote = [[Source(e, upstream=up) for e in self._filtered(up, project, self._parse(doc))] for up, doc in docs]
+        if not uploads and not any(remote):
+            raise NotFound(f"no project named {project!r}")  # every file filtered out: absent
         merged = merge(
             local, remote, name=lambda s: project, key=lambda s: s.entry.filename, allow=allow,
             local_names=frozenset({project}) if uploads else frozenset(),
         )
         result = Project(project, tuple(s.entry for s in merged), {s.entry.filename: s for s in merged}, key)
         return self._projects.put(key, result)
+
+    @staticmethod
+    def _filtered(up: UpstreamSettings, project: str, entries: list[FileEntry]) -> Sequence[FileEntry]:
+        """The upstream's files that pass its filter (one place: index, files and seed)."""
+        return select(up.filter, entries, name=lambda e: project,
+                      version=lambda e: version_from_filename(e.filename) or "")
 
     async def _project_page(self, request: web.Request, ctx: ChannelRequest, project: str) -> web.StreamResponse:
         kind, content_type = self._negotiate(request.headers.get("Accept"))
