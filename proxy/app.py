@@ -21,6 +21,7 @@ from aiohttp import web
 from . import __version__, routing
 from .auth.guard import authorize
 from .auth.policy import READ_ACTION, Action
+from .artifacts import Artifacts
 from .cache import MetadataCache
 from .context import ChannelRequest, Services
 from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
@@ -101,7 +102,8 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         trust_env=False,
     )
     aio = _make_aiocache(settings)
-    upstream = Upstream(session, store)
+    upstream = Upstream(session)
+    artifacts = Artifacts(upstream, store)
     meta = MetadataCache(
         aio=aio,
         upstream=upstream,
@@ -111,7 +113,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         negative_ttl=settings.negative_ttl,
         offline=settings.offline,
     )
-    services = Services(settings=settings, store=store, catalog=catalog, upstream=upstream, meta=meta)
+    services = Services(settings=settings, store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta)
     for name, module in ECOSYSTEM_MODULES.items():
         services.ecosystems[name] = importlib.import_module(module).create(services)
     for module in API_MODULES:
@@ -121,7 +123,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         yield services
     finally:
         await meta.close()
-        await upstream.close()
+        await artifacts.close()
         await session.close()
         await aio.close()
         catalog.close()

@@ -15,27 +15,22 @@ Only a document never seen before is fetched in the foreground (single flight).
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 from aiocache.base import BaseCache
 
 from .errors import NotFound, UpstreamError, UpstreamTimeout
 from .settings import UpstreamSettings
+from .memo import SingleFlight
 from .store.blobs import atomic_write
 from .upstream import Upstream, redact_url
 
 log = logging.getLogger(__name__)
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 ERROR_RETRY = 30  # seconds a stale copy is served without retrying a failing upstream
 
@@ -199,8 +194,6 @@ class MetadataCache:
         self._flights.cancel_all()
 
 
-
-
 _PORTABLE_FIELDS = ("url", "digest", "etag", "last_modified", "content_type", "fetched_at")
 
 
@@ -214,62 +207,4 @@ def _persisted(doc: Doc) -> bytes:
     return json.dumps(_portable(doc)).encode()
 
 
-class SingleFlight(Generic[K, V]):
-    """One running computation per key; concurrent callers share its task and result.
-
-    ``start`` begins (or joins) the work without waiting, for background refreshes;
-    ``run`` waits for it. A caller that goes away does not cancel the shared work.
-    """
-
-    def __init__(self) -> None:
-        self._tasks: dict[K, asyncio.Task[V]] = {}
-
-    def start(self, key: K, factory: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
-        task = self._tasks.get(key)
-        if task is None:
-            task = asyncio.ensure_future(factory())
-            self._tasks[key] = task
-            task.add_done_callback(functools.partial(self._done, key))
-        return task
-
-    async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
-        return await asyncio.shield(self.start(key, factory))
-
-    def _done(self, key: K, task: asyncio.Task[V]) -> None:
-        if self._tasks.get(key) is task:
-            del self._tasks[key]
-        if not task.cancelled():
-            task.exception()  # callers of run() get it; background work logs its own failures
-
-    def cancel_all(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
-
-
-class Memo(Generic[K, V]):
-    """A small LRU for values derived from cached documents (parsed indexes, rendered pages),
-    keyed by whatever identifies their inputs (document digests, catalog generations)."""
-
-    def __init__(self, size: int = 512) -> None:
-        self.size = size
-        self._data: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> V:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-        return value
-
-    def get_or_build(self, key: K, build: Callable[[], V]) -> V:
-        value = self.get(key)
-        return value if value is not None else self.put(key, build())
-
-
-__all__ = ["Doc", "MetadataCache", "Memo", "SingleFlight"]
+__all__ = ["Doc", "MetadataCache"]

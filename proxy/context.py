@@ -13,6 +13,7 @@ from aiohttp import web
 from .settings import ChannelPolicy, Settings, UpstreamSettings
 
 if TYPE_CHECKING:
+    from .artifacts import Artifacts
     from .auth.credentials import Principal
     from .cache import MetadataCache
     from .routing import Route
@@ -41,6 +42,7 @@ class Services:
     store: "BlobStore"
     catalog: "Catalog"
     upstream: "Upstream"
+    artifacts: "Artifacts"
     meta: "MetadataCache"
     ecosystems: dict[str, Ecosystem] = field(default_factory=dict)
     api: dict[str, ApiHandler] = field(default_factory=dict)

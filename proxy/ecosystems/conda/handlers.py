@@ -22,15 +22,15 @@ from typing import Literal
 import orjson
 from aiohttp import web
 
-from ...cache import Memo
+from ...artifacts import ArtifactSpec
+from ...memo import Memo
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, NotFound
 from ...merge import upstream_may_serve
-from ...responses import index_response, not_modified
+from ...responses import file_response, index_response, not_modified
 from ...store.blobs import TempBlob
 from ...store.catalog import Upload
 from ...uploads import publish
-from ...upstream import ArtifactSpec, file_response
 from .index import (
     DEFAULT_LABEL,
     LABEL_RE,
@@ -222,7 +222,7 @@ class Conda:
             filename=filename,
             content_type=PACKAGE_CONTENT_TYPE,
         )
-        return await self.services.upstream.serve_artifact(request, spec, offline=ctx.settings.offline)
+        return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
     # ------------------------------------------------------------------ POST /api/repo/<channel>
     async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:

@@ -30,7 +30,8 @@ from typing import Any, Literal
 
 import orjson
 
-from ...cache import Doc, Memo, SingleFlight
+from ...cache import Doc
+from ...memo import Memo, SingleFlight
 from ...context import Services
 from ...errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
 from ...merge import upstream_may_serve

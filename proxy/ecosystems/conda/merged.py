@@ -34,7 +34,7 @@ from urllib.parse import quote, urljoin
 import zstandard
 from aiohttp import web
 
-from ...cache import SingleFlight
+from ...memo import SingleFlight
 from ...responses import etag_for
 from ...settings import UpstreamSettings
 from ...store.catalog import Upload

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ...cache import Doc, MetadataCache, Memo
+from ...cache import Doc, MetadataCache
+from ...memo import Memo
 from ...errors import BadRequest, NotFound, UpstreamError
 from ...settings import UpstreamSettings
 from .parse import _SectionBuilder, _sorted_on_disk

@@ -22,16 +22,17 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ...cache import Doc, Memo, SingleFlight
+from ...artifacts import ArtifactSpec
+from ...cache import Doc
+from ...memo import Memo, SingleFlight
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import NotFound, UpstreamError, UpstreamTimeout
 from ...filters import select
 from ...merge import merge, upstream_may_serve
-from ...responses import etag_for, index_response
+from ...responses import etag_for, file_response, index_response
 from ...settings import UpstreamSettings
 from ...store.catalog import Upload
 from ...uploads import publish
-from ...upstream import ArtifactSpec, file_response
 from .index import (
     ArchivedFile,
     Entry,
@@ -228,7 +229,7 @@ class Cran:
             filename=cp.filename,
             content_type=FILE_TYPES[cp.tree],
         )
-        return await self.services.upstream.serve_artifact(request, spec, offline=ctx.settings.offline)
+        return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
     def _blocked(self, ctx: ChannelRequest, package: str) -> bool:
         local_names = self.services.catalog.names(ctx.channel.name, "cran")
@@ -248,7 +249,7 @@ class Cran:
             spec = ArtifactSpec(upstream=up, url=f"{up.url}/src/contrib/Archive/{cp.package}/{cp.filename}",
                                 expect={}, filename=cp.filename, content_type=FILE_TYPES["source"])
             try:
-                return await self.services.upstream.serve_artifact(request, spec, offline=ctx.settings.offline)
+                return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
             except NotFound:
                 continue
             except (UpstreamError, UpstreamTimeout) as exc:

@@ -15,16 +15,17 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ...cache import Doc, Memo
+from ...artifacts import ArtifactSpec
+from ...cache import Doc
+from ...memo import Memo
 from ...context import ChannelRequest, Services, UploadForm
 from ...filters import select
 from ...errors import BadRequest, Conflict, NotFound, UpstreamError, UpstreamTimeout
 from ...merge import merge, upstream_may_serve
-from ...responses import etag_for, index_response
+from ...responses import etag_for, file_response, index_response
 from ...settings import UpstreamSettings
 from ...store.catalog import Upload
 from ...uploads import publish
-from ...upstream import ArtifactSpec, file_response
 from .dist import inspect_distribution, require_fields
 from .simple import (
     FileEntry,
@@ -234,7 +235,7 @@ class PyPI:
             filename=filename,
             content_type=content_type,
         )
-        return await self.services.upstream.serve_artifact(request, spec, offline=ctx.settings.offline)
+        return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
     # ------------------------------------------------------------------ POST (twine)
     async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:

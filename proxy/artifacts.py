@@ -1,0 +1,194 @@
+"""Package files an upstream index declared with a hash (DESIGN, "Caching semantics").
+
+Served from the store when present; otherwise one upstream GET per key at a time (single
+flight), written to a temp file in the store while every waiting client reads the bytes
+written so far (tee), checked against the declared hash, and only then renamed into place
+(verify-then-publish).
+
+A response's headers go out only once the first STREAM_AFTER bytes have arrived (or the
+download is complete and verified): small files are verified before any byte is sent, so
+a mismatch is a clean 502. For larger files the last byte is held back until the hash is
+checked; on a mismatch the connection is cut, so no client ever receives a complete body
+that failed verification, and nothing is stored.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from aiohttp import web
+
+from .errors import ChannelgateError, NotFound, UpstreamError
+from .responses import file_response
+from .settings import UpstreamSettings
+from .store.blobs import BlobStore, DigestMismatch, TempBlob
+from .upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+STREAM_AFTER = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactSpec:
+    upstream: UpstreamSettings
+    url: str
+    expect: Mapping[str, str]  # algorithm -> hex digest the upstream index declared
+    filename: str
+    content_type: str = "application/octet-stream"
+
+    @property
+    def key(self) -> str:
+        for algorithm in ("sha256", "md5"):
+            if algorithm in self.expect:
+                return f"{algorithm}:{self.expect[algorithm].lower()}"
+        return f"url:{self.url}"
+
+
+@dataclass(eq=False)
+class Download:
+    """One upstream GET in progress, shared by every client waiting for the same file."""
+
+    spec: ArtifactSpec
+    tmp: TempBlob
+    written: int = 0
+    total: int | None = None
+    path: Path | None = None  # set once verified and stored
+    error: ChannelgateError | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.path is not None or self.error is not None
+
+    def notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+class Artifacts:
+    def __init__(self, upstream: Upstream, store: BlobStore) -> None:
+        self.upstream = upstream
+        self.store = store
+        self._inflight: dict[str, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def cached(self, spec: ArtifactSpec) -> Path | None:
+        if "sha256" in spec.expect:
+            return self.store.find("cache", spec.expect["sha256"].lower())
+        return self.store.find_ref(spec.key)
+
+    async def serve(self, request: web.Request, spec: ArtifactSpec, *, offline: bool) -> web.StreamResponse:
+        path = self.cached(spec)
+        if path is not None:
+            return file_response(path, spec.content_type, immutable=True)
+        if offline:
+            raise NotFound(f"{spec.filename} is not in the cache and the server is offline")
+        fetch = self._inflight.get(spec.key)
+        if fetch is None:
+            self.upstream.check_up(spec.upstream)
+            fetch = Download(spec, self.store.temp("cache"))
+            self._inflight[spec.key] = fetch
+            task = asyncio.create_task(self._download(fetch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        while not fetch.finished and fetch.written < STREAM_AFTER:
+            await fetch.changed()
+        if fetch.error is not None:
+            raise fetch.error
+        if fetch.path is not None:
+            return file_response(fetch.path, spec.content_type, immutable=True)
+        return await self._tee(request, fetch)
+
+    async def _download(self, fetch: Download) -> None:
+        spec = fetch.spec
+        up = spec.upstream
+        try:
+            async with self.upstream.stream(up, spec.url, what=spec.filename) as resp:
+                fetch.total = resp.content_length
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    fetch.tmp.write(chunk)
+                    fetch.tmp.flush()
+                    fetch.written += len(chunk)
+                    fetch.notify()
+            if fetch.total is not None and fetch.written != fetch.total:
+                raise UpstreamError(f"upstream {up.name} sent {fetch.written} of {fetch.total} bytes")
+            fetch.path = await self._publish(fetch)
+        except ChannelgateError as exc:
+            fetch.error = exc
+        except asyncio.CancelledError:
+            fetch.error = UpstreamError("server shutting down")
+            raise
+        finally:
+            if fetch.path is None:
+                fetch.tmp.discard()
+            self._inflight.pop(spec.key, None)
+            fetch.notify()
+
+    async def _publish(self, fetch: Download) -> Path:
+        """Verify the download against the upstream index's hash, then move it into place."""
+        spec = fetch.spec
+        try:
+            blob = await fetch.tmp.commit(spec.expect)
+        except DigestMismatch as exc:
+            log.error(
+                "upstream %s served %s with %s %s, its index declares %s: not stored",
+                spec.upstream.name, spec.filename, exc.algorithm, exc.actual, exc.declared,
+            )
+            raise UpstreamError(
+                f"upstream {spec.upstream.name} served {spec.filename} with a {exc.algorithm} "
+                "that does not match its index"
+            ) from None
+        if "sha256" not in spec.expect:
+            self.store.set_ref(spec.key, blob.sha256)
+        return blob.path
+
+    async def _tee(self, request: web.Request, fetch: Download) -> web.StreamResponse:
+        """Stream a download in progress; the final byte waits for verification."""
+        resp = web.StreamResponse(headers={"Content-Type": fetch.spec.content_type})
+        if fetch.total is not None:
+            resp.content_length = fetch.total
+        await resp.prepare(request)
+        try:
+            fh = open(fetch.tmp.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            if fetch.path is None:
+                return abort(request, resp)
+            fh = open(fetch.path, "rb")  # noqa: SIM115
+        with fh:
+            offset = 0
+            while True:
+                limit = fetch.written if fetch.finished else fetch.written - 1
+                if fetch.error is not None:
+                    return abort(request, resp)
+                if offset < limit:
+                    data = fh.read(min(limit - offset, CHUNK))
+                    offset += len(data)
+                    await resp.write(data)
+                    continue
+                if fetch.finished:
+                    break
+                await fetch.changed()
+        await resp.write_eof()
+        return resp
+
+
+def abort(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """Cut the connection so the client sees an incomplete body, never a wrong one."""
+    resp.force_close()
+    if request.transport is not None:
+        request.transport.close()
+    return resp

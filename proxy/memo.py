@@ -1,0 +1,69 @@
+"""Two small in-process helpers every ecosystem uses: ``SingleFlight`` (one running
+computation per key) and ``Memo`` (a small LRU of derived values)."""
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import OrderedDict
+from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SingleFlight(Generic[K, V]):
+    """One running computation per key; concurrent callers share its task and result.
+
+    ``start`` begins (or joins) the work without waiting, for background refreshes;
+    ``run`` waits for it. A caller that goes away does not cancel the shared work.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+
+    def start(self, key: K, factory: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.ensure_future(factory())
+            self._tasks[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        return task
+
+    async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
+        return await asyncio.shield(self.start(key, factory))
+
+    def _done(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # callers of run() get it; background work logs its own failures
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+
+class Memo(Generic[K, V]):
+    """A small LRU for values derived from cached documents (parsed indexes, rendered pages),
+    keyed by whatever identifies their inputs (document digests, catalog generations)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> V:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+        return value
+
+    def get_or_build(self, key: K, build: Callable[[], V]) -> V:
+        value = self.get(key)
+        return value if value is not None else self.put(key, build())
