@@ -11,7 +11,7 @@ import importlib
 import logging
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import aiohttp
 from aiocache import SimpleMemoryCache
@@ -32,6 +32,9 @@ from .store.blobs import BlobStore
 from .store.catalog import Catalog
 from .upstream import Upstream
 from .uploads import handle_upload
+
+if TYPE_CHECKING:
+    from .web.ui import WebUI
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         services.ecosystems[name] = importlib.import_module(module).create(services)
     for module in API_MODULES:
         services.api.update(importlib.import_module(module).api_handlers(services))
+    services.ui = _web_ui(services)
     log.info("channelgate %s ready: %d channel(s), storage %s", __version__, len(settings.channels), settings.storage_path)
     try:
         yield services
@@ -127,6 +131,16 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         await session.close()
         await aio.close()
         catalog.close()
+
+
+def _web_ui(services: Services) -> "WebUI | None":
+    """The web UI, when its extra (jinja2, aiohttp-session) is installed; the server runs without it."""
+    try:
+        from .web.ui import WebUI
+    except ImportError as exc:
+        log.warning("web UI off: %s is not installed (pip install 'channelgate[ui]')", exc.name)
+        return None
+    return WebUI(services)
 
 
 def reload_policy(services: Services, path: Path | None) -> bool:
@@ -172,7 +186,14 @@ class Gateway:
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         services = self.services
-        route = routing.parse(request.path)
+        path = request.path
+        if path[:3] == "/ui" and (len(path) == 3 or path[3] == "/"):
+            if services.ui is None:
+                raise NotFound("the web UI is not installed on this server (pip install 'channelgate[ui]')")
+            return await services.ui.handle(request)
+        if path == "/" and request.method in ("GET", "HEAD"):  # a browser at the root: the web UI
+            return web.Response(status=302, headers={"Location": "/ui/"})
+        route = routing.parse(path)
         if route.kind == "api":
             return await self._api(request, route)
         upload = request.method == "POST" and route.rest in ("", "/")

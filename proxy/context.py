@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .store.blobs import BlobStore, TempBlob
     from .store.catalog import Catalog
     from .upstream import Upstream
+    from .web.ui import WebUI
 
 
 class Ecosystem(Protocol):
@@ -46,6 +47,7 @@ class Services:
     meta: "MetadataCache"
     ecosystems: dict[str, Ecosystem] = field(default_factory=dict)
     api: dict[str, ApiHandler] = field(default_factory=dict)
+    ui: "WebUI | None" = None  # the web UI (None without the ``ui`` extra installed)
 
     def upstreams_for(self, channel: ChannelPolicy, ecosystem: str) -> list[UpstreamSettings]:
         """The channel's upstreams of one ecosystem, in the channel's order."""

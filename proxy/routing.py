@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .errors import NotFound
 
-RESERVED = frozenset({"api", "t", "static", "metrics"})
+RESERVED = frozenset({"api", "t", "static", "metrics", "ui"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ beyond reading the policy and its tokens file.
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,7 @@ from .filters import UpstreamFilter, build_filter
 SCOPES = frozenset({"conda:download", "pypi:download", "cran:download", "api:write", "api:read", "all"})
 ECOSYSTEMS = ("conda", "pypi", "cran")
 ROLES = ("read", "write", "admin")
-RESERVED_CHANNEL_NAMES = frozenset({"api", "t", "static", "metrics"})
+RESERVED_CHANNEL_NAMES = frozenset({"api", "t", "static", "metrics", "ui"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 
@@ -101,6 +102,7 @@ class Settings:
     redis_url: str | None = None
     max_upload_bytes: int = 2 * 1024**3
     limits: Limits = field(default_factory=Limits)
+    session_key: str | None = None  # Fernet key of the web UI's session cookie (else made once in the store)
     offline: bool = False
     upstreams: Mapping[str, UpstreamSettings] = field(default_factory=dict)
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -256,6 +258,11 @@ def _read_limits(ck: _Checker, value: Any, path: tuple[Any, ...]) -> Limits:
             continue
         chosen[spec.name] = kind(number * spec.metadata["unit"])
     return Limits(**chosen)
+def _is_fernet_key(value: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(value.encode("ascii"))) == 32
+    except (ValueError, UnicodeEncodeError):
+        return False
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -279,7 +286,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     )
     base_dir = source.parent if source else Path.cwd()
 
-    server = ck.mapping(top.get("server"), ("server",), {"listen", "public_url", "max_upload_mb", "limits"})
+    server = ck.mapping(top.get("server"), ("server",), {"listen", "public_url", "max_upload_mb", "limits", "session_key"})
     listen = ck.typed(server.get("listen"), ("server", "listen"), str, "127.0.0.1:8080")
     if not re.match(r"^.+:\d{1,5}$", listen):
         ck.bad(("server", "listen"), f"must be HOST:PORT, got {listen!r}")
@@ -288,6 +295,10 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         ck.bad(("server", "public_url"), "must be an http(s) URL")
     max_upload_mb = _positive_int(ck, server.get("max_upload_mb"), ("server", "max_upload_mb"), 2048)
     limits = _read_limits(ck, server.get("limits"), ("server", "limits"))
+    session_key = ck.typed(server.get("session_key"), ("server", "session_key"), str, None)
+    if session_key is not None and not _is_fernet_key(session_key):
+        ck.bad(("server", "session_key"), "must be a Fernet key (32 url-safe base64 bytes), e.g. from "
+               "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'")
 
     storage = ck.mapping(top.get("storage"), ("storage",), {"path"})
     storage_path = Path(ck.typed(storage.get("path"), ("storage", "path"), str, "var"))
@@ -360,7 +371,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     for cname, spec in raw_channels.items():
         p = ("channels", cname)
         if not isinstance(cname, str) or not _NAME_RE.match(cname) or cname in RESERVED_CHANNEL_NAMES:
-            ck.bad(p, "channel names use letters, digits, '.', '_' and '-' and may not be api, t, static or metrics")
+            ck.bad(p, "channel names use letters, digits, '.', '_' and '-' and may not be api, t, static, metrics or ui")
             continue
         spec = ck.mapping(spec, p, {"public", "upstreams", "upstream_allow", "read", "write", "admin"})
         ups = ck.name_list(spec.get("upstreams"), p + ("upstreams",))
@@ -438,6 +449,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         redis_url=redis_url,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
         limits=limits,
+        session_key=session_key,
         offline=offline,
         upstreams=upstreams,
         groups=groups,

@@ -160,6 +160,12 @@ async def publish(
 
 async def handle_upload(request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
     form = await read_form(request, ctx.services, ctx.settings.max_upload_bytes)
+    return await accept_upload(request, ctx, form)
+
+
+async def accept_upload(request: web.BaseRequest, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
+    """Validate and publish a parsed upload form: the one path of the API and the web UI
+    (same checks, same messages). The temp blob is removed unless it was committed."""
     try:
         ecosystem = ecosystem_of_form(form)
         handler = ctx.services.ecosystems.get(ecosystem)

@@ -341,6 +341,11 @@ class CondaIndexes:
         for _, label, subdir in slots:
             self._background(self.subdir(policy, label, subdir), f"{subdir} index refresh")
 
+    def built(self, channel: str, label: str) -> list[SubdirIndex]:
+        """The merged indexes of this channel and label built so far (what clients asked for)."""
+        return [slot.current for (c, lab, _), slot in list(self._slots.items())
+                if c == channel and lab == label and slot.current is not None]
+
     def find_shard(self, channel: str, label: str, subdir: str, sha256_hex: str) -> bytes | None:
         """A shard of a recent index of this subdir (clients may hold a slightly older index)."""
         slot = self._slots.get((channel, label, subdir))

@@ -23,7 +23,7 @@ from ...filters import select
 from ...errors import BadRequest, Conflict, NotFound, UpstreamError, UpstreamTimeout
 from ...merge import merge, upstream_may_serve
 from ...responses import etag_for, file_response, index_response
-from ...settings import UpstreamSettings
+from ...settings import ChannelPolicy, UpstreamSettings
 from ...store.catalog import Upload
 from ...uploads import publish
 from .dist import inspect_distribution, require_fields
@@ -99,6 +99,7 @@ class PyPI:
         self._projects: Memo[tuple[object, ...], Project] = Memo(4096)
         self._pages: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(4096)
         self._allow_memo: Memo[frozenset[str], frozenset[str]] = Memo(64)
+        self._names: Memo[tuple[object, ...], dict[str, str]] = Memo(16)
         # Accept headers repeat (one per client version): negotiate each string once
         self._negotiate = functools.lru_cache(maxsize=256)(negotiate)
 
@@ -127,17 +128,32 @@ class PyPI:
 
     async def _root(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
         kind, content_type = self._negotiate(request.headers.get("Accept"))
-        names = set(self.services.catalog.names(ctx.channel.name, "pypi"))
-        for up in self.services.upstreams_for(ctx.channel, "pypi"):
-            try:
-                doc = await self.services.meta.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)
-            except (NotFound, UpstreamError, UpstreamTimeout):
-                continue
-            listed = (normalize(e.filename) for e in self._parse(doc, root=True))
-            names.update(n for n in listed if up.filter is None or up.filter.allows_name(n))
-        projects = sorted(names)
+        projects = sorted((await self.names(ctx.channel))[1])
         body = render_root_json(projects) if kind == "json" else render_root_html(projects)
         return index_response(request, body, content_type, max_age=INDEX_MAX_AGE, vary="Accept")
+
+    async def names(self, channel: ChannelPolicy) -> tuple[tuple[object, ...], Mapping[str, str]]:
+        """Every project name of the channel's merged index, each with its source
+        ("hosted" or the first upstream listing it), and a key identifying the inputs.
+        The root page and the web UI's listings both read this."""
+        snap = self.services.catalog.snapshot(channel.name, "pypi")
+        docs: list[tuple[UpstreamSettings, Doc]] = []
+        for up in self.services.upstreams_for(channel, "pypi"):
+            try:
+                docs.append((up, await self.services.meta.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)))
+            except (NotFound, UpstreamError, UpstreamTimeout):
+                continue
+        key = (channel.name, snap.generation, tuple((up.name, doc.digest) for up, doc in docs))
+        found = self._names.get(key)
+        if found is None:
+            names = dict.fromkeys(snap.names, "hosted")
+            for up, doc in docs:
+                for entry in self._parse(doc, root=True):
+                    name = normalize(entry.filename)
+                    if up.filter is None or up.filter.allows_name(name):
+                        names.setdefault(name, up.name)
+            found = self._names.put(key, names)
+        return key, found
 
     def _parse(self, doc: Doc, *, root: bool = False) -> list[FileEntry]:
         def build() -> list[FileEntry]:

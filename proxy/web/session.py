@@ -1,0 +1,131 @@
+"""Browser sessions: the Fernet key, the encrypted cookie, CSRF tokens and sign-in throttling.
+
+DESIGN "Web UI": the session is an encrypted cookie (aiohttp-session's EncryptedCookieStorage,
+cryptography's Fernet) whose key comes from ``server.session_key`` or is generated once in
+the store (``<storage>/ui-session.key``, mode 0600, created atomically so --workers siblings
+agree on it). The cookie is HttpOnly and SameSite=Lax, and Secure when the request came over
+TLS. Every form carries the session's CSRF token (OWASP "synchronizer token pattern").
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import cast
+
+from aiohttp import web
+from aiohttp_session import Session
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.fernet import Fernet
+
+COOKIE_NAME = "channelgate_session"
+SESSION_MAX_AGE = 12 * 3600  # seconds a sign-in lasts (Fernet's ttl check enforces it too)
+KEY_FILE = "ui-session.key"
+CSRF_FIELD = "csrf"
+
+
+def session_key(configured: str | None, storage_path: Path) -> bytes:
+    """The Fernet key: the configured one, else the store's (made once, never overwritten)."""
+    if configured:
+        return configured.encode()
+    path = storage_path / KEY_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    tmp = storage_path / f".{KEY_FILE}.{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(Fernet.generate_key())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and refuses to replace a key a sibling made first
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
+
+
+class Sessions:
+    """Load and save the encrypted session cookie around a UI request (no middleware:
+    channelgate runs on aiohttp's low-level server, see proxy/web/ui.py)."""
+
+    def __init__(self, key: bytes) -> None:
+        fernet = Fernet(key)
+        common = dict(cookie_name=COOKIE_NAME, max_age=SESSION_MAX_AGE, path="/ui/", httponly=True, samesite="Lax")
+        self._plain = EncryptedCookieStorage(fernet, secure=None, **common)  # type: ignore[arg-type]
+        self._tls = EncryptedCookieStorage(fernet, secure=True, **common)  # type: ignore[arg-type]
+
+    def _storage(self, request: web.BaseRequest) -> EncryptedCookieStorage:
+        return self._tls if request.secure else self._plain
+
+    async def load(self, request: web.BaseRequest) -> Session:
+        return await self._storage(request).load_session(cast(web.Request, request))
+
+    async def save(self, request: web.BaseRequest, response: web.StreamResponse, session: Session) -> None:
+        if session._changed or (session.empty and not session.new):
+            await self._storage(request).save_session(cast(web.Request, request), response, session)
+
+
+def csrf_token(session: Session) -> str:
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def csrf_ok(session: Session, presented: str | None) -> bool:
+    expected = session.get("csrf")
+    return isinstance(expected, str) and isinstance(presented, str) and hmac.compare_digest(expected, presented)
+
+
+class SignInLimiter:
+    """After ``free`` failed sign-ins from one client address (or for one user name) within
+    ``window`` seconds, refuse further attempts until the window has passed (OWASP
+    "Blocking Brute Force Attacks"). Bounded: at most ``max_keys`` addresses and names are
+    remembered (the oldest are forgotten first)."""
+
+    def __init__(self, *, free: int = 5, window: float = 300.0, max_keys: int = 10_000) -> None:
+        self.free = free
+        self.window = window
+        self.max_keys = max_keys
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        stamps = [t for t in self._failures.get(key, ()) if now - t < self.window]
+        if stamps:
+            self._failures[key] = stamps
+        else:
+            self._failures.pop(key, None)
+        return stamps
+
+    def retry_after(self, keys: list[str], now: float | None = None) -> int:
+        """Seconds until these keys may try again; 0 when they may now."""
+        now = time.monotonic() if now is None else now
+        wait = 0.0
+        for key in keys:
+            stamps = self._recent(key, now)
+            if len(stamps) >= self.free:
+                wait = max(wait, stamps[-self.free] + self.window - now)
+        return int(wait + 0.999)
+
+    def failed(self, keys: list[str], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for key in keys:
+            stamps = self._recent(key, now)
+            stamps.append(now)
+            self._failures[key] = stamps[-self.free:]
+            self._failures.move_to_end(key)
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, keys: list[str]) -> None:
+        for key in keys:
+            self._failures.pop(key, None)
