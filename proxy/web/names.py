@@ -10,6 +10,7 @@ costs a slice, not a walk.
 """
 from __future__ import annotations
 
+import asyncio
 import bisect
 from array import array
 from dataclasses import dataclass
@@ -20,12 +21,12 @@ import orjson
 from ..memo import Memo
 from ..context import ChannelRequest, Services
 from ..errors import NotFound, UpstreamError, UpstreamTimeout
-from ..merge import upstream_may_serve
 from ..routing import Route
 from ..settings import ChannelPolicy
 
 if TYPE_CHECKING:
     from ..ecosystems.conda.handlers import Conda
+    from ..ecosystems.conda.merged import SubdirIndex
     from ..ecosystems.cran.handlers import Cran
     from ..ecosystems.pypi.handlers import PyPI
 
@@ -144,13 +145,9 @@ class Names:
         if found is not None:
             return key, found
         names: dict[str, str] = dict.fromkeys(snap.names, HOSTED)
-        allow = frozenset(n.lower() for n in channel.upstream_allow)
         for ix in built:
-            for source in ix.upstreams:
-                for name in source.repodata.name_table:
-                    lower = name.lower()
-                    if lower not in names and upstream_may_serve(lower, snap.names, allow):
-                        names[lower] = source.upstream.name
+            for name, upstream in (await asyncio.to_thread(_plan_names, ix)).items():
+                names.setdefault(name, upstream)
         ups = self.services.upstreams_for(channel, "conda")
         fallback = ups[0].name if len(ups) == 1 else "upstream"
         for name in self._channeldata_names(body, etag):
@@ -196,6 +193,27 @@ class Names:
             names.setdefault(source.package, HOSTED if source.upload is not None
                              else source.upstream.name if source.upstream else "upstream")
         return key, self._lists.put(key, names)
+
+
+def _plan_names(index: "SubdirIndex") -> dict[str, str]:
+    """lower-case name -> upstream, of the upstream records a merged index serves (its plan
+    already applied the merge rule and the upstream filters)."""
+    from ..ecosystems.conda.records import EXTENSIONS
+
+    plan, out = index.plan, dict[str, str]()
+    for ext in EXTENSIONS:
+        for j, lo, hi in plan.runs[ext]:
+            if j == 0:  # the uploads
+                continue
+            section = plan.sections[ext][j]
+            if section.perm is None:
+                ids = set(section.nids[lo:hi])
+            else:
+                ids = {section.nids[section.perm[s]] for s in range(lo, hi)}
+            table, upstream = plan.tables[ext][j], index.upstreams[j - 1].upstream.name
+            for nid in ids:
+                out.setdefault(table[nid].lower(), upstream)
+    return out
 
 
 def channel_request(services: Services, channel: ChannelPolicy, rest: str) -> ChannelRequest:
