@@ -18,6 +18,7 @@ import yaml
 from aiohttp import web
 
 from . import __version__, logs
+from .airgap import commands as airgap_commands
 from .app import Gateway, open_services, reload_policy
 from .auth.credentials import generate_token, hash_token
 from .errors import ConfigError
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="entry name (default: <user>-<timestamp>)")
     create.add_argument("--append", metavar="TOKENS_FILE", help="also append the entry to this tokens file")
     create.set_defaults(func=cmd_token_create)
+    airgap_commands.add_parsers(sub)
     return parser
 
 

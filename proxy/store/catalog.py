@@ -158,6 +158,33 @@ class Catalog:
                 raise Conflict("File already exists") from None
         self._bump(upload.channel, upload.ecosystem)
 
+    def add_many(self, uploads: Iterable[Upload]) -> int:
+        """Insert or replace rows in one transaction (``channelgate import``): all become
+        visible at once, or none. Rows equal to the stored ones are left alone; returns how
+        many changed."""
+        changed: list[Upload] = []
+        for upload in uploads:
+            if self.get(upload.channel, upload.ecosystem, upload.path) != upload:
+                changed.append(upload)
+        if not changed:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(u.channel, u.ecosystem, u.path, u.name, u.version, u.filename, u.sha256, u.md5, u.size,
+                      json.dumps(list(u.labels)), json.dumps(dict(u.meta), sort_keys=True), u.uploader,
+                      u.uploaded_at) for u in changed],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        for channel, ecosystem in {(u.channel, u.ecosystem) for u in changed}:
+            self._bump(channel, ecosystem)
+        return len(changed)
+
     def remove(self, channel: str, ecosystem: str, paths: Iterable[str]) -> int:
         with self._lock:
             count = 0

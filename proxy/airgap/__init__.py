@@ -1,0 +1,1 @@
+"""Air-gapped sites: seed (resolve + fetch), export, import, cache (DESIGN, "Air-gap")."""

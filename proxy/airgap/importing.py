@@ -1,0 +1,212 @@
+"""``channelgate import``: verify a whole bundle, then publish it (DESIGN, "Air-gap").
+
+1. Stream the tar once: every member is checked against bundle.py's list of names (no
+   other path, no link, no device can come out of a bundle), hashed while it is copied to a
+   staging directory in the store's ``tmp/`` (a member already stored is hashed, not copied).
+2. Verify: the manifest exists and lists exactly the members read, with their sizes and
+   sha256s; content-addressed members are the hash their name says; catalog rows are
+   well-formed and name files the store will hold. Anything wrong: nothing is published
+   and the staging directory is removed (tampered, truncated, wrong format).
+3. Publish, content before what points at it: blobs and index bodies (renames into their
+   content-addressed places, so an incomplete one is never visible), then aliases and
+   descriptors, then every catalog row in one SQLite transaction. What is stored already
+   is left alone, so importing a bundle twice changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from ..settings import Settings
+from ..store.blobs import BlobStore
+from ..store.catalog import Catalog, Upload
+from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, MEMBER_RE, BundleError, Manifest
+from .progress import Progress
+
+CHUNK = 1 << 20
+MAX_SMALL = 256 << 20  # manifest and catalog rows are read into memory: bounded
+_UPLOAD_FIELDS: dict[str, type | tuple[type, ...]] = {"channel": str, "ecosystem": str, "path": str, "name": str, "version": str, "filename": str,
+                  "sha256": str, "md5": str, "size": int, "labels": list, "meta": dict, "uploader": str,
+                  "uploaded_at": (int, float)}
+
+
+@dataclass
+class ImportReport:
+    files: int = 0  # newly published
+    bytes: int = 0
+    unchanged: int = 0
+    rows: int = 0
+    channels: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    sha256: str
+    size: int
+    path: Path | None  # None: the store holds this content already
+
+
+class _Counting:
+    def __init__(self, fh: IO[bytes], progress: Progress) -> None:
+        self.fh, self.progress = fh, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.progress.advance(len(data))
+        return data
+
+
+def import_bundle(settings: Settings, bundle: Path, stream: TextIO | None = None) -> ImportReport:
+    root = settings.storage_path
+    BlobStore(root).open(clean=False)
+    staging = root / "tmp" / f"import-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        staged, manifest = _read(root, bundle, staging, stream)
+        rows = _verify(root, staged, manifest)
+        return _publish(root, staged, rows, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read(root: Path, bundle: Path, staging: Path, stream: TextIO | None) -> tuple[dict[str, _Staged], Manifest]:
+    staged: dict[str, _Staged] = {}
+    manifest: Manifest | None = None
+    try:
+        size = bundle.stat().st_size
+        fh = open(bundle, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise BundleError(f"cannot read {bundle}: {exc.strerror}") from None
+    with fh, Progress(f"verify {bundle.name}", size, stream=stream) as progress:
+        try:
+            with tarfile.open(fileobj=_Counting(fh, progress), mode="r|") as tar:  # type: ignore[call-overload]
+                for info in tar:
+                    if manifest is not None:
+                        raise BundleError("the manifest is not the last member")
+                    if not info.isreg():
+                        raise BundleError(f"the bundle holds {info.name!r}, which is not a regular file")
+                    source = tar.extractfile(info)
+                    assert source is not None
+                    if info.name == MANIFEST:
+                        manifest = Manifest.from_bytes(_small(source, info))
+                    elif not MEMBER_RE.match(info.name):
+                        raise BundleError(f"the bundle holds {info.name!r}, which no store has")
+                    elif info.name in staged:
+                        raise BundleError(f"the bundle holds {info.name!r} twice")
+                    else:
+                        staged[info.name] = _stage(root, staging, info, source, len(staged))
+        except (tarfile.TarError, EOFError) as exc:
+            raise BundleError(f"{bundle.name} is not a complete channelgate bundle (a tar): {exc}") from None
+    if manifest is None:
+        raise BundleError(f"{bundle.name} has no manifest: truncated, or not a channelgate bundle")
+    return staged, manifest
+
+
+def _small(source: IO[bytes], info: tarfile.TarInfo) -> bytes:
+    if info.size > MAX_SMALL:
+        raise BundleError(f"{info.name} is implausibly large ({info.size} bytes)")
+    return source.read()
+
+
+def _stage(root: Path, staging: Path, info: tarfile.TarInfo, source: IO[bytes], n: int) -> _Staged:
+    """Hash the member; copy it to staging unless the store holds the same content."""
+    sha = hashlib.sha256()
+    named = CONTENT_ADDRESSED.match(info.name)
+    target: Path | None = None
+    if named is None or not (root / info.name).is_file():
+        target = staging / f"{n:08d}"
+    size = 0
+    out = open(target, "wb") if target is not None else None  # noqa: SIM115 - closed below
+    try:
+        while chunk := source.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
+        if out is not None:
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        if out is not None:
+            out.close()
+    if size != info.size:
+        raise BundleError(f"{info.name} is truncated")
+    return _Staged(sha.hexdigest(), size, target)
+
+
+def _verify(root: Path, staged: dict[str, _Staged], manifest: Manifest) -> list[Upload]:
+    missing = sorted(set(manifest.members) - set(staged))
+    if missing:
+        raise BundleError(f"{len(missing)} member(s) of the manifest are missing, e.g. {missing[0]}")
+    extra = sorted(set(staged) - set(manifest.members))
+    if extra:
+        raise BundleError(f"{extra[0]} is in the bundle but not in its manifest")
+    for name, item in staged.items():
+        expected = manifest.members[name]
+        if item.size != expected.size or item.sha256 != expected.sha256:
+            raise BundleError(f"{name} does not match the manifest (sha256 or size): the bundle was altered")
+        named = CONTENT_ADDRESSED.match(name)
+        if named is not None and named.group(1) != item.sha256:
+            raise BundleError(f"{name} does not hold the content its name says")
+    rows: list[Upload] = []
+    catalog = staged.get(CATALOG)
+    if catalog is not None and catalog.path is not None:
+        for number, line in enumerate(catalog.path.read_bytes().splitlines(), 1):
+            rows.append(_row(line, number))
+    for row in rows:
+        for sha in (row.sha256, row.meta.get("metadata_sha256")):
+            if isinstance(sha, str):
+                name = f"uploads/sha256/{sha[:2]}/{sha}"
+                if name not in staged and not (root / name).is_file():
+                    raise BundleError(f"catalog row {row.channel}/{row.path} names a file the bundle does not carry")
+    return rows
+
+
+def _row(line: bytes, number: int) -> Upload:
+    try:
+        raw: Any = json.loads(line)
+    except ValueError:
+        raise BundleError(f"{CATALOG} line {number} is not JSON") from None
+    if not isinstance(raw, dict) or set(raw) != set(_UPLOAD_FIELDS):
+        raise BundleError(f"{CATALOG} line {number} is not a catalog row")
+    for key, kind in _UPLOAD_FIELDS.items():
+        if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
+            raise BundleError(f"{CATALOG} line {number}: {key} is malformed")
+    raw["labels"] = tuple(str(label) for label in raw["labels"])
+    return Upload(**raw)
+
+
+def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload], manifest: Manifest) -> ImportReport:
+    report = ImportReport(channels=list(manifest.channels))
+    order = sorted(staged, key=lambda n: (CONTENT_ADDRESSED.match(n) is None, n))  # content first
+    for name in order:
+        item = staged[name]
+        if name == CATALOG:
+            continue
+        final = root / name
+        if item.path is None or (final.is_file() and _same(final, item)):
+            report.unchanged += 1
+            continue
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(item.path, final)
+        report.files += 1
+        report.bytes += item.size
+    if rows:
+        catalog = Catalog(root / "catalog.sqlite3")
+        try:
+            report.rows = catalog.add_many(rows)
+        finally:
+            catalog.close()
+    return report
+
+
+def _same(path: Path, item: _Staged) -> bool:
+    """Whether a stored alias or descriptor (small files) already holds the member's bytes."""
+    return path.stat().st_size == item.size and hashlib.sha256(path.read_bytes()).hexdigest() == item.sha256

@@ -1,0 +1,192 @@
+"""``channelgate export`` / ``import`` (DESIGN, "Air-gap"): one verified tar, incremental with
+--since, published only after everything is verified, idempotent, and refused — with
+nothing visible — when tampered, truncated or not a bundle."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from fixtures.wheels import make_wheel, twine_fields, write_simple_index
+from harness import Channelgate, Policy, UpstreamServer, http
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory, upstream_factory) -> UpstreamServer:  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("bundle-upstream")
+    files = [make_wheel(base / "d", "small-pkg", "1.0"), make_wheel(base / "d", "later-pkg", "1.0")]
+    write_simple_index(base / "root", files, fmt="json")
+    return upstream_factory(base / "root")  # type: ignore[no-any-return]
+
+
+def _policy(upstream: UpstreamServer, storage: Path, **extra: object) -> Policy:
+    return Policy({
+        "storage": {"path": str(storage)},
+        "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+        "users": ["alice"],
+        "channels": {"internal": {"upstreams": ["pypi"], "read": ["user:alice"], "write": ["user:alice"]}},
+        **extra,
+    })
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=300)
+
+
+def cli_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The same command line, run in this process (no server involved: saves a start-up)."""
+    from proxy.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+def config_for(workdir: Path, policy: Policy) -> str:
+    gate = Channelgate(workdir, policy)
+    gate.write_policy()
+    return str(gate.config)
+
+
+def snapshot(storage: Path) -> dict[str, tuple[int, int]]:
+    """Every visible file of a store (tmp/ excepted) with size and mtime."""
+    if not storage.exists():
+        return {}
+    return {p.relative_to(storage).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in storage.rglob("*") if p.is_file() and "tmp" not in p.relative_to(storage).parts}
+
+
+@pytest.fixture(scope="module")
+def host_a(tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer) -> dict[str, object]:
+    """A connected site that fetched small-pkg and hosts an upload, and its first bundle."""
+    work = tmp_path_factory.mktemp("host-a")
+    policy = _policy(upstream, work / "store")
+    token = policy.add_token("alice", ["pypi:download", "api:write"])
+    server = Channelgate(work / "cg", policy).start()
+    hosted = make_wheel(work / "up", "hosted-pkg", "2.0")
+    try:
+        assert http("GET", f"{server.url}/t/{token}/internal/simple/small-pkg/small_pkg-1.0-py3-none-any.whl")[0] == 200
+        with open(hosted, "rb") as fh:
+            resp = requests.post(f"{server.url}/api/repo/internal", data=twine_fields(hosted),
+                                 files={"content": (hosted.name, fh)}, auth=(token, "x-auth-token"), timeout=60)
+        assert resp.status_code == 200, resp.text
+    finally:
+        server.stop()
+    bundle = work / "site.tar"
+    done = cli("export", "--config", str(server.config), "--out", str(bundle))
+    assert done.returncode == 0, done.stderr
+    return {"policy": policy, "token": token, "bundle": bundle, "hosted": hosted, "work": work, "server": server}
+
+
+def test_import_publishes_a_bundle_that_serves_offline_at_another_path(tmp_path: Path, host_a, upstream) -> None:  # type: ignore[no-untyped-def]
+    bundle: Path = host_a["bundle"]
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+    assert names[-1] == "manifest.json" and "catalog/uploads.jsonl" in names
+    manifest = json.loads(Path(f"{bundle}.manifest.json").read_bytes())
+    assert set(manifest["members"]) == set(names[:-1])
+    policy = _policy(upstream, tmp_path / "b" / "store", offline=True)
+    token = policy.add_token("alice", ["pypi:download"])
+    done = cli("import", "--config", config_for(tmp_path / "b", policy), str(bundle))
+    assert done.returncode == 0, done.stderr
+    assert "published" in done.stdout
+    calls = len(upstream.calls)
+    server = Channelgate(tmp_path / "b", policy).start()
+    try:
+        base = f"{server.url}/t/{token}/internal/simple"
+        status, _, body = http("GET", f"{base}/small-pkg/small_pkg-1.0-py3-none-any.whl")
+        assert status == 200 and body == (upstream.root / "files" / "small_pkg-1.0-py3-none-any.whl").read_bytes()
+        hosted: Path = host_a["hosted"]
+        status, _, body = http("GET", f"{base}/hosted-pkg/{hosted.name}")
+        assert status == 200 and body == hosted.read_bytes()
+        assert len(upstream.calls) == calls
+    finally:
+        server.stop()
+
+
+def test_importing_twice_changes_nothing(tmp_path: Path, host_a, upstream, capsys) -> None:  # type: ignore[no-untyped-def]
+    storage = tmp_path / "store"
+    config = config_for(tmp_path, _policy(upstream, storage))
+    assert cli_here(capsys, "import", "--config", config, str(host_a["bundle"])).returncode == 0
+    before = snapshot(storage)
+    again = cli_here(capsys, "import", "--config", config, str(host_a["bundle"]))
+    assert again.returncode == 0 and "nothing changed" in again.stdout
+    assert snapshot(storage) == before
+
+
+def _member_offset(bundle: Path, prefix: str) -> tuple[int, int]:
+    with tarfile.open(bundle) as tar:
+        for info in tar:
+            if info.name.startswith(prefix) and info.size > 100:
+                return info.offset_data, info.size
+    raise AssertionError(f"no member under {prefix}")
+
+
+def _bad_bundles(bundle: Path, out: Path) -> dict[str, Path]:
+    data = bundle.read_bytes()
+    offset, size = _member_offset(bundle, "cache/sha256/")
+    tampered = bytearray(data)
+    tampered[offset + size // 2] ^= 0xFF
+    sneaky = io.BytesIO()
+    with tarfile.open(fileobj=sneaky, mode="w") as tar:
+        info = tarfile.TarInfo("../../outside.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hey"))
+    cases = {"tampered": bytes(tampered), "truncated": data[: len(data) // 2],
+             "not a tar": b"PK\x03\x04 this is a zip, not a bundle" * 100, "foreign member": sneaky.getvalue()}
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, body in cases.items():
+        paths[name] = out / f"{name.replace(' ', '-')}.tar"
+        paths[name].write_bytes(body)
+    return paths
+
+
+def test_a_tampered_truncated_or_foreign_bundle_is_refused_and_nothing_becomes_visible(
+    tmp_path: Path, host_a, upstream, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "store"
+    config = config_for(tmp_path, _policy(upstream, storage))
+    for case, path in _bad_bundles(host_a["bundle"], tmp_path / "bad").items():
+        done = cli_here(capsys, "import", "--config", config, str(path))
+        assert done.returncode == 1, (case, done.stdout, done.stderr)
+        assert "import refused, nothing was published" in done.stderr, case
+        assert snapshot(storage) == {}, case
+        assert not any((storage / "tmp").iterdir()), case
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_since_writes_only_what_the_earlier_bundle_lacks(tmp_path: Path, host_a, upstream, capsys) -> None:  # type: ignore[no-untyped-def]
+    server: Channelgate = host_a["server"]
+    server.start()
+    try:
+        url = f"{server.url}/t/{host_a['token']}/internal/simple/later-pkg/later_pkg-1.0-py3-none-any.whl"
+        assert http("GET", url)[0] == 200
+    finally:
+        server.stop()
+    increment = tmp_path / "increment.tar"
+    done = cli_here(capsys, "export", "--config", str(server.config), "--out", str(increment),
+               "--since", f"{host_a['bundle']}.manifest.json")
+    assert done.returncode == 0, done.stderr
+    first = json.loads(Path(f"{host_a['bundle']}.manifest.json").read_bytes())["members"]
+    later = json.loads(Path(f"{increment}.manifest.json").read_bytes())["members"]
+    assert later and not set(later) & {n for n in first if n.startswith(("uploads/", "cache/sha256/"))}
+    wheel_sha = next(n for n in later if n.startswith("cache/sha256/"))
+    assert len([n for n in later if n.startswith("cache/sha256/")]) == 1, wheel_sha  # the new wheel only
+    policy = _policy(upstream, tmp_path / "c" / "store", offline=True)
+    token = policy.add_token("alice", ["pypi:download"])
+    config = config_for(tmp_path / "c", policy)
+    for bundle in (host_a["bundle"], increment):
+        assert cli_here(capsys, "import", "--config", config, str(bundle)).returncode == 0
+    offline = Channelgate(tmp_path / "c", policy).start()
+    try:
+        for project, wheel in (("small-pkg", "small_pkg-1.0-py3-none-any.whl"), ("later-pkg", "later_pkg-1.0-py3-none-any.whl")):
+            assert http("GET", f"{offline.url}/t/{token}/internal/simple/{project}/{wheel}")[0] == 200
+    finally:
+        offline.stop()
