@@ -19,9 +19,9 @@ from aiocache.base import BaseCache
 from aiohttp import web
 
 from . import __version__, routing
+from .artifacts import Artifacts
 from .auth.guard import authorize
 from .auth.policy import READ_ACTION, Action
-from .artifacts import Artifacts
 from .cache import MetadataCache
 from .context import ChannelRequest, Services
 from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
@@ -30,8 +30,8 @@ from .logs import mask
 from .settings import Settings, load_settings
 from .store.blobs import BlobStore
 from .store.catalog import Catalog
-from .upstream import Upstream
 from .uploads import handle_upload
+from .upstream import Upstream
 
 if TYPE_CHECKING:
     from .web.ui import WebUI

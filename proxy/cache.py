@@ -25,8 +25,8 @@ from pathlib import Path
 from aiocache.base import BaseCache
 
 from .errors import NotFound, UpstreamError, UpstreamTimeout
-from .settings import UpstreamSettings
 from .memo import SingleFlight
+from .settings import UpstreamSettings
 from .store.blobs import atomic_write
 from .upstream import Upstream, redact_url
 

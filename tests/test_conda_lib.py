@@ -17,22 +17,17 @@ import orjson
 import pytest
 import zstandard
 from aiohttp import web
-
-from proxy.ecosystems.conda.package import CondaPackage, inspect_package
-from proxy.ecosystems.conda.repodata import (
-    CondaRecord,
+from fixtures import conda_pkgs as fx
+from fixtures.conda_reference import (
     decode_body,
     encode,
     iter_repodata_json,
-    parse_repodata,
-    render_channeldata,
     render_current_repodata,
     render_repodata_json,
     select_current,
 )
-from proxy.ecosystems.conda.merged import UpstreamSubdir
-from proxy.ecosystems.conda.sharded import StoredShard, repodata_from_shards
-from proxy.ecosystems.conda.shards import (
+
+from proxy.ecosystems.conda.cep16 import (
     build_shard,
     build_shards,
     package_name_of,
@@ -41,14 +36,15 @@ from proxy.ecosystems.conda.shards import (
     render_shard_index,
     shard_filename,
 )
+from proxy.ecosystems.conda.channeldata import render_channeldata
+from proxy.ecosystems.conda.package import CondaPackage, inspect_package
+from proxy.ecosystems.conda.parse import parse_repodata
+from proxy.ecosystems.conda.sections import CondaRecord
+from proxy.ecosystems.conda.shard_upstreams import StoredShard, repodata_from_shards
+from proxy.ecosystems.conda.subdir_index import UpstreamSubdir
 from proxy.ecosystems.conda.version import InvalidVersion, VersionOrder
 from proxy.errors import BadRequest, UpstreamError
 from proxy.settings import UpstreamSettings
-
-try:  # pytest's prepend import mode puts tests/ on sys.path; `python -m pytest` adds the root
-    from fixtures import conda_pkgs as fx
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    from tests.fixtures import conda_pkgs as fx  # type: ignore[no-redef]
 
 rattler = pytest.importorskip("rattler")
 

@@ -10,20 +10,12 @@ from typing import Any
 import orjson
 import pytest
 import zstandard
+from fixtures import conda_pkgs as fx
+from fixtures.conda_reference import render_current_repodata, render_repodata_json
 
-from proxy.ecosystems.conda.records import is_package_filename
-from proxy.ecosystems.conda.repodata import (
-    CondaRecord,
-    parse_repodata,
-    render_current_repodata,
-    render_repodata_json,
-)
+from proxy.ecosystems.conda.parse import parse_repodata
+from proxy.ecosystems.conda.sections import CondaRecord, is_package_filename
 from proxy.errors import BadRequest
-
-try:  # pytest's prepend import mode puts tests/ on sys.path; `python -m pytest` adds the root
-    from fixtures import conda_pkgs as fx
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    from tests.fixtures import conda_pkgs as fx  # type: ignore[no-redef]
 
 rattler = pytest.importorskip("rattler")
 
@@ -77,10 +69,11 @@ def _parsed(rd: Any) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("layout", ["compact-sorted", "compact-unsorted", "pretty", "spaced"])
 def test_streaming_parser_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
     """Tiny windows force hundreds of cuts; every layout parses to the same records."""
-    from proxy.ecosystems.conda import parse as parse_mod, records as records_mod
+    from proxy.ecosystems.conda import parse as parse_mod
+    from proxy.ecosystems.conda import sections as sections_mod
     monkeypatch.setattr(parse_mod, "WINDOW", 700)
     monkeypatch.setattr(parse_mod, "READ_CHUNK", 300)
-    monkeypatch.setattr(records_mod, "READ_CHUNK", 900)
+    monkeypatch.setattr(sections_mod, "READ_CHUNK", 900)
     records = _doc_records(600, seed=len(layout))
     items = sorted(records.items()) if layout == "compact-sorted" else list(records.items())
     doc: dict[str, Any] = {
@@ -151,8 +144,8 @@ def _reference(local: list[CondaRecord], upstreams: list[list[CondaRecord]], loc
 def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
     """Sorted-section merging (galloping, exclusions) renders exactly what the shared merge
     rule and the in-memory renderer produce, through every writer."""
-    from proxy.ecosystems.conda.records import EXTENSIONS
-    from proxy.ecosystems.conda.render import build_plan, local_section, positions_of
+    from proxy.ecosystems.conda.merge_plan import build_plan, local_section, positions_of
+    from proxy.ecosystems.conda.sections import EXTENSIONS
 
     first = _doc_records(400, seed=1, names=30)
     second = {**_doc_records(300, seed=2, names=30), **{fn: {**r, "from": 2} for fn, r in list(first.items())[:50]}}
@@ -188,16 +181,16 @@ def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
                    if r != {"name": "p3"})  # a private name blocks every upstream version
     assert any(r["name"] == "p7" for r in doc["packages.conda"].values())  # upstream_allow
     # current_repodata: the same selection as the in-memory implementation
-    from proxy.ecosystems.conda.render import current_subset
+    from proxy.ecosystems.conda.merge_plan import current_subset
     merged_records = [(fn, rec["name"], orjson.dumps(rec)) for s in ("packages", "packages.conda")
                       for fn, rec in doc[s].items()]
     assert orjson.loads(current_subset(plan).render()) == orjson.loads(render_current_repodata("linux-64", merged_records))
 
 
 def test_plan_shards_incremental_equals_full(tmp_path: Path) -> None:
-    from proxy.ecosystems.conda.records import EXTENSIONS
-    from proxy.ecosystems.conda.render import build_plan, local_section, positions_of
-    from proxy.ecosystems.conda.shards import ShardPack, build_plan_shards
+    from proxy.ecosystems.conda.cep16 import ShardPack, build_plan_shards
+    from proxy.ecosystems.conda.merge_plan import build_plan, local_section, positions_of
+    from proxy.ecosystems.conda.sections import EXTENSIONS
 
     up = parse_repodata(orjson.dumps({"packages.conda": {f: r for f, r in _doc_records(300, seed=5).items()}}))
 

@@ -26,7 +26,7 @@ from ..settings import ChannelPolicy
 
 if TYPE_CHECKING:
     from ..ecosystems.conda.handlers import Conda
-    from ..ecosystems.conda.merged import SubdirIndex
+    from ..ecosystems.conda.subdir_index import SubdirIndex
     from ..ecosystems.cran.handlers import Cran
     from ..ecosystems.pypi.handlers import PyPI
 
@@ -198,7 +198,7 @@ class Names:
 def _plan_names(index: "SubdirIndex") -> dict[str, str]:
     """lower-case name -> upstream, of the upstream records a merged index serves (its plan
     already applied the merge rule and the upstream filters)."""
-    from ..ecosystems.conda.records import EXTENSIONS
+    from ..ecosystems.conda.sections import EXTENSIONS
 
     plan, out = index.plan, dict[str, str]()
     for ext in EXTENSIONS:

@@ -22,7 +22,7 @@ from ..store.catalog import Upload
 from .names import HOSTED, channel_request
 
 if TYPE_CHECKING:
-    from ..ecosystems.conda.merged import SubdirIndex
+    from ..ecosystems.conda.subdir_index import SubdirIndex
 
 MAX_FILES = 300  # newest first; a conda-forge package can have thousands of files
 
@@ -111,8 +111,8 @@ async def _conda(services: Services, channel: ChannelPolicy, name: str, subdirs:
 
 
 def _conda_upstream_rows(index: "SubdirIndex", lname: str) -> list[FileRow]:
-    from ..ecosystems.conda.records import EXTENSIONS
-    from ..ecosystems.conda.render import positions_of
+    from ..ecosystems.conda.sections import EXTENSIONS
+    from ..ecosystems.conda.merge_plan import positions_of
 
     rows: list[FileRow] = []
     for j, source in enumerate(index.upstreams, start=1):  # plan source 0 is the uploads

@@ -42,10 +42,10 @@ from ...routing import Route
 from ...store.blobs import TempBlob
 from ...store.catalog import Upload
 from ...uploads import safe_filename
-from .package import CondaPackage
 from .handlers import parse_labels, store_conda_upload, upload_summary, uploads_changed
 from .index import SUBDIR_RE, normalize
-from .repodata import is_package_filename
+from .package import CondaPackage
+from .sections import is_package_filename
 from .version import version_key_or_none
 
 MAX_JSON = 1024 * 1024

@@ -1,6 +1,6 @@
 """An upstream filter over a parsed conda subdir (DESIGN, "Air-gap", upstream filters).
 
-The merge drops entries by sorted position (render.py, ``excluded``): this gives the
+The merge drops entries by sorted position (merge_plan.py, ``excluded``): this gives the
 positions a filter rejects, per extension. Names alone are decided from the name table
 (no record is read); version specs, licenses and ``latest`` read the records of the names
 that survive, and ``latest`` counts versions across ``.conda`` and ``.tar.bz2`` together.
@@ -10,8 +10,8 @@ from __future__ import annotations
 import orjson
 
 from ...filters import UpstreamFilter
-from .records import EXTENSIONS, Repodata
-from .render import positions_of
+from .merge_plan import positions_of
+from .sections import EXTENSIONS, Repodata
 
 
 def filtered_positions(flt: UpstreamFilter | None, repodata: Repodata) -> dict[str, set[int]]:

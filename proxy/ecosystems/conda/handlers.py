@@ -23,14 +23,15 @@ import orjson
 from aiohttp import web
 
 from ...artifacts import ArtifactSpec
-from ...memo import Memo
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, NotFound
+from ...memo import Memo
 from ...merge import upstream_may_serve
 from ...responses import file_response, index_response, not_modified
 from ...store.blobs import TempBlob
 from ...store.catalog import Upload
 from ...uploads import publish
+from .cep16 import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
 from .index import (
     DEFAULT_LABEL,
     LABEL_RE,
@@ -39,10 +40,9 @@ from .index import (
     allowed_names,
     normalize,
 )
-from .merged import FileKind, IndexFileResponse
 from .package import CondaPackage, inspect_package
-from .repodata import is_package_filename
-from .shards import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
+from .sections import is_package_filename
+from .subdir_index import FileKind, IndexFileResponse
 
 SMALL_INDEX_BYTES = 2 * 1024 * 1024  # indexes up to this size are answered from memory...
 SMALL_INDEX_COUNT = 32  # ...at most this many of them (64 MiB)

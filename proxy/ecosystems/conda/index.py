@@ -2,12 +2,12 @@
 and its upstream channels' ``repodata.json`` (DESIGN, "Merge semantics").
 
 - Upstream ``repodata.json(.zst)`` documents come from the metadata cache and are parsed
-  once per content digest, streaming, into sorted sections on disk (records.py). An
+  once per content digest, streaming, into sorted sections on disk (sections.py). An
   upstream subdir with neither but a CEP-16 shard index is read from its shards into the
-  same sections (sharded.py); the index's digest then stands for the whole document.
+  same sections (shard_upstreams.py); the index's digest then stands for the whole document.
 - The label ``main`` (the default URL) merges uploads labelled ``main`` with the upstreams;
   any other label serves only the uploads carrying it (anaconda.org's labels).
-- Each (channel, label, subdir) has a slot holding its current ``SubdirIndex`` (merged.py),
+- Each (channel, label, subdir) has a slot holding its current ``SubdirIndex`` (subdir_index.py),
   keyed by everything it derives from (``IndexKey``). A request whose key matches gets the
   stored files at once. When only an upstream document changed, the previous index keeps
   being served while the new one builds (stale-while-revalidate: a refresh never blocks a
@@ -31,21 +31,21 @@ from typing import Any, Literal
 import orjson
 
 from ...cache import Doc
-from ...memo import Memo, SingleFlight
 from ...context import Services
 from ...errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
+from ...memo import Memo, SingleFlight
 from ...merge import upstream_may_serve
 from ...responses import etag_for
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...store.catalog import Upload
+from .cep16 import SHARD_INDEX_FILENAME, ShardSet, parse_shard_index
+from .channeldata import render_channeldata
 from .filtered import filtered_positions
-from .merged import IndexKey, ShardBasis, SubdirIndex, UpstreamSubdir, new_workdir
+from .merge_plan import build_plan, local_section, positions_of
 from .parse import parse_repodata_file
-from .records import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
-from .render import build_plan, local_section, positions_of
-from .repodata import render_channeldata
-from .sharded import fetch_shards, repodata_from_shards
-from .shards import SHARD_INDEX_FILENAME, ShardSet, parse_shard_index
+from .sections import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
+from .shard_upstreams import fetch_shards, repodata_from_shards
+from .subdir_index import IndexKey, ShardBasis, SubdirIndex, UpstreamSubdir, new_workdir
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class CondaIndexes:
     async def _parse(self, up: UpstreamSettings, doc: Doc, encoding: Source) -> Repodata | None:
         """The parsed document (once per digest); None when it is not valid repodata.
 
-        A shard index is read with its shards (sharded.py); a shard that cannot be fetched
+        A shard index is read with its shards (shard_upstreams.py); a shard that cannot be fetched
         fails the build (retried; the previous index is served meanwhile), a shard that is
         not valid makes the upstream's document invalid, like invalid repodata."""
         cached = self._parsed.get(doc.digest)

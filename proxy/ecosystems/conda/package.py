@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import orjson
 from conda_package_streaming.package_streaming import tar_generator  # type: ignore[import-untyped]
 
-from proxy.errors import BadRequest
-from proxy.ecosystems.conda.version import InvalidVersion, VersionOrder
+from ...errors import BadRequest
+from .version import InvalidVersion, VersionOrder
 
 # the zstd reader conda-package-streaming uses (raises EOFError on a truncated frame)
 if sys.version_info >= (3, 14):

@@ -1,4 +1,4 @@
-"""Parse ``repodata.json`` into sorted sections (records.py), streaming, at C speed.
+"""Parse ``repodata.json`` into sorted sections (sections.py), streaming, at C speed.
 
 - The decompressed document streams through one reused buffer (``readinto``). Each window
   of whole ``"file": {record}`` entries is decoded by msgspec into ``Dict[str, Raw]``:
@@ -32,8 +32,8 @@ import msgspec
 import orjson
 import zstandard
 
-from proxy.errors import BadRequest
-from proxy.ecosystems.conda.records import (
+from ...errors import BadRequest
+from .sections import (
     EXTENSIONS,
     MAX_DECOMPRESSED,
     READ_CHUNK,

@@ -28,9 +28,9 @@ import msgpack  # type: ignore[import-untyped]
 import orjson
 import zstandard
 
-from proxy.errors import NotFound, UpstreamError
-from proxy.ecosystems.conda.records import EXTENSIONS, UPSTREAM_ONLY_KEYS, CondaRecord, dump_record, is_package_filename
-from proxy.ecosystems.conda.render import Plan, positions_of
+from ...errors import NotFound, UpstreamError
+from .merge_plan import Plan, positions_of
+from .sections import EXTENSIONS, UPSTREAM_ONLY_KEYS, CondaRecord, dump_record, is_package_filename
 
 SHARD_INDEX_FILENAME = "repodata_shards.msgpack.zst"
 SHARDS_DIR = "shards"

@@ -1,5 +1,5 @@
 """Upstream ``repodata.json`` records as sorted sections: the storage parse.py fills and
-render.py copies from.
+merge_plan.py copies from.
 
 Sized for conda-forge linux-64 (~465k records, ~207 MB of JSON): no dict per record, no
 document in memory. A *section* holds one extension's entries (``packages``: ``.tar.bz2``;

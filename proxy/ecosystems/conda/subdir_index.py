@@ -4,7 +4,7 @@ A ``SubdirIndex`` is immutable: it is built (off the event loop) when an input c
 the uploads of its subdir and label, the channel's uploaded names, ``upstream_allow``, an
 upstream document's digest — and holds
 
-- its ``Plan`` (render.py): which local and upstream records, in which order;
+- its ``Plan`` (merge_plan.py): which local and upstream records, in which order;
 - ``repodata.json.zst``, written while building (the form conda asks for first);
 - the other renderings, each produced once on first use, off the loop, single flight:
   ``repodata.json`` (decompressed from the .zst), ``.bz2``, ``current_repodata.json``
@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import bz2
 import logging
-import time
 import shutil
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
@@ -38,9 +38,9 @@ from ...memo import SingleFlight
 from ...responses import etag_for
 from ...settings import UpstreamSettings
 from ...store.catalog import Upload
-from .records import READ_CHUNK, Repodata
-from .render import Plan, current_subset
-from .shards import ShardPack, ShardSet, build_plan_shards
+from .cep16 import ShardPack, ShardSet, build_plan_shards
+from .merge_plan import Plan, current_subset
+from .sections import READ_CHUNK, Repodata
 
 FileKind = Literal["json", "zstd", "bz2", "current", "current.zstd", "current.bz2"]
 FILE_NAMES: dict[str, str] = {

@@ -12,7 +12,7 @@ compressed bytes, so a shard is immutable.
   fetches only the shards whose hash changed. Each body's sha256 (``Doc.digest``, computed
   by the cache) must equal the index's.
 - ``repodata_from_shards`` (in a thread): parses the shards (hashes checked again, raw-byte
-  ``sha256``/``md5`` turned into hex, upstream links dropped: shards.py ``parse_shard``)
+  ``sha256``/``md5`` turned into hex, upstream links dropped: cep16.py ``parse_shard``)
   and writes the records as sorted sections on disk, the format parse.py gives a
   ``repodata.json`` — so merge, render and re-sharding treat both kinds of upstream alike.
   ``info.base_url`` is the index's own; ``UpstreamSubdir.file_url`` resolves it against the
@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ...cache import Doc, MetadataCache
-from ...memo import Memo
 from ...errors import BadRequest, NotFound, UpstreamError
+from ...memo import Memo
 from ...settings import UpstreamSettings
+from .cep16 import ShardIndex, parse_shard
 from .parse import _SectionBuilder, _sorted_on_disk
-from .records import EXTENSIONS, REPODATA_VERSION, Data, Repodata
-from .shards import ShardIndex, parse_shard
+from .sections import EXTENSIONS, REPODATA_VERSION, Data, Repodata
 
 SHARD_CONCURRENCY = 16  # shard requests in flight per upstream index build
 

@@ -1,7 +1,7 @@
 """Merged conda indexes from sorted sections: a plan of byte ranges, streamed to files.
 
 A merged ``repodata.json`` section is a merge of sorted sources (the channel's uploads, then
-its upstreams in order; records.py keeps each upstream sorted): ``merge_runs`` walks them
+its upstreams in order; sections.py keeps each upstream sorted): ``merge_runs`` walks them
 with binary searches (galloping), so an index of 465k upstream records and a few uploads
 is planned in a few dozen lookups, never by visiting every record. The plan is a list of
 runs (source, first, last) of sorted positions. ``write`` streams the runs' byte ranges
@@ -30,7 +30,7 @@ import msgspec
 import orjson
 import zstandard
 
-from .records import (
+from .sections import (
     EXTENSIONS,
     READ_CHUNK,
     REPODATA_VERSION,
