@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator
 
@@ -25,8 +24,12 @@ from .auth.policy import READ_ACTION, Action
 from .cache import MetadataCache
 from .context import ChannelRequest, Services
 from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
+from .health import liveness, readiness
 from .keys import POLICY_PATH, SERVICES, SETTINGS
 from .logs import mask
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import REQUEST, Metrics, RequestFacts
+from .responses import SentFileResponse
 from .settings import Settings, load_settings
 from .store.blobs import BlobStore
 from .store.catalog import Catalog
@@ -105,7 +108,8 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         trust_env=False,
     )
     aio = _make_aiocache(settings)
-    upstream = Upstream(session)
+    metrics = Metrics()
+    upstream = Upstream(session, metrics)
     artifacts = Artifacts(upstream, store)
     meta = MetadataCache(
         aio=aio,
@@ -115,8 +119,11 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         ttl=settings.metadata_ttl,
         negative_ttl=settings.negative_ttl,
         offline=settings.offline,
+        metrics=metrics,
     )
-    services = Services(settings=settings, store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta)
+    services = Services(
+        settings=settings, store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta, metrics=metrics
+    )
     for name, module in ECOSYSTEM_MODULES.items():
         services.ecosystems[name] = importlib.import_module(module).create(services)
     for module in API_MODULES:
@@ -143,25 +150,26 @@ def _web_ui(services: Services) -> "WebUI | None":
     return WebUI(services)
 
 
-def reload_policy(services: Services, path: Path | None) -> bool:
-    """SIGHUP: load the policy file again; keep the running policy if the file is invalid."""
+def reload_policy(services: Services, path: Path | None) -> list[str]:
+    """SIGHUP: load the policy file again; keep the running policy if the file is invalid.
+    Returns every problem (empty: reloaded)."""
     if path is None:
         log.warning("reload requested, but the server runs on the embedded default policy: nothing to reload")
-        return False
+        return ["the server runs on the embedded default policy: nothing to reload"]
     try:
         new = load_settings(path)
     except ConfigError as exc:
         log.error("policy reload refused, the running policy stays: %d problem(s)", len(exc.problems))
         for problem in exc.problems:
             log.error("  %s", problem)
-        return False
+        return list(exc.problems)
     old = services.settings
-    for attr in ("storage_path", "listen", "cache_backend", "redis_url", "metadata_ttl", "negative_ttl", "offline"):
+    for attr in ("storage_path", "listen", "cache_backend", "redis_url", "metadata_ttl", "negative_ttl", "offline", "metrics_listen"):
         if getattr(old, attr) != getattr(new, attr):
             log.warning("policy reload: %s changed; it takes effect after a restart", attr)
     services.settings = new
     log.info("policy reloaded: %d channel(s), %d token(s)", len(new.channels), len(new.tokens))
-    return True
+    return []
 
 
 class Gateway:
@@ -170,8 +178,12 @@ class Gateway:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        # with server.metrics_listen, /metrics is only there (a restart changes it, not a reload)
+        self.metrics_here = services.settings.metrics_listen is None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # aiohttp serves each request in its own task: the facts are this request's alone
+        REQUEST.set(RequestFacts())
         try:
             return await self.dispatch(request)
         except ChannelgateError as exc:
@@ -186,8 +198,13 @@ class Gateway:
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         services = self.services
+        facts = REQUEST.get() or RequestFacts()
         path = request.path
+        if path == "/metrics" and self.metrics_here:
+            facts.ecosystem = "metrics"
+            return metrics_response(services.metrics)
         if path[:3] == "/ui" and (len(path) == 3 or path[3] == "/"):
+            facts.ecosystem = "ui"
             if services.ui is None:
                 raise NotFound("the web UI is not installed on this server (pip install 'channelgate[ui]')")
             return await services.ui.handle(request)
@@ -195,7 +212,9 @@ class Gateway:
             return web.Response(status=302, headers={"Location": "/ui/"})
         route = routing.parse(path)
         if route.kind == "api":
+            facts.ecosystem = "api"
             return await self._api(request, route)
+        facts.ecosystem, facts.channel = route.ecosystem, route.channel
         upload = request.method == "POST" and route.rest in ("", "/")
         if upload or request.method not in ("GET", "HEAD"):
             action = Action.WRITE  # decided before anything else, so no method reveals a channel
@@ -203,21 +222,33 @@ class Gateway:
             action = READ_ACTION[route.ecosystem]
         settings = services.settings
         principal = authorize(settings, request.headers, route.token, route.channel, action)
+        if principal is not None:
+            facts.user, facts.token = principal.user, principal.token_name
         ctx = ChannelRequest(route, settings.channels[route.channel], principal, services)
         if upload:
             return await handle_upload(request, ctx)
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed()
-        return await services.ecosystems[route.ecosystem].serve(request, ctx)  # type: ignore[arg-type]
+        response = await services.ecosystems[route.ecosystem].serve(request, ctx)  # type: ignore[arg-type]
+        if isinstance(response, SentFileResponse) and response.hosted:
+            services.metrics.cache_result("artifact", "hosted")
+        return response
 
     async def _api(self, request: web.BaseRequest, route: routing.Route) -> web.StreamResponse:
         head = route.rest.split("/", 1)[0]
-        if head == "health" and request.method in ("GET", "HEAD"):
-            return web.json_response({"status": "ok", "version": __version__, "time": time.time()})
+        if head in ("health", "ready") and request.method in ("GET", "HEAD"):
+            if head == "ready" or "ready" in request.query:
+                return await readiness(self.services)
+            return liveness()
         handler = self.services.api.get(head)
         if handler is None:
             raise NotFound()
         return await handler(request, route, self.services)  # type: ignore[arg-type]
+
+
+def metrics_response(metrics: Metrics) -> web.Response:
+    """GET /metrics: the Prometheus text format (all workers summed under --workers)."""
+    return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 def error_response(exc: ChannelgateError) -> web.Response:

@@ -77,6 +77,7 @@ class Artifacts:
     def __init__(self, upstream: Upstream, store: BlobStore) -> None:
         self.upstream = upstream
         self.store = store
+        self.metrics = upstream.metrics
         self._inflight: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -94,7 +95,9 @@ class Artifacts:
     async def serve(self, request: web.Request, spec: ArtifactSpec, *, offline: bool) -> web.StreamResponse:
         path = self.cached(spec)
         if path is not None:
+            self.metrics.cache_result("artifact", "hit")
             return file_response(path, spec.content_type, immutable=True)
+        self.metrics.cache_result("artifact", "miss")
         if offline:
             raise NotFound(f"{spec.filename} is not in the cache and the server is offline")
         fetch = self._inflight.get(spec.key)
@@ -116,6 +119,7 @@ class Artifacts:
     async def _download(self, fetch: Download) -> None:
         spec = fetch.spec
         up = spec.upstream
+        self.metrics.inflight_downloads.inc()
         try:
             async with self.upstream.stream(up, spec.url, what=spec.filename) as resp:
                 fetch.total = resp.content_length
@@ -133,6 +137,7 @@ class Artifacts:
             fetch.error = UpstreamError("server shutting down")
             raise
         finally:
+            self.metrics.inflight_downloads.dec()
             if fetch.path is None:
                 fetch.tmp.discard()
             self._inflight.pop(spec.key, None)

@@ -25,6 +25,7 @@ from pathlib import Path
 from aiocache.base import BaseCache
 
 from .errors import NotFound, UpstreamError, UpstreamTimeout
+from .metrics import Metrics
 from .memo import SingleFlight
 from .settings import UpstreamSettings
 from .store.blobs import atomic_write
@@ -67,7 +68,9 @@ class MetadataCache:
         ttl: int,
         negative_ttl: int,
         offline: bool,
+        metrics: Metrics,
     ) -> None:
+        self.metrics = metrics
         self.aio = aio
         self.upstream = upstream
         self.root = root
@@ -91,27 +94,33 @@ class MetadataCache:
         unreachable and nothing is cached."""
         known = self._l1.get((url, accept))
         if known is not None and time.time() < known[1]:
+            self.metrics.cache_result("index", "hit")  # a remembered 404 is a hit too
             if known[0] is None:
                 raise NotFound()
             return known[0]
         key = self.key(url, accept)
         entry = await self.aio.get(key)
         if entry is not None:
+            self.metrics.cache_result("index", "hit")
             if entry.get("missing"):
                 raise NotFound()
             return self._doc(entry)
         stored = self._load(key)
         if self.offline:
+            self.metrics.cache_result("index", "miss" if stored is None else "hit")
             if stored is None:
                 raise NotFound("not cached, and the server is offline")
             return stored
         if stored is not None:
             age = time.time() - stored.fetched_at
             if age < self.ttl:
+                self.metrics.cache_result("index", "hit")
                 await self._remember(key, url, accept, stored, self.ttl - age)
             else:
+                self.metrics.cache_result("index", "stale")
                 self._refresh(key, up, url, accept, stored)  # stale-while-revalidate
             return stored
+        self.metrics.cache_result("index", "miss")
         task = self._refresh(key, up, url, accept, None)
         return await asyncio.shield(task)
 

@@ -7,9 +7,13 @@ import datetime as dt
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
+import ssl
 import sys
+import tempfile
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -21,8 +25,12 @@ from . import __version__, logs
 from .airgap import commands as airgap_commands
 from .app import Gateway, open_services, reload_policy
 from .auth.credentials import generate_token, hash_token
+from .context import Services
+from .control import PidFile, reload_servers, write_reload_status
 from .errors import ConfigError
+from .metrics import MULTIPROC_ENV, CountingServer, metrics_only_handler, worker_exited
 from .settings import SCOPES, Settings, load_settings, parse_settings
+from .tls import reload_certificate, server_context
 
 log = logging.getLogger("proxy.cli")
 
@@ -38,37 +46,81 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def _serve(
-    settings: Settings, policy_path: Path | None, listen: str, *, sock: socket.socket | None = None
-) -> None:
+@dataclass(frozen=True)
+class ServeOptions:
+    """How this process serves: ``sock``/``metrics_sock`` are inherited from the --workers
+    parent, ``main_pid`` names the pid file (the parent's under --workers)."""
+
+    listen: str
+    json_logs: bool = False
+    sock: socket.socket | None = None
+    metrics_sock: socket.socket | None = None
+    main_pid: int = 0
+
+
+async def _start_sites(runner: web.BaseRunner, settings: Settings, opts: ServeOptions, tls: ssl.SSLContext | None) -> None:
+    site: web.BaseSite
+    if opts.sock is not None:
+        site = web.SockSite(runner, opts.sock, ssl_context=tls)
+    else:
+        host, port = _split_listen(opts.listen)
+        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
+    await site.start()
+    log.info("listening on %s", site.name)
+
+
+async def _start_metrics(services: Services, opts: ServeOptions) -> web.BaseRunner | None:
+    """server.metrics_listen: /metrics alone on its own address (plain HTTP)."""
+    listen = services.settings.metrics_listen
+    if listen is None:
+        return None
+    runner = web.ServerRunner(web.Server(metrics_only_handler(services.metrics)), handle_signals=False)
+    await runner.setup()
+    site: web.BaseSite
+    if opts.metrics_sock is not None:
+        site = web.SockSite(runner, opts.metrics_sock)
+    else:
+        host, port = _split_listen(listen)
+        site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("metrics on %s/metrics", site.name)
+    return runner
+
+
+def _on_sighup(services: Services, policy_path: Path | None, tls: ssl.SSLContext | None, main_pid: int) -> None:
+    problems = reload_policy(services, policy_path)
+    if tls is not None:
+        problems += reload_certificate(tls, services.settings)
+    write_reload_status(services.settings.storage_path, main_pid, problems)
+
+
+async def _serve(settings: Settings, policy_path: Path | None, opts: ServeOptions) -> None:
     """Serve until SIGTERM/SIGINT, on aiohttp's low-level server (no router or middleware
-    chain: app.Gateway is the one handler). ``sock``: inherited from the --workers parent."""
-    async with open_services(settings, clean_tmp=sock is None) as services:
-        sink = logs.AccessSink()
-        server = web.Server(
+    chain: app.Gateway is the one handler)."""
+    tls = server_context(settings)
+    async with open_services(settings, clean_tmp=opts.sock is None) as services:
+        sink = logs.AccessSink(json_lines=opts.json_logs, metrics=services.metrics)
+        server = CountingServer(
             Gateway(services).handle,
+            metrics=services.metrics,
             access_log_class=logs.AccessLogger,
-            access_log=sink,  # type: ignore[arg-type]
+            access_log=sink,
         )
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
-        host, port = _split_listen(listen)
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(runner, sock)
-        else:
-            site = web.TCPSite(runner, host, port, backlog=1024)
-        await site.start()
+        await _start_sites(runner, settings, opts, tls)
+        metrics_runner = await _start_metrics(services, opts)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, reload_policy, services, policy_path)
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, services, policy_path, tls, opts.main_pid or os.getpid())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("listening on http://%s:%d", host, port)
         try:
             await stop.wait()
         finally:
             log.info("shutting down")
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             await runner.cleanup()
             sink.flush()
 
@@ -86,12 +138,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    listen = args.listen or settings.listen
-    if args.workers > 1:
-        return _serve_workers(settings, policy_path, listen, args.workers, args.event_loop)
-    _install_loop(args.event_loop)
-    asyncio.run(_serve(settings, policy_path, listen))
-    return 0
+    opts = ServeOptions(listen=args.listen or settings.listen, json_logs=args.log_format == "json")
+    pid_file = PidFile(settings.storage_path, policy_path, max(args.workers, 1))
+    try:
+        pid_file.open()
+    except OSError as exc:
+        print(f"cannot write the pid file under {settings.storage_path}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.workers > 1:
+            return _serve_workers(settings, policy_path, opts, args.workers, args.event_loop)
+        _install_loop(args.event_loop)
+        asyncio.run(_serve(settings, policy_path, opts))
+        return 0
+    finally:
+        pid_file.close()
 
 
 def _install_loop(name: str) -> None:
@@ -107,13 +168,15 @@ def _install_loop(name: str) -> None:
         uvloop.install()
 
 
-def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, workers: int, event_loop: str) -> int:
+def _serve_workers(settings: Settings, policy_path: Path | None, opts: ServeOptions, workers: int, event_loop: str) -> int:
     """N processes accept on one listening socket that the parent binds (no SO_REUSEPORT,
     so no other process can join the port); the parent forwards SIGHUP/SIGTERM.
 
     The parent cleans the store's tmp/ once before forking, so no worker can remove a
     sibling's download in progress. Uploads are seen by every worker at once: the catalog
-    notices other processes' commits (catalog.py, data_version).
+    notices other processes' commits (catalog.py, data_version). Metrics: every worker
+    writes to one prometheus-client multiprocess directory, so any worker's /metrics (or
+    the shared metrics_listen socket) answers the sum.
     """
     from .store.blobs import BlobStore
     from .store.catalog import Catalog
@@ -121,8 +184,14 @@ def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, wo
     BlobStore(settings.storage_path).open()
     # create the database (and switch it to WAL) once, before the workers open it at the same time
     Catalog(settings.storage_path / "catalog.sqlite3").close()
-    host, port = _split_listen(listen)
+    host, port = _split_listen(opts.listen)
     sock = socket.create_server((host, port), backlog=1024)
+    metrics_sock = None
+    if settings.metrics_listen is not None:
+        metrics_sock = socket.create_server(_split_listen(settings.metrics_listen))
+    metrics_dir = tempfile.mkdtemp(prefix="channelgate-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir  # before any worker imports prometheus-client
+    opts = replace(opts, sock=sock, metrics_sock=metrics_sock, main_pid=os.getpid())
     children: list[int] = []
     for _ in range(workers):
         pid = os.fork()
@@ -130,7 +199,7 @@ def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, wo
             code = 0
             try:
                 _install_loop(event_loop)
-                asyncio.run(_serve(settings, policy_path, listen, sock=sock))
+                asyncio.run(_serve(settings, policy_path, opts))
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -139,7 +208,17 @@ def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, wo
                 os._exit(code)
         children.append(pid)
     sock.close()  # the children hold it
-    log.info("started %d workers on %s", workers, listen)
+    if metrics_sock is not None:
+        metrics_sock.close()
+    log.info("started %d workers on %s", workers, opts.listen)
+    try:
+        return _supervise(children)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(children: list[int]) -> int:
+    """Forward signals to the workers and wait for them; one failing stops the others."""
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -160,6 +239,7 @@ def _serve_workers(settings: Settings, policy_path: Path | None, listen: str, wo
         except InterruptedError:
             continue
         remaining.discard(pid)
+        worker_exited(pid)
         if code and status == 0:
             status = 1
             log.error("worker %d exited with status %d; stopping the others", pid, code)
@@ -219,13 +299,43 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Reload the running server(s) of this policy's store: SIGHUP through the pid file,
+    then the outcome each serving process reports (DESIGN, "Operations")."""
+    config = Path(args.config).resolve()
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{len(exc.problems)} problem(s) found; the running policy stays", file=sys.stderr)
+        return 1
+    problems = reload_servers(settings.storage_path, config)
+    if problems:
+        for problem in problems:
+            print(problem)
+        return 1
+    print("reloaded")
+    return 0
+
+
+def _log_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--log-level/--log-format, accepted before and after the subcommand; after wins.
+    Values are checked in main() so a bad one is one clear line, not a usage dump."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--log-level", default=default("INFO"), metavar="LEVEL", help="/".join(logs.LEVELS))
+    parser.add_argument("--log-format", default=default("text"), metavar="FORMAT", help="text (default) or json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelgate", description="Authenticating, caching proxy for conda, PyPI and CRAN.")
     parser.add_argument("--version", action="version", version=f"channelgate {__version__}")
-    parser.add_argument("--log-level", default="INFO")
+    _log_options(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _log_options(common, top=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server")
+    serve = sub.add_parser("serve", help="run the server", parents=[common])
     serve.add_argument("--config", help="policy file (default: the embedded quickstart policy)")
     serve.add_argument("--listen", help="HOST:PORT (overrides server.listen)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
@@ -235,13 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a policy file")
+    check = sub.add_parser("check-config", help="validate a policy file", parents=[common])
     check.add_argument("--config", required=True)
     check.set_defaults(func=cmd_check_config)
 
-    token = sub.add_parser("token", help="manage tokens")
+    token = sub.add_parser("token", help="manage tokens", parents=[common])
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="print a new token and its YAML entry")
+    create = token_sub.add_parser("create", help="print a new token and its YAML entry", parents=[common])
     create.add_argument("--user", required=True)
     create.add_argument("--scope", action="append", required=True, help="repeatable: " + ", ".join(sorted(SCOPES)))
     create.add_argument("--expires", type=int, metavar="DAYS")
@@ -249,12 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--append", metavar="TOKENS_FILE", help="also append the entry to this tokens file")
     create.set_defaults(func=cmd_token_create)
     airgap_commands.add_parsers(sub)
+
+    reload = sub.add_parser("reload", help="reload the running server's policy (and TLS certificate)", parents=[common])
+    reload.add_argument("--config", required=True, help="the policy file the server runs with")
+    reload.set_defaults(func=cmd_reload)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level)
+    level, fmt = str(args.log_level).upper(), str(args.log_format).lower()
+    if level not in logs.LEVELS:
+        print(f"channelgate: --log-level must be one of {', '.join(logs.LEVELS)}, not {args.log_level!r}", file=sys.stderr)
+        return 2
+    if fmt not in logs.FORMATS:
+        print(f"channelgate: --log-format must be one of {', '.join(logs.FORMATS)}, not {args.log_format!r}", file=sys.stderr)
+        return 2
+    args.log_format = fmt
+    logs.configure(level, fmt)
     return int(args.func(args))
 
 

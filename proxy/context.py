@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .artifacts import Artifacts
     from .auth.credentials import Principal
     from .cache import MetadataCache
+    from .metrics import Metrics
     from .routing import Route
     from .store.blobs import BlobStore, TempBlob
     from .store.catalog import Catalog
@@ -45,6 +46,7 @@ class Services:
     upstream: "Upstream"
     artifacts: "Artifacts"
     meta: "MetadataCache"
+    metrics: "Metrics"
     ecosystems: dict[str, Ecosystem] = field(default_factory=dict)
     api: dict[str, ApiHandler] = field(default_factory=dict)
     ui: "WebUI | None" = None  # the web UI (None without the ``ui`` extra installed)

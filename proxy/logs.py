@@ -1,16 +1,35 @@
 """Logging that can never leak a token: every formatted line (access log, tracebacks
-included) passes through ``mask`` on its way out. Configured from cli.py only."""
+included) passes through ``mask`` on its way out. Configured from cli.py only.
+
+``--log-format json`` (DESIGN, "Operations"): one JSON object per line, for every line:
+``time``, ``level``, ``logger``, ``message``, plus the record's structured fields (an
+upstream fetch carries upstream, url, status, bytes, seconds). The access line carries
+remote, method, path, status, bytes (really sent: headers and body, sendfile included),
+duration, user (or ``-``), token (its name), channel, ecosystem and cache (hit, miss,
+stale, hosted or ``-``).
+"""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
+import orjson
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
+
+from .metrics import Metrics, RequestFacts, current_facts
+from .responses import bytes_sent
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("text", "json")
+# attributes every LogRecord has; anything else on a record came from ``extra=``
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_NO_FACTS = RequestFacts()
 
 _PATH_TOKEN = re.compile(r"/t/[^/\s\"'?]+")
 _PATTERNS = (
@@ -32,6 +51,28 @@ class MaskingFormatter(logging.Formatter):
         return mask(super().format(record))
 
 
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, masked like every other line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return mask(orjson.dumps(entry, default=str).decode())
+
+
 class AccessSink:
     """Buffers access-log lines and writes them in batches, at most ``delay`` seconds late.
 
@@ -39,8 +80,18 @@ class AccessSink:
     appended to a list costs almost nothing. Lines go to the same stream as the log.
     """
 
-    def __init__(self, stream: TextIO | None = None, *, delay: float = 0.2, max_lines: int = 512) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        delay: float = 0.2,
+        max_lines: int = 512,
+        json_lines: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
+        self.json_lines = json_lines
+        self.metrics = metrics
         self.delay = delay
         self.max_lines = max_lines
         self._lines: list[str] = []
@@ -48,13 +99,48 @@ class AccessSink:
         self._stamp_second = -1
         self._stamp = ""
 
+    def record(self, request: BaseRequest, response: StreamResponse, duration: float, path: str) -> None:
+        """One answered request: count it, then log it (``path`` is already masked)."""
+        facts = current_facts() or _NO_FACTS
+        sent = bytes_sent(response)
+        if self.metrics is not None:
+            self.metrics.request_done(facts.ecosystem, response.status, sent)
+        if not self.json_lines:
+            self.write(
+                f'{request.remote} "{request.method} {path}" {response.status} {sent} {duration:.4f}'
+                f" user={facts.user} token={facts.token} channel={facts.channel}"
+                f" ecosystem={facts.ecosystem} cache={facts.cache}"
+            )
+            return
+        entry = {
+            "time": _iso(time.time()),
+            "level": "INFO",
+            "logger": "access",
+            "message": f"{request.method} {path} {response.status}",
+            "remote": request.remote,
+            "method": request.method,
+            "path": path,
+            "status": response.status,
+            "bytes": sent,
+            "duration": round(duration, 6),
+            "user": facts.user,
+            "token": facts.token,
+            "channel": facts.channel,
+            "ecosystem": facts.ecosystem,
+            "cache": facts.cache,
+        }
+        self._append(orjson.dumps(entry).decode() + "\n")
+
     def write(self, line: str) -> None:
         now = time.time()
         second = int(now)
         if second != self._stamp_second:
             self._stamp_second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self._lines.append(f"{self._stamp} INFO access: {line}\n")
+        self._append(f"{self._stamp} INFO access: {line}\n")
+
+    def _append(self, line: str) -> None:
+        self._lines.append(line)
         if len(self._lines) >= self.max_lines:
             self.flush()
         elif self._scheduled is None:
@@ -82,18 +168,19 @@ class AccessLogger(AbstractAccessLogger):
             path = _PATH_TOKEN.sub("/t/<redacted>", path)
         if "cgt-" in path:
             path = mask(path)
-        self.logger.write(  # type: ignore[attr-defined]
-            f'{request.remote} "{request.method} {path}" {response.status} {response.body_length} {time:.4f}'
-        )
+        self.logger.record(request, response, time, path)  # type: ignore[attr-defined]
 
     @property
     def enabled(self) -> bool:
         return True
 
 
-def configure(level: str = "INFO") -> None:
+def configure(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import IO, Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 
 def etag_for(*parts: bytes | str) -> str:
@@ -54,4 +56,35 @@ def file_response(path: Path, content_type: str, *, immutable: bool) -> web.File
     headers = {"Content-Type": content_type}
     if immutable:
         headers["Cache-Control"] = "public, max-age=31536000, immutable"
-    return web.FileResponse(path, headers=headers)
+    response = SentFileResponse(path, headers=headers)
+    response.hosted = not immutable  # uploads may be replaced; cached upstream files never change
+    return response
+
+
+class SentFileResponse(web.FileResponse):
+    """A FileResponse that knows how many body bytes the kernel's sendfile sent.
+
+    aiohttp counts only what passes through its writer, so a sendfile body is missing from
+    ``body_length`` (a 16 MB download logged as its 303 header bytes). ``file_bytes`` is the
+    body handed to sendfile once it completed; the access log and metrics add it.
+    ``hosted``: an upload served from the store (not an upstream artifact from the cache).
+    """
+
+    file_bytes = 0
+    hosted = False
+    _copied = False
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        if not self._copied and request.method != "HEAD" and self.status in (200, 206):
+            self.file_bytes = self.content_length or 0
+        return writer
+
+    async def _sendfile_fallback(self, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int) -> AbstractStreamWriter:
+        self._copied = True  # no kernel sendfile (e.g. uvloop): the writer counts these bytes itself
+        return await super()._sendfile_fallback(writer, fobj, offset, count)
+
+
+def bytes_sent(response: web.StreamResponse) -> int:
+    """Bytes really sent for a response: headers and body, sendfile included."""
+    return response.body_length + (response.file_bytes if isinstance(response, SentFileResponse) else 0)

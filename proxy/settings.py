@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import ssl
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -95,6 +96,9 @@ class Limits:
 class Settings:
     listen: str = "127.0.0.1:8080"
     public_url: str | None = None
+    metrics_listen: str | None = None  # HOST:PORT serving /metrics alone (then not on `listen`)
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key the listener is HTTPS
+    tls_key: Path | None = None
     storage_path: Path = Path("var")
     metadata_ttl: int = 600
     negative_ttl: int = 60
@@ -286,7 +290,11 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     )
     base_dir = source.parent if source else Path.cwd()
 
-    server = ck.mapping(top.get("server"), ("server",), {"listen", "public_url", "max_upload_mb", "limits", "session_key"})
+    server = ck.mapping(
+        top.get("server"), ("server",),
+        {"listen", "public_url", "max_upload_mb", "limits", "session_key", "metrics_listen", "tls_cert", "tls_key"},
+    )
+    metrics_listen, tls_cert, tls_key = _read_server_ops(ck, server, base_dir)
     listen = ck.typed(server.get("listen"), ("server", "listen"), str, "127.0.0.1:8080")
     if not re.match(r"^.+:\d{1,5}$", listen):
         ck.bad(("server", "listen"), f"must be HOST:PORT, got {listen!r}")
@@ -442,6 +450,9 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     return Settings(
         listen=listen,
         public_url=public_url.rstrip("/") if public_url else None,
+        metrics_listen=metrics_listen,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         storage_path=storage_path,
         metadata_ttl=metadata_ttl,
         negative_ttl=negative_ttl,
@@ -460,6 +471,28 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         memberships={u: frozenset(g) for u, g in memberships.items()},
         source=source,
     )
+
+
+def _read_server_ops(ck: _Checker, server: dict[str, Any], base_dir: Path) -> tuple[str | None, Path | None, Path | None]:
+    """server.metrics_listen, server.tls_cert and server.tls_key (DESIGN, "Operations").
+    The certificate and key are loaded here, so check-config and reload find a bad pair."""
+    metrics_listen = ck.typed(server.get("metrics_listen"), ("server", "metrics_listen"), str, None)
+    if metrics_listen is not None and not re.match(r"^.+:\d{1,5}$", metrics_listen):
+        ck.bad(("server", "metrics_listen"), f"must be HOST:PORT, got {metrics_listen!r}")
+    paths: dict[str, Path | None] = {}
+    for key in ("tls_cert", "tls_key"):
+        value = ck.typed(server.get(key), ("server", key), str, None)
+        paths[key] = None if value is None else base_dir / value
+    cert, key_path = paths["tls_cert"], paths["tls_key"]
+    if (cert is None) != (key_path is None):
+        ck.bad(("server", "tls_cert" if cert is None else "tls_key"), "tls_cert and tls_key must be given together")
+        return metrics_listen, None, None
+    if cert is not None and key_path is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key_path)
+        except (OSError, ssl.SSLError) as exc:
+            ck.bad(("server", "tls_cert"), f"cannot load the certificate {cert} with the key {key_path}: {exc}")
+    return metrics_listen, cert, key_path
 
 
 def _read_tokens(ck: _Checker, value: Any, path: tuple[Any, ...], users: set[str], out: list[TokenEntry]) -> None:

@@ -18,6 +18,7 @@ from aiohttp import BodyPartReader, web
 
 from .context import ChannelRequest, Services, UploadForm
 from .errors import BadRequest, Conflict, PayloadTooLarge
+from .metrics import current_facts
 from .store.blobs import TempBlob
 from .store.catalog import Upload
 
@@ -155,6 +156,7 @@ async def publish(
         uploaded_at=uploaded_at if uploaded_at is not None else time.time(),
     )
     services.catalog.add(upload, replace=replace)
+    services.metrics.uploads.labels(ecosystem).inc()
     return upload
 
 
@@ -168,6 +170,9 @@ async def accept_upload(request: web.BaseRequest, ctx: ChannelRequest, form: Upl
     (same checks, same messages). The temp blob is removed unless it was committed."""
     try:
         ecosystem = ecosystem_of_form(form)
+        facts = current_facts()
+        if facts is not None:
+            facts.ecosystem = ecosystem
         handler = ctx.services.ecosystems.get(ecosystem)
         if handler is None:
             raise BadRequest(f"{ecosystem} uploads are not enabled on this server")

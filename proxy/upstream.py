@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from .errors import NotFound, UpstreamError, UpstreamTimeout
+from .metrics import Metrics
 from .settings import UpstreamSettings
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ class IndexResponse:
 
 
 class Upstream:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self.session = session
+        self.metrics = metrics
         self._down_until: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
 
@@ -95,8 +97,12 @@ class Upstream:
             headers["If-Modified-Since"] = last_modified
         if accept:
             headers["Accept"] = accept
+        started = time.monotonic()
+        outcome: int | str = "error"
+        size = 0
         try:
             async with self.session.get(url, **self._request_kwargs(up, headers)) as resp:  # type: ignore[arg-type]
+                outcome = resp.status
                 if resp.status == 304:
                     self._mark(up, True)
                     return IndexResponse(304, b"", etag, last_modified, "")
@@ -106,6 +112,7 @@ class Upstream:
                 if resp.status != 200:
                     raise UpstreamError(f"upstream {up.name} answered {resp.status}")
                 body = await resp.read()
+                size = len(body)
                 self._mark(up, True)
                 return IndexResponse(
                     200,
@@ -115,6 +122,7 @@ class Upstream:
                     resp.headers.get("Content-Type", ""),
                 )
         except asyncio.TimeoutError:
+            outcome = "timeout"
             self._mark(up, False)
             log.warning("upstream %s timed out on %s", up.name, redact_url(url))
             raise UpstreamTimeout(f"upstream {up.name} timed out") from None
@@ -122,26 +130,47 @@ class Upstream:
             self._mark(up, False)
             log.warning("upstream %s failed on %s: %s", up.name, redact_url(url), type(exc).__name__)
             raise UpstreamError(f"upstream {up.name} is unreachable") from None
+        finally:
+            self._observe(up, url, outcome, size, started)
+
+    def _observe(self, up: UpstreamSettings, url: str, status: int | str, size: int, started: float) -> None:
+        """Every upstream request, once: a metric and an INFO line (DESIGN, "Operations")."""
+        seconds = time.monotonic() - started
+        self.metrics.upstream_request(up.name, status, seconds)
+        log.info(
+            "upstream %s GET %s -> %s, %d bytes, %.3fs", up.name, redact_url(url), status, size, seconds,
+            extra={"upstream": up.name, "url": redact_url(url), "status": status, "bytes": size, "seconds": round(seconds, 4)},
+        )
 
     # ------------------------------------------------------------------ bodies read in chunks
     @contextlib.asynccontextmanager
     async def stream(self, up: UpstreamSettings, url: str, *, what: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 200 response whose body the caller reads; NotFound on 404/410, Upstream* on
         failure (while reading, too). The upstream counts as up once the body is read."""
+        started = time.monotonic()
+        outcome: int | str = "error"
+        received = 0
         try:
             async with self.session.get(
                 url, **self._request_kwargs(up, {"Accept-Encoding": "identity"})  # type: ignore[arg-type]
             ) as resp:
+                outcome = resp.status
                 if resp.status in (404, 410):
                     raise NotFound(f"{what} is not on the upstream")
                 if resp.status != 200:
                     raise UpstreamError(f"upstream {up.name} answered {resp.status} for {what}")
-                yield resp
+                try:
+                    yield resp
+                finally:
+                    received = resp.content.total_bytes
             self._mark(up, True)
         except asyncio.TimeoutError:
+            outcome = "timeout"
             self._mark(up, False)
             raise UpstreamTimeout(f"upstream {up.name} timed out") from None
         except aiohttp.ClientError as exc:
             self._mark(up, False)
             log.warning("upstream %s failed on %s: %s", up.name, redact_url(url), type(exc).__name__)
             raise UpstreamError(f"upstream {up.name} is unreachable") from None
+        finally:
+            self._observe(up, url, outcome, received, started)

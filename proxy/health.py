@@ -1,0 +1,70 @@
+"""Liveness and readiness (DESIGN, "Operations"; Kubernetes' probe split).
+
+- ``GET /api/health``: liveness. 200 while the process answers at all; a load balancer or
+  orchestrator that sees it fail restarts the process.
+- ``GET /api/ready`` (or ``/api/health?ready``): readiness. 200 when the storage is writable,
+  the catalog answers and Redis answers (when ``cache.backend: redis``); otherwise 503 with
+  every failed check named, so traffic goes elsewhere while the process is left running.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .context import Services
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT = 3.0  # seconds each readiness check may take
+
+
+def liveness() -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__, "time": time.time()})
+
+
+def _probe_storage(tmp_dir: Path) -> None:
+    probe = tmp_dir / f"ready-{uuid.uuid4().hex}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"ready")
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+async def _probe_catalog(services: Services) -> None:
+    services.catalog.generation("", "")  # one query to the database (SQLite: a pragma)
+
+
+async def _check(name: str, probe: asyncio.Future[object] | asyncio.Task[object], problems: dict[str, str]) -> None:
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT)
+    except asyncio.TimeoutError:
+        problems[name] = f"no answer within {CHECK_TIMEOUT:g}s"
+    except Exception as exc:  # any failure of a dependency makes the server not ready
+        problems[name] = f"{type(exc).__name__}: {exc}"[:200]
+
+
+async def readiness(services: Services) -> web.Response:
+    settings = services.settings
+    problems: dict[str, str] = {}
+    checks = {
+        "storage": asyncio.ensure_future(asyncio.to_thread(_probe_storage, settings.storage_path / "tmp")),
+        "catalog": asyncio.ensure_future(_probe_catalog(services)),
+    }
+    if settings.cache_backend == "redis":
+        checks["redis"] = asyncio.ensure_future(services.meta.aio.exists("channelgate-ready-probe"))
+    await asyncio.gather(*(_check(name, task, problems) for name, task in checks.items()))  # type: ignore[arg-type]
+    results = {name: problems.get(name, "ok") for name in checks}
+    if problems:
+        log.warning("not ready: %s", "; ".join(f"{k}: {v}" for k, v in problems.items()))
+        return web.json_response({"status": "unavailable", "checks": results}, status=503)
+    return web.json_response({"status": "ready", "version": __version__, "checks": results})

@@ -1,0 +1,165 @@
+"""Prometheus metrics (DESIGN, "Operations"), with prometheus-client.
+
+One ``Metrics`` per serving process, built in ``app.open_services`` (no module-level
+registry). Label values come from small fixed sets: an ecosystem name, an HTTP status,
+a cache kind and result, or an upstream's name from the policy. Never a user, a token or
+a path.
+
+With ``serve --workers N`` the parent sets ``PROMETHEUS_MULTIPROC_DIR`` before forking
+(``multiprocess_dir``); prometheus-client then keeps every worker's values in files there,
+and a scrape of any worker sums them all (its multiprocess mode). prometheus-client picks
+its value store when first imported, so it is imported here lazily, never at import time.
+
+``RequestFacts``: what the access line needs to know about one request (user, token name,
+channel, ecosystem, cache result). The gateway sets a fresh one per request in a context
+variable (aiohttp runs each request in its own task, so it is request-scoped); the cache
+layers record their result into it, and the access logger reads it.
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+CacheKind = Literal["index", "artifact"]
+CacheResult = Literal["hit", "miss", "stale", "hosted"]
+# a request that touched several documents is reported by its most telling lookup
+_RESULT_RANK = {"-": 0, "hosted": 1, "hit": 2, "stale": 3, "miss": 4}
+UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    ecosystem: str = "other"  # conda | pypi | cran | api | metrics | other
+    channel: str = "-"
+    user: str = "-"
+    token: str = "-"  # the token's *name* from the policy or catalog, never the secret
+    cache: str = "-"
+
+    def saw(self, result: str) -> None:
+        if _RESULT_RANK[result] > _RESULT_RANK[self.cache]:
+            self.cache = result
+
+
+REQUEST: contextvars.ContextVar[RequestFacts | None] = contextvars.ContextVar("channelgate_request", default=None)
+
+
+def current_facts() -> RequestFacts | None:
+    return REQUEST.get()
+
+
+class Metrics:
+    """The metric families. ``multiprocess_dir`` is where prometheus-client's multiprocess
+    mode keeps the workers' values (set by the --workers parent; None: one process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            "channelgate_requests", "HTTP requests answered, by ecosystem and status", ["ecosystem", "status"], registry=reg
+        )
+        self.sent_bytes = Counter(
+            "channelgate_sent_bytes", "Bytes sent to clients (headers and bodies, sendfile included)", ["ecosystem"], registry=reg
+        )
+        self.cache = Counter(
+            "channelgate_cache", "Cache lookups by kind (index, artifact) and result (hit, miss, stale, hosted)",
+            ["kind", "result"], registry=reg,
+        )
+        self.upstream_requests = Counter(
+            "channelgate_upstream_requests", "Requests to upstreams, by upstream and status (HTTP code, timeout, error)",
+            ["upstream", "status"], registry=reg,
+        )
+        self.upstream_seconds = Histogram(
+            "channelgate_upstream_seconds", "Upstream request duration, to the last byte", ["upstream"],
+            buckets=UPSTREAM_BUCKETS, registry=reg,
+        )
+        self.uploads = Counter("channelgate_uploads", "Uploads accepted, by ecosystem", ["ecosystem"], registry=reg)
+        self.inflight_downloads = Gauge(
+            "channelgate_inflight_downloads", "Upstream artifact downloads in progress (each shared by its waiting clients)",
+            registry=reg, multiprocess_mode="livesum",
+        )
+        self.open_connections = Gauge(
+            "channelgate_open_connections", "Client connections open", registry=reg, multiprocess_mode="livesum"
+        )
+
+    # ------------------------------------------------------------------ recording
+    def cache_result(self, kind: CacheKind, result: CacheResult) -> None:
+        """The one place cache outcomes are counted; also marks the current request."""
+        self.cache.labels(kind, result).inc()
+        facts = REQUEST.get()
+        if facts is not None:
+            facts.saw(result)
+
+    def upstream_request(self, upstream: str, status: int | str, seconds: float) -> None:
+        self.upstream_requests.labels(upstream, str(status)).inc()
+        self.upstream_seconds.labels(upstream).observe(seconds)
+
+    def request_done(self, ecosystem: str, status: int, sent: int) -> None:
+        self.requests.labels(ecosystem, str(status)).inc()
+        if sent:
+            self.sent_bytes.labels(ecosystem).inc(sent)
+
+    # ------------------------------------------------------------------ exposition
+    def render(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry: CollectorRegistry = self.registry
+        if self.multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return bytes(generate_latest(registry))
+
+
+def worker_exited(pid: int) -> None:
+    """--workers parent: drop a dead worker's live gauges (prometheus-client's bookkeeping)."""
+    from prometheus_client import multiprocess
+
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)
+
+
+
+
+class CountingServer(web.Server):
+    """aiohttp's low-level server, counting open client connections in ``metrics``."""
+
+    def __init__(self, handler: Any, *, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._metrics = metrics
+        self._counted: set[object] = set()
+
+    def connection_made(self, handler: Any, transport: Any) -> None:
+        super().connection_made(handler, transport)
+        self._counted.add(handler)
+        self._metrics.open_connections.inc()
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        if handler in self._counted:
+            self._counted.discard(handler)
+            self._metrics.open_connections.dec()
+
+
+def metrics_only_handler(metrics: Metrics) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """The handler of ``server.metrics_listen``: /metrics and nothing else."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/metrics" or request.method not in ("GET", "HEAD"):
+            return web.Response(status=404, text="only GET /metrics is served here\n")
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    return handle
