@@ -32,7 +32,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 CacheKind = Literal["index", "artifact"]
 CacheResult = Literal["hit", "miss", "stale", "hosted"]
-# a request that touched several documents is reported by its most telling lookup
 _RESULT_RANK = {"-": 0, "hosted": 1, "hit": 2, "stale": 3, "miss": 4}
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -44,9 +43,13 @@ class RequestFacts:
     user: str = "-"
     token: str = "-"  # the token's *name* from the policy or catalog, never the secret
     cache: str = "-"
+    _file: bool = False
 
-    def saw(self, result: str) -> None:
-        if _RESULT_RANK[result] > _RESULT_RANK[self.cache]:
+    def saw(self, kind: str, result: str) -> None:
+        """A file request reports its file's result; an index request its most telling lookup."""
+        if kind == "artifact":
+            self.cache, self._file = result, True
+        elif not self._file and _RESULT_RANK[result] > _RESULT_RANK[self.cache]:
             self.cache = result
 
 
@@ -100,7 +103,7 @@ class Metrics:
         self.cache.labels(kind, result).inc()
         facts = REQUEST.get()
         if facts is not None:
-            facts.saw(result)
+            facts.saw(kind, result)
 
     def upstream_request(self, upstream: str, status: int | str, seconds: float) -> None:
         self.upstream_requests.labels(upstream, str(status)).inc()
