@@ -7,13 +7,13 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[fast]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[fast,ui]'
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/channelgate --create-home channelgate \
     && mkdir -p /etc/channelgate
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels channelgate uvloop && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'channelgate[ui]' uvloop && rm -rf /wheels
 COPY config/example.yaml /etc/channelgate/example.yaml
 USER channelgate
 WORKDIR /var/lib/channelgate

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from . import scen_files, scen_index, scen_repodata
+from . import scen_files, scen_index, scen_repodata, scen_ui
 from .common import FULL, QUICK, Bench, Figure, Scenario, Sizes, Skip
 from .procs import Reaper, Unavailable
 from .report import Row, machine_description, markdown_table, text_table, write_json
@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[Scenario, list[Figure]]] = {
     "cold": (scen_files.cold_single_flight, list(scen_files.COLD_FIGURES.values())),
     "big_repodata": (scen_repodata.big_repodata, list(scen_repodata.FIGURES.values())),
     "stream": (scen_files.stream, list(scen_files.STREAM_FIGURES.values())),
+    "ui_channel": (scen_ui.ui_channel, list(scen_ui.FIGURES.values())),
 }
 
 
