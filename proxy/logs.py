@@ -91,6 +91,8 @@ class AccessSink:
     ) -> None:
         self.stream = stream or sys.stderr
         self.json_lines = json_lines
+        # access lines are INFO: --log-level warning (or above) silences them, not the metrics
+        self.quiet = not logging.getLogger("access").isEnabledFor(logging.INFO)
         self.metrics = metrics
         self.delay = delay
         self.max_lines = max_lines
@@ -105,6 +107,8 @@ class AccessSink:
         sent = bytes_sent(response)
         if self.metrics is not None:
             self.metrics.request_done(facts.ecosystem, response.status, sent)
+        if self.quiet:
+            return
         if not self.json_lines:
             self.write(
                 f'{request.remote} "{request.method} {path}" {response.status} {sent} {duration:.4f}'

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -191,8 +192,14 @@ class Channelgate:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def tls_cert(self) -> str | None:
+        """server.tls_cert of the policy: then the server speaks HTTPS (a self-signed
+        certificate is its own CA)."""
+        return (self.policy.data.get("server") or {}).get("tls_cert")
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def storage(self) -> Path:
@@ -219,7 +226,8 @@ class Channelgate:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"channelgate exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/api/health", timeout=2) as resp:
+                context = ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else None
+                with urllib.request.urlopen(f"{self.url}/api/health", timeout=2, context=context) as resp:
                     if resp.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, OSError):
