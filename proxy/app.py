@@ -33,7 +33,7 @@ from .responses import SentFileResponse
 from .settings import Settings, load_settings
 from .store.blobs import BlobStore
 from .store.catalog import Catalog
-from .uploads import handle_upload
+from .uploads import UploadChecks, handle_upload
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -121,8 +121,10 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         offline=settings.offline,
         metrics=metrics,
     )
+    checks = UploadChecks(settings.limits.validation_workers)
     services = Services(
-        settings=settings, store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta, metrics=metrics
+        settings=settings, store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta,
+        metrics=metrics, checks=checks,
     )
     for name, module in ECOSYSTEM_MODULES.items():
         services.ecosystems[name] = importlib.import_module(module).create(services)
@@ -137,6 +139,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         await artifacts.close()
         await session.close()
         await aio.close()
+        checks.close()
         catalog.close()
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .store.blobs import BlobStore, TempBlob
     from .store.catalog import Catalog
     from .upstream import Upstream
+    from .uploads import UploadChecks
     from .web.ui import WebUI
 
 
@@ -47,6 +48,7 @@ class Services:
     artifacts: "Artifacts"
     meta: "MetadataCache"
     metrics: "Metrics"
+    checks: "UploadChecks"
     ecosystems: dict[str, Ecosystem] = field(default_factory=dict)
     api: dict[str, ApiHandler] = field(default_factory=dict)
     ui: "WebUI | None" = None  # the web UI (None without the ``ui`` extra installed)

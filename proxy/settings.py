@@ -85,7 +85,7 @@ class Limits:
         8192, "archive_unpacked_mb", MiB, "total decompressed bytes of one uploaded archive"
     )
     archive_ratio: int = _limit(
-        100, "archive_ratio", meaning="decompressed/compressed size (checked past 16 MiB decompressed)"
+        50, "archive_ratio", meaning="decompressed/compressed size (checked past 64 MiB decompressed)"
     )
     form_fields: int = _limit(1000, "form_fields", meaning="fields in one multipart upload form")
     form_text_bytes: int = _limit(8, "form_text_mb", MiB, "total size of a form's non-file fields")

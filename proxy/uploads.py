@@ -10,11 +10,17 @@ validate it and commit it, or it is removed: bad input never leaves anything sto
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EofStream
 
 from .context import ChannelRequest, Services, UploadForm
 from .errors import BadRequest, Conflict, PayloadTooLarge
@@ -27,68 +33,140 @@ log = logging.getLogger(__name__)
 MAX_FIELD = 1024 * 1024  # long descriptions fit; anything larger is not a form field
 FILE_FIELDS = ("content", "file")
 IGNORED_FILE_FIELDS = ("gpg_signature", "attestations")
+CHUNK = 256 * 1024
+T = TypeVar("T")
+
+
+class UploadChecks:
+    """The small, bounded pool that runs CPU-heavy upload validation
+    (``server.limits.validation_workers`` threads), apart from the default pool that file
+    responses use: downloads never wait behind uploads. Each check's own work is bounded by
+    the archive limits (``proxy.archives.Budget``)."""
+
+    def __init__(self, workers: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload-check")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def safe_filename(name: str | None) -> str:
     if not name:
         raise BadRequest("the file part has no file name")
-    if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
-        raise BadRequest(f"file name {name!r} is not a plain file name")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise BadRequest(f"file name {ascii(name)[1:-1][:200]!r} contains control characters")
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise BadRequest(f"file name {name[:200]!r} is not a plain file name")
     return name
 
 
-async def read_form(request: web.BaseRequest, services: Services, max_bytes: int) -> UploadForm:
+def _multipart_error(exc: Exception) -> BadRequest:
+    """aiohttp's multipart errors, as a 400 that names the problem (never echoing headers)."""
+    text = str(exc)
+    if isinstance(exc, HttpProcessingError):
+        return BadRequest("malformed multipart body: a part has an invalid header")
+    if "boundary" in text:
+        return BadRequest("malformed multipart body: the boundary is missing, too long or not found in the body")
+    if "EOF" in text or isinstance(exc, (EOFError, EofStream)):
+        return BadRequest("malformed multipart body: it ends early (no closing boundary)")
+    return BadRequest("malformed multipart body")
+
+
+class _FormReader:
+    """One multipart form, bounded: ``server.limits.form_fields`` parts,
+    ``form_text_mb`` of text in total (each field at most 1 MiB), one file of at most
+    ``server.max_upload_mb`` streamed into a temp blob."""
+
+    def __init__(self, services: Services, file_fields: tuple[str, ...], strip_dirs: bool) -> None:
+        self.services = services
+        self.limits = services.settings.limits
+        self.max_bytes = services.settings.max_upload_bytes
+        self.file_fields = file_fields
+        self.strip_dirs = strip_dirs
+        self.fields: dict[str, list[str]] = {}
+        self.parts = 0
+        self.text_bytes = 0
+        self.form: UploadForm | None = None
+
+    async def part(self, part: BodyPartReader) -> None:
+        self.parts += 1
+        if self.parts > self.limits.form_fields:
+            raise BadRequest(f"the form has more than {self.limits.form_fields} fields (server.limits.form_fields)")
+        name = part.name or ""
+        for header in ("Content-Encoding", "Content-Transfer-Encoding"):
+            if part.headers.get(header, "identity").lower() not in ("identity", "binary", "7bit", "8bit"):
+                raise BadRequest(f"form part {name[:100]!r} has a {header}; send parts unencoded")
+        if part.filename is None and name not in self.file_fields:
+            await self.text(part, name)
+        elif name in IGNORED_FILE_FIELDS:
+            while await part.read_chunk(CHUNK):
+                pass
+        elif name not in self.file_fields:
+            raise BadRequest(f"unexpected file field {name!r} (send the package as {self.file_fields[0]!r})")
+        elif self.form is not None:
+            raise BadRequest("send exactly one file per upload")
+        else:
+            await self.file(part)
+
+    async def text(self, part: BodyPartReader, name: str) -> None:
+        value = bytearray()
+        while chunk := await part.read_chunk(CHUNK):
+            value += chunk
+            self.text_bytes += len(chunk)
+            if len(value) > MAX_FIELD:
+                raise BadRequest(f"form field {name[:100]!r} is too long (more than {MAX_FIELD} bytes)")
+            if self.text_bytes > self.limits.form_text_bytes:
+                raise PayloadTooLarge(
+                    f"the form's text fields exceed {self.limits.form_text_bytes // (1024 * 1024)} MiB"
+                    " (server.limits.form_text_mb)"
+                )
+        try:
+            text = bytes(value).decode(part.get_charset("utf-8"))
+        except (UnicodeDecodeError, LookupError):
+            raise BadRequest(f"form field {name[:100]!r} is not valid text") from None
+        self.fields.setdefault(name, []).append(text)
+
+    async def file(self, part: BodyPartReader) -> None:
+        raw = part.filename or ""
+        filename = safe_filename(raw.rsplit("/", 1)[-1] if self.strip_dirs else raw)
+        tmp = self.services.store.temp("uploads")
+        self.form = UploadForm(self.fields, filename, tmp, {}, 0)
+        while chunk := await part.read_chunk(CHUNK):
+            tmp.write(chunk)
+            if tmp.size > self.max_bytes:
+                raise PayloadTooLarge(f"upload larger than the limit of {self.max_bytes} bytes (server.max_upload_mb)")
+        self.form.digests = await tmp.finish()
+        self.form.size = tmp.size
+
+
+async def read_form(
+    request: web.BaseRequest, services: Services, *, file_fields: tuple[str, ...] = FILE_FIELDS,
+    strip_dirs: bool = False,
+) -> UploadForm:
+    """The one multipart reader (the form POST and anaconda-client's storage POST): text
+    fields and exactly one file part (named one of ``file_fields``), bounded by
+    ``server.limits``; a malformed body is a 400 and leaves no temp file."""
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("expected a multipart/form-data upload")
+    reader = _FormReader(services, file_fields, strip_dirs)
     try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from None
-    fields: dict[str, list[str]] = {}
-    form: UploadForm | None = None
-    try:
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
+        body = await request.multipart()
+        while (part := await body.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("nested multipart bodies are not accepted")
-            name = part.name or ""
-            if part.filename is not None or name in FILE_FIELDS:
-                if name in IGNORED_FILE_FIELDS:
-                    await part.release()
-                    continue
-                if name not in FILE_FIELDS:
-                    raise BadRequest(f"unexpected file field {name!r} (send the package as 'content')")
-                if form is not None:
-                    raise BadRequest("send exactly one file per upload")
-                filename = safe_filename(part.filename)
-                tmp = services.store.temp("uploads")
-                form = UploadForm(fields, filename, tmp, {}, 0)
-                while True:
-                    chunk = await part.read_chunk(256 * 1024)
-                    if not chunk:
-                        break
-                    tmp.write(chunk)
-                    if tmp.size > max_bytes:
-                        raise PayloadTooLarge(f"upload larger than the limit of {max_bytes} bytes")
-                form.digests = await tmp.finish()
-                form.size = tmp.size
-            else:
-                value = await part.read(decode=True)
-                if len(value) > MAX_FIELD:
-                    raise BadRequest(f"form field {name!r} is too long")
-                try:
-                    text = value.decode(part.get_charset("utf-8"))
-                except (UnicodeDecodeError, LookupError):
-                    raise BadRequest(f"form field {name!r} is not valid text") from None
-                fields.setdefault(name, []).append(text)
-    except BaseException:
-        if form is not None:
-            form.blob.discard()
+            await reader.part(part)
+    except BaseException as exc:
+        if reader.form is not None:
+            reader.form.blob.discard()
+        if isinstance(exc, (ValueError, AssertionError, EOFError, EofStream, HttpProcessingError)):
+            raise _multipart_error(exc) from None
         raise
+    form = reader.form
     if form is None:
-        raise BadRequest("the upload has no file: send it in the 'content' field")
+        raise BadRequest(f"the upload has no file: send it in the {file_fields[0]!r} field")
     if form.size == 0:
         form.blob.discard()
         raise BadRequest(f"{form.filename} is empty")
@@ -133,13 +211,26 @@ async def publish(
     labels: tuple[str, ...] = ("main",),
     replace: bool = False,
     uploaded_at: float | None = None,
+    same_release: Callable[[Upload], bool] | None = None,
 ) -> Upload:
     """The one way a validated upload becomes servable, for every ecosystem: refuse a
     duplicate (409, nothing stored), move the temp blob into place atomically, then record
-    it in the catalog. Until the catalog row exists, no index links to the blob."""
-    if not replace and services.catalog.get(channel, ecosystem, path) is not None:
-        raise Conflict("File already exists")
+    it in the catalog. Until the catalog row exists, no index links to the blob.
+
+    A duplicate is the same path, or (``same_release``) an upload of this channel and
+    ecosystem that is the same release file however its name is spelled. With ``replace``
+    those are removed in the same step the new row is added."""
+    variants = _duplicates(services, channel, ecosystem, path, same_release)
+    if variants and not replace:
+        raise Conflict(_conflict_message(variants[0], path))
     committed = await blob.commit()
+    # checked again with no await before the catalog write: of two spellings raced in, one wins
+    variants = _duplicates(services, channel, ecosystem, path, same_release)
+    if variants and not replace:
+        raise Conflict(_conflict_message(variants[0], path))
+    stale = [u.path for u in variants if u.path != path]
+    if stale:
+        services.catalog.remove(channel, ecosystem, stale)
     upload = Upload(
         channel=channel,
         ecosystem=ecosystem,
@@ -160,8 +251,24 @@ async def publish(
     return upload
 
 
+def _duplicates(
+    services: Services, channel: str, ecosystem: str, path: str, same_release: Callable[[Upload], bool] | None
+) -> list[Upload]:
+    exact = services.catalog.get(channel, ecosystem, path)
+    found = [exact] if exact is not None else []
+    if same_release is not None:
+        found += [u for u in services.catalog.list(channel, ecosystem) if u.path != path and same_release(u)]
+    return found
+
+
+def _conflict_message(existing: Upload, path: str) -> str:
+    if existing.path == path:
+        return "File already exists"
+    return f"File already exists: {path} is the same release file as {existing.path}"
+
+
 async def handle_upload(request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
-    form = await read_form(request, ctx.services, ctx.settings.max_upload_bytes)
+    form = await read_form(request, ctx.services)
     return await accept_upload(request, ctx, form)
 
 

@@ -167,7 +167,7 @@ def test_hard_link_outside_archive_rejected(tmp_path: Path) -> None:
     pkg_tar = fx.make_tar(payload, links=[("lib/evil", "../../etc/passwd", tarfile.LNKTYPE)])
     path = fx.write_conda(tmp_path / spec.filename("conda"), spec.stem,
                           fx.make_tar(fx.info_files(spec, payload)), pkg_tar)
-    with pytest.raises(BadRequest, match=r"contains '\.\.'"):
+    with pytest.raises(BadRequest, match=r"links outside its folder"):
         inspect(path)
 
 

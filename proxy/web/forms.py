@@ -105,7 +105,7 @@ async def upload(ui: "WebUI", page: "Page") -> web.StreamResponse:
                          error="", signed_in=page.principal is not None)
     if page.principal is None or not writable:  # refused before the body is read, as in the API
         raise Forbidden("this token may not upload to any channel" if page.principal else "sign in to upload")
-    form = await read_form(page.request, ui.services, settings.max_upload_bytes)
+    form = await read_form(page.request, ui.services)
     try:
         if not page.csrf_ok(form.field(CSRF_FIELD)):
             raise CsrfRefused()

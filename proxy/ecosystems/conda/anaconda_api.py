@@ -31,7 +31,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from ...auth.credentials import Principal, token_from_headers
 from ...auth.guard import authenticate, authorize
@@ -41,7 +41,7 @@ from ...errors import BadRequest, ChannelgateError, Conflict, Forbidden, MethodN
 from ...routing import Route
 from ...store.blobs import TempBlob
 from ...store.catalog import Upload
-from ...uploads import safe_filename
+from ...uploads import read_form
 from .handlers import parse_labels, store_conda_upload, upload_summary, uploads_changed
 from .index import SUBDIR_RE, normalize
 from .package import CondaPackage
@@ -324,11 +324,10 @@ async def _post_file(request: web.Request, route: Route, services: Services) -> 
         owner, name, version, basename = _segments(route, 4, rest=True)
         principal = _can_write(services, request, route, owner)
         subdir, filename = _check_basename(basename)
-        fields, blob = await _read_storage_form(request, services)
+        form = await read_form(request, services, file_fields=("file",), strip_dirs=True)
+        blob, digests = form.blob, form.digests
         async with blob:
-            digests = await blob.finish()
-            if blob.size == 0:
-                raise BadRequest(f"{filename} is empty")
+            fields = {name: values[0] for name, values in form.fields.items() if values}
             md5_b64 = fields.get("Content-MD5")
             if md5_b64 and md5_b64 != base64.b64encode(bytes.fromhex(digests["md5"])).decode():
                 raise BadRequest("the Content-MD5 digest does not match the file")
@@ -350,41 +349,6 @@ async def _post_file(request: web.Request, route: Route, services: Services) -> 
         return web.json_response(upload_summary(pkg, upload), status=201)
     except ChannelgateError as exc:
         return _s3_error(exc)
-
-
-async def _read_storage_form(request: web.Request, services: Services) -> tuple[dict[str, str], TempBlob]:
-    """Read text fields and the one ``file`` part (streamed into a temp blob)."""
-    if not request.content_type.startswith("multipart/"):
-        raise BadRequest("expected a multipart/form-data upload")
-    reader = await request.multipart()
-    fields: dict[str, str] = {}
-    blob: TempBlob | None = None
-    limit = services.settings.max_upload_bytes
-    try:
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise BadRequest("nested multipart bodies are not accepted")
-            if part.name == "file" or part.filename is not None:
-                if blob is not None:
-                    raise BadRequest("send exactly one file per upload")
-                safe_filename((part.filename or "").rsplit("/", 1)[-1])
-                blob = services.store.temp("uploads")
-                while chunk := await part.read_chunk(256 * 1024):
-                    blob.write(chunk)
-                    if blob.size > limit:
-                        raise PayloadTooLarge(f"upload larger than the limit of {limit} bytes")
-            else:
-                value = await part.read(decode=True)
-                if len(value) > MAX_JSON:
-                    raise BadRequest(f"form field {part.name!r} is too long")
-                fields[part.name or ""] = value.decode("utf-8", errors="replace")
-    except BaseException:
-        if blob is not None:
-            blob.discard()
-        raise
-    if blob is None:
-        raise BadRequest("the upload has no 'file' part")
-    return fields, blob
 
 
 async def _commit(request: web.Request, route: Route, services: Services) -> web.StreamResponse:

@@ -99,9 +99,17 @@ async def store_conda_upload(
     before anything is published. On any error the caller discards the temp blob, so
     nothing is stored.
     """
-    pkg = await asyncio.to_thread(
-        inspect_package, blob.path, filename, sha256=digests["sha256"], md5=digests["md5"], size=blob.size
+    pkg = await services.checks.run(
+        inspect_package, blob.path, filename, sha256=digests["sha256"], md5=digests["md5"], size=blob.size,
+        limits=services.settings.limits,
     )
+    subdir, stem = pkg.subdir, pkg.filename.lower().removesuffix(".conda").removesuffix(".tar.bz2")
+
+    def same_release(upload: Upload) -> bool:
+        # case-insensitive name-version-build per subdir, whatever the extension
+        up_subdir, _, up_file = upload.path.partition("/")
+        return up_subdir == subdir and up_file.lower().removesuffix(".conda").removesuffix(".tar.bz2") == stem
+
     if check is not None:
         check(pkg)
     upload = await publish(
@@ -117,6 +125,7 @@ async def store_conda_upload(
         uploader=uploader,
         labels=labels,
         replace=replace,
+        same_release=same_release,
     )
     uploads_changed(services, channel, pkg.subdir)
     return pkg, upload

@@ -18,15 +18,16 @@ import re
 import sys
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import orjson
-from conda_package_streaming.package_streaming import tar_generator  # type: ignore[import-untyped]
 
+from ...archives import Budget, Readable, clip, open_zip, read_member, scan_zip, walk_tar
 from ...errors import BadRequest
+from ...settings import Limits
 from .version import InvalidVersion, VersionOrder
 
 # the zstd reader conda-package-streaming uses (raises EOFError on a truncated frame)
@@ -45,12 +46,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _BUILD_RE = re.compile(r"^[A-Za-z0-9_.+]+$")  # conda build strings: no '-', no spaces
 _SUBDIR_RE = re.compile(r"^(noarch|[a-z0-9]+-[a-z0-9_]+)$")
 _MAX_INDEX_JSON = 1 << 20
-_DRAIN_CHUNK = 1 << 16
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
 
 @dataclass(frozen=True)
 class CondaPackage:
@@ -82,21 +77,24 @@ def split_filename(filename: str) -> tuple[str, str]:
     raise BadRequest(f"{_safe(filename)}: unsupported conda package extension (expected .conda or .tar.bz2)")
 
 
-def inspect_package(path: Path, filename: str, *, sha256: str, md5: str, size: int) -> CondaPackage:
+def inspect_package(
+    path: Path, filename: str, *, sha256: str, md5: str, size: int, limits: Limits | None = None
+) -> CondaPackage:
     """Validate the conda package stored at ``path`` (uploaded as ``filename``).
 
     Raises ``BadRequest`` naming the problem when the extension is wrong, the file is not
     really that format or is truncated, ``info/index.json`` is missing or invalid, the
     name does not match ``<name>-<version>-<build>``, or any member path is absolute or
-    contains ``..``.
+    contains ``..``, a link leaves the package, or it exceeds ``limits`` (a bomb).
     """
     if not filename or "/" in filename or "\\" in filename or filename.startswith("."):
         raise BadRequest(f"{_safe(filename)}: invalid package file name")
     stem, ext = split_filename(filename)
+    budget = Budget(filename, limits or Limits(), size)
     if ext == ".conda":
-        index_raw = _scan_conda(path, filename, stem)
+        index_raw = _scan_conda(path, filename, stem, budget)
     else:
-        index_raw = _scan_tar_bz2(path, filename)
+        index_raw = _scan_tar_bz2(path, filename, budget)
     if index_raw is None:
         raise BadRequest(f"{filename}: info/index.json is missing")
     index = _parse_index(filename, index_raw)
@@ -119,26 +117,18 @@ def inspect_package(path: Path, filename: str, *, sha256: str, md5: str, size: i
 # --------------------------------------------------------------------------- archive walking
 
 
-def _scan_tar_bz2(path: Path, filename: str) -> bytes | None:
+def _scan_tar_bz2(path: Path, filename: str, budget: Budget) -> bytes | None:
     with path.open("rb") as raw:
         if raw.read(3) != b"BZh":
             raise BadRequest(f"{filename}: not a valid .tar.bz2 file (no bzip2 header)")
         raw.seek(0)
         with bz2.open(raw, "rb") as reader:
-            return _scan_tar(reader, filename, "archive", want_index=True)
+            return _scan_tar(reader, budget, "archive", want_index=True)
 
 
-def _scan_conda(path: Path, filename: str, stem: str) -> bytes | None:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise BadRequest(f"{filename}: not a valid .conda file (not a zip archive, or truncated: {exc})") from None
-    with zf:
-        names = [info.filename for info in zf.infolist()]
-        for member in names:
-            _check_member_path(filename, "zip", member)
-        if len(set(names)) != len(names):
-            raise BadRequest(f"{filename}: not a valid .conda file (duplicate zip members)")
+def _scan_conda(path: Path, filename: str, stem: str, budget: Budget) -> bytes | None:
+    with open_zip(path, filename, ".conda file") as zf:
+        names = [info.filename for info in scan_zip(zf, budget)]
         if "metadata.json" not in names:
             raise BadRequest(f"{filename}: not a valid .conda file (metadata.json is missing)")
         info_name, pkg_name = f"info-{stem}.tar.zst", f"pkg-{stem}.tar.zst"
@@ -149,70 +139,43 @@ def _scan_conda(path: Path, filename: str, stem: str) -> bytes | None:
                     " the file name must match the package inside)"
                 )
         try:
-            metadata = orjson.loads(zf.read("metadata.json"))
+            with zf.open("metadata.json") as fh:
+                raw = read_member(fh, zf.getinfo("metadata.json").file_size, _MAX_INDEX_JSON, f"{filename}: metadata.json")
+            metadata = orjson.loads(raw)
         except (orjson.JSONDecodeError, zipfile.BadZipFile, OSError) as exc:
             raise BadRequest(f"{filename}: not a valid .conda file (metadata.json: {exc})") from None
         if not isinstance(metadata, dict) or metadata.get("conda_pkg_format_version") != 2:
             raise BadRequest(f"{filename}: not a valid .conda file (conda_pkg_format_version must be 2)")
-        index_raw = _scan_component(zf, filename, info_name, want_index=True)
-        _scan_component(zf, filename, pkg_name, want_index=False)
+        index_raw = _scan_component(zf, budget, info_name, want_index=True)
+        _scan_component(zf, budget, pkg_name, want_index=False)
         return index_raw
 
 
-def _scan_component(zf: zipfile.ZipFile, filename: str, member: str, *, want_index: bool) -> bytes | None:
+def _scan_component(zf: zipfile.ZipFile, budget: Budget, member: str, *, want_index: bool) -> bytes | None:
     try:
         with zf.open(member) as compressed, _zstd.open(compressed, "rb") as reader:
-            return _scan_tar(reader, filename, member, want_index=want_index)
+            return _scan_tar(reader, budget, member, want_index=want_index)
     except BadRequest:
         raise
     except (zipfile.BadZipFile, _zstd.ZstdError, EOFError, OSError) as exc:
-        raise BadRequest(f"{filename}: not a valid .conda file ({member}: {exc})") from None
+        raise BadRequest(f"{budget.filename}: not a valid .conda file ({member}: {exc})") from None
 
 
-def _scan_tar(reader: _Readable, filename: str, where: str, *, want_index: bool) -> bytes | None:
-    """Walk every member of one tar stream; return info/index.json's bytes if asked.
+def _scan_tar(reader: Readable, budget: Budget, where: str, *, want_index: bool) -> bytes | None:
+    """Walk every member of one tar stream (conda-package-streaming's one-pass ``r|`` walk,
+    bounded and checked by ``walk_tar``); return info/index.json's bytes if asked."""
+    found: list[bytes] = []
 
-    The stream is drained to its end afterwards so a truncated compressed stream (even
-    one cut inside the tar's trailing padding) is detected.
-    """
-    index_raw: bytes | None = None
-    try:
-        for tar, member in _members(reader):
-            _check_member_path(filename, where, member.name)
-            if member.islnk() and member.linkname:
-                # a hard link's target is a path inside the archive
-                _check_member_path(filename, where, member.linkname)
-            if want_index and member.name in ("info/index.json", "./info/index.json"):
-                if not member.isfile():
-                    raise BadRequest(f"{filename}: info/index.json is not a regular file")
-                if member.size > _MAX_INDEX_JSON:
-                    raise BadRequest(f"{filename}: info/index.json is too large")
-                fh = tar.extractfile(member)
-                index_raw = fh.read() if fh is not None else None
-        while reader.read(_DRAIN_CHUNK):
-            pass
-    except BadRequest:
-        raise
-    except EOFError:
-        raise BadRequest(f"{filename}: archive is truncated ({where} ends early)") from None
-    except (tarfile.TarError, OSError, ValueError, _zstd.ZstdError) as exc:
-        kind = "corrupt or truncated" if not isinstance(exc, tarfile.TarError) else "not a valid tar"
-        raise BadRequest(f"{filename}: archive is {kind} ({where}: {exc})") from None
-    return index_raw
+    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        if want_index and member.name in ("info/index.json", "./info/index.json"):
+            if not member.isfile():
+                raise BadRequest(f"{budget.filename}: info/index.json is not a regular file")
+            fh = tar.extractfile(member)
+            if fh is not None:
+                found.append(read_member(fh, member.size, _MAX_INDEX_JSON, f"{budget.filename}: info/index.json"))
 
-
-def _members(reader: _Readable) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-    # conda-package-streaming's streaming tar walk ("r|" mode: no seeks, one pass)
-    members: Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]] = tar_generator(reader)
-    return members
-
-
-def _check_member_path(filename: str, where: str, name: str) -> None:
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise BadRequest(f"{filename}: archive member {_safe(name)!r} in {where} has an absolute path")
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if ".." in parts:
-        raise BadRequest(f"{filename}: archive member {_safe(name)!r} in {where} contains '..'")
+    walk_tar(reader, budget, visit, where=where)
+    return found[0] if found else None
 
 
 # --------------------------------------------------------------------------- index.json
@@ -256,7 +219,4 @@ def _parse_index(filename: str, raw: bytes) -> dict[str, Any]:
     return index
 
 
-def _safe(text: str) -> str:
-    """Clip client-supplied text for an error message (printable, bounded)."""
-    clipped = "".join(ch if ch.isprintable() else "?" for ch in text[:200])
-    return clipped or "(empty)"
+_safe = clip

@@ -291,8 +291,8 @@ class Cran:
 
     # ------------------------------------------------------------------ POST (curl -F filetype=...)
     async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
-        pkg: CranPackage = await asyncio.to_thread(
-            inspect_upload, form.blob.path, form.filename, form.field("filetype") or ""
+        pkg: CranPackage = await self.services.checks.run(
+            inspect_upload, form.blob.path, form.filename, form.field("filetype") or "", ctx.settings.limits
         )
         upload = await publish(
             self.services,

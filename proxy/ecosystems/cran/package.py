@@ -22,10 +22,7 @@ import gzip
 import hashlib
 import posixpath
 import re
-import stat
 import tarfile
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,7 +35,9 @@ from proxy.ecosystems.cran.index import (
     is_valid_version,
     normalize_entry,
 )
+from proxy.archives import Budget, open_zip, parts_of, read_member, scan_zip, verify_zip, walk_tar
 from proxy.errors import BadRequest
+from proxy.settings import Limits
 
 Kind = Literal["source", "binary"]
 
@@ -116,41 +115,14 @@ def _check_filename(filename: str, suffixes: tuple[str, ...]) -> tuple[str, str,
     raise BadRequest(f"file name {filename!r} is not of the form {expected}")
 
 
-def _member_problem(name: str, top: str | None) -> str | None:
-    """Why an archive member name is unsafe, or None. ``top`` is the expected folder."""
-    if name.startswith("/") or name.startswith("\\") or re.match(r"^[A-Za-z]:", name):
-        return f"archive member {name!r} has an absolute path"
-    parts = _parts(name)
-    if ".." in parts:
-        return f"archive member {name!r} escapes its folder ('..')"
+def _top_folder(name: str, top: str | None) -> str | None:
+    """The member's top folder; BadRequest when it differs from the one seen before."""
+    parts = parts_of(name)
     if not parts:
-        return None
+        return top
     if top is not None and parts[0] != top:
-        return f"archive has more than one top folder ({top!r} and {parts[0]!r})"
-    return None
-
-
-def _parts(name: str) -> list[str]:
-    return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-
-
-def _link_escapes(member_name: str, target: str, *, hard: bool) -> bool:
-    """True when a link's target leaves the package folder (the first path part)."""
-    if target.startswith("/") or re.match(r"^[A-Za-z]:", target):
-        return True
-    parts = _parts(member_name)
-    base = [] if hard else parts[:-1]     # hard links name a member path; symlinks are relative to their folder
-    resolved: list[str] = []
-    for p in base + target.replace("\\", "/").split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if not resolved:
-                return True
-            resolved.pop()
-        else:
-            resolved.append(p)
-    return not resolved or resolved[0] != parts[0]
+        raise BadRequest(f"archive has more than one top folder ({top!r} and {parts[0]!r})")
+    return parts[0]
 
 
 def _parse_description(data: bytes, where: str) -> dict[str, str]:
@@ -205,65 +177,54 @@ def _index_fields(desc: dict[str, str], md5: str, *, compiled: bool, binary: boo
 
 # ---------------------------------------------------------------- tar (source, macOS)
 
-def _read_tar(path: Path, what: str, compiled_dir: str) -> tuple[str, dict[str, str], bool]:
+def _read_tar(path: Path, what: str, compiled_dir: str, limits: Limits) -> tuple[str, dict[str, str], bool]:
     """Walk a gzip tar completely; return (top folder, DESCRIPTION fields, has <compiled_dir>/).
 
-    The whole stream is read, so a truncated file or a bad gzip CRC is found here.
+    The whole stream is read (bounded by ``limits``), so a truncated file, a bad gzip CRC or
+    a bomb is found here; links may not leave the package folder.
     """
     with path.open("rb") as fh:
         if fh.read(2) != b"\x1f\x8b":
             raise BadRequest(f"{what} is not a gzip-compressed tar file")
-    top: str | None = None
-    desc_bytes: bytes | None = None
-    has_src = False
+    state: dict[str, str] = {}
+    found: dict[str, bytes] = {}
+
+    def visit(tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        top = _top_folder(m.name, state.get("top"))
+        parts = parts_of(m.name)
+        if top is None or not parts:
+            return
+        state["top"] = top
+        if len(parts) == 1 and not m.isdir():
+            raise BadRequest(f"archive member {m.name!r} is not inside a package folder")
+        if len(parts) >= 2 and parts[1] == compiled_dir:
+            state["compiled"] = "yes"
+        if m.isfile() and len(parts) == 2 and parts[1] == "DESCRIPTION":
+            f = tar.extractfile(m)
+            assert f is not None
+            found["desc"] = read_member(f, m.size, MAX_DESCRIPTION_BYTES, f"{top}/DESCRIPTION")
+
+    # gzip.GzipFile checks the CRC and length in the gzip trailer once drained; tarfile's
+    # own "r|gz" stream stops at the tar end blocks and never looks at the trailer.
     try:
-        # gzip.GzipFile checks the CRC and length in the gzip trailer once drained; tarfile's
-        # own "r|gz" stream stops at the tar end blocks and never looks at the trailer.
-        with gzip.GzipFile(path, mode="rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-            for m in tar:
-                problem = _member_problem(m.name, top)
-                if problem:
-                    raise BadRequest(problem)
-                parts = _parts(m.name)
-                if not parts:
-                    continue
-                top = parts[0]
-                if m.issym() or m.islnk():
-                    if _link_escapes(m.name, m.linkname, hard=m.islnk()):
-                        raise BadRequest(f"archive member {m.name!r} links outside its folder ({m.linkname!r})")
-                elif m.ischr() or m.isblk() or m.isfifo() or m.isdev():
-                    raise BadRequest(f"archive member {m.name!r} is a device or fifo")
-                if len(parts) == 1 and not m.isdir():
-                    raise BadRequest(f"archive member {m.name!r} is not inside a package folder")
-                if len(parts) >= 2 and parts[1] == compiled_dir:
-                    has_src = True
-                if m.isfile():
-                    f = tar.extractfile(m)
-                    assert f is not None
-                    if len(parts) == 2 and parts[1] == "DESCRIPTION":
-                        if m.size > MAX_DESCRIPTION_BYTES:
-                            raise BadRequest(f"{top}/DESCRIPTION is too large")
-                        desc_bytes = f.read()
-                    else:
-                        while f.read(1 << 20):
-                            pass
-            while gz.read(1 << 20):
-                pass
-    except BadRequest:
+        with gzip.GzipFile(path, mode="rb") as gz:
+            walk_tar(gz, Budget(what, limits, path.stat().st_size), visit, where=what, root=1)
+    except BadRequest as exc:
+        if "truncated" in exc.message or "corrupt" in exc.message or "not a valid tar" in exc.message:
+            raise BadRequest(f"{what} is truncated or not a valid tar.gz ({exc.message})") from None
         raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
-        raise BadRequest(f"{what} is truncated or not a valid tar.gz ({type(exc).__name__}: {exc})") from None
+    top = state.get("top")
     if top is None:
         raise BadRequest(f"{what} is empty")
-    if desc_bytes is None:
+    if "desc" not in found:
         raise BadRequest(f"{what} has no {top}/DESCRIPTION")
-    return top, _parse_description(desc_bytes, f"{top}/DESCRIPTION"), has_src
+    return top, _parse_description(found["desc"], f"{top}/DESCRIPTION"), "compiled" in state
 
 
-def inspect_source(path: Path, filename: str) -> CranPackage:
+def inspect_source(path: Path, filename: str, limits: Limits | None = None) -> CranPackage:
     """Validate an R source package (``R CMD build`` output) uploaded as ``filename``."""
     fpkg, fver, _ = _check_filename(filename, (".tar.gz",))
-    top, desc, has_src = _read_tar(path, f"source package {filename!r}", "src")
+    top, desc, has_src = _read_tar(path, f"source package {filename!r}", "src", limits or Limits())
     name, version = _check_identity(desc, top, filename, fpkg, fver, f"{top}/DESCRIPTION")
     if desc.get("Built"):
         raise BadRequest(
@@ -339,62 +300,37 @@ def binary_contrib_dir(built: BuiltInfo, suffix: str) -> str:
     return f"bin/macosx/{sub}/contrib/{built.r_minor}" if sub else f"bin/macosx/contrib/{built.r_minor}"
 
 
-def _read_zip(path: Path, what: str) -> tuple[str, dict[str, str], bool]:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise BadRequest(f"{what} is truncated or not a zip file ({exc})") from None
-    with zf:
+def _read_zip(path: Path, what: str, limits: Limits) -> tuple[str, dict[str, str], bool]:
+    with open_zip(path, what, "zip file") as zf:
+        infos = scan_zip(zf, Budget(what, limits, path.stat().st_size), root=1)
         top: str | None = None
-        desc_bytes: bytes | None = None
         has_libs = False
-        for info in zf.infolist():
-            problem = _member_problem(info.filename, top)
-            if problem:
-                raise BadRequest(problem)
-            parts = _parts(info.filename)
-            if not parts:
-                continue
-            top = parts[0]
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                target = zf.read(info).decode("utf-8", "replace")
-                if _link_escapes(info.filename, target, hard=False):
-                    raise BadRequest(f"archive member {info.filename!r} links outside its folder ({target!r})")
+        for info in infos:
+            top = _top_folder(info.filename, top)
+            parts = parts_of(info.filename)
             if len(parts) == 1 and not info.is_dir():
                 raise BadRequest(f"archive member {info.filename!r} is not inside a package folder")
             if len(parts) >= 2 and parts[1] == "libs":
                 has_libs = True
-            if len(parts) == 2 and parts[1] == "DESCRIPTION" and not info.is_dir():
-                if info.file_size > MAX_DESCRIPTION_BYTES:
-                    raise BadRequest(f"{top}/DESCRIPTION is too large")
         if top is None:
             raise BadRequest(f"{what} is empty")
-        try:
-            bad = zf.testzip()
-            if bad is not None:
-                raise BadRequest(f"{what}: member {bad!r} is corrupt (CRC mismatch)")
-            desc_name = next(
-                (i.filename for i in zf.infolist() if _parts(i.filename) == [top, "DESCRIPTION"]), None
-            )
-            if desc_name is None:
-                raise BadRequest(f"{what} has no {top}/DESCRIPTION")
-            desc_bytes = zf.read(desc_name)
-        except BadRequest:
-            raise
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
-            raise BadRequest(f"{what} is truncated or corrupt ({exc})") from None
+        verify_zip(zf, infos, what)
+        desc = next((i for i in infos if parts_of(i.filename) == [top, "DESCRIPTION"] and not i.is_dir()), None)
+        if desc is None:
+            raise BadRequest(f"{what} has no {top}/DESCRIPTION")
+        with zf.open(desc) as fh:
+            desc_bytes = read_member(fh, desc.file_size, MAX_DESCRIPTION_BYTES, f"{top}/DESCRIPTION")
     return top, _parse_description(desc_bytes, f"{top}/DESCRIPTION"), has_libs
 
 
-def inspect_binary(path: Path, filename: str) -> CranPackage:
+def inspect_binary(path: Path, filename: str, limits: Limits | None = None) -> CranPackage:
     """Validate a Windows ``.zip`` or macOS ``.tgz`` R binary package uploaded as ``filename``."""
     fpkg, fver, suffix = _check_filename(filename, (".zip", ".tgz"))
     what = f"binary package {filename!r}"
     if suffix == ".zip":
-        top, desc, has_libs = _read_zip(path, what)
+        top, desc, has_libs = _read_zip(path, what, limits or Limits())
     else:
-        top, desc, has_libs = _read_tar(path, what, "libs")
+        top, desc, has_libs = _read_tar(path, what, "libs", limits or Limits())
     where = f"{top}/DESCRIPTION"
     name, version = _check_identity(desc, top, filename, fpkg, fver, where)
     built_raw = desc.get("Built", "").strip()
@@ -422,10 +358,10 @@ def inspect_binary(path: Path, filename: str) -> CranPackage:
     )
 
 
-def inspect_upload(path: Path, filename: str, filetype: str) -> CranPackage:
+def inspect_upload(path: Path, filename: str, filetype: str, limits: Limits | None = None) -> CranPackage:
     """Dispatch on the upload form's ``filetype`` (``cran_source_package`` | ``cran_binary_package``)."""
     if filetype == SOURCE_FILETYPE:
-        return inspect_source(path, filename)
+        return inspect_source(path, filename, limits)
     if filetype == BINARY_FILETYPE:
-        return inspect_binary(path, filename)
+        return inspect_binary(path, filename, limits)
     raise BadRequest(f"unknown filetype {filetype!r} (use {SOURCE_FILETYPE} or {BINARY_FILETYPE})")

@@ -26,7 +26,7 @@ from ...responses import etag_for, file_response, index_response
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...store.catalog import Upload
 from ...uploads import publish
-from .dist import inspect_distribution, require_fields
+from .dist import inspect_distribution, release_file_key, require_fields, same_release_file
 from .simple import (
     FileEntry,
     negotiate,
@@ -257,10 +257,20 @@ class PyPI:
     async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
         fields = {k: v[0] for k, v in form.fields.items() if v}
         require_fields(fields, (":action", "name", "version"))
-        dist = await asyncio.to_thread(inspect_distribution, form.blob.path, form.filename, fields, form.digests)
+        dist = await self.services.checks.run(
+            inspect_distribution, form.blob.path, form.filename, fields, form.digests, ctx.settings.limits
+        )
+        key = release_file_key(dist.filename)
+
+        def same_release(upload: Upload) -> bool:  # PEP 503 name, PEP 440 version, PEP 427 tags
+            return upload.name == dist.name and same_release_file(release_file_key(upload.filename), key)
+
         # checked early too, so a duplicate stores not even its metadata file
         if self.services.catalog.get(ctx.channel.name, "pypi", dist.filename) is not None:
             raise Conflict("File already exists")
+        clash = next((u for u in self.services.catalog.list(ctx.channel.name, "pypi") if same_release(u)), None)
+        if clash is not None:
+            raise Conflict(f"File already exists: {dist.filename} is the same release file as {clash.filename}")
         if not dist.metadata:
             raise BadRequest(f"{dist.filename} has no metadata")
         meta_blob = await self.services.store.put_bytes("uploads", dist.metadata)
@@ -283,5 +293,6 @@ class PyPI:
             },
             uploader=ctx.principal.user if ctx.principal else "",
             uploaded_at=now.timestamp(),
+            same_release=same_release,
         )
         return web.json_response({"ok": True, "filename": dist.filename, "sha256": upload.sha256})
