@@ -57,7 +57,39 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .seed import print_summary, seed
+    from .seedfile import load_seed_file
+
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    try:
+        seed_file = load_seed_file(Path(args.seedfile), settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if settings.offline:
+        print("the policy says offline: true; seed fetches from upstreams (run it on the connected side)",
+              file=sys.stderr)
+        return 2
+    tallies, failures = asyncio.run(seed(settings, seed_file))
+    print_summary(tallies, failures)
+    if failures:
+        print(f"{len(failures)} failure(s): see above", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    seed = sub.add_parser("seed", help="fill the store with everything a seed file resolves to")
+    seed.add_argument("--config", required=True)
+    seed.add_argument("seedfile", metavar="SEEDFILE")
+    seed.set_defaults(func=cmd_seed)
+
     export = sub.add_parser("export", help="write a bundle of the store for an air-gapped site")
     export.add_argument("--config", required=True)
     export.add_argument("--out", required=True, metavar="BUNDLE", help="the bundle (a tar) to write")

@@ -1,0 +1,83 @@
+"""Seed CRAN needs: the Depends/Imports/LinkingTo closure of the packages named, read from
+the channel's merged ``PACKAGES`` (what ``install.packages(dependencies = NA)`` follows),
+minus R itself and its base and recommended packages, which every R installation has.
+Optionally the binaries of the closure for an R x.y (``bin/windows/contrib/<x.y>``,
+``bin/macosx/big-sur-arm64/contrib/<x.y>``, ``bin/macosx/big-sur-x86_64/contrib/<x.y>``)."""
+from __future__ import annotations
+
+import re
+
+from ..ecosystems.cran.handlers import upstream_relpath
+from ..ecosystems.cran.index import parse_packages
+from ..errors import BadRequest
+from .seed import SeedRun, Want
+from .seedfile import CranNeeds
+
+# R's own packages: priority "base" and "recommended" (installed.packages(priority=...), R 4.x)
+BASE = frozenset({"R", "base", "compiler", "datasets", "grDevices", "graphics", "grid", "methods", "parallel",
+                  "splines", "stats", "stats4", "tcltk", "tools", "translations", "utils"})
+RECOMMENDED = frozenset({"KernSmooth", "MASS", "Matrix", "boot", "class", "cluster", "codetools", "foreign",
+                         "lattice", "mgcv", "nlme", "nnet", "rpart", "spatial", "survival"})
+DEPENDENCY_FIELDS = ("Depends", "Imports", "LinkingTo")
+BINARY_DIRS = {"windows": ("bin/windows/contrib/{r}", "windows"),
+               "macos": ("bin/macosx/big-sur-arm64/contrib/{r}", "macos"),
+               "macos-x86_64": ("bin/macosx/big-sur-x86_64/contrib/{r}", "macos")}
+
+
+def dependencies(entry: dict[str, str]) -> list[str]:
+    names = []
+    for fld in DEPENDENCY_FIELDS:
+        for item in entry.get(fld, "").split(","):
+            name = re.sub(r"\(.*?\)", "", item).strip()
+            if name and name not in BASE and name not in RECOMMENDED:
+                names.append(name)
+    return names
+
+
+async def _index(run: SeedRun, contrib_dir: str) -> dict[str, dict[str, str]]:
+    try:
+        entries = parse_packages(await run.get(f"{contrib_dir}/PACKAGES"))
+    except BadRequest as exc:
+        raise LookupError(str(exc)) from None
+    return {e["Package"]: dict(e) for e in entries}
+
+
+async def resolve(run: SeedRun, needs: CranNeeds) -> list[Want]:
+    try:
+        index = await _index(run, "src/contrib")
+    except LookupError as exc:
+        run.fail("cran", "src/contrib/PACKAGES", str(exc))
+        return []
+    closure: dict[str, dict[str, str]] = {}
+    queue = [(name, "the seed file") for name in needs.packages]
+    while queue:
+        name, needed_by = queue.pop()
+        if name in closure or name in BASE or name in RECOMMENDED:
+            continue
+        entry = index.get(name)
+        if entry is None:
+            run.fail("cran", name, f"not in the channel (needed by {needed_by})")
+            continue
+        closure[name] = entry
+        queue.extend((dep, name) for dep in dependencies(entry))
+    wants = [_want(f"src/contrib/{upstream_relpath(e, 'source')}", e) for e in closure.values()]
+    for kind in needs.binaries:
+        pattern, tree = BINARY_DIRS[kind]
+        contrib_dir = pattern.format(r=needs.r_version)
+        try:
+            binaries = await _index(run, contrib_dir)
+        except LookupError as exc:
+            run.fail("cran", f"{contrib_dir}/PACKAGES", str(exc))
+            continue
+        for name in sorted(closure):
+            entry = binaries.get(name)
+            if entry is None:
+                run.fail("cran", f"{name} ({kind} binary for R {needs.r_version})", f"not in {contrib_dir}")
+                continue
+            wants.append(_want(f"{contrib_dir}/{upstream_relpath(entry, tree)}", entry))  # type: ignore[arg-type]
+    return wants
+
+
+def _want(path: str, entry: dict[str, str]) -> Want:
+    md5 = entry.get("MD5sum", "").lower()
+    return Want("cran", path, md5=md5 if len(md5) == 32 else None)
