@@ -11,6 +11,7 @@ they were, and keep the server's resident memory bounded (VmHWM from /proc, the 
 from __future__ import annotations
 
 import bz2
+import json
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -318,3 +319,91 @@ def test_conda_upload_refused(gate: Gate, case: tuple[str, Callable[[], tuple[st
     else:
         got, message = post_anaconda(gate, "noarch", filename, data)
     check_refused(gate, before, got, message, (status, text))
+
+
+# --------------------------------------------------------------------------- spellings of one release
+
+
+@pytest.mark.parametrize("filename", ["Acme_Internal-1.0-py3-none-any.whl", "acme_internal-1.0.0-py3-none-any.whl",
+                                      "acme.internal-1.0-py3-none-any.whl", "acme_internal-1.0-py2.py3-none-any.whl"])
+def test_pypi_spelling_variants_of_a_release_are_duplicates(gate: Gate, tmp_path: Path, filename: str) -> None:
+    """acme_internal-1.0-py3-none-any.whl is uploaded (warm_up); the same release file spelled
+    otherwise (PEP 503 name, PEP 440 version, an overlapping PEP 427 tag) is a 409."""
+    name, version = filename.split("-")[:2]
+    good = make_wheel(tmp_path, "acme_internal", "1.0")
+    before = snapshot(gate)
+    resp = post_form(gate, filename, good.read_bytes(), {**twine_fields(good), "name": name, "version": version})
+    check_refused(gate, before, resp.status_code, resp.json()["error"], (409, "same release file as acme_internal-1.0"))
+    assert gate.get("/simple/acme-internal/")[1].count(b"</a>") == 1  # one file, the original
+
+
+@pytest.mark.parametrize("path", ["form", "anaconda"])
+@pytest.mark.parametrize("fmt", ["conda", "tar.bz2"])
+def test_conda_spelling_variants_of_a_release_are_duplicates(gate: Gate, path: str, fmt: str) -> None:
+    """acme-cli-1.0-0.conda is uploaded (warm_up): Acme-CLI-1.0-0, in either format, is the
+    same name-version-build in the same subdir."""
+    filename, data = conda_file(name="Acme-CLI", fmt=fmt)
+    before = snapshot(gate)
+    if path == "form":
+        resp = post_form(gate, filename, data, {})
+        status, message = resp.status_code, resp.json()["error"]
+    else:
+        status, message = post_anaconda(gate, "noarch", filename, data)
+    check_refused(gate, before, status, message, (409, "same release file as noarch/acme-cli-1.0-0.conda"))
+
+
+# --------------------------------------------------------------------------- malformed forms
+
+
+def raw_post(gate: Gate, content_type: str, body: bytes) -> tuple[int, str]:
+    status, _, answer = http("POST", f"{gate.server.url}/api/repo/internal", data=body,
+                             headers={"Authorization": f"token {gate.writer}", "Content-Type": content_type})
+    try:
+        return status, json.loads(answer)["error"]
+    except ValueError:
+        return status, answer.decode("utf-8", "replace")
+
+
+FILE_PART = b'--B\r\nContent-Disposition: form-data; name="content"; filename="evil-1.0.tar.gz"\r\n\r\n'
+
+
+@pytest.mark.parametrize(("case", "content_type", "body", "expect"), [
+    ("no boundary", "multipart/form-data", FILE_PART + b"x\r\n--B--\r\n", "boundary"),
+    ("wrong boundary", "multipart/form-data; boundary=Z", FILE_PART + b"x\r\n--B--\r\n", "boundary"),
+    ("boundary too long", "multipart/form-data; boundary=" + "b" * 100, b"--" + b"b" * 100 + b"\r\n", "boundary"),
+    ("ends early", "multipart/form-data; boundary=B", FILE_PART + b"partial data", "ends early"),
+    ("ends in a header", "multipart/form-data; boundary=B", b'--B\r\nContent-Disposition: form-da', "malformed"),
+    ("CR in a file name", "multipart/form-data; boundary=B",
+     b'--B\r\nContent-Disposition: form-data; name="content"; filename="a\rb.tar.gz"\r\n\r\nx\r\n--B--\r\n', "malformed"),
+    ("CR in an encoded file name", "multipart/form-data; boundary=B",
+     b"--B\r\nContent-Disposition: form-data; name=\"content\"; filename*=utf-8''a%0Db.tar.gz\r\n\r\nx\r\n--B--\r\n",
+     "control characters"),
+    ("gzip-encoded field", "multipart/form-data; boundary=B",
+     b'--B\r\nContent-Disposition: form-data; name="x"\r\nContent-Encoding: gzip\r\n\r\nx\r\n--B--\r\n', "unencoded"),
+], ids=lambda v: v if isinstance(v, str) and " " in v else "")
+def test_malformed_multipart_is_400(gate: Gate, case: str, content_type: str, body: bytes, expect: str) -> None:
+    before = snapshot(gate)
+    status, message = raw_post(gate, content_type, body)
+    check_refused(gate, before, status, message, (400, expect))
+
+
+def fields_form(count: int, size: int) -> tuple[str, Iterator[bytes]]:
+    def parts() -> Iterator[bytes]:
+        value = b"v" * size
+        for i in range(count):
+            yield f'--B\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\n'.encode() + value + b"\r\n"
+        yield FILE_PART + b"x\r\n--B--\r\n"
+    return "multipart/form-data; boundary=B", parts()
+
+
+@pytest.mark.parametrize(("count", "size", "status", "expect"), [
+    (1500, 10, 400, "server.limits.form_fields"),
+    (900, 1024 * 1024 - 100, 413, "server.limits.form_text_mb"),
+])
+def test_form_field_count_and_size_are_bounded(gate: Gate, count: int, size: int, status: int, expect: str) -> None:
+    """issue 8 obs. 7: 1,500 fields, or hundreds of 1 MiB fields, are refused as they arrive."""
+    content_type, parts = fields_form(count, size)
+    before = snapshot(gate)
+    resp = requests.post(f"{gate.server.url}/api/repo/internal", data=parts, timeout=120,
+                         headers={"Authorization": f"token {gate.writer}", "Content-Type": content_type})
+    check_refused(gate, before, resp.status_code, resp.json()["error"], (status, expect))
