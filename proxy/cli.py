@@ -295,7 +295,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         indented = "".join("  " + line + "\n" for line in snippet.splitlines())
         with path.open("a", encoding="utf-8") as fh:
             fh.write(prefix + indented)
-        print(f"appended to {path}; send SIGHUP to the server to apply it")
+        print(f"appended to {path}; apply it with: channelgate reload --config <your policy file>")
     return 0
 
 

@@ -38,7 +38,7 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 @dataclass(slots=True)
 class RequestFacts:
-    ecosystem: str = "other"  # conda | pypi | cran | api | metrics | other
+    ecosystem: str = "other"  # conda | pypi | cran | api | ui | metrics | other
     channel: str = "-"
     user: str = "-"
     token: str = "-"  # the token's *name* from the policy or catalog, never the secret

@@ -1,0 +1,63 @@
+"""Operations files (issue 12): the container's default policy, the compose example and the
+Grafana dashboard agree with the code. No container engine runs here, so they are checked
+as files: parsed, loaded by channelgate's own policy reader, and held against /metrics."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.metrics import Metrics
+from proxy.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config"
+
+
+def test_dockerfile_default_policy_stores_on_the_volume_by_absolute_path() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = re.search(r"^COPY config/(\S+) /etc/channelgate/channelgate\.yaml$", dockerfile, re.M)
+    assert copied, "the image must ship a default policy at the path its CMD reads"
+    assert '"--config", "/etc/channelgate/channelgate.yaml"' in dockerfile
+    settings = load_settings(CONFIG / copied.group(1))
+    volume = re.search(r'^VOLUME \["([^"]+)"\]', dockerfile, re.M)
+    assert volume and settings.storage_path == Path(volume.group(1))  # absolute: not under /etc/channelgate
+    assert "/api/ready" in dockerfile.split("HEALTHCHECK", 1)[1]
+
+
+def test_compose_example_has_a_volume_a_health_check_and_metrics() -> None:
+    compose = yaml.safe_load((CONFIG / "docker-compose.yml").read_text())
+    service = compose["services"]["channelgate"]
+    mounts = dict(v.split(":")[:2] for v in service["volumes"])
+    assert mounts["channelgate-data"] == "/var/lib/channelgate" and "channelgate-data" in compose["volumes"]
+    policy_file = next(src for src, dst in mounts.items() if dst == "/etc/channelgate/channelgate.yaml")
+    settings = load_settings(CONFIG / policy_file)
+    assert settings.storage_path == Path("/var/lib/channelgate")
+    assert settings.metrics_listen is not None
+    metrics_port = settings.metrics_listen.rsplit(":", 1)[1]
+    assert f"{metrics_port}:{metrics_port}" in [p.split()[0] for p in service["ports"]]
+    assert any("/api/ready" in part for part in service["healthcheck"]["test"])
+    scrape = yaml.safe_load(compose["configs"]["prometheus"]["content"])
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"channelgate:{metrics_port}"]
+
+
+def exposed_series() -> set[str]:
+    metrics = Metrics()
+    metrics.request_done("pypi", 200, 10)
+    metrics.cache_result("index", "hit")
+    metrics.upstream_request("pypi", 200, 0.1)
+    metrics.uploads.labels("pypi").inc()
+    return {s.name for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+
+
+def test_grafana_dashboard_queries_only_series_the_server_exposes() -> None:
+    dashboard = json.loads((CONFIG / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"channelgate_[a-z_]+", e)}
+    assert used and used <= exposed_series(), used - exposed_series()
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("by status", "hit ratio", "upstream latency", "upstream errors", "bytes out"):
+        assert topic in titles
