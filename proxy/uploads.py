@@ -11,7 +11,6 @@ validate it and commit it, or it is removed: bad input never leaves anything sto
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -47,7 +46,13 @@ class UploadChecks:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload-check")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        name = getattr(fn, "__name__", "check")
+
+        def job() -> T:
+            log.info("upload check %s started", name)
+            return fn(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, job)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -14,6 +14,7 @@ import bz2
 import json
 import re
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,3 +408,48 @@ def test_form_field_count_and_size_are_bounded(gate: Gate, count: int, size: int
     resp = requests.post(f"{gate.server.url}/api/repo/internal", data=parts, timeout=120,
                          headers={"Authorization": f"token {gate.writer}", "Content-Type": content_type})
     check_refused(gate, before, resp.status_code, resp.json()["error"], (status, expect))
+
+
+# --------------------------------------------------------------------------- downloads never wait for uploads
+
+
+def test_downloads_do_not_wait_for_upload_checks(tmp_path: Path) -> None:
+    """issue 8 obs. 6: while bomb uploads are being checked (limits raised so that each takes
+    long), a package download completes before any of them is answered: checks run on their
+    own pool, not on the default pool that file responses need."""
+    policy = Policy({
+        "server": {"limits": {"validation_workers": 1, "archive_unpacked_mb": 1_000_000, "archive_ratio": 1_000_000}},
+        "users": ["wanda"], "channels": {"internal": {"write": ["user:wanda"], "read": ["user:wanda"]}},
+    })
+    token = policy.add_token("wanda", ["all"])
+    server = Channelgate(tmp_path / "gate", policy).start()
+    gate = Gate(server, token, token, 0)
+    good = make_wheel(tmp_path, "acme_dl", "1.0")
+    assert post_form(gate, good.name, good.read_bytes(), twine_fields(good)).status_code == 200
+    bomb = h.gzip_bomb([("evil-1.0/setup.py", b"")], "evil-1.0/zeros", 1024)  # no PKG-INFO: refused at the end
+    answered: list[int] = []
+
+    def upload() -> None:
+        try:
+            answered.append(post_form(gate, "evil-1.0.tar.gz", bomb, pypi_fields("evil", "1.0", "sdist")).status_code)
+        except requests.RequestException:
+            pass  # the server stopped first
+
+    threads = [threading.Thread(target=upload) for _ in range(8)]  # more than the default pool's threads
+    try:
+        for thread in threads:
+            thread.start()
+        server.wait_log("upload check inspect_distribution started", timeout=60)
+        status, body = gate.get("/simple/acme-dl/")
+        assert status == 200
+        link = re.search(rb'href="([^"#]+\.whl)', body)
+        assert link is not None
+        status, _, data = http("GET", f"{server.url}/t/{token}/internal/simple/acme-dl/{link.group(1).decode()}"
+                               if not link.group(1).startswith(b"/") and b"://" not in link.group(1)
+                               else link.group(1).decode())
+        assert status == 200 and data == good.read_bytes()
+        assert answered == [], "an upload check finished before the download: the download waited"
+    finally:
+        server.stop()
+        for thread in threads:
+            thread.join(60)
