@@ -47,7 +47,7 @@ ECOSYSTEM_MODULES = {
     "cran": "proxy.ecosystems.cran.handlers",
 }
 # JSON APIs under /api/<segment>/..., each module exposing ``api_handlers(services) -> dict``
-API_MODULES = ("proxy.ecosystems.conda.anaconda_api",)
+API_MODULES = ("proxy.api.anaconda",)
 
 
 

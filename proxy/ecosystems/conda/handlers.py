@@ -10,12 +10,12 @@
 Package URLs in every index are relative (records carry no ``url``; CEP-16 ``base_url``
 is ``./``), so clients fetch files through the very prefix they used, token included,
 and never from an upstream. Uploads (``POST /api/repo/<channel>``, ``content=@file``,
-optional ``label=``) and anaconda-client's stage/post flow share ``store_conda_upload``.
+optional ``label=``) and anaconda-client's stage/post flow (proxy/api/) share
+``store_conda_upload`` (uploads.py).
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -24,25 +24,16 @@ from aiohttp import web
 
 from ...artifacts import ArtifactSpec
 from ...context import ChannelRequest, Services, UploadForm
-from ...errors import BadRequest, NotFound
+from ...errors import NotFound
 from ...memo import Memo
 from ...merge import upstream_may_serve
 from ...responses import file_response, index_response, not_modified
-from ...store.blobs import TempBlob
 from ...store.catalog import Upload
-from ...uploads import publish
 from .cep16 import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
-from .index import (
-    DEFAULT_LABEL,
-    LABEL_RE,
-    SUBDIR_RE,
-    CondaIndexes,
-    allowed_names,
-    normalize,
-)
-from .package import CondaPackage, inspect_package
+from .index import DEFAULT_LABEL, LABEL_RE, SUBDIR_RE, CondaIndexes, allowed_names, normalize
 from .sections import is_package_filename
 from .subdir_index import FileKind, IndexFileResponse
+from .uploads import parse_labels, store_conda_upload, upload_summary
 
 SMALL_INDEX_BYTES = 2 * 1024 * 1024  # indexes up to this size are answered from memory...
 SMALL_INDEX_COUNT = 32  # ...at most this many of them (64 MiB)
@@ -62,81 +53,6 @@ INDEX_FILES: dict[str, tuple[FileKind | Literal["shards"], str]] = {
 
 def create(services: Services) -> "Conda":
     return Conda(services)
-
-
-def parse_labels(values: Iterable[str]) -> tuple[str, ...]:
-    """Upload labels (``label=`` fields, repeated or comma-separated); default ``main``."""
-    labels: list[str] = []
-    for value in values:
-        for label in value.split(","):
-            label = label.strip()
-            if not label:
-                continue
-            if not LABEL_RE.match(label) or len(label) > 100:
-                raise BadRequest(f"invalid label {label[:100]!r}: letters, digits, '.', '_' and '-' only")
-            if label not in labels:
-                labels.append(label)
-    return tuple(labels) or (DEFAULT_LABEL,)
-
-
-async def store_conda_upload(
-    services: Services,
-    channel: str,
-    uploader: str,
-    blob: TempBlob,
-    filename: str,
-    digests: dict[str, str],
-    labels: tuple[str, ...],
-    *,
-    replace: bool = False,
-    check: Callable[[CondaPackage], None] | None = None,
-) -> tuple[CondaPackage, Upload]:
-    """Validate an uploaded conda package, publish it and record it in the catalog.
-
-    The one path every conda upload takes (``POST /api/repo/<channel>`` and
-    anaconda-client's stage/post/commit). Raises BadRequest for an invalid package and
-    Conflict when the file exists (unless ``replace``); ``check`` may refuse the package
-    before anything is published. On any error the caller discards the temp blob, so
-    nothing is stored.
-    """
-    pkg = await services.checks.run(
-        inspect_package, blob.path, filename, sha256=digests["sha256"], md5=digests["md5"], size=blob.size,
-        limits=services.settings.limits,
-    )
-    subdir, stem = pkg.subdir, pkg.filename.lower().removesuffix(".conda").removesuffix(".tar.bz2")
-
-    def same_release(upload: Upload) -> bool:
-        # case-insensitive name-version-build per subdir, whatever the extension
-        up_subdir, _, up_file = upload.path.partition("/")
-        return up_subdir == subdir and up_file.lower().removesuffix(".conda").removesuffix(".tar.bz2") == stem
-
-    if check is not None:
-        check(pkg)
-    upload = await publish(
-        services,
-        blob,
-        channel=channel,
-        ecosystem="conda",
-        path=f"{pkg.subdir}/{pkg.filename}",
-        name=normalize(pkg.name),
-        version=pkg.version,
-        filename=pkg.filename,
-        meta=pkg.record,
-        uploader=uploader,
-        labels=labels,
-        replace=replace,
-        same_release=same_release,
-    )
-    uploads_changed(services, channel, pkg.subdir)
-    return pkg, upload
-
-
-def uploads_changed(services: Services, channel: str, *subdirs: str) -> None:
-    """Start rebuilding the channel's merged indexes now (after any catalog change), so an
-    upload is in them by the time a client asks (and requests wait less)."""
-    conda = services.ecosystems.get("conda")
-    if isinstance(conda, Conda):
-        conda.indexes.changed(channel, subdirs)
 
 
 class Conda:
@@ -243,20 +159,4 @@ class Conda:
         return web.json_response(upload_summary(pkg, upload), status=201)
 
 
-def upload_summary(pkg: CondaPackage, upload: Upload) -> dict[str, object]:
-    return {
-        "ok": True,
-        "name": pkg.name,
-        "version": pkg.version,
-        "build": pkg.build,
-        "subdir": pkg.subdir,
-        "filename": pkg.filename,
-        "basename": upload.path,
-        "labels": list(upload.labels),
-        "sha256": upload.sha256,
-        "md5": upload.md5,
-        "size": upload.size,
-    }
-
-
-__all__ = ["Conda", "create", "parse_labels", "store_conda_upload", "upload_summary"]
+__all__ = ["Conda", "create"]

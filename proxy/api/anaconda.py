@@ -33,20 +33,20 @@ from xml.sax.saxutils import escape
 import orjson
 from aiohttp import web
 
-from ...auth.credentials import Principal, token_from_headers
-from ...auth.guard import authenticate, authorize
-from ...auth.policy import Action
-from ...context import Services
-from ...errors import BadRequest, ChannelgateError, Conflict, Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge
-from ...routing import Route
-from ...store.blobs import TempBlob
-from ...store.catalog import Upload
-from ...uploads import read_form
-from .handlers import parse_labels, store_conda_upload, upload_summary, uploads_changed
-from .index import SUBDIR_RE, normalize
-from .package import CondaPackage
-from .sections import is_package_filename
-from .version import version_key_or_none
+from ..auth.credentials import Principal, token_from_headers
+from ..auth.guard import authenticate, authorize
+from ..auth.policy import Action
+from ..context import Services
+from ..ecosystems.conda.index import SUBDIR_RE, normalize
+from ..ecosystems.conda.package import CondaPackage
+from ..ecosystems.conda.sections import is_package_filename
+from ..ecosystems.conda.uploads import parse_labels, store_conda_upload, upload_summary, uploads_changed
+from ..ecosystems.conda.version import version_key_or_none
+from ..errors import BadRequest, ChannelgateError, Conflict, Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..routing import Route
+from ..store.blobs import TempBlob
+from ..store.catalog import Upload
+from ..uploads import read_form
 
 MAX_JSON = 1024 * 1024
 Handler = Callable[[web.Request, Route, Services], Awaitable[web.StreamResponse]]

@@ -1,0 +1,1 @@
+"""JSON APIs under ``/api/<segment>/``: anaconda-client's (anaconda.py, owner = channel)."""
