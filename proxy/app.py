@@ -22,7 +22,7 @@ from .artifacts import Artifacts
 from .auth.guard import authorize
 from .auth.policy import READ_ACTION, Action
 from .cache import MetadataCache
-from .context import ChannelRequest, Services
+from .context import ChannelRequest, LivePolicy, Services
 from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
 from .health import liveness, readiness
 from .keys import POLICY_PATH, SERVICES, SETTINGS
@@ -123,7 +123,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
     )
     checks = UploadChecks(settings.limits.validation_workers)
     services = Services(
-        settings=settings, store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta,
+        live=LivePolicy(settings), store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta,
         metrics=metrics, checks=checks,
     )
     for name, module in ECOSYSTEM_MODULES.items():
@@ -170,7 +170,7 @@ def reload_policy(services: Services, path: Path | None) -> list[str]:
     for attr in ("storage_path", "listen", "cache_backend", "redis_url", "metadata_ttl", "negative_ttl", "offline", "metrics_listen"):
         if getattr(old, attr) != getattr(new, attr):
             log.warning("policy reload: %s changed; it takes effect after a restart", attr)
-    services.settings = new
+    services.live.swap(new)
     log.info("policy reloaded: %d channel(s), %d token(s)", len(new.channels), len(new.tokens))
     return []
 
@@ -224,7 +224,7 @@ class Gateway:
         else:
             action = READ_ACTION[route.ecosystem]
         settings = services.settings
-        principal = authorize(settings, request.headers, route.token, route.channel, action)
+        principal = authorize(services.tokens, request.headers, route.token, route.channel, action)
         if principal is not None:
             facts.user, facts.token = principal.user, principal.token_name
         ctx = ChannelRequest(route, settings.channels[route.channel], principal, services)

@@ -1,7 +1,8 @@
 """What handlers receive: the app's services and the authorised request context.
 
-Built once in ``app.create_app`` (no globals). ``Services.settings`` is replaced on SIGHUP
-reload; everything reads it per request, so a reload takes effect on the next request.
+Built once in ``app.open_services`` (no globals). The policy (``Services.live``) is swapped on
+SIGHUP reload; everything reads ``services.settings`` per request, so a reload takes effect
+on the next request.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from .auth.credentials import Tokens
 from .settings import ChannelPolicy, Settings, UpstreamSettings
 
 if TYPE_CHECKING:
@@ -39,9 +41,21 @@ class ApiHandler(Protocol):
     async def __call__(self, request: web.Request, route: "Route", services: "Services") -> web.StreamResponse: ...
 
 
+class LivePolicy:
+    """The running policy and its token memo: the one part of Services a SIGHUP reload
+    replaces (both at once, so no token is ever checked against the wrong policy)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.swap(settings)
+
+    def swap(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tokens = Tokens(settings)
+
+
 @dataclass
 class Services:
-    settings: Settings
+    live: LivePolicy
     store: "BlobStore"
     catalog: "Catalog"
     upstream: "Upstream"
@@ -52,6 +66,14 @@ class Services:
     ecosystems: dict[str, Ecosystem] = field(default_factory=dict)
     api: dict[str, ApiHandler] = field(default_factory=dict)
     ui: "WebUI | None" = None  # the web UI (None without the ``ui`` extra installed)
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.settings
+
+    @property
+    def tokens(self) -> "Tokens":
+        return self.live.tokens
 
     def upstreams_for(self, channel: ChannelPolicy, ecosystem: str) -> list[UpstreamSettings]:
         """The channel's upstreams of one ecosystem, in the channel's order."""

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from .checked_yaml import Checker, parse_yaml
 from .errors import ConfigError
 from .filters import UpstreamFilter, build_filter
 
@@ -116,128 +115,9 @@ class Settings:
     tokens_by_hash: Mapping[str, TokenEntry] = field(default_factory=dict)
     memberships: Mapping[str, frozenset[str]] = field(default_factory=dict)  # user -> groups
     source: Path | None = None
-    # tokens already verified against this policy: token -> (entry, principal); see auth.credentials
-    verified: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-# --------------------------------------------------------------------------- YAML with lines
-class _Doc:
-    """Plain data converted from a composed YAML node tree, with the line of every key path."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.lines: dict[tuple[Any, ...], int] = {}
-        self.problems: list[str] = []
-        self._scalars = _Constructor()
-
-    def convert(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.convert(key_node, path + ("<key>",))
-                if key in out:
-                    self.problems.append(
-                        f"{self.label}: {_fmt(path + (key,))}: duplicate key (line {key_node.start_mark.line + 1})"
-                    )
-                self.lines[path + (key,)] = key_node.start_mark.line + 1
-                out[key] = self.convert(value_node, path + (key,))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
-        try:
-            return self._scalars.construct_object(node, deep=True)
-        except (ValueError, yaml.YAMLError):
-            # e.g. a timestamp like 2020-13-01: keep the text; the typed check reports it
-            return str(node.value)
-
-
-class _Constructor(yaml.SafeLoader):
-    def __init__(self) -> None:  # a constructor without a stream, for scalar nodes only
-        yaml.constructor.SafeConstructor.__init__(self)
-
-
-def _fmt(path: tuple[Any, ...]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "<root>"
-
-
-def _parse_yaml(text: str, label: str) -> tuple[Any, _Doc]:
-    doc = _Doc(label)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError([f"{label}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
-    if node is None:
-        return {}, doc
-    return doc.convert(node, ()), doc
-
-
-# --------------------------------------------------------------------------- validation
-class _Checker:
-    def __init__(self, doc: _Doc, label: str) -> None:
-        self.doc = doc
-        self.label = label
-        self.problems = doc.problems
-
-    def bad(self, path: tuple[Any, ...], message: str) -> None:
-        line = self._line(path)
-        where = f" (line {line})" if line else ""
-        self.problems.append(f"{self.label}: {_fmt(path)}: {message}{where}")
-
-    def _line(self, path: tuple[Any, ...]) -> int | None:
-        while path:
-            if path in self.doc.lines:
-                return self.doc.lines[path]
-            path = path[:-1]
-        return self.doc.lines.get(())
-
-    def mapping(self, value: Any, path: tuple[Any, ...], allowed: set[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.bad(path, f"must be a mapping, not {type(value).__name__}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                self.bad(path + (key,), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        return value
-
-    def typed(self, value: Any, path: tuple[Any, ...], kind: type | tuple[type, ...], default: Any) -> Any:
-        if value is None:
-            return default
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            self.bad(path, "must be a number")
-            return default
-        if not isinstance(value, kind):
-            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            self.bad(path, f"must be {name}, not {type(value).__name__}")
-            return default
-        return value
-
-    def name_list(self, value: Any, path: tuple[Any, ...]) -> list[str]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.bad(path, "must be a list")
-            return []
-        out = []
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                self.bad(path + (i,), "must be a non-empty string")
-            else:
-                out.append(item)
-        return out
-
-
-def _positive_int(ck: _Checker, value: Any, path: tuple[Any, ...], default: int) -> int:
+def _positive_int(ck: Checker, value: Any, path: tuple[Any, ...], default: int) -> int:
     number = ck.typed(value, path, int, default)
     if number < 0:
         ck.bad(path, "must not be negative")
@@ -245,7 +125,7 @@ def _positive_int(ck: _Checker, value: Any, path: tuple[Any, ...], default: int)
     return int(number)
 
 
-def _read_limits(ck: _Checker, value: Any, path: tuple[Any, ...]) -> Limits:
+def _read_limits(ck: Checker, value: Any, path: tuple[Any, ...]) -> Limits:
     """``server.limits``: every key optional, each a positive number of its field's type."""
     specs = {f.metadata["key"]: f for f in fields(Limits)}
     raw = ck.mapping(value, path, set(specs))
@@ -262,6 +142,8 @@ def _read_limits(ck: _Checker, value: Any, path: tuple[Any, ...]) -> Limits:
             continue
         chosen[spec.name] = kind(number * spec.metadata["unit"])
     return Limits(**chosen)
+
+
 def _is_fernet_key(value: str) -> bool:
     try:
         return len(base64.urlsafe_b64decode(value.encode("ascii"))) == 32
@@ -280,18 +162,52 @@ def load_settings(path: str | Path) -> Settings:
 
 
 def parse_settings(text: str, *, source: Path | None = None) -> Settings:
+    """Validate a policy document: one reader per top-level section, every problem at once."""
     label = str(source) if source else "<policy>"
-    data, doc = _parse_yaml(text, label)
-    ck = _Checker(doc, label)
-    top = ck.mapping(
-        data,
-        (),
-        {"server", "storage", "cache", "offline", "upstreams", "groups", "users", "channels", "tokens", "tokens_file"},
-    )
+    data, doc = parse_yaml(text, label)
+    ck = Checker(doc, label)
+    top = ck.mapping(data, (), set(TOP_LEVEL_KEYS))
     base_dir = source.parent if source else Path.cwd()
+    server = _read_server(ck, top.get("server"), base_dir)
+    storage_path = _read_storage(ck, top.get("storage"), base_dir)
+    cache = _read_cache(ck, top.get("cache"))
+    offline = ck.typed(top.get("offline"), ("offline",), bool, False)
+    upstreams = _read_upstreams(ck, top.get("upstreams"))
+    users, groups = _read_groups(ck, top.get("users"), top.get("groups"))
+    channels = _read_channels(ck, top.get("channels"), upstreams, groups, users)
+    tokens = _read_all_tokens(ck, top, base_dir, users)
+    by_hash = _index_tokens(ck, tokens)
+    if ck.problems:
+        raise ConfigError(ck.problems)
+    memberships: dict[str, set[str]] = {}
+    for gname, members in groups.items():
+        for user in members:
+            memberships.setdefault(user, set()).add(gname)
+    return Settings(
+        **server,
+        **cache,
+        storage_path=storage_path,
+        offline=offline,
+        upstreams=upstreams,
+        groups=groups,
+        users=frozenset(users),
+        channels=channels,
+        tokens=tuple(tokens),
+        tokens_by_hash=by_hash,
+        memberships={u: frozenset(g) for u, g in memberships.items()},
+        source=source,
+    )
 
+
+TOP_LEVEL_KEYS = ("server", "storage", "cache", "offline", "upstreams", "groups", "users", "channels", "tokens",
+                  "tokens_file")
+
+
+def _read_server(ck: Checker, value: Any, base_dir: Path) -> dict[str, Any]:
+    """``server``: listen, public_url, max_upload_mb, limits, session_key and the operations
+    keys (Settings fields)."""
     server = ck.mapping(
-        top.get("server"), ("server",),
+        value, ("server",),
         {"listen", "public_url", "max_upload_mb", "limits", "session_key", "metrics_listen", "tls_cert", "tls_key"},
     )
     metrics_listen, tls_cert, tls_key = _read_server_ops(ck, server, base_dir)
@@ -307,13 +223,28 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     if session_key is not None and not _is_fernet_key(session_key):
         ck.bad(("server", "session_key"), "must be a Fernet key (32 url-safe base64 bytes), e.g. from "
                "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'")
+    return {
+        "listen": listen,
+        "public_url": public_url.rstrip("/") if public_url else None,
+        "metrics_listen": metrics_listen,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "max_upload_bytes": max_upload_mb * 1024 * 1024,
+        "limits": limits,
+        "session_key": session_key,
+    }
 
-    storage = ck.mapping(top.get("storage"), ("storage",), {"path"})
+
+def _read_storage(ck: Checker, value: Any, base_dir: Path) -> Path:
+    """``storage.path``, relative to the policy file's directory."""
+    storage = ck.mapping(value, ("storage",), {"path"})
     storage_path = Path(ck.typed(storage.get("path"), ("storage", "path"), str, "var"))
-    if not storage_path.is_absolute():
-        storage_path = base_dir / storage_path
+    return storage_path if storage_path.is_absolute() else base_dir / storage_path
 
-    cache = ck.mapping(top.get("cache"), ("cache",), {"metadata_ttl", "negative_ttl", "backend", "redis_url"})
+
+def _read_cache(ck: Checker, value: Any) -> dict[str, Any]:
+    """``cache``: metadata_ttl, negative_ttl, backend (memory | redis), redis_url."""
+    cache = ck.mapping(value, ("cache",), {"metadata_ttl", "negative_ttl", "backend", "redis_url"})
     metadata_ttl = _positive_int(ck, cache.get("metadata_ttl"), ("cache", "metadata_ttl"), 600)
     negative_ttl = _positive_int(ck, cache.get("negative_ttl"), ("cache", "negative_ttl"), 60)
     backend = ck.typed(cache.get("backend"), ("cache", "backend"), str, "memory")
@@ -322,11 +253,14 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     redis_url = ck.typed(cache.get("redis_url"), ("cache", "redis_url"), str, None)
     if backend == "redis" and not redis_url:
         ck.bad(("cache", "redis_url"), "is required when cache.backend is 'redis'")
+    return {"metadata_ttl": metadata_ttl, "negative_ttl": negative_ttl, "cache_backend": backend,
+            "redis_url": redis_url}
 
-    offline = ck.typed(top.get("offline"), ("offline",), bool, False)
 
+def _read_upstreams(ck: Checker, value: Any) -> dict[str, UpstreamSettings]:
+    """``upstreams``: name -> {type, url, username, password, timeout, filter}."""
     upstreams: dict[str, UpstreamSettings] = {}
-    raw_up = top.get("upstreams") or {}
+    raw_up = value or {}
     if not isinstance(raw_up, dict):
         ck.bad(("upstreams",), "must be a mapping of upstream name to {type, url}")
         raw_up = {}
@@ -355,10 +289,14 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
             timeout=float(timeout),
             filter=flt,
         )
+    return upstreams
 
-    users = set(ck.name_list(top.get("users"), ("users",)))
+
+def _read_groups(ck: Checker, users_value: Any, groups_value: Any) -> tuple[set[str], dict[str, tuple[str, ...]]]:
+    """``users`` and ``groups``: every user named in either, and each group's members."""
+    users = set(ck.name_list(users_value, ("users",)))
     groups: dict[str, tuple[str, ...]] = {}
-    raw_groups = top.get("groups") or {}
+    raw_groups = groups_value or {}
     if not isinstance(raw_groups, dict):
         ck.bad(("groups",), "must be a mapping of group name to a list of users")
         raw_groups = {}
@@ -366,13 +304,15 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         names = ck.name_list(members, ("groups", gname))
         groups[str(gname)] = tuple(names)
         users.update(names)
-    memberships: dict[str, set[str]] = {}
-    for gname, members in groups.items():
-        for user in members:
-            memberships.setdefault(user, set()).add(gname)
+    return users, groups
 
+
+def _read_channels(
+    ck: Checker, value: Any, upstreams: Mapping[str, UpstreamSettings], groups: Mapping[str, Any], users: set[str]
+) -> dict[str, ChannelPolicy]:
+    """``channels``: name -> {public, upstreams, upstream_allow, read, write, admin}."""
     channels: dict[str, ChannelPolicy] = {}
-    raw_channels = top.get("channels") or {}
+    raw_channels = value or {}
     if not isinstance(raw_channels, dict):
         ck.bad(("channels",), "must be a mapping of channel name to its policy")
         raw_channels = {}
@@ -388,53 +328,65 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
                 ck.bad(p + ("upstreams", i), f"names upstream {up!r}, which is not defined under upstreams")
         if len(set(ups)) != len(ups):
             ck.bad(p + ("upstreams",), "lists an upstream twice")
-        roles: dict[str, tuple[str, ...]] = {}
-        for role in ROLES:
-            principals = ck.name_list(spec.get(role), p + (role,))
-            for i, principal in enumerate(principals):
-                kind, _, ref = principal.partition(":")
-                if kind == "group" and ref:
-                    if ref not in groups:
-                        ck.bad(p + (role, i), f"names group {ref!r}, which is not defined under groups")
-                elif kind == "user" and ref:
-                    if ref not in users:
-                        ck.bad(p + (role, i), f"names user {ref!r}, who is in no group and not under users")
-                else:
-                    ck.bad(p + (role, i), f"must be 'group:NAME' or 'user:NAME', got {principal!r}")
-            roles[role] = tuple(principals)
         channels[cname] = ChannelPolicy(
             name=cname,
             public=ck.typed(spec.get("public"), p + ("public",), bool, False),
             upstreams=tuple(ups),
             upstream_allow=frozenset(ck.name_list(spec.get("upstream_allow"), p + ("upstream_allow",))),
-            **roles,
+            **{role: _read_role(ck, spec.get(role), p + (role,), groups, users) for role in ROLES},
         )
+    return channels
 
+
+def _read_role(ck: Checker, value: Any, path: tuple[Any, ...], groups: Mapping[str, Any], users: set[str]) -> tuple[str, ...]:
+    """One role of a channel: a list of ``group:NAME`` / ``user:NAME``, each defined."""
+    principals = ck.name_list(value, path)
+    for i, principal in enumerate(principals):
+        kind, _, ref = principal.partition(":")
+        if kind == "group" and ref:
+            if ref not in groups:
+                ck.bad(path + (i,), f"names group {ref!r}, which is not defined under groups")
+        elif kind == "user" and ref:
+            if ref not in users:
+                ck.bad(path + (i,), f"names user {ref!r}, who is in no group and not under users")
+        else:
+            ck.bad(path + (i,), f"must be 'group:NAME' or 'user:NAME', got {principal!r}")
+    return tuple(principals)
+
+
+def _read_all_tokens(ck: Checker, top: Mapping[str, Any], base_dir: Path, users: set[str]) -> list[TokenEntry]:
+    """``tokens`` and the entries of ``tokens_file`` (relative to the policy file)."""
     tokens: list[TokenEntry] = []
     _read_tokens(ck, top.get("tokens"), ("tokens",), users, tokens)
     tokens_file = ck.typed(top.get("tokens_file"), ("tokens_file",), str, None)
-    if tokens_file:
-        tf_path = Path(tokens_file)
-        if not tf_path.is_absolute():
-            tf_path = base_dir / tf_path
-        if tf_path.exists():
-            try:
-                tf_text = tf_path.read_text(encoding="utf-8")
-            except OSError as exc:
-                ck.bad(("tokens_file",), f"cannot read {tf_path}: {exc.strerror}")
-            else:
-                try:
-                    tf_data, tf_doc = _parse_yaml(tf_text, str(tf_path))
-                except ConfigError as exc:
-                    ck.problems.extend(exc.problems)
-                else:
-                    tf_ck = _Checker(tf_doc, str(tf_path))
-                    if isinstance(tf_data, dict):
-                        tf_ck.mapping(tf_data, (), {"tokens"})
-                        tf_data = tf_data.get("tokens")
-                    _read_tokens(tf_ck, tf_data, ("tokens",), users, tokens)
-                    ck.problems.extend(p for p in tf_ck.problems if p not in ck.problems)
+    if not tokens_file:
+        return tokens
+    tf_path = Path(tokens_file)
+    if not tf_path.is_absolute():
+        tf_path = base_dir / tf_path
+    if not tf_path.exists():
+        return tokens
+    try:
+        tf_text = tf_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        ck.bad(("tokens_file",), f"cannot read {tf_path}: {exc.strerror}")
+        return tokens
+    try:
+        tf_data, tf_doc = parse_yaml(tf_text, str(tf_path))
+    except ConfigError as exc:
+        ck.problems.extend(exc.problems)
+        return tokens
+    tf_ck = Checker(tf_doc, str(tf_path))
+    if isinstance(tf_data, dict):
+        tf_ck.mapping(tf_data, (), {"tokens"})
+        tf_data = tf_data.get("tokens")
+    _read_tokens(tf_ck, tf_data, ("tokens",), users, tokens)
+    ck.problems.extend(p for p in tf_ck.problems if p not in ck.problems)
+    return tokens
 
+
+def _index_tokens(ck: Checker, tokens: list[TokenEntry]) -> dict[str, TokenEntry]:
+    """Tokens by digest; a name or a digest used twice is a problem."""
     by_hash: dict[str, TokenEntry] = {}
     seen_names: set[str] = set()
     for entry in tokens:
@@ -444,36 +396,10 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         if entry.sha256 in by_hash:
             ck.bad(("tokens",), f"token {entry.name!r} has the same sha256 as {by_hash[entry.sha256].name!r}")
         by_hash[entry.sha256] = entry
-
-    if ck.problems:
-        raise ConfigError(ck.problems)
-    return Settings(
-        listen=listen,
-        public_url=public_url.rstrip("/") if public_url else None,
-        metrics_listen=metrics_listen,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        storage_path=storage_path,
-        metadata_ttl=metadata_ttl,
-        negative_ttl=negative_ttl,
-        cache_backend=backend,
-        redis_url=redis_url,
-        max_upload_bytes=max_upload_mb * 1024 * 1024,
-        limits=limits,
-        session_key=session_key,
-        offline=offline,
-        upstreams=upstreams,
-        groups=groups,
-        users=frozenset(users),
-        channels=channels,
-        tokens=tuple(tokens),
-        tokens_by_hash=by_hash,
-        memberships={u: frozenset(g) for u, g in memberships.items()},
-        source=source,
-    )
+    return by_hash
 
 
-def _read_server_ops(ck: _Checker, server: dict[str, Any], base_dir: Path) -> tuple[str | None, Path | None, Path | None]:
+def _read_server_ops(ck: Checker, server: dict[str, Any], base_dir: Path) -> tuple[str | None, Path | None, Path | None]:
     """server.metrics_listen, server.tls_cert and server.tls_key (DESIGN, "Operations").
     The certificate and key are loaded here, so check-config and reload find a bad pair."""
     metrics_listen = ck.typed(server.get("metrics_listen"), ("server", "metrics_listen"), str, None)
@@ -495,7 +421,7 @@ def _read_server_ops(ck: _Checker, server: dict[str, Any], base_dir: Path) -> tu
     return metrics_listen, cert, key_path
 
 
-def _read_tokens(ck: _Checker, value: Any, path: tuple[Any, ...], users: set[str], out: list[TokenEntry]) -> None:
+def _read_tokens(ck: Checker, value: Any, path: tuple[Any, ...], users: set[str], out: list[TokenEntry]) -> None:
     if value is None:
         return
     if not isinstance(value, list):

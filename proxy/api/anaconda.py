@@ -81,7 +81,7 @@ def _segments(route: Route, count: int, *, rest: bool = False) -> list[str]:
 
 
 def _can_write(services: Services, request: web.Request, route: Route, owner: str) -> Principal:
-    principal = authorize(services.settings, request.headers, route.token, owner, Action.WRITE)
+    principal = authorize(services.tokens, request.headers, route.token, owner, Action.WRITE)
     assert principal is not None  # writing is never anonymous
     return principal
 
@@ -89,10 +89,10 @@ def _can_write(services: Services, request: web.Request, route: Route, owner: st
 def _can_read(services: Services, request: web.Request, route: Route, owner: str) -> None:
     """``api:read`` on the channel, or ``api:write`` (uploaders look before they write)."""
     try:
-        authorize(services.settings, request.headers, route.token, owner, Action.API_READ)
+        authorize(services.tokens, request.headers, route.token, owner, Action.API_READ)
     except Forbidden as first:
         try:
-            authorize(services.settings, request.headers, route.token, owner, Action.WRITE)
+            authorize(services.tokens, request.headers, route.token, owner, Action.WRITE)
         except Forbidden:
             raise first from None
 
@@ -187,7 +187,7 @@ async def _user(request: web.Request, route: Route, services: Services) -> web.S
         raise MethodNotAllowed()
     parts = route.rest.split("/")[1:]
     if not parts or parts == [""]:
-        principal = authenticate(services.settings, request.headers, route.token)
+        principal = authenticate(services.tokens, request.headers, route.token)
         return web.json_response({"login": principal.user, "name": principal.user, "user_type": "user"})
     (owner,) = _segments(route, 1)
     _can_read(services, request, route, owner)  # a missing channel answers like a private one

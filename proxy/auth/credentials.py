@@ -74,29 +74,40 @@ def token_from_headers(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def verify(token: str | None, settings: Settings, today: dt.date | None = None) -> Principal | None:
-    """The principal a token stands for, or None if it is unknown or expired.
+class Tokens:
+    """One policy's tokens, with every valid one remembered after its first check, so a
+    warm request skips the hash (a reload builds a new ``Tokens``: nothing outlives the
+    policy it was checked against). Unknown tokens are never remembered, so random
+    guesses cannot grow the memo; the expiry is checked every time."""
 
-    Valid tokens are remembered per policy (``settings.verified``; a reload starts afresh),
-    so a warm request skips the hash; the expiry is checked every time. Unknown tokens are
-    never remembered, so random guesses cannot grow the memo.
-    """
-    if not token:
-        return None
-    known = settings.verified.get(token)
-    if known is None:
-        digest = hash_token(token)
-        entry: TokenEntry | None = settings.tokens_by_hash.get(digest)
-        if entry is None or not hmac.compare_digest(entry.sha256, digest):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._verified: dict[str, tuple[TokenEntry, Principal]] = {}
+
+    def verify(self, token: str | None, today: dt.date | None = None) -> Principal | None:
+        """The principal a token stands for, or None if it is unknown or expired."""
+        if not token:
             return None
-        principal = Principal(
-            user=entry.user,
-            token_name=entry.name,
-            scopes=entry.scopes,
-            groups=settings.memberships.get(entry.user, frozenset()),
-        )
-        known = settings.verified[token] = (entry, principal)
-    entry, principal = known
-    if entry.expires is not None and (today or dt.date.today()) > entry.expires:
-        return None
-    return principal
+        known = self._verified.get(token)
+        if known is None:
+            settings = self.settings
+            digest = hash_token(token)
+            entry: TokenEntry | None = settings.tokens_by_hash.get(digest)
+            if entry is None or not hmac.compare_digest(entry.sha256, digest):
+                return None
+            principal = Principal(
+                user=entry.user,
+                token_name=entry.name,
+                scopes=entry.scopes,
+                groups=settings.memberships.get(entry.user, frozenset()),
+            )
+            known = self._verified[token] = (entry, principal)
+        entry, principal = known
+        if entry.expires is not None and (today or dt.date.today()) > entry.expires:
+            return None
+        return principal
+
+
+def verify(token: str | None, settings: Settings, today: dt.date | None = None) -> Principal | None:
+    """A token checked against a policy once, without a memo (see ``Tokens``)."""
+    return Tokens(settings).verify(token, today)

@@ -4,13 +4,12 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..errors import Forbidden, Unauthorized
-from ..settings import Settings
-from .credentials import Principal, token_from_headers, verify
+from .credentials import Principal, Tokens, token_from_headers
 from .policy import Action, Decision, decide
 
 
 def authorize(
-    settings: Settings,
+    tokens: Tokens,
     headers: Mapping[str, str],
     path_token: str | None,
     channel_name: str | None,
@@ -22,8 +21,8 @@ def authorize(
     for anonymous reads of a public channel.
     """
     token = path_token or token_from_headers(headers)
-    principal = verify(token, settings)
-    channel = settings.channels.get(channel_name) if channel_name else None
+    principal = tokens.verify(token)
+    channel = tokens.settings.channels.get(channel_name) if channel_name else None
     decision = decide(principal, channel, action)
     if decision is Decision.UNAUTHENTICATED:
         raise Unauthorized("invalid or expired token" if token else "authentication required")
@@ -33,10 +32,10 @@ def authorize(
     return principal
 
 
-def authenticate(settings: Settings, headers: Mapping[str, str], path_token: str | None) -> Principal:
+def authenticate(tokens: Tokens, headers: Mapping[str, str], path_token: str | None) -> Principal:
     """A valid principal (no channel involved, e.g. anaconda-client's ``GET /api/user``), or 401."""
     token = path_token or token_from_headers(headers)
-    principal = verify(token, settings)
+    principal = tokens.verify(token)
     if principal is None:
         raise Unauthorized("invalid or expired token" if token else "authentication required")
     return principal

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 
-from ..auth.credentials import verify
 from ..auth.policy import Action, Decision, decide
 from ..context import ChannelRequest, UploadForm
 from ..errors import BadRequest, ChannelgateError, Forbidden, NotFound
@@ -66,7 +65,7 @@ async def login(ui: "WebUI", page: "Page") -> web.StreamResponse:
                              next_page=_next_page(form_value(form, "next")))
         response.headers["Retry-After"] = str(wait)
         return response
-    principal = verify(token, ui.services.settings) if token else None
+    principal = ui.services.tokens.verify(token) if token else None
     if principal is None:
         ui.limiter.failed(keys)
         message = ("That token is not valid (unknown, revoked or expired)." if token

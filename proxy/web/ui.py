@@ -21,7 +21,7 @@ import jinja2
 from aiohttp import web
 from aiohttp_session import Session
 
-from ..auth.credentials import Principal, verify
+from ..auth.credentials import Principal
 from ..auth.policy import READ_ACTION, Decision, decide
 from ..context import Services
 from ..errors import ChannelgateError, MethodNotAllowed, NotFound
@@ -115,7 +115,7 @@ class WebUI:
         expired token, or a policy reload, ends the sign-in at once)."""
         token = session.get("token")
         if isinstance(token, str):
-            principal = verify(token, self.services.settings)
+            principal = self.services.tokens.verify(token)
             if principal is None:
                 session.pop("token", None)
             return principal
