@@ -68,7 +68,7 @@ async def channel(ui: "WebUI", page: "Page", name: str) -> web.StreamResponse:
     index = await ui.names.index(policy, shown)
     hits = ui.visible(index.search(query), index.entries, policy, page.principal)
     pager = _pager(len(hits), _page_number(page))
-    rows = [index.entries[i] for i in hits[pager["first"]:pager["last"]]]
+    rows = [index.row(name, i) for i in hits[pager["first"]:pager["last"]]]
     return ui.render(
         page, "channel.html", title=name, channel=policy, ecosystems=ecos, ecosystem=wanted if wanted in ecos else "",
         q=query, rows=rows, pager=pager, snippets=setup_snippets(ui.base_url(page.request), policy, ecos),
