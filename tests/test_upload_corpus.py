@@ -274,6 +274,8 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
         assert server.proc is not None
         gate.baseline_rss = proc_status(server.proc.pid, "VmRSS")
         yield gate
+        peak = proc_status(server.proc.pid, "VmHWM")
+        print(f"\nserver RSS: {gate.baseline_rss / MiB:.0f} MiB after warm-up, peak {peak / MiB:.0f} MiB over the corpus")
     finally:
         server.stop()
 
