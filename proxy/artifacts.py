@@ -159,6 +159,7 @@ class Artifacts:
             ) from None
         if "sha256" not in spec.expect:
             self.store.set_ref(spec.key, blob.sha256)
+        await asyncio.to_thread(self.store.set_origin, blob.sha256, spec.upstream.name)
         return blob.path
 
     async def _tee(self, request: web.Request, fetch: Download) -> web.StreamResponse:

@@ -6,6 +6,7 @@ as a stream. Its members are store paths, relative to ``storage.path``, and noth
     uploads/sha256/ab/<sha256>       hosted uploads
     cache/sha256/ab/<sha256>         cached upstream artifacts
     cache/refs/<key digest>          alias -> sha256 (artifacts an upstream declares by MD5)
+    cache/origin/<sha256>            the upstream a cached artifact came from
     meta/bodies/ab/<sha256>          cached upstream index documents
     meta/docs/<key>.json             their descriptors (relocatable: no path inside)
     catalog/uploads.jsonl            the exported channels' catalog rows, one JSON object a line
@@ -28,9 +29,10 @@ FORMAT = "channelgate-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
 CATALOG = "catalog/uploads.jsonl"
+IMPORTED = "airgap/imported"  # in the store: the manifests of imported bundles
 _HEX64 = "[0-9a-f]{64}"
 MEMBER_RE = re.compile(
-    rf"^(?:(?:uploads|cache)/sha256/[0-9a-f]{{2}}/{_HEX64}|cache/refs/{_HEX64}|meta/bodies/[0-9a-f]{{2}}/{_HEX64}"
+    rf"^(?:(?:uploads|cache)/sha256/[0-9a-f]{{2}}/{_HEX64}|cache/(?:refs|origin)/{_HEX64}|meta/bodies/[0-9a-f]{{2}}/{_HEX64}"
     rf"|meta/docs/{_HEX64}\.json|catalog/uploads\.jsonl)$"
 )
 CONTENT_ADDRESSED = re.compile(rf"^(?:uploads/sha256|cache/sha256|meta/bodies)/[0-9a-f]{{2}}/({_HEX64})$")
@@ -109,6 +111,7 @@ def store_members(root: Path, uploads: set[str], url_prefixes: tuple[str, ...]) 
             yield name, path
     yield from _files(root, "cache/sha256")
     yield from _files(root, "cache/refs")
+    yield from _files(root, "cache/origin")
     bodies: set[str] = set()
     docs = root / "meta" / "docs"
     for path in sorted(docs.glob("*.json")) if docs.is_dir() else ():

@@ -84,6 +84,54 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import cache_admin
+
+    if not args.config:
+        print("channelgate cache: --config is required", file=sys.stderr)
+        return 2
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    action = getattr(args, "cache_command", None)
+    if action == "verify":
+        checked, bad = cache_admin.verify(settings)
+        print(f"verified {checked} stored file(s): {len(bad)} mismatch(es)")
+        for name in bad:
+            print(f"MISMATCH {name}")
+        return 1 if bad else 0
+    if action == "prune":
+        if args.older_than is None and args.max_size is None:
+            print("cache prune needs --older-than DAYS and/or --max-size SIZE", file=sys.stderr)
+            return 2
+        try:
+            max_size = cache_admin.parse_size(args.max_size) if args.max_size else None
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        files, freed = cache_admin.prune(settings, older_than_days=args.older_than, max_size=max_size)
+        print(f"removed {files} cached artifact(s), {human(freed)}; uploads, indexes and imported files kept")
+        return 0
+    found = cache_admin.usage(settings)
+    console = Console()
+    table = Table(title=f"cache of {settings.storage_path}")
+    for column in ("upstream", "artifacts", "indexes"):
+        table.add_column(column, justify="left" if column == "upstream" else "right")
+    for name in sorted(set(found.upstream_artifacts) | set(found.upstream_indexes)):
+        table.add_row(name, human(found.upstream_artifacts.get(name, 0)), human(found.upstream_indexes.get(name, 0)))
+    console.print(table)
+    table = Table(title="per channel (uploads, plus its upstreams' share)")
+    for column in ("channel", "uploads", "total"):
+        table.add_column(column, justify="left" if column == "channel" else "right")
+    for name, total in sorted(found.channels.items()):
+        table.add_row(name, human(found.channel_uploads.get(name, 0)), human(total))
+    console.print(table)
+    return 0
+
+
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     seed = sub.add_parser("seed", help="fill the store with everything a seed file resolves to")
     seed.add_argument("--config", required=True)
@@ -96,6 +144,17 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     export.add_argument("--channel", action="append", default=[], help="repeatable; default: every channel")
     export.add_argument("--since", metavar="OLD_MANIFEST", help="write only what this earlier manifest lacks")
     export.set_defaults(func=cmd_export)
+
+    cache = sub.add_parser("cache", help="show the store's size per channel and upstream; prune; verify")
+    cache.add_argument("--config", help="policy file (also accepted after prune/verify)")
+    cache.set_defaults(func=cmd_cache)
+    cache_sub = cache.add_subparsers(dest="cache_command")
+    prune = cache_sub.add_parser("prune", help="remove cached upstream artifacts by age or down to a size")
+    prune.add_argument("--config", default=argparse.SUPPRESS)
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="fetched more than DAYS ago")
+    prune.add_argument("--max-size", metavar="SIZE", help="until the cached artifacts fit in SIZE (e.g. 20G)")
+    verify = cache_sub.add_parser("verify", help="re-hash every stored file and report mismatches")
+    verify.add_argument("--config", default=argparse.SUPPRESS)
 
     imp = sub.add_parser("import", help="verify a bundle, then publish it into the store")
     imp.add_argument("--config", required=True)

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from ..settings import Settings
-from ..store.blobs import BlobStore
+from ..store.blobs import BlobStore, atomic_write
 from ..store.catalog import Catalog, Upload
-from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, MEMBER_RE, BundleError, Manifest
+from .bundle import CATALOG, CONTENT_ADDRESSED, IMPORTED, MANIFEST, MEMBER_RE, BundleError, Manifest
 from .progress import Progress
 
 CHUNK = 1 << 20
@@ -198,6 +198,7 @@ def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload], manifes
         os.replace(item.path, final)
         report.files += 1
         report.bytes += item.size
+    _remember(root, manifest)
     if rows:
         catalog = Catalog(root / "catalog.sqlite3")
         try:
@@ -205,6 +206,15 @@ def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload], manifes
         finally:
             catalog.close()
     return report
+
+
+def _remember(root: Path, manifest: Manifest) -> None:
+    """Keep the manifest in the store (``airgap/imported/``): ``cache prune`` never removes a
+    file an imported bundle brought, since an air-gapped site cannot fetch it again."""
+    data = manifest.to_bytes()
+    path = root / IMPORTED / f"{hashlib.sha256(data).hexdigest()}.json"
+    if not path.exists():
+        atomic_write(path, data, root / "tmp")
 
 
 def _same(path: Path, item: _Staged) -> bool:

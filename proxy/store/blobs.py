@@ -6,6 +6,7 @@ Layout under the storage root::
     uploads/sha256/ab/<hex>    hosted uploads
     cache/sha256/ab/<hex>      cached upstream artifacts
     cache/refs/<key digest>    alias -> sha256, for artifacts an upstream declares by another hash (CRAN's MD5)
+    cache/origin/<sha256>      the name of the upstream a cached artifact came from (channelgate cache)
     meta/                      cached upstream index documents (see cache.py)
 
 A blob is written to ``tmp/`` while its digests are computed, fsynced, checked against the
@@ -166,6 +167,19 @@ class BlobStore:
 
     def set_ref(self, key: str, sha256: str) -> None:
         atomic_write(self._ref_path(key), sha256.encode(), self.root / "tmp")
+
+    # -- provenance: which upstream a cached artifact came from (``channelgate cache``)
+    def origin_path(self, sha256: str) -> Path:
+        return self.root / "cache" / "origin" / sha256
+
+    def set_origin(self, sha256: str, upstream: str) -> None:
+        atomic_write(self.origin_path(sha256), upstream.encode(), self.root / "tmp")
+
+    def origin(self, sha256: str) -> str | None:
+        try:
+            return self.origin_path(sha256).read_text().strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
 
     async def put_bytes(self, area: Area, data: bytes) -> Blob:
         async with self.temp(area) as tmp:

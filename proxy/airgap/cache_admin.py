@@ -1,0 +1,138 @@
+"""``channelgate cache``: what the store holds, pruning, and re-hashing (issue 10, part 6).
+
+- ``cache``: bytes per upstream (cached artifacts, by the provenance artifacts.py records,
+  and index documents, by URL) and per channel (its uploads plus its upstreams' share).
+- ``cache prune --older-than DAYS | --max-size SIZE``: removes cached upstream artifacts,
+  oldest first (by when they were fetched). Never an upload, never an index document (an
+  offline site's indexes), never a file that an imported bundle brought (their manifests
+  are kept in ``airgap/imported/``): an air-gapped site could not fetch it again.
+- ``cache verify``: re-hashes every content-addressed file and reports each mismatch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from ..settings import ECOSYSTEMS, Settings
+from ..store.blobs import BlobStore
+from ..store.catalog import Catalog
+from .bundle import IMPORTED, BundleError, Manifest
+from .progress import Progress
+
+CHUNK = 1 << 20
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$", re.I)
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 500M, 20G)")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
+
+
+def _blobs(root: Path, area: str) -> Iterator[Path]:
+    base = root / area
+    if base.is_dir():
+        yield from (p for p in base.rglob("*") if p.is_file())
+
+
+@dataclass
+class Usage:
+    upstream_artifacts: dict[str, int] = field(default_factory=dict)
+    upstream_indexes: dict[str, int] = field(default_factory=dict)
+    channel_uploads: dict[str, int] = field(default_factory=dict)
+    channels: dict[str, int] = field(default_factory=dict)
+
+
+def usage(settings: Settings) -> Usage:
+    root = settings.storage_path
+    store = BlobStore(root)
+    out = Usage()
+    for path in _blobs(root, "cache/sha256"):
+        name = store.origin(path.name) or "(unknown upstream)"
+        out.upstream_artifacts[name] = out.upstream_artifacts.get(name, 0) + path.stat().st_size
+    prefixes = {up.url + "/": name for name, up in settings.upstreams.items()}
+    for doc in (root / "meta" / "docs").glob("*.json") if (root / "meta" / "docs").is_dir() else ():
+        try:
+            data = json.loads(doc.read_bytes())
+            body = root / "meta" / "bodies" / data["digest"][:2] / data["digest"]
+            size = body.stat().st_size
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        owner = next((n for p, n in prefixes.items() if str(data.get("url", "")).startswith(p)), "(unknown upstream)")
+        out.upstream_indexes[owner] = out.upstream_indexes.get(owner, 0) + size
+    db = root / "catalog.sqlite3"
+    catalog = Catalog(db) if db.exists() else None
+    try:
+        for channel, policy in settings.channels.items():
+            hosted = sum(u.size for eco in ECOSYSTEMS for u in catalog.list(channel, eco)) if catalog else 0
+            out.channel_uploads[channel] = hosted
+            out.channels[channel] = hosted + sum(
+                out.upstream_artifacts.get(n, 0) + out.upstream_indexes.get(n, 0) for n in policy.upstreams)
+    finally:
+        if catalog is not None:
+            catalog.close()
+    return out
+
+
+def protected(root: Path) -> set[str]:
+    """sha256s of the cached artifacts imported bundles brought."""
+    keep: set[str] = set()
+    for path in (root / IMPORTED).glob("*.json") if (root / IMPORTED).is_dir() else ():
+        try:
+            manifest = Manifest.read(path)
+        except BundleError:
+            continue
+        keep.update(name.rsplit("/", 1)[-1] for name in manifest.members if name.startswith("cache/sha256/"))
+    return keep
+
+
+def prune(settings: Settings, *, older_than_days: float | None, max_size: int | None) -> tuple[int, int]:
+    """Remove cached artifacts by age and/or down to a total size; (files, bytes) removed."""
+    root = settings.storage_path
+    store = BlobStore(root)
+    keep = protected(root)
+    entries = []
+    total = 0
+    for path in _blobs(root, "cache/sha256"):
+        stat = path.stat()
+        total += stat.st_size
+        if path.name not in keep:
+            entries.append((stat.st_mtime, stat.st_size, path))
+    entries.sort()
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    removed = freed = 0
+    for mtime, size, path in entries:  # oldest first
+        old = cutoff is not None and mtime < cutoff
+        over = max_size is not None and total > max_size
+        if not old and not over:
+            break  # nothing later is older, and the size fits
+        path.unlink(missing_ok=True)
+        store.origin_path(path.name).unlink(missing_ok=True)
+        total -= size
+        removed += 1
+        freed += size
+    return removed, freed
+
+
+def verify(settings: Settings, stream: TextIO | None = None) -> tuple[int, list[str]]:
+    """Re-hash every content-addressed file: (files checked, names of the mismatches)."""
+    root = settings.storage_path
+    paths = [p for area in ("uploads/sha256", "cache/sha256", "meta/bodies") for p in _blobs(root, area)]
+    bad: list[str] = []
+    with Progress("verify", sum(p.stat().st_size for p in paths), stream=stream) as progress:
+        for path in paths:
+            sha = hashlib.sha256()
+            with open(path, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    sha.update(chunk)
+                    progress.advance(len(chunk))
+            if sha.hexdigest() != path.name:
+                bad.append(path.relative_to(root).as_posix())
+                progress.note(f"MISMATCH {path.relative_to(root).as_posix()}: holds sha256 {sha.hexdigest()}")
+    return len(paths), bad

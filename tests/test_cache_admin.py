@@ -1,0 +1,108 @@
+"""``channelgate cache`` (issue 10, part 6): size per upstream and channel, prune by age or to
+a size (never uploads, never what an imported bundle brought), verify by re-hashing."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from fixtures.wheels import make_wheel, twine_fields, write_simple_index
+from harness import Channelgate, Policy, UpstreamServer, http, stored_blobs
+from proxy.cli import main
+
+WHEELS = ("old_pkg-1.0-py3-none-any.whl", "new_pkg-1.0-py3-none-any.whl")
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory, upstream_factory) -> UpstreamServer:  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("cache-admin")
+    files = [make_wheel(base / "d", "old-pkg", "1.0", module_body="X = 1\n" * 500),
+             make_wheel(base / "d", "new-pkg", "1.0")]
+    write_simple_index(base / "root", files, fmt="json")
+    return upstream_factory(base / "root")  # type: ignore[no-any-return]
+
+
+def _site(tmp_path: Path, upstream: UpstreamServer) -> tuple[Channelgate, Path]:
+    """A store holding both wheels (cached) and one upload; the server stopped."""
+    policy = Policy({
+        "storage": {"path": str(tmp_path / "store")},
+        "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+        "users": ["alice"],
+        "channels": {"internal": {"upstreams": ["pypi"], "read": ["user:alice"], "write": ["user:alice"]}},
+    })
+    token = policy.add_token("alice", ["all"])
+    server = Channelgate(tmp_path / "cg", policy).start()
+    hosted = make_wheel(tmp_path / "up", "hosted-pkg", "1.0")
+    try:
+        for wheel in WHEELS:
+            project = wheel.split("-")[0].replace("_", "-")
+            assert http("GET", f"{server.url}/t/{token}/internal/simple/{project}/{wheel}")[0] == 200
+        with open(hosted, "rb") as fh:
+            assert requests.post(f"{server.url}/api/repo/internal", data=twine_fields(hosted),
+                                 files={"content": (hosted.name, fh)}, auth=(token, "x-auth-token"),
+                                 timeout=60).status_code == 200
+    finally:
+        server.stop()
+    return server, hosted
+
+
+def _blob_of(upstream: UpstreamServer, storage: Path, wheel: str) -> Path:
+    import hashlib
+
+    sha = hashlib.sha256((upstream.root / "files" / wheel).read_bytes()).hexdigest()
+    return storage / "cache" / "sha256" / sha[:2] / sha
+
+
+def test_cache_shows_size_per_upstream_and_channel(tmp_path: Path, upstream: UpstreamServer, capsys) -> None:  # type: ignore[no-untyped-def]
+    server, hosted = _site(tmp_path, upstream)
+    from proxy.airgap.cache_admin import usage
+    from proxy.settings import load_settings
+
+    found = usage(load_settings(server.config))
+    wheels = sum((upstream.root / "files" / w).stat().st_size for w in WHEELS)
+    assert found.upstream_artifacts == {"pypi": wheels}
+    assert found.upstream_indexes["pypi"] > 0
+    assert found.channel_uploads == {"internal": hosted.stat().st_size}
+    assert found.channels["internal"] == wheels + found.upstream_indexes["pypi"] + hosted.stat().st_size
+    assert main(["cache", "--config", str(server.config)]) == 0
+    out = capsys.readouterr().out
+    assert "pypi" in out and "internal" in out
+
+
+def test_prune_by_age_and_size_keeps_uploads_and_imported_files(tmp_path: Path, upstream: UpstreamServer, capsys) -> None:  # type: ignore[no-untyped-def]
+    server, _ = _site(tmp_path / "a", upstream)
+    storage = server.storage
+    old, new = (_blob_of(upstream, storage, w) for w in WHEELS)
+    ten_days_ago = time.time() - 10 * 86400
+    os.utime(old, (ten_days_ago, ten_days_ago))
+    uploads = stored_blobs(storage, "uploads")
+    assert main(["cache", "prune", "--config", str(server.config), "--older-than", "5"]) == 0
+    assert not old.exists() and new.exists() and stored_blobs(storage, "uploads") == uploads
+    assert "removed 1 cached artifact(s)" in capsys.readouterr().out
+    # an air-gapped site: what a bundle brought is never pruned, even to size 0
+    bundle = tmp_path / "site.tar"
+    assert main(["export", "--config", str(server.config), "--out", str(bundle)]) == 0
+    policy_b = Policy(dict(server.policy.data, storage={"path": str(tmp_path / "b" / "store")}, offline=True))
+    site_b = Channelgate(tmp_path / "b", policy_b)
+    site_b.write_policy()
+    assert main(["import", "--config", str(site_b.config), str(bundle)]) == 0
+    before = stored_blobs(site_b.storage, "cache")
+    assert before and main(["cache", "prune", "--config", str(site_b.config), "--max-size", "0"]) == 0
+    assert stored_blobs(site_b.storage, "cache") == before
+    # on the connected site, --max-size removes the oldest until the rest fits
+    assert main(["cache", "prune", "--config", str(server.config), "--max-size", "0"]) == 0
+    assert not stored_blobs(storage, "cache") and stored_blobs(storage, "uploads") == uploads
+
+
+def test_verify_reports_every_mismatch(tmp_path: Path, upstream: UpstreamServer, capsys) -> None:  # type: ignore[no-untyped-def]
+    server, _ = _site(tmp_path, upstream)
+    assert main(["cache", "--config", str(server.config), "verify"]) == 0
+    assert "0 mismatch(es)" in capsys.readouterr().out
+    rotten = _blob_of(upstream, server.storage, WHEELS[1])
+    rotten.write_bytes(b"bit rot")
+    assert main(["cache", "verify", "--config", str(server.config)]) == 1
+    out = capsys.readouterr().out
+    assert "1 mismatch(es)" in out and f"MISMATCH {rotten.relative_to(server.storage).as_posix()}" in out
