@@ -218,3 +218,17 @@ def test_sign_in_is_throttled_after_failures(tmp_path: Path, channelgate_factory
     assert resp.status_code == 429 and int(resp.headers["Retry-After"]) > 0
     assert "Too many failed sign-ins" in resp.text
     assert 'id="signed-in-user"' not in session.get(f"{server.url}/ui/", timeout=30).text
+
+
+def test_server_runs_without_the_ui_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          channelgate_factory) -> None:  # type: ignore[no-untyped-def]
+    """Without jinja2 (the ``ui`` extra) the server serves the API and says once that the UI is off."""
+    shim = tmp_path / "no-jinja2" / "jinja2"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jinja2'\", name='jinja2')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shim.parent))
+    server = channelgate_factory(tmp_path / "cg", Policy({"channels": {"open": {"public": True}}}))
+    assert "web UI off: jinja2 is not installed (pip install 'channelgate[ui]')" in server.log()
+    resp = requests.get(f"{server.url}/ui/", timeout=30)
+    assert resp.status_code == 404 and "channelgate[ui]" in resp.json()["error"]
+    assert requests.get(f"{server.url}/open/simple/", timeout=30).status_code == 200
