@@ -7,10 +7,9 @@ before anything reveals whether a channel exists.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import aiohttp
 from aiocache import SimpleMemoryCache
@@ -18,11 +17,15 @@ from aiocache.base import BaseCache
 from aiohttp import web
 
 from . import __version__, routing
+from .api import anaconda
 from .artifacts import Artifacts
 from .auth.guard import authorize
 from .auth.policy import READ_ACTION, Action
 from .cache import MetadataCache
-from .context import ChannelRequest, LivePolicy, Services
+from .context import ChannelRequest, Ecosystem, LivePolicy, Services
+from .ecosystems.conda.handlers import Conda
+from .ecosystems.cran.handlers import Cran
+from .ecosystems.pypi.handlers import PyPI
 from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
 from .health import liveness, readiness
 from .keys import POLICY_PATH, SERVICES, SETTINGS
@@ -41,14 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ECOSYSTEM_MODULES = {
-    "pypi": "proxy.ecosystems.pypi.handlers",
-    "conda": "proxy.ecosystems.conda.handlers",
-    "cran": "proxy.ecosystems.cran.handlers",
-}
-# JSON APIs under /api/<segment>/..., each module exposing ``api_handlers(services) -> dict``
-API_MODULES = ("proxy.api.anaconda",)
-
+# The ecosystems, by the name routing gives them: each class is built with the services
+ECOSYSTEMS: dict[str, Callable[[Services], Ecosystem]] = {"pypi": PyPI, "conda": Conda, "cran": Cran}
 
 
 def create_app(settings: Settings, *, policy_path: Path | None = None, clean_tmp: bool = True) -> web.Application:
@@ -126,10 +123,9 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         live=LivePolicy(settings), store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta,
         metrics=metrics, checks=checks,
     )
-    for name, module in ECOSYSTEM_MODULES.items():
-        services.ecosystems[name] = importlib.import_module(module).create(services)
-    for module in API_MODULES:
-        services.api.update(importlib.import_module(module).api_handlers(services))
+    for name, ecosystem in ECOSYSTEMS.items():
+        services.ecosystems[name] = ecosystem(services)
+    services.api.update(anaconda.api_handlers(services))  # JSON APIs under /api/<segment>/
     services.ui = _web_ui(services)
     log.info("channelgate %s ready: %d channel(s), storage %s", __version__, len(settings.channels), settings.storage_path)
     try:
@@ -232,7 +228,7 @@ class Gateway:
             return await handle_upload(request, ctx)
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed()
-        response = await services.ecosystems[route.ecosystem].serve(request, ctx)  # type: ignore[arg-type]
+        response = await services.ecosystems[route.ecosystem].serve(request, ctx)
         if isinstance(response, SentFileResponse) and response.hosted:
             services.metrics.cache_result("artifact", "hosted")
         return response
@@ -246,7 +242,7 @@ class Gateway:
         handler = self.services.api.get(head)
         if handler is None:
             raise NotFound()
-        return await handler(request, route, self.services)  # type: ignore[arg-type]
+        return await handler(request, route, self.services)
 
 
 def metrics_response(metrics: Metrics) -> web.Response:

@@ -92,7 +92,7 @@ class Artifacts:
             return self.store.find("cache", spec.expect["sha256"].lower())
         return self.store.find_ref(spec.key)
 
-    async def serve(self, request: web.Request, spec: ArtifactSpec, *, offline: bool) -> web.StreamResponse:
+    async def serve(self, request: web.BaseRequest, spec: ArtifactSpec, *, offline: bool) -> web.StreamResponse:
         path = self.cached(spec)
         if path is not None:
             self.metrics.cache_result("artifact", "hit")
@@ -162,7 +162,7 @@ class Artifacts:
         await asyncio.to_thread(self.store.set_origin, blob.sha256, spec.upstream.name)
         return blob.path
 
-    async def _tee(self, request: web.Request, fetch: Download) -> web.StreamResponse:
+    async def _tee(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse:
         """Stream a download in progress; the final byte waits for verification."""
         resp = web.StreamResponse(headers={"Content-Type": fetch.spec.content_type})
         if fetch.total is not None:
@@ -192,7 +192,7 @@ class Artifacts:
         return resp
 
 
-def abort(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+def abort(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
     """Cut the connection so the client sees an incomplete body, never a wrong one."""
     resp.force_close()
     if request.transport is not None:

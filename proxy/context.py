@@ -7,7 +7,7 @@ on the next request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
@@ -22,23 +22,21 @@ if TYPE_CHECKING:
     from .routing import Route
     from .store.blobs import BlobStore, TempBlob
     from .store.catalog import Catalog
-    from .upstream import Upstream
     from .uploads import UploadChecks
+    from .upstream import Upstream
     from .web.ui import WebUI
 
 
 class Ecosystem(Protocol):
     """One ecosystem's thin handlers (proxy/ecosystems/<name>/handlers.py)."""
 
-    async def serve(self, request: web.Request, ctx: "ChannelRequest") -> web.StreamResponse: ...
+    async def serve(self, request: web.BaseRequest, ctx: "ChannelRequest") -> web.StreamResponse: ...
 
-    async def upload(self, request: web.Request, ctx: "ChannelRequest", form: "UploadForm") -> web.StreamResponse: ...
+    async def upload(self, request: web.BaseRequest, ctx: "ChannelRequest", form: "UploadForm") -> web.StreamResponse: ...
 
 
-class ApiHandler(Protocol):
-    """A JSON API under /api/<first segment>/ (e.g. anaconda-client's)."""
-
-    async def __call__(self, request: web.Request, route: "Route", services: "Services") -> web.StreamResponse: ...
+# A JSON API under /api/<first segment>/ (e.g. anaconda-client's)
+ApiHandler = Callable[[web.BaseRequest, "Route", "Services"], Awaitable[web.StreamResponse]]
 
 
 class LivePolicy:

@@ -18,7 +18,7 @@ def etag_for(*parts: bytes | str) -> str:
     return f'"{h.hexdigest()}"'
 
 
-def not_modified(request: web.Request, etag: str) -> bool:
+def not_modified(request: web.BaseRequest, etag: str) -> bool:
     header = request.headers.get("If-None-Match")
     if not header:
         return False
@@ -29,7 +29,7 @@ def not_modified(request: web.Request, etag: str) -> bool:
 
 
 def index_response(
-    request: web.Request,
+    request: web.BaseRequest,
     body: bytes,
     content_type: str,
     *,

@@ -288,7 +288,7 @@ async def accept_upload(request: web.BaseRequest, ctx: ChannelRequest, form: Upl
         handler = ctx.services.ecosystems.get(ecosystem)
         if handler is None:
             raise BadRequest(f"{ecosystem} uploads are not enabled on this server")
-        response = await handler.upload(request, ctx, form)  # type: ignore[arg-type]
+        response = await handler.upload(request, ctx, form)
         log.info(
             "upload %s to %s/%s by %s", form.filename, ctx.channel.name, ecosystem,
             ctx.principal.user if ctx.principal else "-",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
@@ -36,7 +35,7 @@ from aiohttp import web
 from ..auth.credentials import Principal, token_from_headers
 from ..auth.guard import authenticate, authorize
 from ..auth.policy import Action
-from ..context import Services
+from ..context import ApiHandler, Services
 from ..ecosystems.conda.index import SUBDIR_RE, normalize
 from ..ecosystems.conda.package import CondaPackage
 from ..ecosystems.conda.sections import is_package_filename
@@ -49,7 +48,7 @@ from ..store.catalog import Upload
 from ..uploads import read_form
 
 MAX_JSON = 1024 * 1024
-Handler = Callable[[web.Request, Route, Services], Awaitable[web.StreamResponse]]
+Handler = ApiHandler
 
 
 def api_handlers(services: Services) -> dict[str, Handler]:
@@ -80,13 +79,13 @@ def _segments(route: Route, count: int, *, rest: bool = False) -> list[str]:
     return parts
 
 
-def _can_write(services: Services, request: web.Request, route: Route, owner: str) -> Principal:
+def _can_write(services: Services, request: web.BaseRequest, route: Route, owner: str) -> Principal:
     principal = authorize(services.tokens, request.headers, route.token, owner, Action.WRITE)
     assert principal is not None  # writing is never anonymous
     return principal
 
 
-def _can_read(services: Services, request: web.Request, route: Route, owner: str) -> None:
+def _can_read(services: Services, request: web.BaseRequest, route: Route, owner: str) -> None:
     """``api:read`` on the channel, or ``api:write`` (uploaders look before they write)."""
     try:
         authorize(services.tokens, request.headers, route.token, owner, Action.API_READ)
@@ -97,7 +96,7 @@ def _can_read(services: Services, request: web.Request, route: Route, owner: str
             raise first from None
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def _json_body(request: web.BaseRequest) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     body = await request.content.read(MAX_JSON + 1)
@@ -118,7 +117,7 @@ def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
-def _origin(services: Services, request: web.Request) -> str:
+def _origin(services: Services, request: web.BaseRequest) -> str:
     return services.settings.public_url or f"{request.scheme}://{request.host}"
 
 
@@ -175,14 +174,14 @@ def _versions(uploads: list[Upload]) -> list[str]:
 # --------------------------------------------------------------------------- endpoints
 
 
-async def _root(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _root(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     """``HEAD /api`` is anaconda-client's server check."""
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed()
     return web.json_response({"ok": True, "api": "anaconda-client compatible (channelgate)"})
 
 
-async def _user(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _user(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed()
     parts = route.rest.split("/")[1:]
@@ -194,7 +193,7 @@ async def _user(request: web.Request, route: Route, services: Services) -> web.S
     return web.json_response({"login": owner, "name": owner, "user_type": "org"})
 
 
-async def _package(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _package(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     owner, name = _segments(route, 2)
     if request.method in ("GET", "HEAD"):
         _can_read(services, request, route, owner)
@@ -229,7 +228,7 @@ async def _package(request: web.Request, route: Route, services: Services) -> we
     raise MethodNotAllowed()
 
 
-async def _release(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _release(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     owner, name, version = _segments(route, 3)
     if request.method in ("GET", "HEAD"):
         _can_read(services, request, route, owner)
@@ -260,7 +259,7 @@ def _find_dist(services: Services, owner: str, name: str, version: str, basename
     return upload
 
 
-async def _dist(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _dist(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     owner, name, version, basename = _segments(route, 4, rest=True)
     if request.method in ("GET", "HEAD"):
         _can_read(services, request, route, owner)
@@ -281,7 +280,7 @@ def _check_basename(basename: str) -> tuple[str, str]:
     return subdir, filename
 
 
-async def _stage(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _stage(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     """Step 1 of an anaconda-client upload: where to send the file."""
     if request.method != "POST":
         raise MethodNotAllowed()
@@ -316,7 +315,7 @@ def _s3_error(exc: ChannelgateError) -> web.Response:
     return web.Response(status=exc.status, text=body, content_type="application/xml", headers=exc.headers)
 
 
-async def _post_file(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _post_file(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     """Step 2: the storage POST (S3-style multipart: form fields, then ``file``)."""
     try:
         if request.method != "POST":
@@ -351,7 +350,7 @@ async def _post_file(request: web.Request, route: Route, services: Services) -> 
         return _s3_error(exc)
 
 
-async def _commit(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _commit(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     """Step 3: the file was stored by the storage POST; confirm it."""
     if request.method != "POST":
         raise MethodNotAllowed()
@@ -364,7 +363,7 @@ async def _commit(request: web.Request, route: Route, services: Services) -> web
     return web.json_response(result)
 
 
-async def _channels(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _channels(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     """Labels (anaconda-client still calls them channels): list, show, add/remove files, copy."""
     parts = route.rest.split("/")[1:]
     if not parts or not parts[0]:

@@ -51,10 +51,6 @@ INDEX_FILES: dict[str, tuple[FileKind | Literal["shards"], str]] = {
 }
 
 
-def create(services: Services) -> "Conda":
-    return Conda(services)
-
-
 class Conda:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -62,7 +58,7 @@ class Conda:
         self._small: Memo[tuple[Path, str], bytes] = Memo(SMALL_INDEX_COUNT)
 
     # ------------------------------------------------------------------ GET / HEAD
-    async def serve(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
+    async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         parts = ctx.route.rest.split("/")
         label = DEFAULT_LABEL
         if parts[0] == "label":
@@ -82,7 +78,7 @@ class Conda:
             return await self._shard(request, ctx, label, parts[0], parts[2][: -len(".msgpack.zst")])
         raise NotFound()
 
-    async def _index(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, name: str) -> web.StreamResponse:
+    async def _index(self, request: web.BaseRequest, ctx: ChannelRequest, label: str, subdir: str, name: str) -> web.StreamResponse:
         index = await self.indexes.subdir(ctx.channel, label, subdir)
         if index is None:
             raise NotFound(f"this channel has no {subdir} packages")
@@ -104,7 +100,7 @@ class Conda:
             small = self._small.put((path, etag), await asyncio.to_thread(path.read_bytes))
         return index_response(request, small, content_type, etag=etag, max_age=INDEX_MAX_AGE)
 
-    async def _shard(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, sha256_hex: str) -> web.StreamResponse:
+    async def _shard(self, request: web.BaseRequest, ctx: ChannelRequest, label: str, subdir: str, sha256_hex: str) -> web.StreamResponse:
         check_shard_request(sha256_hex)
         body = self.indexes.find_shard(ctx.channel.name, label, subdir, sha256_hex)
         if body is None:  # e.g. after a restart: build the current shards, then look again
@@ -116,7 +112,7 @@ class Conda:
         # CEP-16: shards are content-addressed, hence immutable
         return index_response(request, body, "application/octet-stream", etag=f'"{sha256_hex}"', immutable=True)
 
-    async def _file(self, request: web.Request, ctx: ChannelRequest, label: str, subdir: str, filename: str) -> web.StreamResponse:
+    async def _file(self, request: web.BaseRequest, ctx: ChannelRequest, label: str, subdir: str, filename: str) -> web.StreamResponse:
         channel = ctx.channel
         upload = self.services.catalog.get(channel.name, "conda", f"{subdir}/{filename}")
         if upload is not None and label in upload.labels:
@@ -150,7 +146,7 @@ class Conda:
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
     # ------------------------------------------------------------------ POST /api/repo/<channel>
-    async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
+    async def upload(self, request: web.BaseRequest, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
         labels = parse_labels([*form.fields.get("label", []), *form.fields.get("labels", [])])
         pkg, upload = await store_conda_upload(
             self.services, ctx.channel.name, ctx.principal.user if ctx.principal else "",
@@ -159,4 +155,4 @@ class Conda:
         return web.json_response(upload_summary(pkg, upload), status=201)
 
 
-__all__ = ["Conda", "create"]
+__all__ = ["Conda"]

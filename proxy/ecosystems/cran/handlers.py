@@ -82,10 +82,6 @@ class ContribView:
     etags: Mapping[str, str]
 
 
-def create(services: Services) -> "Cran":
-    return Cran(services)
-
-
 def _version_rank(version: str) -> tuple[int, tuple[int, ...]]:
     return (1, version_key(version)) if is_valid_version(version) else (0, ())
 
@@ -142,7 +138,7 @@ class Cran:
         self._building: SingleFlight[tuple[object, ...], ContribView] = SingleFlight()
 
     # ------------------------------------------------------------------ GET
-    async def serve(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
+    async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         cp = parse_cran_path(ctx.route.rest)
         if cp.kind == "index":
             view = await self.view(ctx, cp.contrib_dir, cp.tree)
@@ -212,7 +208,7 @@ class Cran:
             raise NotFound(f"{upload.filename} is not stored")
         return file_response(path, FILE_TYPES[tree], immutable=False)
 
-    async def _file(self, request: web.Request, ctx: ChannelRequest, cp: CranPath) -> web.StreamResponse:
+    async def _file(self, request: web.BaseRequest, ctx: ChannelRequest, cp: CranPath) -> web.StreamResponse:
         upload = self._hosted(ctx, f"{cp.contrib_dir}/{cp.name}")
         if upload is not None:  # any uploaded version, current or superseded
             return self._serve_upload(upload, cp.tree)
@@ -235,7 +231,7 @@ class Cran:
         local_names = self.services.catalog.names(ctx.channel.name, "cran")
         return not upstream_may_serve(package, local_names, ctx.channel.upstream_allow)
 
-    async def _archive_file(self, request: web.Request, ctx: ChannelRequest, cp: CranPath) -> web.StreamResponse:
+    async def _archive_file(self, request: web.BaseRequest, ctx: ChannelRequest, cp: CranPath) -> web.StreamResponse:
         upload = self._hosted(ctx, f"src/contrib/{cp.filename}")
         if upload is not None and upload.name == cp.package:
             return self._serve_upload(upload, "source")
@@ -256,7 +252,7 @@ class Cran:
                 failure = exc
         raise failure if failure is not None else NotFound(f"no archived file {cp.filename}")
 
-    async def _archive_meta(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
+    async def _archive_meta(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         """``src/contrib/Meta/archive.rds``: uploaded superseded versions, then each
         upstream's archive listing (names the channel hosts left out, as everywhere)."""
         try:
@@ -290,7 +286,7 @@ class Cran:
         return index_response(request, page[0], "application/octet-stream", etag=page[1], max_age=INDEX_MAX_AGE)
 
     # ------------------------------------------------------------------ POST (curl -F filetype=...)
-    async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
+    async def upload(self, request: web.BaseRequest, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
         pkg: CranPackage = await self.services.checks.run(
             inspect_upload, form.blob.path, form.filename, form.field("filetype") or "", ctx.settings.limits
         )

@@ -63,10 +63,6 @@ class Project:
     key: tuple[object, ...]  # identifies the inputs: catalog generation + upstream digests
 
 
-def create(services: Services) -> "PyPI":
-    return PyPI(services)
-
-
 def _content_type(filename: str) -> str:
     if filename.endswith((".whl", ".zip", ".egg")):
         return "application/zip"
@@ -110,7 +106,7 @@ class PyPI:
         return allow
 
     # ------------------------------------------------------------------ GET
-    async def serve(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
+    async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         parts = ctx.route.rest.split("/")
         base = f"{ctx.route.prefix}/simple/"
         if len(parts) == 1:
@@ -126,7 +122,7 @@ class PyPI:
             return await self._file(request, ctx, project, parts[2])
         raise NotFound()
 
-    async def _root(self, request: web.Request, ctx: ChannelRequest) -> web.StreamResponse:
+    async def _root(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         kind, content_type = self._negotiate(request.headers.get("Accept"))
         projects = sorted((await self.names(ctx.channel))[1])
         body = render_root_json(projects) if kind == "json" else render_root_html(projects)
@@ -211,7 +207,7 @@ class PyPI:
         return select(up.filter, entries, name=lambda e: project,
                       version=lambda e: version_from_filename(e.filename) or "")
 
-    async def _project_page(self, request: web.Request, ctx: ChannelRequest, project: str) -> web.StreamResponse:
+    async def _project_page(self, request: web.BaseRequest, ctx: ChannelRequest, project: str) -> web.StreamResponse:
         kind, content_type = self._negotiate(request.headers.get("Accept"))
         merged = await self.project(ctx, project)
         page_key = (merged.key, kind)
@@ -222,7 +218,7 @@ class PyPI:
             page = self._pages.put(page_key, (body, etag_for(body)))
         return index_response(request, page[0], content_type, etag=page[1], max_age=INDEX_MAX_AGE, vary="Accept")
 
-    async def _file(self, request: web.Request, ctx: ChannelRequest, project: str, filename: str) -> web.StreamResponse:
+    async def _file(self, request: web.BaseRequest, ctx: ChannelRequest, project: str, filename: str) -> web.StreamResponse:
         metadata = filename.endswith(".metadata")
         dist_name = filename[: -len(".metadata")] if metadata else filename
         merged = await self.project(ctx, project)
@@ -254,7 +250,7 @@ class PyPI:
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
     # ------------------------------------------------------------------ POST (twine)
-    async def upload(self, request: web.Request, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
+    async def upload(self, request: web.BaseRequest, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:
         fields = {k: v[0] for k, v in form.fields.items() if v}
         require_fields(fields, (":action", "name", "version"))
         dist = await self.services.checks.run(
