@@ -21,14 +21,14 @@ from typing import Sequence
 import yaml
 from aiohttp import web
 
-from . import __version__, logs
+from . import __version__, logs, server as listener
 from .airgap import commands as airgap_commands
 from .app import Gateway, open_services, reload_policy
 from .auth.credentials import generate_token, hash_token
 from .context import Services
 from .control import PidFile, reload_servers, write_reload_status
 from .errors import ConfigError
-from .metrics import MULTIPROC_ENV, CountingServer, metrics_only_handler, worker_exited
+from .metrics import MULTIPROC_ENV, metrics_only_handler, worker_exited
 from .settings import SCOPES, Settings, load_settings, parse_settings
 from .tls import reload_certificate, server_context
 
@@ -41,47 +41,33 @@ def _embedded_default() -> Settings:
     return parse_settings(text, source=None)
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 @dataclass(frozen=True)
 class ServeOptions:
-    """How this process serves: ``sock``/``metrics_sock`` are inherited from the --workers
-    parent, ``main_pid`` names the pid file (the parent's under --workers)."""
+    """How this process serves: ``sock``/``metrics_sock`` are bound by cmd_serve before
+    anything touches disk (and inherited by --workers children), ``main_pid`` names the pid
+    file (the parent's under --workers); ``clean_tmp`` is False in children (the parent cleaned)."""
 
     listen: str
+    sock: socket.socket
     json_logs: bool = False
-    sock: socket.socket | None = None
     metrics_sock: socket.socket | None = None
     main_pid: int = 0
+    clean_tmp: bool = True
 
 
 async def _start_sites(runner: web.BaseRunner, settings: Settings, opts: ServeOptions, tls: ssl.SSLContext | None) -> None:
-    site: web.BaseSite
-    if opts.sock is not None:
-        site = web.SockSite(runner, opts.sock, ssl_context=tls)
-    else:
-        host, port = _split_listen(opts.listen)
-        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
+    site = web.SockSite(runner, opts.sock, ssl_context=tls)
     await site.start()
     log.info("listening on %s", site.name)
 
 
 async def _start_metrics(services: Services, opts: ServeOptions) -> web.BaseRunner | None:
     """server.metrics_listen: /metrics alone on its own address (plain HTTP)."""
-    listen = services.settings.metrics_listen
-    if listen is None:
+    if opts.metrics_sock is None:
         return None
     runner = web.ServerRunner(web.Server(metrics_only_handler(services.metrics)), handle_signals=False)
     await runner.setup()
-    site: web.BaseSite
-    if opts.metrics_sock is not None:
-        site = web.SockSite(runner, opts.metrics_sock)
-    else:
-        host, port = _split_listen(listen)
-        site = web.TCPSite(runner, host, port)
+    site = web.SockSite(runner, opts.metrics_sock)
     await site.start()
     log.info("metrics on %s/metrics", site.name)
     return runner
@@ -98,10 +84,12 @@ async def _serve(settings: Settings, policy_path: Path | None, opts: ServeOption
     """Serve until SIGTERM/SIGINT, on aiohttp's low-level server (no router or middleware
     chain: app.Gateway is the one handler)."""
     tls = server_context(settings)
-    async with open_services(settings, clean_tmp=opts.sock is None) as services:
+    listener.install_accept_error_handler(asyncio.get_running_loop())
+    async with open_services(settings, clean_tmp=opts.clean_tmp) as services:
         sink = logs.AccessSink(json_lines=opts.json_logs, metrics=services.metrics)
-        server = CountingServer(
+        server = listener.GuardedServer(
             Gateway(services).handle,
+            limits=settings.limits,
             metrics=services.metrics,
             access_log_class=logs.AccessLogger,
             access_log=sink,
@@ -138,7 +126,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    opts = ServeOptions(listen=args.listen or settings.listen, json_logs=args.log_format == "json")
+    try:
+        opts = _bind(settings, args.listen or settings.listen, json_logs=args.log_format == "json")
+    except ConfigError as exc:
+        print(exc.problems[0], file=sys.stderr)
+        return 2
     pid_file = PidFile(settings.storage_path, policy_path, max(args.workers, 1))
     try:
         pid_file.open()
@@ -153,6 +145,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         pid_file.close()
+
+
+def _bind(settings: Settings, listen: str, *, json_logs: bool) -> ServeOptions:
+    """DESIGN: start-up problems are one line, found before anything changes on disk: the
+    ports first (a second serve on a busy port must not clean the running one's tmp/), then
+    the storage. Raises ConfigError."""
+    sock = listener.bind(listen)
+    metrics_sock = None
+    try:
+        if settings.metrics_listen is not None:
+            metrics_sock = listener.bind(settings.metrics_listen)
+        listener.check_storage(settings.storage_path)
+    except ConfigError:
+        sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
+        raise
+    listener.raise_fd_limit(settings.limits)
+    return ServeOptions(listen=listen, sock=sock, json_logs=json_logs, metrics_sock=metrics_sock)
 
 
 def _install_loop(name: str) -> None:
@@ -184,14 +195,9 @@ def _serve_workers(settings: Settings, policy_path: Path | None, opts: ServeOpti
     BlobStore(settings.storage_path).open()
     # create the database (and switch it to WAL) once, before the workers open it at the same time
     Catalog(settings.storage_path / "catalog.sqlite3").close()
-    host, port = _split_listen(opts.listen)
-    sock = socket.create_server((host, port), backlog=1024)
-    metrics_sock = None
-    if settings.metrics_listen is not None:
-        metrics_sock = socket.create_server(_split_listen(settings.metrics_listen))
     metrics_dir = tempfile.mkdtemp(prefix="channelgate-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # before any worker imports prometheus-client
-    opts = replace(opts, sock=sock, metrics_sock=metrics_sock, main_pid=os.getpid())
+    opts = replace(opts, main_pid=os.getpid(), clean_tmp=False)
     children: list[int] = []
     for _ in range(workers):
         pid = os.fork()
@@ -207,9 +213,9 @@ def _serve_workers(settings: Settings, policy_path: Path | None, opts: ServeOpti
                 logging.shutdown()
                 os._exit(code)
         children.append(pid)
-    sock.close()  # the children hold it
-    if metrics_sock is not None:
-        metrics_sock.close()
+    opts.sock.close()  # the children hold them
+    if opts.metrics_sock is not None:
+        opts.metrics_sock.close()
     log.info("started %d workers on %s", workers, opts.listen)
     try:
         return _supervise(children)

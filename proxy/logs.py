@@ -40,6 +40,28 @@ _PATTERNS = (
 )
 
 
+# C0 and C1 controls, DEL, and the Unicode line/paragraph separators: each could forge or
+# split a log line (%0a) or write raw NUL bytes (%00) when a client puts it in a path
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8"))
+
+
+def escape_path(path: str) -> str:
+    """A request path safe inside one quoted log field: controls, '"' and '\\' percent-encoded."""
+    path = _CONTROL.sub(_percent, path)
+    if '"' in path or "\\" in path:
+        path = path.replace("\\", "%5C").replace('"', "%22")
+    return path
+
+
+def escape_controls(text: str) -> str:
+    """A log message on one line: control characters written as \\xNN escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def mask(text: str) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
@@ -47,6 +69,11 @@ def mask(text: str) -> str:
 
 
 class MaskingFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # the message itself stays one line; tracebacks (appended after this) keep theirs
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         return mask(super().format(record))
 
@@ -172,6 +199,7 @@ class AccessLogger(AbstractAccessLogger):
             path = _PATH_TOKEN.sub("/t/<redacted>", path)
         if "cgt-" in path:
             path = mask(path)
+        path = escape_path(path)
         self.logger.record(request, response, time, path)  # type: ignore[attr-defined]
 
     @property

@@ -89,6 +89,10 @@ class Limits:
     form_fields: int = _limit(1000, "form_fields", meaning="fields in one multipart upload form")
     form_text_bytes: int = _limit(8, "form_text_mb", MiB, "total size of a form's non-file fields")
     validation_workers: int = _limit(2, "validation_workers", meaning="threads checking uploads (own pool)")
+    # connections (server.py): slowloris, idle sockets and descriptor exhaustion
+    header_timeout: int = _limit(10, "header_timeout", meaning="seconds to send a complete request head")
+    keepalive_timeout: int = _limit(15, "keepalive_timeout", meaning="seconds an idle keep-alive connection stays open")
+    max_connections: int = _limit(1000, "max_connections", meaning="open client connections; more get 503")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,28 @@ def _is_fernet_key(value: str) -> bool:
         return len(base64.urlsafe_b64decode(value.encode("ascii"))) == 32
     except (ValueError, UnicodeEncodeError):
         return False
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 as ``[ADDR]:PORT``) -> (host, port); ValueError says what is wrong.
+
+    Both parts are required: a port alone would bind every interface, which must be asked
+    for as ``0.0.0.0:PORT``; a port outside 1-65535 must not be wrapped or replaced.
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep and listen.isdigit():
+        raise ValueError(f"a port alone; write 127.0.0.1:{listen} (this machine) or 0.0.0.0:{listen} (every interface)")
+    if not sep or not port:
+        raise ValueError("needs HOST:PORT, e.g. 127.0.0.1:8080")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port must be a number from 1 to 65535, not {port!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("write an IPv6 address in brackets, e.g. [::1]:8080")
+    if not host:
+        raise ValueError(f"no host; write 127.0.0.1:{port} (this machine) or 0.0.0.0:{port} (every interface)")
+    return host, int(port)
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -212,8 +238,10 @@ def _read_server(ck: Checker, value: Any, base_dir: Path) -> dict[str, Any]:
     )
     metrics_listen, tls_cert, tls_key = _read_server_ops(ck, server, base_dir)
     listen = ck.typed(server.get("listen"), ("server", "listen"), str, "127.0.0.1:8080")
-    if not re.match(r"^.+:\d{1,5}$", listen):
-        ck.bad(("server", "listen"), f"must be HOST:PORT, got {listen!r}")
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        ck.bad(("server", "listen"), f"{listen!r}: {exc}")
     public_url = ck.typed(server.get("public_url"), ("server", "public_url"), str, None)
     if public_url is not None and not re.match(r"^https?://[^/]+", public_url):
         ck.bad(("server", "public_url"), "must be an http(s) URL")
@@ -365,6 +393,8 @@ def _read_all_tokens(ck: Checker, top: Mapping[str, Any], base_dir: Path, users:
     if not tf_path.is_absolute():
         tf_path = base_dir / tf_path
     if not tf_path.exists():
+        # a missing file would silently drop every token in it (everyone 401 after a reload)
+        ck.bad(("tokens_file",), f"{tf_path} does not exist (create it with `tokens: []`)")
         return tokens
     try:
         tf_text = tf_path.read_text(encoding="utf-8")
@@ -403,8 +433,11 @@ def _read_server_ops(ck: Checker, server: dict[str, Any], base_dir: Path) -> tup
     """server.metrics_listen, server.tls_cert and server.tls_key (DESIGN, "Operations").
     The certificate and key are loaded here, so check-config and reload find a bad pair."""
     metrics_listen = ck.typed(server.get("metrics_listen"), ("server", "metrics_listen"), str, None)
-    if metrics_listen is not None and not re.match(r"^.+:\d{1,5}$", metrics_listen):
-        ck.bad(("server", "metrics_listen"), f"must be HOST:PORT, got {metrics_listen!r}")
+    if metrics_listen is not None:
+        try:
+            parse_listen(metrics_listen)
+        except ValueError as exc:
+            ck.bad(("server", "metrics_listen"), f"{metrics_listen!r}: {exc}")
     paths: dict[str, Path | None] = {}
     for key in ("tls_cert", "tls_key"):
         value = ck.typed(server.get(key), ("server", key), str, None)

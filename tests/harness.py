@@ -180,8 +180,11 @@ class Policy:
 
 
 class Channelgate:
-    def __init__(self, workdir: Path, policy: Policy | dict[str, Any], *, args: list[str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, policy: Policy | dict[str, Any], *, args: list[str] | None = None, nofile: int | None = None
+    ) -> None:
         self.args = list(args or [])
+        self.nofile = nofile  # the process's open-file limit (soft and hard), to provoke EMFILE
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.policy = policy if isinstance(policy, Policy) else Policy(policy)
@@ -219,6 +222,7 @@ class Channelgate:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
             env=env,
+            preexec_fn=self._limit_files if self.nofile else None,
         )
         log.close()
         deadline = time.monotonic() + 30
@@ -233,6 +237,12 @@ class Channelgate:
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.05)  # polling the readiness endpoint of a process that is starting
         raise RuntimeError(f"channelgate did not become healthy:\n{self.log()}")
+
+    def _limit_files(self) -> None:
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
