@@ -76,11 +76,13 @@ def bind(listen: str, *, backlog: int = 1024) -> socket.socket:
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
-        raise ConfigError([f"cannot listen on {listen!r}: {exc}"]) from None
+        raise ConfigError([f"cannot listen on {listen}: {exc}"]) from None
     try:
-        return socket.create_server((host, port), family=_family(host), backlog=backlog)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
         raise ConfigError([f"cannot listen on {listen}: unknown host {host!r} ({exc.strerror})"]) from None
+    try:
+        return socket.create_server(address, family=family, backlog=backlog)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             why = "the port is already in use (is another server running?)"
@@ -91,10 +93,6 @@ def bind(listen: str, *, backlog: int = 1024) -> socket.socket:
         else:
             why = exc.strerror or str(exc)
         raise ConfigError([f"cannot listen on {listen}: {why}"]) from None
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def check_storage(path: Path) -> None:

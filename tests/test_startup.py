@@ -1,0 +1,163 @@
+"""Start-up and policy faults (DESIGN "Hostile input and faults"): a bad listen address, a
+busy port, unwritable storage and a missing tokens_file are one clear line and a non-zero
+exit, found before anything changes on disk; a running server is never disturbed by them."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from fixtures.wheels import make_wheel, write_simple_index
+from harness import Channelgate, Policy, http
+
+
+def channelgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The refusal: a non-zero exit and exactly one line of output, no traceback."""
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode != 0, output
+    assert len(output.splitlines()) == 1 and "Traceback" not in output, output
+    return output
+
+
+BAD_LISTEN = [
+    ("127.0.0.1", "needs HOST:PORT"),
+    ("localhost:99999", "from 1 to 65535"),
+    ("127.0.0.1:0", "from 1 to 65535"),
+    ("8080", "a port alone"),
+    (":8080", "no host"),
+    ("127.0.0.1:http", "from 1 to 65535"),
+    ("::1:8080", "in brackets"),
+]
+
+
+@pytest.mark.parametrize(
+    ("listen", "says"),
+    [*BAD_LISTEN[:2], BAD_LISTEN[3], ("no-such-host.invalid:8080", "unknown host")],
+)
+def test_a_bad_listen_address_is_one_line_before_anything_is_stored(tmp_path: Path, listen: str, says: str) -> None:
+    storage = tmp_path / "storage"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"storage": {"path": str(storage)}}))
+    line = one_line(channelgate("serve", "--config", str(policy), "--listen", listen))
+    assert says in line and listen in line, line
+    assert not storage.exists()  # refused before the store was opened
+
+
+@pytest.mark.parametrize(("listen", "says"), BAD_LISTEN)
+def test_check_config_applies_the_same_rule_to_server_listen(listen: str, says: str) -> None:
+    from proxy.errors import ConfigError
+    from proxy.settings import parse_settings
+
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(yaml.safe_dump({"server": {"listen": listen}}))
+    (problem,) = caught.value.problems
+    assert "server.listen" in problem and says in problem, problem
+    assert parse_settings("server: {listen: '[::1]:8080'}").listen == "[::1]:8080"
+
+
+def test_unwritable_storage_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"storage": {"path": str(blocker / "storage")}}))
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # a busy port is found first
+        port = busy.getsockname()[1]
+        line = one_line(channelgate("serve", "--config", str(policy), "--listen", f"127.0.0.1:{port}"))
+        assert "the port is already in use" in line
+    line = one_line(channelgate("serve", "--config", str(policy), "--listen", f"127.0.0.1:{port}"))
+    assert line.startswith(f"storage.path {blocker / 'storage'} is not writable"), line
+
+
+def test_a_missing_tokens_file_fails_check_serve_and_reload(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("groups: {devs: [alice]}\ntokens_file: tokens.yaml\n")
+    check = channelgate("check-config", "--config", str(policy))
+    assert check.returncode != 0 and f"tokens_file: {tmp_path / 'tokens.yaml'} does not exist" in check.stdout, check.stdout
+    serve = channelgate("serve", "--config", str(policy), "--listen", "127.0.0.1:8080")
+    assert serve.returncode != 0 and "tokens.yaml does not exist" in serve.stderr
+    assert not (tmp_path / "var").exists()
+
+    # a running server refuses a reload that names a missing tokens_file: the old tokens stay valid
+    running = Policy({"groups": {"devs": ["alice"]}, "channels": {"internal": {"read": ["group:devs"]}}})
+    token = running.add_token("alice", ["pypi:download"])
+    server = Channelgate(tmp_path / "cg", running).start()
+    try:
+        url = f"{server.url}/internal/simple/"
+        assert http("GET", url, headers={"X-Auth": token})[0] == 200
+        text = yaml.safe_dump(dict(running.data, tokens_file="gone.yaml"))
+        outcome = server.reload(text)
+        assert "refused" in outcome
+        assert "gone.yaml does not exist" in server.log()
+        assert http("GET", url, headers={"X-Auth": token})[0] == 200
+    finally:
+        server.stop()
+
+
+BIG = "big_pkg-1.0-py3-none-any.whl"
+
+
+async def test_a_second_serve_on_a_busy_port_leaves_the_first_download_intact(
+    tmp_path: Path, upstream_factory  # type: ignore[no-untyped-def]
+) -> None:
+    payload = base64.b64encode(os.urandom(6 * 1024 * 1024)).decode()
+    wheel = make_wheel(tmp_path / "d", "big-pkg", "1.0", module_body=f"DATA = '{payload}'\n")
+    write_simple_index(tmp_path / "root", [wheel], fmt="html")
+    upstream = upstream_factory(tmp_path / "root")
+    data = wheel.read_bytes()
+    release = threading.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:  # all but the last MiB, then wait
+        resp = web.StreamResponse(headers={"Content-Type": "application/zip"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        await resp.write(data[: -1024 * 1024])
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+        await resp.write(data[-1024 * 1024 :])
+        await resp.write_eof()
+        return resp
+
+    upstream.overrides[f"/files/{BIG}"] = slow
+    policy = Policy(
+        {
+            "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+            "groups": {"devs": ["alice"]},
+            "channels": {"internal": {"upstreams": ["pypi"], "read": ["group:devs"]}},
+        }
+    )
+    token = policy.add_token("alice", ["pypi:download"])
+    first = Channelgate(tmp_path / "cg", policy).start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async with session.get(f"{first.url}/t/{token}/internal/simple/big-pkg/{BIG}") as resp:
+                assert resp.status == 200
+                head = await resp.content.readexactly(1024 * 1024)  # the download is under way
+                parts = list((first.storage / "tmp").iterdir())
+                assert parts, "no download in progress in storage/tmp"
+                second = await asyncio.to_thread(
+                    channelgate, "serve", "--config", str(first.config), "--listen", f"127.0.0.1:{first.port}"
+                )
+                line = one_line(second)
+                assert f"cannot listen on 127.0.0.1:{first.port}: the port is already in use" in line
+                assert all(part.exists() for part in parts)  # the second serve touched nothing
+                release.set()
+                body = head + await resp.read()
+        assert body == data
+        status, _, again = http("GET", f"{first.url}/t/{token}/internal/simple/big-pkg/{BIG}")
+        assert status == 200 and again == data and upstream.calls_to(f"/files/{BIG}") == 1
+    finally:
+        release.set()
+        first.stop()
