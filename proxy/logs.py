@@ -59,7 +59,7 @@ def escape_path(path: str) -> str:
 
 def escape_controls(text: str) -> str:
     """A log message on one line: control characters written as \\xNN escapes."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if m.group() < "\u0100" else f"\\u{ord(m.group()):04x}", text)
 
 
 def mask(text: str) -> str:
