@@ -32,7 +32,7 @@ from .keys import POLICY_PATH, SERVICES, SETTINGS
 from .logs import mask
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import REQUEST, Metrics, RequestFacts
-from .responses import SentFileResponse
+from .responses import SentFileResponse, keep_private
 from .settings import Settings, load_settings
 from .store.blobs import BlobStore
 from .store.catalog import Catalog
@@ -229,6 +229,8 @@ class Gateway:
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed()
         response = await services.ecosystems[route.ecosystem].serve(request, ctx)
+        if not ctx.channel.public:
+            keep_private(response)
         if isinstance(response, SentFileResponse) and response.hosted:
             services.metrics.cache_result("artifact", "hosted")
         return response

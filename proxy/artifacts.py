@@ -164,7 +164,9 @@ class Artifacts:
 
     async def _tee(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse:
         """Stream a download in progress; the final byte waits for verification."""
-        resp = web.StreamResponse(headers={"Content-Type": fetch.spec.content_type})
+        # private whatever the channel: these bytes are not yet verified against their hash
+        # (and the Gateway cannot mark a response that is already under way)
+        resp = web.StreamResponse(headers={"Content-Type": fetch.spec.content_type, "Cache-Control": "private"})
         if fetch.total is not None:
             resp.content_length = fetch.total
         await resp.prepare(request)

@@ -51,6 +51,21 @@ def index_response(
     return web.Response(body=body, headers=headers)
 
 
+def keep_private(response: web.StreamResponse) -> None:
+    """DESIGN: responses of non-public channels are ``Cache-Control: private`` (RFC 9111
+    §5.2.2.7): a shared cache in front would replay a package file or a CEP-16 shard to
+    anyone. The client's own cache may still keep them (max-age and immutable stay)."""
+    if response.prepared:
+        return
+    value = response.headers.get("Cache-Control")
+    if not value:
+        response.headers["Cache-Control"] = "private"
+    elif "public" in value:
+        response.headers["Cache-Control"] = value.replace("public", "private")
+    elif "private" not in value and "no-store" not in value:
+        response.headers["Cache-Control"] = f"private, {value}"
+
+
 def file_response(path: Path, content_type: str, *, immutable: bool) -> web.FileResponse:
     """A stored blob via sendfile (aiohttp adds ETag, Last-Modified, Range and 304)."""
     headers = {"Content-Type": content_type}

@@ -173,6 +173,34 @@ def test_package_files_come_from_base_url_and_are_verified(world: World) -> None
         "shard-tampered-1.0-0.conda"]["sha256"]
 
 
+def test_a_private_channel_answers_cache_control_private(world: World) -> None:
+    """Issue 8, observation 18: a shared cache in front must never keep a private channel's
+    package files or shards (it would replay them to anyone); a public channel's may."""
+    import msgpack
+    import zstandard
+
+    status, _, index = world.get("/noarch/repodata_shards.msgpack.zst")
+    assert status == 200
+    shards = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(index, max_output_size=1 << 24))["shards"]
+    answers = {
+        "shard": f"/noarch/shards/{next(iter(shards.values())).hex()}.msgpack.zst",
+        "hosted file": "/noarch/acme-private-1.0-0.conda",
+        "cached upstream file": "/noarch/shard-other-0.5-0.conda",
+        "shard index": "/noarch/repodata_shards.msgpack.zst",
+        "repodata": "/noarch/repodata.json",
+    }
+    for what, path in answers.items():
+        for _ in range(2):  # the first answer and the one from the store
+            status, headers, _ = world.get(path)
+            assert status == 200, (what, status)
+            control = headers.get("Cache-Control", "")
+            assert "private" in control and "public" not in control, (what, control)
+    for _ in range(2):
+        status, headers, _ = http("GET", f"{world.server.url}/both/noarch/both-pkg-1.0-0.conda")
+        assert status == 200
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"  # public channel: unchanged
+
+
 def test_refresh_fetches_only_changed_shards(world: World) -> None:
     """Runs last: it changes the upstream. A new shard-dep version changes one shard."""
     assert world.get("/noarch/repodata.json")[0] == 200
