@@ -34,6 +34,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import REQUEST, Metrics, RequestFacts
 from .responses import SentFileResponse, keep_private
 from .settings import Settings, load_settings
+from .sources import Sources
 from .store.blobs import BlobStore
 from .store.catalog import Catalog
 from .uploads import UploadChecks, handle_upload
@@ -119,8 +120,9 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         metrics=metrics,
     )
     checks = UploadChecks(settings.limits.validation_workers)
+    live = LivePolicy(settings)
     services = Services(
-        live=LivePolicy(settings), store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta,
+        live=live, sources=Sources(lambda: live.settings, store, catalog), store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta,
         metrics=metrics, checks=checks,
     )
     for name, ecosystem in ECOSYSTEMS.items():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 from aiohttp import web
 
 from .auth.credentials import Tokens
-from .settings import ChannelPolicy, Settings, UpstreamSettings
+from .settings import ChannelPolicy, Settings
 
 if TYPE_CHECKING:
     from .artifacts import Artifacts
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .cache import MetadataCache
     from .metrics import Metrics
     from .routing import Route
+    from .sources import Sources
     from .store.blobs import BlobStore, TempBlob
     from .store.catalog import Catalog
     from .uploads import UploadChecks
@@ -54,6 +55,7 @@ class LivePolicy:
 @dataclass
 class Services:
     live: LivePolicy
+    sources: "Sources"
     store: "BlobStore"
     catalog: "Catalog"
     upstream: "Upstream"
@@ -72,11 +74,6 @@ class Services:
     @property
     def tokens(self) -> "Tokens":
         return self.live.tokens
-
-    def upstreams_for(self, channel: ChannelPolicy, ecosystem: str) -> list[UpstreamSettings]:
-        """The channel's upstreams of one ecosystem, in the channel's order."""
-        ups = self.settings.upstreams
-        return [ups[name] for name in channel.upstreams if name in ups and ups[name].type == ecosystem]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ for conda, as-is for CRAN) and ``allow`` normalised the same way.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -17,6 +18,23 @@ T = TypeVar("T")
 def upstream_may_serve(name: str, local_names: frozenset[str] | set[str], allow: frozenset[str]) -> bool:
     """Whether upstreams may contribute versions of ``name`` at all (check this before fetching)."""
     return name not in local_names or name in allow
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRule:
+    """The dependency-confusion rule of one channel: the names its uploads hold and the
+    names ``upstream_allow`` lets upstreams serve anyway (both in normal form)."""
+
+    local_names: frozenset[str]
+    allow: frozenset[str]
+
+    def upstream_may_serve(self, name: str) -> bool:
+        return upstream_may_serve(name, self.local_names, self.allow)
+
+    @property
+    def blocked(self) -> frozenset[str]:
+        """The names no upstream may contribute any version of."""
+        return self.local_names - self.allow
 
 
 def merge(

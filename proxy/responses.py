@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
+
+INDEX_MAX_AGE = 60  # seconds an index may be reused; CEP-16 suggests a short max-age for its shard index too
 from aiohttp.abc import AbstractStreamWriter
 
 
@@ -34,7 +36,7 @@ def index_response(
     content_type: str,
     *,
     etag: str | None = None,
-    max_age: int = 60,
+    max_age: int = INDEX_MAX_AGE,
     immutable: bool = False,
     vary: str | None = None,
 ) -> web.Response:

@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import NotFound
-
-RESERVED = frozenset({"api", "t", "static", "metrics", "ui"})
+from .settings import RESERVED_CHANNEL_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +61,6 @@ def parse(path: str) -> Route:
                 raise NotFound()
             return Route("channel", token, segs[j], "/".join(segs[j + 1 :]), "/".join(segs[: j + 1]))
         return Route("api", token, rest="/".join(segs[i + 1 :]))
-    if not head or head in RESERVED:
+    if not head or head in RESERVED_CHANNEL_NAMES:
         raise NotFound()
     return Route("channel", token, head, "/".join(segs[i + 1 :]), "/".join(segs[: i + 1]))

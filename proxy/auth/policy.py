@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import enum
 
-from ..settings import ChannelPolicy
+from ..settings import ROLES, ChannelPolicy
 from .credentials import Principal
 
-ROLE_RANK = {"read": 1, "write": 2, "admin": 3}
+ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}  # read < write < admin
 
 
 class Action(enum.Enum):

@@ -161,7 +161,7 @@ class Names:
         for ix in built:
             for name, upstream in (await asyncio.to_thread(_plan_names, ix)).items():
                 names.setdefault(name, upstream)
-        ups = self.services.upstreams_for(channel, "conda")
+        ups = self.services.sources.upstreams(channel, "conda")
         fallback = ups[0].name if len(ups) == 1 else "upstream"
         for name in self._channeldata_names(body, etag):
             names.setdefault(name.lower(), fallback)  # channeldata() applied the merge rule

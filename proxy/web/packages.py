@@ -98,7 +98,7 @@ async def _conda(services: Services, channel: ChannelPolicy, name: str, subdirs:
     snap = services.catalog.snapshot(channel.name, "conda")
     rows = [_hosted(u, u.path.split("/", 1)[0]) for u in snap.by_name.get(lname, ())]
     allow = frozenset(n.lower() for n in channel.upstream_allow)
-    if services.upstreams_for(channel, "conda") and upstream_may_serve(lname, snap.names, allow):
+    if services.sources.upstreams(channel, "conda") and upstream_may_serve(lname, snap.names, allow):
         wanted = {"noarch", *subdirs, *(ix.subdir for ix in conda.indexes.built(channel.name, "main"))}
         for subdir in sorted(wanted):
             try:

@@ -26,18 +26,16 @@ from ...artifacts import ArtifactSpec
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import NotFound
 from ...memo import Memo
-from ...merge import upstream_may_serve
-from ...responses import file_response, index_response, not_modified
+from ...responses import INDEX_MAX_AGE, index_response, not_modified
 from ...store.catalog import Upload
 from .cep16 import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
-from .index import DEFAULT_LABEL, LABEL_RE, SUBDIR_RE, CondaIndexes, allowed_names, normalize
+from .index import DEFAULT_LABEL, LABEL_RE, SUBDIR_RE, CondaIndexes, normalize
 from .sections import is_package_filename
 from .subdir_index import FileKind, IndexFileResponse
 from .uploads import parse_labels, store_conda_upload, upload_summary
 
 SMALL_INDEX_BYTES = 2 * 1024 * 1024  # indexes up to this size are answered from memory...
 SMALL_INDEX_COUNT = 32  # ...at most this many of them (64 MiB)
-INDEX_MAX_AGE = 60  # seconds; CEP-16 suggests a short max-age for the shard index too
 PACKAGE_CONTENT_TYPE = "application/octet-stream"
 
 INDEX_FILES: dict[str, tuple[FileKind | Literal["shards"], str]] = {
@@ -67,7 +65,7 @@ class Conda:
             label, parts = parts[1], parts[2:]
         if parts == ["channeldata.json"]:
             body, etag = await self.indexes.channeldata(ctx.channel, label)
-            return index_response(request, body, "application/json", etag=etag, max_age=INDEX_MAX_AGE)
+            return index_response(request, body, "application/json", etag=etag)
         if len(parts) == 2 and SUBDIR_RE.match(parts[0]):
             subdir, name = parts
             if name in INDEX_FILES:
@@ -85,7 +83,7 @@ class Conda:
         kind, content_type = INDEX_FILES[name]
         if kind == "shards":
             shard_set = await index.shard_set()
-            return index_response(request, shard_set.index, content_type, max_age=INDEX_MAX_AGE)
+            return index_response(request, shard_set.index, content_type)
         etag = index.etag(kind)
         if not_modified(request, etag):
             return web.Response(status=304, headers={"ETag": etag, "Cache-Control": f"private, max-age={INDEX_MAX_AGE}"})
@@ -98,7 +96,7 @@ class Conda:
             # small: kept in memory by file and ETag (a FileResponse costs a thread-pool stat
             # and open per request, more than the bytes of a small index)
             small = self._small.put((path, etag), await asyncio.to_thread(path.read_bytes))
-        return index_response(request, small, content_type, etag=etag, max_age=INDEX_MAX_AGE)
+        return index_response(request, small, content_type, etag=etag)
 
     async def _shard(self, request: web.BaseRequest, ctx: ChannelRequest, label: str, subdir: str, sha256_hex: str) -> web.StreamResponse:
         check_shard_request(sha256_hex)
@@ -116,13 +114,10 @@ class Conda:
         channel = ctx.channel
         upload = self.services.catalog.get(channel.name, "conda", f"{subdir}/{filename}")
         if upload is not None and label in upload.labels:
-            path = self.services.store.find("uploads", upload.sha256)
-            if path is None:
-                raise NotFound(f"{filename} is not stored")
-            return file_response(path, PACKAGE_CONTENT_TYPE, immutable=False)
+            return self.services.sources.hosted_file(upload.sha256, filename, PACKAGE_CONTENT_TYPE)
         name = package_name_of(filename)
-        local_names = self.services.catalog.names(channel.name, "conda")
-        if label != DEFAULT_LABEL or name is None or not upstream_may_serve(normalize(name), local_names, allowed_names(channel)):
+        rule = self.services.sources.rule(channel, "conda", normalize)
+        if label != DEFAULT_LABEL or name is None or not rule.upstream_may_serve(normalize(name)):
             raise NotFound(f"no file {filename} in this channel")
         index = await self.indexes.subdir(ctx.channel, label, subdir)
         origin = index.origin(filename) if index is not None else None

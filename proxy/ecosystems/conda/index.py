@@ -32,11 +32,12 @@ import orjson
 
 from ...cache import Doc
 from ...context import Services
-from ...errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
+from ...errors import BadRequest, NotFound, UpstreamError
 from ...memo import Memo, SingleFlight
-from ...merge import upstream_may_serve
+from ...merge import MergeRule
 from ...responses import etag_for
 from ...settings import ChannelPolicy, UpstreamSettings
+from ...sources import Walk
 from ...store.catalog import Upload
 from .cep16 import SHARD_INDEX_FILENAME, ShardSet, parse_shard_index
 from .channeldata import render_channeldata
@@ -57,17 +58,13 @@ BAD_DOCUMENT_RETRY = 60.0  # seconds an upstream document that failed to parse i
 BUILD_RETRY = 30.0  # seconds a failed background build (upstream refresh) is not retried
 KNOWN_SHARDS = 1 << 20  # upstream shards (by sha256) whose stored body is read without asking the cache
 
-Source = Encoding | Literal["shards"]
+DocForm = Encoding | Literal["shards"]
 """How an upstream subdir's records arrive: ``repodata.json`` (plain, zstd, bz2) or CEP-16 shards."""
 
 
 def normalize(name: str) -> str:
     """conda package names compare lower-case (merge key and dependency-confusion rule)."""
     return name.lower()
-
-
-def allowed_names(channel: ChannelPolicy) -> frozenset[str]:
-    return frozenset(normalize(n) for n in channel.upstream_allow)
 
 
 def local_record(upload: Upload) -> CondaRecord:
@@ -125,7 +122,7 @@ class CondaIndexes:
         task.add_done_callback(done)
 
     # ------------------------------------------------------------------ upstream documents
-    async def _upstream_doc(self, up: UpstreamSettings, subdir: str) -> tuple[Doc, Source]:
+    async def _upstream_doc(self, up: UpstreamSettings, subdir: str) -> tuple[Doc, DocForm]:
         """conda's order: ``repodata.json.zst`` first, ``repodata.json`` when that 404s, and
         the CEP-16 shard index only when both 404.
 
@@ -145,24 +142,12 @@ class CondaIndexes:
         except NotFound:
             return await self.services.meta.get(up, f"{up.url}/{subdir}/{SHARD_INDEX_FILENAME}"), "shards"
 
-    async def _docs(self, channel: ChannelPolicy, subdir: str) -> tuple[list[tuple[UpstreamSettings, Doc, Source]], Exception | None]:
-        """Each upstream's current document (404s skipped) and the last failure, if any."""
-        out: list[tuple[UpstreamSettings, Doc, Source]] = []
-        failure: Exception | None = None
-        for up in self.services.upstreams_for(channel, "conda"):
-            if up.filter is not None and not up.filter.allows_subdir(subdir):
-                continue  # filtered out: the upstream has no such subdir here (DESIGN, upstream filters)
-            try:
-                doc, encoding = await self._upstream_doc(up, subdir)
-            except NotFound:
-                continue
-            except (UpstreamError, UpstreamTimeout) as exc:
-                failure = exc
-                continue
-            out.append((up, doc, encoding))
-        return out, failure
+    async def _docs(self, channel: ChannelPolicy, subdir: str) -> Walk[tuple[Doc, DocForm]]:
+        """Each upstream's current document of the subdir (404s skipped) and the last failure."""
+        return await self.services.sources.walk(channel, "conda", lambda up: self._upstream_doc(up, subdir),
+                                                subdir=subdir)
 
-    async def _parse(self, up: UpstreamSettings, doc: Doc, encoding: Source) -> Repodata | None:
+    async def _parse(self, up: UpstreamSettings, doc: Doc, encoding: DocForm) -> Repodata | None:
         """The parsed document (once per digest); None when it is not valid repodata.
 
         A shard index is read with its shards (shard_upstreams.py); a shard that cannot be fetched
@@ -227,17 +212,17 @@ class CondaIndexes:
             slot.local = tuple(sorted((u.path, u.sha256, u.name) for u in slot.uploads))
             slot.names = tuple(sorted(catalog.names(channel.name, "conda")))
             slot.generation = generation
-        docs: list[tuple[UpstreamSettings, Doc, Source]] = []
-        failure: Exception | None = None
+        walk: Walk[tuple[Doc, DocForm]] = Walk(())
         if label == DEFAULT_LABEL:
-            docs, failure = await self._docs(channel, subdir)
-        if not slot.uploads and not docs:
-            if failure is not None:
-                raise failure
+            walk = await self._docs(channel, subdir)
+        if not slot.uploads and not walk:
+            if walk.failure is not None:
+                raise walk.failure
             if subdir != "noarch":
                 return None
-        key = IndexKey(slot.local, slot.names, tuple(sorted(allowed_names(channel))),
-                       tuple((up.name, doc.digest + (up.filter.fingerprint if up.filter else "")) for up, doc, _ in docs))
+        docs = [(f.upstream, *f.value) for f in walk.found]
+        key = IndexKey(slot.local, slot.names, tuple(sorted(self.services.sources.allow(channel, normalize))),
+                       tuple((up, digest + flt) for up, digest, flt in walk.fingerprint(lambda v: v[0].digest)))
         current = slot.current
         if current is not None and current.key == key:
             return current
@@ -253,7 +238,7 @@ class CondaIndexes:
         return await asyncio.shield(task)  # type: ignore[no-any-return]
 
     async def _build(self, slot: _Slot, key: IndexKey, subdir: str, uploads: list[Upload],
-                     docs: list[tuple[UpstreamSettings, Doc, Source]], seq: int) -> SubdirIndex:
+                     docs: list[tuple[UpstreamSettings, Doc, DocForm]], seq: int) -> SubdirIndex:
         try:
             return await self._build_locked(slot, key, subdir, uploads, docs, seq)
         except Exception as exc:
@@ -262,7 +247,7 @@ class CondaIndexes:
             raise
 
     async def _build_locked(self, slot: _Slot, key: IndexKey, subdir: str, uploads: list[Upload],
-                            docs: list[tuple[UpstreamSettings, Doc, Source]], seq: int) -> SubdirIndex:
+                            docs: list[tuple[UpstreamSettings, Doc, DocForm]], seq: int) -> SubdirIndex:
         async with slot.lock:
             current = slot.current
             if current is not None and current.key == key:
@@ -301,7 +286,7 @@ class CondaIndexes:
     def _assemble(self, key: IndexKey, subdir: str, uploads: list[Upload], ups: list[UpstreamSubdir]) -> SubdirIndex:
         """Plan the merge (in the executor): a few binary searches per upload."""
         local = [local_record(u) for u in uploads]
-        blocked = set(key.names) - set(key.allow)
+        blocked = MergeRule(frozenset(key.names), frozenset(key.allow)).blocked
         sources: dict[str, list[Section]] = {}
         tables: dict[str, list[list[str]]] = {}
         excluded: dict[str, list[list[int]]] = {}
@@ -360,16 +345,14 @@ class CondaIndexes:
         """``channeldata.json``: the uploads' entries first, then the upstreams' own
         ``channeldata.json`` entries for names the merge rule lets them serve."""
         catalog = self.services.catalog
-        docs: list[tuple[UpstreamSettings, Doc]] = []
+        walk: Walk[Doc] = Walk(())
         if label == DEFAULT_LABEL:
-            for up in self.services.upstreams_for(channel, "conda"):
-                try:
-                    docs.append((up, await self.services.meta.get(up, f"{up.url}/channeldata.json")))
-                except (NotFound, UpstreamError, UpstreamTimeout):
-                    continue
-        allow = allowed_names(channel)
-        key = (channel.name, label, catalog.generation(channel.name, "conda"), allow,
-               tuple((d.digest, up.filter.fingerprint if up.filter else "") for up, d in docs))
+            walk = await self.services.sources.walk(
+                channel, "conda", lambda up: self.services.meta.get(up, f"{up.url}/channeldata.json")
+            )
+        rule = self.services.sources.rule(channel, "conda", normalize)
+        key = (channel.name, label, catalog.generation(channel.name, "conda"), rule.allow,
+               tuple(digest_and_filter[1:] for digest_and_filter in walk.fingerprint(lambda d: d.digest)))
         cached = self._channeldata.get(key)
         if cached is not None:
             return cached
@@ -377,11 +360,11 @@ class CondaIndexes:
         for upload in catalog.list(channel.name, "conda"):
             if label in upload.labels:
                 by_subdir.setdefault(upload.path.split("/", 1)[0], []).append(local_record(upload))
-        local_names = catalog.names(channel.name, "conda")
         doc = orjson.loads(render_channeldata(by_subdir))
         packages: dict[str, Any] = doc["packages"]
         subdirs: set[str] = set(doc["subdirs"])
-        for up, upstream_doc in docs:
+        for found in walk.found:
+            up, upstream_doc = found.upstream, found.value
             theirs = self._upstream_channeldata.get(upstream_doc.digest)
             if theirs is None:
                 try:
@@ -393,7 +376,7 @@ class CondaIndexes:
             for name, entry in (their_packages.items() if isinstance(their_packages, dict) else ()):
                 if name in packages or not isinstance(entry, dict):
                     continue
-                if not upstream_may_serve(normalize(name), local_names, allow):
+                if not rule.upstream_may_serve(normalize(name)):
                     continue
                 if up.filter is not None and not up.filter.allows_name(name):
                     continue

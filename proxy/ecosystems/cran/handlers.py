@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from ...artifacts import ArtifactSpec
 from ...cache import Doc
-from ...memo import Memo, SingleFlight
 from ...context import ChannelRequest, Services, UploadForm
-from ...errors import NotFound, UpstreamError, UpstreamTimeout
+from ...errors import NotFound
 from ...filters import select
-from ...merge import merge, upstream_may_serve
-from ...responses import etag_for, file_response, index_response
+from ...memo import Memo, SingleFlight
+from ...merge import merge
+from ...responses import etag_for, index_response
 from ...settings import UpstreamSettings
+from ...sources import Walk
 from ...store.catalog import Upload
 from ...uploads import publish
 from .index import (
@@ -47,7 +48,6 @@ from .index import (
 from .package import CranPackage, inspect_upload
 from .paths import FILE_SUFFIX, CranPath, Tree, parse_cran_path
 
-INDEX_MAX_AGE = 60
 CONTENT_TYPES = {
     "PACKAGES": "text/plain; charset=utf-8",
     "PACKAGES.gz": "application/x-gzip",
@@ -80,6 +80,11 @@ class ContribView:
     archived: tuple[Source, ...]        # uploaded source versions superseded by a newer one
     index: PackagesFiles
     etags: Mapping[str, str]
+
+
+def as_is(name: str) -> str:
+    """CRAN package names compare as they are (merge key and dependency-confusion rule)."""
+    return name
 
 
 def _version_rank(version: str) -> tuple[int, tuple[int, ...]]:
@@ -143,29 +148,25 @@ class Cran:
         if cp.kind == "index":
             view = await self.view(ctx, cp.contrib_dir, cp.tree)
             return index_response(request, view.index.get(cp.name), CONTENT_TYPES[cp.name],
-                                  etag=view.etags[cp.name], max_age=INDEX_MAX_AGE)
+                                  etag=view.etags[cp.name])
         if cp.kind == "file":
             return await self._file(request, ctx, cp)
         if cp.kind == "archive":
             return await self._archive_file(request, ctx, cp)
         return await self._archive_meta(request, ctx)
 
-    async def _upstream_docs(
-        self, ctx: ChannelRequest, contrib_dir: str
-    ) -> tuple[list[tuple[UpstreamSettings, Doc]], Exception | None]:
-        docs: list[tuple[UpstreamSettings, Doc]] = []
-        failure: Exception | None = None
-        for up in self.services.upstreams_for(ctx.channel, "cran"):
-            for name in ("PACKAGES.gz", "PACKAGES"):  # what R falls back to, minus the .rds
-                try:
-                    docs.append((up, await self.services.meta.get(up, f"{up.url}/{contrib_dir}/{name}")))
-                    break
-                except NotFound:
-                    continue
-                except (UpstreamError, UpstreamTimeout) as exc:
-                    failure = exc
-                    break
-        return docs, failure
+    async def _upstream_docs(self, ctx: ChannelRequest, contrib_dir: str) -> Walk[Doc]:
+        """Each upstream's index of the folder: ``PACKAGES.gz``, else ``PACKAGES`` (what R
+        falls back to, minus the .rds)."""
+        meta = self.services.meta
+
+        async def fetch(up: UpstreamSettings) -> Doc:
+            try:
+                return await meta.get(up, f"{up.url}/{contrib_dir}/PACKAGES.gz")
+            except NotFound:
+                return await meta.get(up, f"{up.url}/{contrib_dir}/PACKAGES")
+
+        return await self.services.sources.walk(ctx.channel, "cran", fetch)
 
     async def _entries(self, doc: Doc) -> list[Entry]:
         entries = self._parsed.get(doc.digest)
@@ -178,18 +179,19 @@ class Cran:
         channel = ctx.channel
         catalog = self.services.catalog
         uploads = [u for u in catalog.list(channel.name, "cran") if posixpath.dirname(u.path) == contrib_dir]
-        docs, failure = await self._upstream_docs(ctx, contrib_dir)
-        if not uploads and not docs:
-            raise failure if failure is not None else NotFound(f"no packages in {contrib_dir}")
-        key = (channel.name, contrib_dir, catalog.generation(channel.name, "cran"), channel.upstream_allow,
-               tuple((up.name, doc.digest, up.filter.fingerprint if up.filter else "") for up, doc in docs))
+        walk = await self._upstream_docs(ctx, contrib_dir)
+        walk.nothing(hosted=bool(uploads), missing=f"no packages in {contrib_dir}")
+        docs = [(f.upstream, f.value) for f in walk.found]
+        allow = self.services.sources.allow(channel, as_is)
+        key = (channel.name, contrib_dir, catalog.generation(channel.name, "cran"), allow,
+               walk.fingerprint(lambda doc: doc.digest))
         view = self._views.get(key)
         if view is not None:
             return view
         local_names = catalog.names(channel.name, "cran")
         # single flight: one merge per inputs, however many clients ask
         return await self._building.run(
-            key, lambda: self._build(key, tree, uploads, docs, local_names, channel.upstream_allow)
+            key, lambda: self._build(key, tree, uploads, docs, local_names, allow)
         )
 
     async def _build(self, key: tuple[object, ...], tree: Tree, uploads: list[Upload],
@@ -203,10 +205,7 @@ class Cran:
         return self.services.catalog.get(ctx.channel.name, "cran", path)
 
     def _serve_upload(self, upload: Upload, tree: Tree) -> web.StreamResponse:
-        path = self.services.store.find("uploads", upload.sha256)
-        if path is None:
-            raise NotFound(f"{upload.filename} is not stored")
-        return file_response(path, FILE_TYPES[tree], immutable=False)
+        return self.services.sources.hosted_file(upload.sha256, upload.filename, FILE_TYPES[tree])
 
     async def _file(self, request: web.BaseRequest, ctx: ChannelRequest, cp: CranPath) -> web.StreamResponse:
         upload = self._hosted(ctx, f"{cp.contrib_dir}/{cp.name}")
@@ -227,30 +226,22 @@ class Cran:
         )
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
-    def _blocked(self, ctx: ChannelRequest, package: str) -> bool:
-        local_names = self.services.catalog.names(ctx.channel.name, "cran")
-        return not upstream_may_serve(package, local_names, ctx.channel.upstream_allow)
-
     async def _archive_file(self, request: web.BaseRequest, ctx: ChannelRequest, cp: CranPath) -> web.StreamResponse:
         upload = self._hosted(ctx, f"src/contrib/{cp.filename}")
         if upload is not None and upload.name == cp.package:
             return self._serve_upload(upload, "source")
-        if self._blocked(ctx, cp.package):
-            raise NotFound(f"no archived file {cp.filename}")
-        failure: Exception | None = None
-        for up in self.services.upstreams_for(ctx.channel, "cran"):
-            if up.filter is not None and not up.filter.allows_name(cp.package):
-                continue  # filtered out (DESIGN, upstream filters)
+
+        def fetch(up: UpstreamSettings) -> Awaitable[web.StreamResponse]:
             # CRAN's archive has no index with checksums: the file is cached by its URL.
             spec = ArtifactSpec(upstream=up, url=f"{up.url}/src/contrib/Archive/{cp.package}/{cp.filename}",
                                 expect={}, filename=cp.filename, content_type=FILE_TYPES["source"])
-            try:
-                return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
-            except NotFound:
-                continue
-            except (UpstreamError, UpstreamTimeout) as exc:
-                failure = exc
-        raise failure if failure is not None else NotFound(f"no archived file {cp.filename}")
+            return self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
+
+        sources = self.services.sources
+        walk = await sources.walk(ctx.channel, "cran", fetch, name=cp.package, first=True,
+                                  rule=sources.rule(ctx.channel, "cran", as_is))
+        walk.nothing(hosted=False, missing=f"no archived file {cp.filename}")
+        return walk.found[0].value
 
     async def _archive_meta(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         """``src/contrib/Meta/archive.rds``: uploaded superseded versions, then each
@@ -262,11 +253,11 @@ class Cran:
         local = [ArchivedFile(s.package, s.upload.filename, s.upload.size, s.upload.uploaded_at)
                  for s in (view.archived if view else ()) if s.upload is not None]
         remote: list[tuple[str, list[ArchivedFile]]] = []
-        for up in self.services.upstreams_for(ctx.channel, "cran"):
-            try:
-                doc = await self.services.meta.get(up, f"{up.url}/src/contrib/Meta/archive.rds")
-            except (NotFound, UpstreamError, UpstreamTimeout):
-                continue
+        walk = await self.services.sources.walk(
+            ctx.channel, "cran", lambda up: self.services.meta.get(up, f"{up.url}/src/contrib/Meta/archive.rds")
+        )
+        for found in walk.found:
+            up, doc = found.upstream, found.value
             files = self._archives.get(doc.digest)
             if files is None:
                 files = self._archives.put(doc.digest, await asyncio.to_thread(lambda: parse_archive_rds(doc.read())))
@@ -274,16 +265,17 @@ class Cran:
         if view is None and not remote:
             raise NotFound("no archive")
         channel = ctx.channel
-        key = (channel.name, self.services.catalog.generation(channel.name, "cran"), channel.upstream_allow,
+        allow = self.services.sources.allow(channel, as_is)
+        key = (channel.name, self.services.catalog.generation(channel.name, "cran"), allow,
                tuple(k for k, _ in remote))
         page = self._archive_pages.get(key)
         if page is None:
             merged = merge(local, [files for _, files in remote], name=lambda f: f.package,
-                           key=lambda f: f"{f.package}/{f.filename}", allow=channel.upstream_allow,
+                           key=lambda f: f"{f.package}/{f.filename}", allow=allow,
                            local_names=self.services.catalog.names(channel.name, "cran"))
             body = await asyncio.to_thread(render_archive_rds, merged)
             page = self._archive_pages.put(key, (body, etag_for(body)))
-        return index_response(request, page[0], "application/octet-stream", etag=page[1], max_age=INDEX_MAX_AGE)
+        return index_response(request, page[0], "application/octet-stream", etag=page[1])
 
     # ------------------------------------------------------------------ POST (curl -F filetype=...)
     async def upload(self, request: web.BaseRequest, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:

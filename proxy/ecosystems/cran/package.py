@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from proxy.archives import Budget, open_zip, parts_of, read_member, scan_zip, verify_zip, walk_tar
 from proxy.ecosystems.cran.dcf import DcfError, parse_dcf
 from proxy.ecosystems.cran.index import (
     DESCRIPTION_INDEX_FIELDS,
@@ -35,7 +36,6 @@ from proxy.ecosystems.cran.index import (
     is_valid_version,
     normalize_entry,
 )
-from proxy.archives import Budget, open_zip, parts_of, read_member, scan_zip, verify_zip, walk_tar
 from proxy.errors import BadRequest
 from proxy.settings import Limits
 

@@ -6,7 +6,6 @@ Basic-auth forms alike, and never points at an upstream.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 from dataclasses import dataclass
@@ -17,12 +16,12 @@ from aiohttp import web
 
 from ...artifacts import ArtifactSpec
 from ...cache import Doc
-from ...memo import Memo
 from ...context import ChannelRequest, Services, UploadForm
+from ...errors import BadRequest, Conflict, NotFound
 from ...filters import select
-from ...errors import BadRequest, Conflict, NotFound, UpstreamError, UpstreamTimeout
-from ...merge import merge, upstream_may_serve
-from ...responses import etag_for, file_response, index_response
+from ...memo import Memo
+from ...merge import MergeRule, merge
+from ...responses import etag_for, index_response
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...store.catalog import Upload
 from ...uploads import publish
@@ -44,7 +43,6 @@ from .simple import (
 UPSTREAM_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 )
-INDEX_MAX_AGE = 60
 HASH_ALGORITHMS = ("sha256", "md5")
 
 
@@ -94,16 +92,9 @@ class PyPI:
         self._parsed: Memo[str, list[FileEntry]] = Memo(4096)
         self._projects: Memo[tuple[object, ...], Project] = Memo(4096)
         self._pages: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(4096)
-        self._allow_memo: Memo[frozenset[str], frozenset[str]] = Memo(64)
         self._names: Memo[tuple[object, ...], dict[str, str]] = Memo(16)
         # Accept headers repeat (one per client version): negotiate each string once
         self._negotiate = functools.lru_cache(maxsize=256)(negotiate)
-
-    def _allow(self, names: frozenset[str]) -> frozenset[str]:
-        allow = self._allow_memo.get(names)
-        if allow is None:
-            allow = self._allow_memo.put(names, frozenset(normalize(n) for n in names))
-        return allow
 
     # ------------------------------------------------------------------ GET
     async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
@@ -126,25 +117,23 @@ class PyPI:
         kind, content_type = self._negotiate(request.headers.get("Accept"))
         projects = sorted((await self.names(ctx.channel))[1])
         body = render_root_json(projects) if kind == "json" else render_root_html(projects)
-        return index_response(request, body, content_type, max_age=INDEX_MAX_AGE, vary="Accept")
+        return index_response(request, body, content_type, vary="Accept")
 
     async def names(self, channel: ChannelPolicy) -> tuple[tuple[object, ...], Mapping[str, str]]:
         """Every project name of the channel's merged index, each with its source
         ("hosted" or the first upstream listing it), and a key identifying the inputs.
         The root page and the web UI's listings both read this."""
         snap = self.services.catalog.snapshot(channel.name, "pypi")
-        docs: list[tuple[UpstreamSettings, Doc]] = []
-        for up in self.services.upstreams_for(channel, "pypi"):
-            try:
-                docs.append((up, await self.services.meta.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)))
-            except (NotFound, UpstreamError, UpstreamTimeout):
-                continue
-        key = (channel.name, snap.generation, tuple((up.name, doc.digest) for up, doc in docs))
+        walk = await self.services.sources.walk(
+            channel, "pypi", lambda up: self.services.meta.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)
+        )
+        key = (channel.name, snap.generation, tuple((f.upstream.name, f.value.digest) for f in walk.found))
         found = self._names.get(key)
         if found is None:
             names = dict.fromkeys(snap.names, "hosted")
-            for up, doc in docs:
-                for entry in self._parse(doc, root=True):
+            for f in walk.found:
+                up = f.upstream
+                for entry in self._parse(f.value, root=True):
                     name = normalize(entry.filename)
                     if up.filter is None or up.filter.allows_name(name):
                         names.setdefault(name, up.name)
@@ -167,31 +156,22 @@ class PyPI:
     async def project(self, ctx: ChannelRequest, project: str) -> Project:
         """The merged file list of one project (DESIGN's merge rule)."""
         channel = ctx.channel
+        sources = self.services.sources
         snap = self.services.catalog.snapshot(channel.name, "pypi")
         uploads = snap.by_name.get(project, ())
-        local_names = snap.names
-        allow = self._allow(channel.upstream_allow)
-        docs: list[tuple[UpstreamSettings, Doc]] = []
-        failure: Exception | None = None
-        if upstream_may_serve(project, local_names, allow):
-            for up in self.services.upstreams_for(channel, "pypi"):
-                if up.filter is not None and not up.filter.allows_name(project):
-                    continue  # filtered out: this upstream has no such project (DESIGN, upstream filters)
-                try:
-                    docs.append((up, await self.services.meta.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT)))
-                except NotFound:
-                    continue
-                except (UpstreamError, UpstreamTimeout) as exc:
-                    failure = exc
-        if not uploads and not docs:
-            raise failure if failure is not None else NotFound(f"no project named {project!r}")
-        key = (channel.name, project, snap.generation, allow,
-               tuple((up.name, doc.digest, up.filter.fingerprint if up.filter else "") for up, doc in docs))
+        allow = sources.allow(channel, normalize)
+        walk = await sources.walk(
+            channel, "pypi", lambda up: self.services.meta.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT),
+            name=project, rule=MergeRule(snap.names, allow),
+        )
+        walk.nothing(hosted=bool(uploads), missing=f"no project named {project!r}")
+        key = (channel.name, project, snap.generation, allow, walk.fingerprint(lambda doc: doc.digest))
         cached = self._projects.get(key)
         if cached is not None:
             return cached
         local = [Source(_local_entry(u), upload=u) for u in uploads]
-        remote = [[Source(e, upstream=up) for e in self._filtered(up, project, self._parse(doc))] for up, doc in docs]
+        remote = [[Source(e, upstream=f.upstream) for e in self._filtered(f.upstream, project, self._parse(f.value))]
+                  for f in walk.found]
         if not uploads and not any(remote):
             raise NotFound(f"no project named {project!r}")  # every file filtered out: absent
         merged = merge(
@@ -216,7 +196,7 @@ class PyPI:
             render = render_project_json if kind == "json" else render_project_html
             body = render(project, merged.files, _link)
             page = self._pages.put(page_key, (body, etag_for(body)))
-        return index_response(request, page[0], content_type, etag=page[1], max_age=INDEX_MAX_AGE, vary="Accept")
+        return index_response(request, page[0], content_type, etag=page[1], vary="Accept")
 
     async def _file(self, request: web.BaseRequest, ctx: ChannelRequest, project: str, filename: str) -> web.StreamResponse:
         metadata = filename.endswith(".metadata")
@@ -227,10 +207,8 @@ class PyPI:
             raise NotFound(f"{project} has no file {dist_name}")
         if source.upload is not None:
             sha = source.upload.meta.get("metadata_sha256") if metadata else source.upload.sha256
-            path = self.services.store.find("uploads", sha) if sha else None
-            if path is None:
-                raise NotFound(f"{filename} is not stored")
-            return file_response(path, "text/plain; charset=utf-8" if metadata else _content_type(filename), immutable=False)
+            content_type = "text/plain; charset=utf-8" if metadata else _content_type(filename)
+            return self.services.sources.hosted_file(sha, filename, content_type)
         assert source.upstream is not None
         entry = source.entry
         if metadata:
