@@ -17,9 +17,9 @@ from aiocache.base import BaseCache
 from aiohttp import web
 
 from . import __version__, routing
-from .api import anaconda
+from .api import accounts, anaconda
 from .artifacts import Artifacts
-from .auth.guard import authorize
+from .auth.guard import Guard
 from .auth.policy import READ_ACTION, Action
 from .cache import MetadataCache
 from .context import ChannelRequest, Ecosystem, LivePolicy, Services
@@ -37,6 +37,7 @@ from .settings import Settings, load_settings
 from .sources import Sources
 from .store.blobs import BlobStore
 from .store.catalog import Catalog
+from .store.tokens import TokenStore
 from .uploads import UploadChecks, handle_upload
 from .upstream import Upstream
 
@@ -101,6 +102,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
     store = BlobStore(settings.storage_path)
     store.open(clean=clean_tmp)
     catalog = Catalog(settings.storage_path / "catalog.sqlite3")
+    tokens = TokenStore(settings.storage_path / "accounts.sqlite3")
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),
         trust_env=False,
@@ -122,12 +124,13 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
     checks = UploadChecks(settings.limits.validation_workers)
     live = LivePolicy(settings)
     services = Services(
-        live=live, sources=Sources(lambda: live.settings, store, catalog), store=store, catalog=catalog, upstream=upstream, artifacts=artifacts, meta=meta,
-        metrics=metrics, checks=checks,
+        live=live, sources=Sources(lambda: live.settings, store, catalog), store=store, catalog=catalog,
+        upstream=upstream, artifacts=artifacts, meta=meta, metrics=metrics, checks=checks, guard=Guard(live, tokens),
     )
     for name, ecosystem in ECOSYSTEMS.items():
         services.ecosystems[name] = ecosystem(services)
     services.api.update(anaconda.api_handlers(services))  # JSON APIs under /api/<segment>/
+    services.api.update(accounts.api_handlers(services))
     services.ui = _web_ui(services)
     log.info("channelgate %s ready: %d channel(s), storage %s", __version__, len(settings.channels), settings.storage_path)
     try:
@@ -138,6 +141,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         await session.close()
         await aio.close()
         checks.close()
+        tokens.close()
         catalog.close()
 
 
@@ -222,7 +226,7 @@ class Gateway:
         else:
             action = READ_ACTION[route.ecosystem]
         settings = services.settings
-        principal = authorize(services.tokens, request.headers, route.token, route.channel, action)
+        principal = services.guard.authorize(request.headers, route.token, route.channel, action, request.remote)
         if principal is not None:
             facts.user, facts.token = principal.user, principal.token_name
         ctx = ChannelRequest(route, settings.channels[route.channel], principal, services)

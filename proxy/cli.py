@@ -1,4 +1,5 @@
-"""Command line: ``channelgate serve | check-config | token create`` (DESIGN, "Command line")."""
+"""Command line: ``channelgate serve | check-config | token create|list|revoke | user password``
+(DESIGN, "Command line" and "Accounts")."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from . import __version__, logs, server as listener
 from .airgap import commands as airgap_commands
+from .auth import commands as account_commands
 from .app import Gateway, open_services, reload_policy
 from .auth.credentials import generate_token, hash_token
 from .context import Services
@@ -191,10 +193,12 @@ def _serve_workers(settings: Settings, policy_path: Path | None, opts: ServeOpti
     """
     from .store.blobs import BlobStore
     from .store.catalog import Catalog
+    from .store.tokens import TokenStore
 
     BlobStore(settings.storage_path).open()
-    # create the database (and switch it to WAL) once, before the workers open it at the same time
+    # create the databases (and switch them to WAL) once, before the workers open them at the same time
     Catalog(settings.storage_path / "catalog.sqlite3").close()
+    TokenStore(settings.storage_path / "accounts.sqlite3").close()
     metrics_dir = tempfile.mkdtemp(prefix="channelgate-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # before any worker imports prometheus-client
     opts = replace(opts, main_pid=os.getpid(), clean_tmp=False)
@@ -364,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="entry name (default: <user>-<timestamp>)")
     create.add_argument("--append", metavar="TOKENS_FILE", help="also append the entry to this tokens file")
     create.set_defaults(func=cmd_token_create)
+    account_commands.add_parsers(token_sub, sub, common)
     airgap_commands.add_parsers(sub)
 
     reload = sub.add_parser("reload", help="reload the running server's policy (and TLS certificate)", parents=[common])

@@ -17,6 +17,7 @@ from .settings import ChannelPolicy, Settings
 if TYPE_CHECKING:
     from .artifacts import Artifacts
     from .auth.credentials import Principal
+    from .auth.guard import Guard
     from .cache import MetadataCache
     from .metrics import Metrics
     from .routing import Route
@@ -63,6 +64,7 @@ class Services:
     meta: "MetadataCache"
     metrics: "Metrics"
     checks: "UploadChecks"
+    guard: "Guard"
     ecosystems: dict[str, Ecosystem] = field(default_factory=dict)
     api: dict[str, ApiHandler] = field(default_factory=dict)
     ui: "WebUI | None" = None  # the web UI (None without the ``ui`` extra installed)

@@ -62,6 +62,16 @@ class PayloadTooLarge(ChannelgateError):
     default_message = "upload too large"
 
 
+class Locked(ChannelgateError):
+    status = 423
+    default_message = "locked"
+
+
+class TooManyRequests(ChannelgateError):
+    status = 429
+    default_message = "too many requests"
+
+
 class UpstreamError(ChannelgateError):
     """The upstream failed, or served bytes that do not match its own index."""
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .account_settings import AccountPolicy, read_accounts, read_users
 from .checked_yaml import Checker, parse_yaml
 from .errors import ConfigError
 from .filters import UpstreamFilter, build_filter
@@ -114,6 +115,8 @@ class Settings:
     upstreams: Mapping[str, UpstreamSettings] = field(default_factory=dict)
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     users: frozenset[str] = frozenset()
+    passwords: Mapping[str, str] = field(default_factory=dict, repr=False)  # user -> "scrypt$..."
+    accounts: AccountPolicy = AccountPolicy()
     channels: Mapping[str, ChannelPolicy] = field(default_factory=dict)
     tokens: tuple[TokenEntry, ...] = ()
     tokens_by_hash: Mapping[str, TokenEntry] = field(default_factory=dict)
@@ -199,7 +202,9 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     cache = _read_cache(ck, top.get("cache"))
     offline = ck.typed(top.get("offline"), ("offline",), bool, False)
     upstreams = _read_upstreams(ck, top.get("upstreams"))
-    users, groups = _read_groups(ck, top.get("users"), top.get("groups"))
+    users, passwords = read_users(ck, top.get("users"))
+    accounts = read_accounts(ck, top.get("accounts"))
+    users, groups = _read_groups(ck, users, top.get("groups"))
     channels = _read_channels(ck, top.get("channels"), upstreams, groups, users)
     tokens = _read_all_tokens(ck, top, base_dir, users)
     by_hash = _index_tokens(ck, tokens)
@@ -217,6 +222,8 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         upstreams=upstreams,
         groups=groups,
         users=frozenset(users),
+        passwords=passwords,
+        accounts=accounts,
         channels=channels,
         tokens=tuple(tokens),
         tokens_by_hash=by_hash,
@@ -226,7 +233,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
 
 
 TOP_LEVEL_KEYS = ("server", "storage", "cache", "offline", "upstreams", "groups", "users", "channels", "tokens",
-                  "tokens_file")
+                  "tokens_file", "accounts")
 
 
 def _read_server(ck: Checker, value: Any, base_dir: Path) -> dict[str, Any]:
@@ -320,9 +327,9 @@ def _read_upstreams(ck: Checker, value: Any) -> dict[str, UpstreamSettings]:
     return upstreams
 
 
-def _read_groups(ck: Checker, users_value: Any, groups_value: Any) -> tuple[set[str], dict[str, tuple[str, ...]]]:
-    """``users`` and ``groups``: every user named in either, and each group's members."""
-    users = set(ck.name_list(users_value, ("users",)))
+def _read_groups(ck: Checker, named: set[str], groups_value: Any) -> tuple[set[str], dict[str, tuple[str, ...]]]:
+    """``groups``: each group's members; every user named under ``users`` or in a group."""
+    users = set(named)
     groups: dict[str, tuple[str, ...]] = {}
     raw_groups = groups_value or {}
     if not isinstance(raw_groups, dict):

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Channelgate, Policy, UpstreamServer  # noqa: E402
+from harness import Channelgate, Policy, UpstreamServer, leaked_secrets  # noqa: E402
 
 
 def require_tool(name: str) -> str:
@@ -52,3 +52,6 @@ def channelgate_factory() -> Iterator[Callable[[Path, Policy], Channelgate]]:
     yield make
     for proc in procs:
         proc.stop()
+    # the suite-wide secret scan: no token (policy or user-made) in any server's log
+    leaks = {str(proc.log_path): leaked_secrets(proc.log()) for proc in procs}
+    assert not any(leaks.values()), f"tokens in server logs: { {k: len(v) for k, v in leaks.items() if v} }"

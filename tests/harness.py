@@ -158,6 +158,22 @@ class UpstreamServer:
         return web.Response(body=data, headers=headers)
 
 
+# --------------------------------------------------------------------------- secrets
+# Every token a test makes or receives (policy tokens, tokens that users made through the API
+# or anaconda-client): the suite-wide scan (conftest's channelgate_factory) fails if any of
+# them appears in a server's log.
+SECRETS: set[str] = set()
+
+
+def remember_secret(secret: str) -> str:
+    SECRETS.add(secret)
+    return secret
+
+
+def leaked_secrets(text: str) -> list[str]:
+    return sorted(s for s in SECRETS if s in text)
+
+
 # --------------------------------------------------------------------------- channelgate
 @dataclass
 class Policy:
@@ -176,7 +192,7 @@ class Policy:
         if expires:
             entry["expires"] = expires
         self.data.setdefault("tokens", []).append(entry)
-        return token
+        return remember_secret(token)
 
 
 class Channelgate:

@@ -1,1 +1,2 @@
-"""JSON APIs under ``/api/<segment>/``: anaconda-client's (anaconda.py, owner = channel)."""
+"""JSON APIs under ``/api/<segment>/``: anaconda-client's (owner = channel): anaconda.py
+(packages, files, labels, uploads) and accounts.py (tokens, sign-in, groups)."""

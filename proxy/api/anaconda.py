@@ -33,7 +33,6 @@ import orjson
 from aiohttp import web
 
 from ..auth.credentials import Principal, token_from_headers
-from ..auth.guard import authenticate, authorize
 from ..auth.policy import Action
 from ..context import ApiHandler, Services
 from ..ecosystems.conda.index import SUBDIR_RE, normalize
@@ -80,7 +79,7 @@ def _segments(route: Route, count: int, *, rest: bool = False) -> list[str]:
 
 
 def _can_write(services: Services, request: web.BaseRequest, route: Route, owner: str) -> Principal:
-    principal = authorize(services.tokens, request.headers, route.token, owner, Action.WRITE)
+    principal = services.guard.authorize(request.headers, route.token, owner, Action.WRITE, request.remote)
     assert principal is not None  # writing is never anonymous
     return principal
 
@@ -88,10 +87,10 @@ def _can_write(services: Services, request: web.BaseRequest, route: Route, owner
 def _can_read(services: Services, request: web.BaseRequest, route: Route, owner: str) -> None:
     """``api:read`` on the channel, or ``api:write`` (uploaders look before they write)."""
     try:
-        authorize(services.tokens, request.headers, route.token, owner, Action.API_READ)
+        services.guard.authorize(request.headers, route.token, owner, Action.API_READ, request.remote)
     except Forbidden as first:
         try:
-            authorize(services.tokens, request.headers, route.token, owner, Action.WRITE)
+            services.guard.authorize(request.headers, route.token, owner, Action.WRITE, request.remote)
         except Forbidden:
             raise first from None
 
@@ -186,11 +185,21 @@ async def _user(request: web.BaseRequest, route: Route, services: Services) -> w
         raise MethodNotAllowed()
     parts = route.rest.split("/")[1:]
     if not parts or parts == [""]:
-        principal = authenticate(services.tokens, request.headers, route.token)
-        return web.json_response({"login": principal.user, "name": principal.user, "user_type": "user"})
+        principal = services.guard.authenticate(request.headers, route.token, request.remote)
+        return web.json_response(_user_json(services, principal.user, "user"))
     (owner,) = _segments(route, 1)
     _can_read(services, request, route, owner)  # a missing channel answers like a private one
-    return web.json_response({"login": owner, "name": owner, "user_type": "org"})
+    return web.json_response(_user_json(services, owner, "org"))
+
+
+def _user_json(services: Services, login: str, user_type: str) -> dict[str, Any]:
+    """anaconda-client's ``pprint_user`` reads ``login`` and ``created_at``, prints the rest."""
+    return {
+        "login": login,
+        "name": login,
+        "user_type": user_type,
+        "created_at": _iso(services.store.root.stat().st_mtime),
+    }
 
 
 async def _package(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:

@@ -36,6 +36,8 @@ class Principal:
     token_name: str
     scopes: frozenset[str]
     groups: frozenset[str]
+    digest: str = ""  # sha256 of the token: what a revocation names
+    user_made: bool = False  # made by its user (store.tokens), not listed in the policy
 
 
 def generate_token() -> str:
@@ -45,6 +47,27 @@ def generate_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def basic_credentials(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """(user, password) of an HTTP Basic header, or None."""
+    scheme, _, value = headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def basic_user(headers: Mapping[str, str]) -> str | None:
+    """The user name of an HTTP Basic header (a password sign-in, or a token's any-user form)."""
+    creds = basic_credentials(headers)
+    if creds is None or not creds[0] or creds[1] == BASIC_MAGIC_PASSWORD:
+        return None
+    return creds[0][:200]
 
 
 def token_from_headers(headers: Mapping[str, str]) -> str | None:
@@ -100,6 +123,7 @@ class Tokens:
                 token_name=entry.name,
                 scopes=entry.scopes,
                 groups=settings.memberships.get(entry.user, frozenset()),
+                digest=entry.sha256,
             )
             known = self._verified[token] = (entry, principal)
         entry, principal = known

@@ -65,7 +65,7 @@ async def login(ui: "WebUI", page: "Page") -> web.StreamResponse:
                              next_page=_next_page(form_value(form, "next")))
         response.headers["Retry-After"] = str(wait)
         return response
-    principal = ui.services.tokens.verify(token) if token else None
+    principal = ui.services.guard.verify(token) if token else None
     if principal is None:
         ui.limiter.failed(keys)
         message = ("That token is not valid (unknown, revoked or expired)." if token

@@ -115,7 +115,7 @@ class WebUI:
         expired token, or a policy reload, ends the sign-in at once)."""
         token = session.get("token")
         if isinstance(token, str):
-            principal = self.services.tokens.verify(token)
+            principal = self.services.guard.verify(token)
             if principal is None:
                 session.pop("token", None)
             return principal
