@@ -27,6 +27,7 @@ from .airgap import commands as airgap_commands
 from .auth import commands as account_commands
 from .app import Gateway, open_services, reload_policy
 from .auth.credentials import generate_token, hash_token
+from .auth.tokens_file import append_token_entry
 from .context import Services
 from .control import PidFile, reload_servers, write_reload_status
 from .errors import ConfigError
@@ -293,18 +294,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     print(snippet, end="")
     if args.append:
         path = Path(args.append)
-        existing = path.read_text(encoding="utf-8") if path.exists() else ""
-        data = yaml.safe_load(existing) if existing.strip() else None
-        prefix = "" if existing.endswith("\n") or not existing else "\n"
-        if data is None:
-            prefix = existing + prefix + "tokens:\n"
-            existing = ""
-        elif not (isinstance(data, dict) and isinstance(data.get("tokens"), list)):
-            print(f"{path} is not a tokens file (expected 'tokens: [...]')", file=sys.stderr)
-            return 2
-        indented = "".join("  " + line + "\n" for line in snippet.splitlines())
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(prefix + indented)
+        try:
+            append_token_entry(path, entry)
+        except (ConfigError, OSError) as exc:
+            why = exc.problems[0] if isinstance(exc, ConfigError) else f"cannot write {path}: {exc}"
+            print(f"not appended: {why}. The token above works once its entry is in the policy.", file=sys.stderr)
+            return 1
         print(f"appended to {path}; apply it with: channelgate reload --config <your policy file>")
     return 0
 

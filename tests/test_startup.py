@@ -1,6 +1,7 @@
 """Start-up and policy faults (DESIGN "Hostile input and faults"): a bad listen address, a
 busy port, unwritable storage and a missing tokens_file are one clear line and a non-zero
-exit, found before anything changes on disk; a running server is never disturbed by them."""
+exit, found before anything changes on disk; a running server is never disturbed by them.
+``token create --append`` edits YAML structurally or refuses, never corrupting the file."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from fixtures.wheels import make_wheel, write_simple_index
 from harness import Channelgate, Policy, http
+from proxy.auth.credentials import hash_token
 
 
 def channelgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -161,3 +163,98 @@ async def test_a_second_serve_on_a_busy_port_leaves_the_first_download_intact(
     finally:
         release.set()
         first.stop()
+
+
+# --------------------------------------------------------------------------- token create --append
+def create_token(path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    result = channelgate("token", "create", "--user", "alice", "--scope", "all", "--append", str(path), *extra)
+    token = result.stdout.split("token (shown once, store it now): ", 1)[1].split()[0]
+    return result, token
+
+
+def test_append_to_tokens_file_holding_an_empty_flow_list(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("# CI tokens, rotated monthly\ntokens: []\n")
+    first, token = create_token(tokens)
+    assert first.returncode == 0, first.stderr
+    second, _ = create_token(tokens)
+    assert second.returncode == 0, second.stderr
+    text = tokens.read_text()
+    assert text.startswith("# CI tokens, rotated monthly\n") and token not in text
+    entries = yaml.safe_load(text)["tokens"]
+    assert len(entries) == 2 and entries[0]["sha256"] == f"sha256:{hash_token(token)}"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("groups: {devs: [alice]}\ntokens_file: tokens.yaml\n")
+    check = channelgate("check-config", "--config", str(policy))
+    assert check.returncode == 0 and "2 token(s)" in check.stdout, check.stdout + check.stderr
+
+
+def test_append_to_a_policy_whose_last_key_is_not_tokens(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    before = """\
+groups:
+  devs: [alice]
+tokens:
+  - {name: old, user: alice, sha256: "sha256:%s", scopes: [all]}
+channels:
+  internal:
+    read: [group:devs]   # readers
+""" % ("a" * 64)
+    policy.write_text(before)
+    result, token = create_token(policy)
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load(policy.read_text())
+    assert [e["name"] for e in data["tokens"]][0] == "old" and len(data["tokens"]) == 2
+    assert data["tokens"][1]["sha256"] == f"sha256:{hash_token(token)}"
+    assert data["channels"] == {"internal": {"read": ["group:devs"]}}
+    after = policy.read_text()
+    for line in before.splitlines():  # every line already there is kept as it was written
+        assert line in after.splitlines(), line
+    check = channelgate("check-config", "--config", str(policy))
+    assert check.returncode == 0 and "2 token(s)" in check.stdout, check.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("tokens: {alice: x}\n", "not a list"),
+        ("tokens: [\n", "not valid YAML"),
+        ("just a string\n", "not a policy or a tokens file"),
+        ('tokens:\n  - {name: ci, user: alice, sha256: "sha256:%s", scopes: [all]}\n' % ("b" * 64), "already has a token named 'ci'"),
+    ],
+)
+def test_append_refuses_what_it_cannot_edit_and_leaves_the_file_alone(tmp_path: Path, content: str, says: str) -> None:
+    from proxy.auth.tokens_file import append_token_entry
+    from proxy.errors import ConfigError
+
+    path = tmp_path / "tokens.yaml"
+    path.write_text(content)
+    entry = {"name": "ci", "user": "alice", "sha256": "sha256:" + "c" * 64, "scopes": ["all"]}
+    with pytest.raises(ConfigError) as caught:
+        append_token_entry(path, entry)
+    assert says in caught.value.problems[0], caught.value.problems
+    assert path.read_text() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["tokens.yaml"]  # no temp file left behind
+
+
+def test_a_refused_append_still_shows_the_token_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text("tokens: 7\n")
+    result, token = create_token(path)
+    assert result.returncode != 0
+    assert token.startswith("cgt-") and f"sha256:{hash_token(token)}" in result.stdout  # the entry to paste
+    assert "not appended" in result.stderr and "not a list" in result.stderr
+    assert path.read_text() == "tokens: 7\n"
+
+
+def test_append_to_a_bare_list_and_to_a_new_file(tmp_path: Path) -> None:
+    from proxy.auth.tokens_file import append_token_entry
+
+    bare = tmp_path / "bare.yaml"
+    bare.write_text('- {name: a, user: alice, sha256: "sha256:%s", scopes: [all]}\n' % ("d" * 64))
+    new = tmp_path / "new.yaml"
+    for path in (bare, new):
+        append_token_entry(path, {"name": "ci", "user": "alice", "sha256": "sha256:" + "e" * 64, "scopes": ["all"]})
+    assert [e["name"] for e in yaml.safe_load(bare.read_text())] == ["a", "ci"]
+    assert [e["name"] for e in yaml.safe_load(new.read_text())["tokens"]] == ["ci"]
+    assert new.stat().st_mode & 0o777 == 0o600  # a new tokens file is not world-readable
