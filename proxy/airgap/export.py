@@ -87,14 +87,17 @@ def export_bundle(settings: Settings, out: Path, channels: list[str], since: Pat
     part = out.with_name(out.name + ".part")
     try:
         with open(part, "wb") as fh, Progress(f"export {out.name}", total, stream=stream) as progress:
-            with tarfile.open(fileobj=fh, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
+            # "w", not the "w|" stream mode: that one re-buffers every block through bytes
+            # concatenation (a quarter of tar's speed); ustar: every member name is short
+            with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # 1 MiB reads (default 16 KiB)
                 for name, path in members:
                     _add_file(tar, manifest, known_before, name, path, progress)
                 _add_bytes(tar, manifest, known_before, CATALOG, rows)
                 tar.addfile(_info(MANIFEST, len(data := manifest.to_bytes())), _BytesReader(data))
-            fh.flush()
-            os.fsync(fh.fileno())
+        # no fsync: the bundle is verified member by member when imported, so a bundle that a
+        # power cut damaged is refused there; the rename keeps a crash from leaving a half
+        # bundle under the final name
         os.replace(part, out)
     finally:
         part.unlink(missing_ok=True)
@@ -125,6 +128,7 @@ def _add_file(tar: tarfile.TarFile, manifest: Manifest, known: dict[str, str], n
         with open(path, "rb") as fh:
             reader = _Reader(fh, not sha, progress.advance)
             tar.addfile(_info(name, stat.st_size, stat.st_mtime), reader)  # type: ignore[arg-type]
+            tar.members.clear()  # type: ignore[attr-defined]  # TarFile keeps every header: memory stays flat
     except FileNotFoundError:
         return  # pruned meanwhile: not part of this bundle
     if reader.sha is not None:

@@ -43,6 +43,7 @@ class Sizes:
     big_records: int  # the large upstream repodata
     stream: int  # the cold artifact streamed through for the RSS figure
     rounds: int  # rounds of throughput and answer-time measurements (median taken)
+    bundle: int = 2048 * 1024 * 1024  # the store exported and imported (air-gap bundles)
     wrk_rounds: int = 1  # rounds of wrk runs, interleaved over the peers (median taken)
 
 
@@ -54,7 +55,7 @@ FULL = Sizes(
 QUICK = Sizes(
     wrk_seconds=1, wrk_warmup=0, connections=64, page_versions=5, conda_records=200,
     artifact=8 * MiB, parallel=8, cold=12 * MiB, cold_clients=64, cold_seconds=1.0,
-    big_records=3000, stream=24 * MiB, rounds=1,
+    big_records=3000, stream=24 * MiB, rounds=1, bundle=24 * MiB,
 )
 
 

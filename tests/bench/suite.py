@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from . import scen_files, scen_index, scen_repodata, scen_ui
+from . import scen_bundle, scen_files, scen_index, scen_repodata, scen_ui
 from .common import FULL, QUICK, Bench, Figure, Scenario, Sizes, Skip
 from .procs import Reaper, Unavailable
 from .report import Row, machine_description, markdown_table, text_table, write_json
@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[Scenario, list[Figure]]] = {
     "cold": (scen_files.cold_single_flight, list(scen_files.COLD_FIGURES.values())),
     "big_repodata": (scen_repodata.big_repodata, list(scen_repodata.FIGURES.values())),
     "stream": (scen_files.stream, list(scen_files.STREAM_FIGURES.values())),
+    "bundle": (scen_bundle.bundle, list(scen_bundle.FIGURES.values())),
     "ui_channel": (scen_ui.ui_channel, list(scen_ui.FIGURES.values())),
 }
 
@@ -55,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wrk-rounds", type=int, help="wrk runs per peer, interleaved; the median counts (default 1)")
     parser.add_argument("--rounds", type=int, help="rounds of throughput/answer-time measurements (default 3, --quick 1)")
     parser.add_argument("--big-records", type=int, help="records of the large upstream repodata (default 465000)")
+    parser.add_argument("--bundle-mib", type=int, help="size of the store exported and imported (default 2048)")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
                         help="record a py-spy profile of every channelgate into DIR (collapsed stacks, .txt); "
                              "sampling slows the server: figures from such a run are not figures")
@@ -73,6 +75,7 @@ def _sizes(args: argparse.Namespace) -> Sizes:
     overrides = {
         "wrk_seconds": args.wrk_seconds, "wrk_rounds": args.wrk_rounds, "rounds": args.rounds,
         "big_records": args.big_records,
+        "bundle": args.bundle_mib * 1024 * 1024 if args.bundle_mib else None,
     }
     return dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
 
