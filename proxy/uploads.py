@@ -106,9 +106,12 @@ class _FormReader:
                 raise BadRequest(f"form part {name[:100]!r} has a {header}; send parts unencoded")
         if part.filename is None and name not in self.file_fields:
             await self.text(part, name)
-        elif name in IGNORED_FILE_FIELDS:
-            while await part.read_chunk(CHUNK):
-                pass
+        elif name in IGNORED_FILE_FIELDS:  # signatures, attestations: small, read and dropped
+            size = 0
+            while chunk := await part.read_chunk(CHUNK):
+                size += len(chunk)
+                if size > MAX_FIELD:
+                    raise PayloadTooLarge(f"form part {name!r} is larger than {MAX_FIELD} bytes")
         elif name not in self.file_fields:
             raise BadRequest(f"unexpected file field {name!r} (send the package as {self.file_fields[0]!r})")
         elif self.form is not None:

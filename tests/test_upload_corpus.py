@@ -455,3 +455,12 @@ def test_downloads_do_not_wait_for_upload_checks(tmp_path: Path) -> None:
         server.stop()
         for thread in threads:
             thread.join(60)
+
+
+def test_ignored_file_parts_are_bounded(gate: Gate) -> None:
+    """twine's gpg_signature part is read and dropped: bounded like a text field."""
+    body = (b'--B\r\nContent-Disposition: form-data; name="gpg_signature"; filename="x.asc"\r\n\r\n'
+            + b"s" * (2 * MiB) + b"\r\n" + FILE_PART + b"x\r\n--B--\r\n")
+    before = snapshot(gate)
+    status, message = raw_post(gate, "multipart/form-data; boundary=B", body)
+    check_refused(gate, before, status, message, (413, "'gpg_signature' is larger than"))
