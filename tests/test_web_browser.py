@@ -1,5 +1,6 @@
 """The web UI in a real browser: Debian's headless Chromium driven by selenium
-(chromedriver). Sign-in, browsing, search, upload and its refusal, with the keyboard.
+(chromedriver). Sign-in by token and by password, browsing, search, upload and its refusal,
+making a token (then using and revoking it with curl), with the keyboard.
 
 The README's screenshots come from this run: set ``UPDATE_SCREENSHOTS=1`` to write them
 to docs/screenshots/ (otherwise they go to the test's temporary directory only).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +19,7 @@ import requests
 from conftest import require_tool
 from fixtures.wheels import make_wheel
 from harness import REPO_ROOT
-from webui_world import World, build_world
+from webui_world import PASSWORD, World, build_world
 
 selenium = pytest.importorskip("selenium", reason="selenium is in the test extras")
 from selenium import webdriver  # noqa: E402
@@ -158,3 +160,39 @@ def test_sign_out(browser: WebDriver, world: World) -> None:
     assert not browser.find_elements(By.ID, "signed-in-user")
     browser.get(f"{world.url}/ui/c/team-a")
     assert "404" in wait_for(browser, "h1").text
+
+
+def test_sign_in_with_a_password(browser: WebDriver, world: World) -> None:
+    browser.get(f"{world.url}/ui/login")
+    wait_for(browser, "#username").send_keys("paula")
+    browser.find_element(By.ID, "password").send_keys("wrong" + Keys.ENTER)
+    assert "Wrong user name or password" in wait_for(browser, "#error").text
+    browser.find_element(By.ID, "password").send_keys(PASSWORD + Keys.ENTER)
+    assert wait_for(browser, "#signed-in-user").text == "paula"
+    assert "team-a" in browser.find_element(By.ID, "channels").text
+
+
+def test_make_a_token_use_it_with_curl_and_revoke_it(browser: WebDriver, world: World) -> None:
+    curl = require_tool("curl")
+    sign_in_with_token(browser, world, "amy")
+    browser.get(f"{world.url}/ui/tokens")
+    wait_for(browser, "#name").send_keys("laptop")
+    browser.find_element(By.CSS_SELECTOR, "input[name=scope][value='pypi:download']").click()
+    browser.find_element(By.ID, "make-submit").click()
+    secret = wait_for(browser, "#new-token").text
+    assert secret.startswith("cgt-")
+    assert "laptop" in browser.find_element(By.ID, "tokens").text
+    index = f"{world.url}/api/repo/team-a/simple/"
+
+    def curl_status(url: str) -> str:
+        return subprocess.run([curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-u", f"{secret}:x-auth-token", url],
+                              capture_output=True, text=True, timeout=60).stdout
+
+    assert curl_status(index) == "200"
+    assert curl_status(f"{world.url}/api/repo/team-a/noarch/repodata.json") == "403"  # only the scope ticked
+    browser.get(f"{world.url}/ui/tokens")
+    assert secret not in browser.page_source  # shown once
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Revoke laptop']").click()
+    assert "Token laptop revoked" in wait_for(browser, ".flash").text
+    assert "laptop" not in browser.find_element(By.ID, "tokens").text
+    assert curl_status(index) == "401"

@@ -12,7 +12,7 @@ import requests
 
 from fixtures.wheels import make_wheel, write_simple_index
 from harness import Policy, stored_blobs
-from webui_world import ALPHA_NAMES, BRAVO_NAMES, World, build_world, csrf_of, signed_in
+from webui_world import ALPHA_NAMES, BRAVO_NAMES, PASSWORD, World, build_world, csrf_of, signed_in
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_upload_gives_the_apis_messages(world: World) -> None:
 
 
 def test_sign_in_is_throttled_after_failures(tmp_path: Path, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
-    policy = Policy({"users": ["carl"], "channels": {"c": {"read": ["user:carl"]}}})
+    policy = Policy({"users": ["carl"], "channels": {"c": {"read": ["user:carl"]}}, "accounts": {"max_failures": 5}})
     token = policy.add_token("carl", ["all"])
     server = channelgate_factory(tmp_path, policy)
     session = requests.Session()
@@ -232,3 +232,21 @@ def test_server_runs_without_the_ui_extra(tmp_path: Path, monkeypatch: pytest.Mo
     resp = requests.get(f"{server.url}/ui/", timeout=30)
     assert resp.status_code == 404 and "channelgate[ui]" in resp.json()["error"]
     assert requests.get(f"{server.url}/open/simple/", timeout=30).status_code == 200
+
+
+def test_password_sign_in(world: World) -> None:
+    session = requests.Session()
+    csrf = csrf_of(session.get(f"{world.url}/ui/login", timeout=30).text)
+    wrong = session.post(f"{world.url}/ui/login", data={"csrf": csrf, "username": "paula", "password": "nope"},
+                         timeout=60, allow_redirects=False)
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+    nobody = session.post(f"{world.url}/ui/login", data={"csrf": csrf, "username": "nobody", "password": "nope"},
+                          timeout=60, allow_redirects=False)
+    assert nobody.status_code == 401 and nobody.text.replace("nobody", "paula") == wrong.text  # no user enumeration
+    right = session.post(f"{world.url}/ui/login", data={"csrf": csrf, "username": "paula", "password": PASSWORD},
+                         timeout=60, allow_redirects=False)
+    assert right.status_code == 303
+    home = get(session, world, "/ui/").text
+    assert 'id="signed-in-user">paula<' in home and "/ui/c/team-a" in home and "team-b" not in home
+    assert "alphaconda" in get(session, world, "/ui/c/team-a").text
+    assert PASSWORD not in right.headers["Set-Cookie"]

@@ -10,10 +10,13 @@ from typing import Callable
 
 import requests
 
+from proxy.auth.accounts import hash_password
+
 from fixtures.conda_pkgs import PkgSpec, build_package, write_channel
 from fixtures.wheels import make_wheel, twine_fields, write_simple_index
 from harness import Channelgate, Policy, UpstreamServer
 
+PASSWORD = "correct horse battery staple"  # paula's, a reader of team-a
 # names that must never leak to a reader of the other team (the authorisation matrix)
 ALPHA_NAMES = ("alphaconda", "alpha-wheel")
 BRAVO_NAMES = ("bravoconda", "bravo-wheel", "bravo-secret")
@@ -54,8 +57,8 @@ def build_world(work: Path, upstream_factory: Callable[..., UpstreamServer],
             "up-conda": {"type": "conda", "url": conda_server.url},
             "up-pypi": {"type": "pypi", "url": f"{pypi_server.url}/simple"},
         },
-        "groups": {"alpha": ["alice", "amy"], "bravo": ["bob"]},
-        "users": ["root"],
+        "groups": {"alpha": ["alice", "amy", "paula"], "bravo": ["bob"]},
+        "users": ["root", {"name": "paula", "password": hash_password(PASSWORD)}],
         "channels": {
             "team-a": {"read": ["group:alpha"], "write": ["user:alice"], "admin": ["user:alice"]},
             "team-b": {"read": ["group:bravo"], "write": ["user:bob"]},

@@ -114,11 +114,12 @@ async def _authentications(request: web.Request, route: Route, services: Service
         raise BadRequest("tokens here belong to users, not organisations: drop --org")
     else:
         raise NotFound()
-    _revoke(services, caller, name)
+    revoke_token(services, caller, name)
     return web.json_response({}, status=201)
 
 
-def _revoke(services: Services, caller: Principal, name: str) -> None:
+def revoke_token(services: Services, caller: Principal, name: str) -> None:
+    """Revoke one of the caller's user-made tokens (the API's and the web UI's one path)."""
     store = services.guard.tokens
     mine = next((t for t in store.of_user(caller.user) if t.name == name), None)
     if mine is None:

@@ -1,21 +1,29 @@
 """Pages with forms: sign-in, sign-out, tokens, upload, package privacy (DESIGN "Web UI").
 
 Every form carries the session's CSRF token and every POST is refused without it (before
-anything is checked or stored). Sign-ins are throttled after failures (session.SignInLimiter).
+anything is checked or stored). Sign-in and tokens use the accounts layer the API uses
+(auth.guard.Guard, auth.accounts): same checks, same brake on failed sign-ins.
 Uploads go through ``uploads.accept_upload``, the API's own path: same checks, same messages.
 """
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 from aiohttp import web
+from multidict import MultiDictProxy
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 
+from ..api.accounts import revoke_token
+from ..audit import audit
+from ..auth.accounts import DAY, TokenRequest, make_token
 from ..auth.policy import Action, Decision, decide
 from ..context import ChannelRequest, UploadForm
-from ..errors import BadRequest, ChannelgateError, Forbidden, NotFound
+from ..errors import BadRequest, ChannelgateError, Forbidden, NotFound, TooManyRequests, Unauthorized
 from ..routing import Route
+from ..settings import SCOPES
 from ..uploads import accept_upload, read_form
 from .session import CSRF_FIELD
 
@@ -40,43 +48,65 @@ class CsrfRefused(ChannelgateError):
     default_message = CSRF_REFUSED
 
 
-async def _post_form(page: "Page") -> dict[str, str]:
-    """A urlencoded POST body (small; bounded by the server's client_max_size), CSRF-checked."""
+async def _post_form(page: "Page") -> dict[str, Any]:
+    """A urlencoded POST body (small; bounded by the server's client_max_size), CSRF-checked.
+    Single values by name; ``_all`` holds the multidict for repeated fields."""
     data = await page.request.post()
-    form = {k: v for k, v in data.items() if isinstance(v, str)}
+    form: dict[str, Any] = {k: v for k, v in data.items() if isinstance(v, str)}
     if not page.csrf_ok(form.get(CSRF_FIELD)):
         raise CsrfRefused()
+    form["_all"] = data
     return form
 
 
 # --------------------------------------------------------------------------- sign-in / out
 async def login(ui: "WebUI", page: "Page") -> web.StreamResponse:
+    """A token, or a user name and password, checked by the API's own Guard (its brake on
+    failed sign-ins included: past the limit, 429 before anything is checked)."""
     require_method(page, "GET", "POST")
     if page.request.method == "GET":
         return ui.render(page, "login.html", title="Sign in", error="", username="",
                          next_page=_next_page(page.request.query.get("next", "")))
     form = await _post_form(page)
     token, username = form_value(form, "token").strip(), form_value(form, "username").strip()[:200]
-    keys = [f"addr:{page.request.remote or '-'}"] + ([f"user:{username}"] if username else [])
-    wait = ui.limiter.retry_after(keys)
-    if wait:
-        response = ui.render(page, "login.html", status=429, title="Sign in", username=username,
-                             error=f"Too many failed sign-ins. Try again in {wait} seconds.",
-                             next_page=_next_page(form_value(form, "next")))
-        response.headers["Retry-After"] = str(wait)
+    password = form_value(form, "password")
+    guard, settings, remote = ui.services.guard, ui.services.settings, page.request.remote
+    try:
+        if token:
+            principal, _ = guard.identify({}, token, remote)
+            if principal is None:
+                raise Unauthorized("That token is not valid (unknown, revoked or expired).")
+        elif username and password:
+            principal = await guard.password(username, password, remote)
+        else:
+            raise Unauthorized("Enter a token, or a user name and password.")
+    except (Unauthorized, TooManyRequests) as exc:
+        response = ui.render(page, "login.html", status=exc.status, title="Sign in", error=_sign_in_error(exc),
+                             username=username, next_page=_next_page(form_value(form, "next")))
+        if "Retry-After" in exc.headers:
+            response.headers["Retry-After"] = exc.headers["Retry-After"]
         return response
-    principal = ui.services.guard.verify(token) if token else None
-    if principal is None:
-        ui.limiter.failed(keys)
-        message = ("That token is not valid (unknown, revoked or expired)." if token
-                   else "Password sign-in is not available on this server: sign in with a token.")
-        return ui.render(page, "login.html", status=401, title="Sign in", error=message, username=username,
-                         next_page=_next_page(form_value(form, "next")))
-    ui.limiter.succeeded(keys[1:])
     page.session.clear()  # a new session (and CSRF token) at every sign-in: no fixation
-    page.session["token"] = token
-    page.flash(f"Signed in as {principal.user} (token {principal.token_name}).")
+    if token:
+        page.session["token"] = token
+    else:
+        page.session["user"] = principal.user
+        page.session["pw"] = password_stamp(settings.passwords.get(principal.user, ""))
+    page.flash(f"Signed in as {principal.user}" + (f" (token {principal.token_name})." if token else "."))
     return redirect(_next_page(form_value(form, "next")))
+
+
+def _sign_in_error(exc: ChannelgateError) -> str:
+    if isinstance(exc, TooManyRequests):
+        wait = exc.headers.get("Retry-After", "")
+        return f"Too many failed sign-ins. Try again in {wait} seconds." if wait else "Too many failed sign-ins."
+    return "Wrong user name or password." if exc.message == "wrong user name or password" else exc.message
+
+
+def password_stamp(stored_hash: str) -> str:
+    """What a password session remembers of the password: a digest of its stored hash, so
+    changing the password (and reloading) ends the sessions it opened."""
+    return hashlib.sha256(stored_hash.encode()).hexdigest()[:32] if stored_hash else ""
 
 
 def _next_page(value: str) -> str:
@@ -159,11 +189,48 @@ def _fill_fields(form: UploadForm) -> None:
 
 # --------------------------------------------------------------------------- tokens, privacy
 async def tokens(ui: "WebUI", page: "Page") -> web.StreamResponse:
-    require_method(page, "GET")
+    """Your tokens: make one (its secret shown once, on this answer only), list, revoke;
+    the API's accounts functions (``anaconda auth --create/--list/--remove``)."""
+    require_method(page, "GET", "POST")
     if page.principal is None:
         return redirect("/ui/login?next=/ui/tokens")
-    return ui.render(page, "tokens.html", title="Your tokens", tokens=[], made=None, error="", can_make=False,
-                     scopes=(), default_days=30)
+    made: dict[str, str] | None = None
+    error, status = "", 200
+    if page.request.method == "POST":
+        form = await _post_form(page)
+        try:
+            if form_value(form, "action") == "revoke":
+                revoke_token(ui.services, page.principal, form_value(form, "name"))
+                page.flash(f"Token {form_value(form, 'name')} revoked.")
+                return redirect("/ui/tokens")
+            made = _make_token(ui, page, form)
+        except ChannelgateError as exc:
+            error, status = exc.message, (403 if exc.status == 401 else exc.status)
+    settings = ui.services.settings
+    mine = ui.services.guard.tokens.of_user(page.principal.user)
+    rows = [{"name": t.name, "scopes": t.scopes, "expires": iso_day(t.expires_at)} for t in mine if not t.expired()]
+    scopes = sorted(SCOPES) if "all" in page.principal.scopes else sorted(page.principal.scopes)
+    return ui.render(page, "tokens.html", status=status, title="Your tokens", tokens=rows, made=made, error=error,
+                     can_make=True, scopes=scopes, default_days=settings.accounts.token_days)
+
+
+def _make_token(ui: "WebUI", page: "Page", form: Mapping[str, Any]) -> dict[str, str]:
+    assert page.principal is not None
+    data = cast("MultiDictProxy[Any]", form.get("_all"))
+    scopes = tuple(v for v in data.getall("scope", []) if isinstance(v, str)) if data is not None else ()
+    try:
+        days = float(form_value(form, "days") or ui.services.settings.accounts.token_days)
+    except ValueError:
+        raise BadRequest("expiry must be a number of days") from None
+    request = TokenRequest(name=form_value(form, "name"), scopes=scopes, max_age=days * DAY,
+                           hostname="web UI", remote_addr=page.request.remote or "")
+    secret, token = make_token(ui.services.guard.tokens, ui.services.settings.accounts, page.principal, request)
+    audit("token-create", page.principal, "", token.name, scopes=" ".join(token.scopes))
+    return {"name": token.name, "secret": secret}
+
+
+def iso_day(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 async def privacy(ui: "WebUI", page: "Page", channel: str, ecosystem: str, name: str) -> web.StreamResponse:

@@ -1,19 +1,18 @@
-"""Browser sessions: the Fernet key, the encrypted cookie, CSRF tokens and sign-in throttling.
+"""Browser sessions: the Fernet key, the encrypted cookie and CSRF tokens.
 
 DESIGN "Web UI": the session is an encrypted cookie (aiohttp-session's EncryptedCookieStorage,
 cryptography's Fernet) whose key comes from ``server.session_key`` or is generated once in
 the store (``<storage>/ui-session.key``, mode 0600, created atomically so --workers siblings
 agree on it). The cookie is HttpOnly and SameSite=Lax, and Secure when the request came over
 TLS. Every form carries the session's CSRF token (OWASP "synchronizer token pattern").
+Failed sign-ins are braked by the accounts layer (auth.accounts.FailureLimiter), as for the API.
 """
 from __future__ import annotations
 
 import hmac
 import os
 import secrets
-import time
 import uuid
-from collections import OrderedDict
 from pathlib import Path
 from typing import cast
 
@@ -84,48 +83,3 @@ def csrf_token(session: Session) -> str:
 def csrf_ok(session: Session, presented: str | None) -> bool:
     expected = session.get("csrf")
     return isinstance(expected, str) and isinstance(presented, str) and hmac.compare_digest(expected, presented)
-
-
-class SignInLimiter:
-    """After ``free`` failed sign-ins from one client address (or for one user name) within
-    ``window`` seconds, refuse further attempts until the window has passed (OWASP
-    "Blocking Brute Force Attacks"). Bounded: at most ``max_keys`` addresses and names are
-    remembered (the oldest are forgotten first)."""
-
-    def __init__(self, *, free: int = 5, window: float = 300.0, max_keys: int = 10_000) -> None:
-        self.free = free
-        self.window = window
-        self.max_keys = max_keys
-        self._failures: OrderedDict[str, list[float]] = OrderedDict()
-
-    def _recent(self, key: str, now: float) -> list[float]:
-        stamps = [t for t in self._failures.get(key, ()) if now - t < self.window]
-        if stamps:
-            self._failures[key] = stamps
-        else:
-            self._failures.pop(key, None)
-        return stamps
-
-    def retry_after(self, keys: list[str], now: float | None = None) -> int:
-        """Seconds until these keys may try again; 0 when they may now."""
-        now = time.monotonic() if now is None else now
-        wait = 0.0
-        for key in keys:
-            stamps = self._recent(key, now)
-            if len(stamps) >= self.free:
-                wait = max(wait, stamps[-self.free] + self.window - now)
-        return int(wait + 0.999)
-
-    def failed(self, keys: list[str], now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        for key in keys:
-            stamps = self._recent(key, now)
-            stamps.append(now)
-            self._failures[key] = stamps[-self.free:]
-            self._failures.move_to_end(key)
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
-
-    def succeeded(self, keys: list[str]) -> None:
-        for key in keys:
-            self._failures.pop(key, None)

@@ -11,6 +11,7 @@ is held here instead. Stable addresses: ``/ui/``, ``/ui/login``, ``/ui/logout``,
 """
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,13 +23,14 @@ from aiohttp import web
 from aiohttp_session import Session
 
 from ..auth.credentials import Principal
+from ..auth.guard import PASSWORD_SCOPES
 from ..auth.policy import READ_ACTION, Decision, decide
 from ..context import Services
 from ..errors import ChannelgateError, MethodNotAllowed, NotFound
 from ..responses import etag_for, not_modified
 from ..settings import ChannelPolicy
 from .names import ECOSYSTEMS, Entry, Names
-from .session import CSRF_FIELD, Sessions, SignInLimiter, csrf_ok, csrf_token, session_key
+from .session import CSRF_FIELD, Sessions, csrf_ok, csrf_token, session_key
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,6 @@ class WebUI:
         self.services = services
         settings = services.settings
         self.sessions = Sessions(session_key(settings.session_key, settings.storage_path))
-        self.limiter = SignInLimiter()
         self.names = Names(services)
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("proxy.web", "templates"),
@@ -111,15 +112,24 @@ class WebUI:
         return response
 
     def _principal(self, session: Session) -> Principal | None:
-        """Who the session stands for, checked again on every request (a revoked or
-        expired token, or a policy reload, ends the sign-in at once)."""
-        token = session.get("token")
+        """Who the session stands for, checked again on every request: a revoked or expired
+        token, a changed password or a policy reload without the user ends the sign-in."""
+        settings = self.services.settings
+        token, user = session.get("token"), session.get("user")
+        principal: Principal | None = None
         if isinstance(token, str):
             principal = self.services.guard.verify(token)
-            if principal is None:
-                session.pop("token", None)
-            return principal
-        return None
+        elif isinstance(user, str) and user in settings.users:
+            from .forms import password_stamp
+
+            stamp = password_stamp(settings.passwords.get(user, ""))
+            if stamp and hmac.compare_digest(stamp, str(session.get("pw", ""))):
+                principal = Principal(user=user, token_name="password", scopes=PASSWORD_SCOPES,
+                                      groups=settings.memberships.get(user, frozenset()))
+        if principal is None and (token or user):
+            for key in ("token", "user", "pw"):
+                session.pop(key, None)
+        return principal
 
     # ------------------------------------------------------------------ rendering
     def render(self, page: Page, template: str, status: int = 200, **context: Any) -> web.Response:
