@@ -250,3 +250,21 @@ def test_password_sign_in(world: World) -> None:
     assert 'id="signed-in-user">paula<' in home and "/ui/c/team-a" in home and "team-b" not in home
     assert "alphaconda" in get(session, world, "/ui/c/team-a").text
     assert PASSWORD not in right.headers["Set-Cookie"]
+
+
+def test_a_changed_password_ends_its_sessions(tmp_path: Path, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
+    from proxy.auth.accounts import hash_password
+
+    policy = Policy({"users": [{"name": "pat", "password": hash_password("first secret")}],
+                     "channels": {"c": {"read": ["user:pat"]}}})
+    server = channelgate_factory(tmp_path, policy)
+    session = requests.Session()
+    csrf = csrf_of(session.get(f"{server.url}/ui/login", timeout=30).text)
+    resp = session.post(f"{server.url}/ui/login", data={"csrf": csrf, "username": "pat", "password": "first secret"},
+                        timeout=60, allow_redirects=False)
+    assert resp.status_code == 303
+    assert "/ui/c/c" in session.get(f"{server.url}/ui/", timeout=30).text
+    policy.data["users"] = [{"name": "pat", "password": hash_password("second secret")}]
+    assert "policy reloaded" in server.reload()
+    home = session.get(f"{server.url}/ui/", timeout=30).text
+    assert 'id="signed-in-user"' not in home and "/ui/c/c" not in home
