@@ -1,7 +1,8 @@
-"""create_app(settings): services in cleanup_ctx, one dispatching route, one error middleware.
+"""The server's wiring: ``open_services`` (everything the server holds, closed in reverse on an
+AsyncExitStack), the ``Gateway`` (the one request handler), ``reload_policy`` and ``create_app``.
 
-Every request goes through ``dispatch``: route the path, find the token, decide, then
-hand over to the ecosystem. Authorisation always happens before any body is read and
+Every request goes through ``Gateway.dispatch``: route the path, find the token, decide, then
+hand over to the ecosystem; typed errors become HTTP answers in ``Gateway.handle``, once. Authorisation always happens before any body is read and
 before anything reveals whether a channel exists.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import aiohttp
@@ -22,13 +24,13 @@ from .artifacts import Artifacts
 from .auth.guard import Guard
 from .auth.policy import READ_ACTION, Action
 from .cache import MetadataCache
-from .context import ChannelRequest, Ecosystem, LivePolicy, Services
+from .context import ApiHandler, ChannelRequest, Ecosystem, LivePolicy, Services
 from .ecosystems.conda.handlers import Conda
 from .ecosystems.cran.handlers import Cran
 from .ecosystems.pypi.handlers import PyPI
 from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
 from .health import liveness, readiness
-from .keys import POLICY_PATH, SERVICES, SETTINGS
+from .keys import GATEWAY, SERVICES
 from .logs import mask
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import REQUEST, Metrics, RequestFacts
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 ECOSYSTEMS: dict[str, Callable[[Services], Ecosystem]] = {"pypi": PyPI, "conda": Conda, "cran": Cran}
 
 
-def create_app(settings: Settings, *, policy_path: Path | None = None, clean_tmp: bool = True) -> web.Application:
+def create_app(settings: Settings, *, clean_tmp: bool = True) -> web.Application:
     """An aiohttp Application serving channelgate (for embedding and aiohttp's test client).
 
     ``channelgate serve`` runs the same ``Gateway`` on aiohttp's low-level server instead,
@@ -58,17 +60,15 @@ def create_app(settings: Settings, *, policy_path: Path | None = None, clean_tmp
     on a warm page). ``clean_tmp=False`` for --workers children: the parent cleaned once.
     """
     app = web.Application(client_max_size=1024**2)
-    app[SETTINGS] = settings
-    if policy_path is not None:
-        app[POLICY_PATH] = policy_path
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_services(settings, clean_tmp=clean_tmp) as services:
             app[SERVICES] = services
+            app[GATEWAY] = Gateway(services)
             yield
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await Gateway(app[SERVICES]).handle(request)
+        return await request.app[GATEWAY].handle(request)
 
     app.cleanup_ctx.append(services_ctx)
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -98,51 +98,55 @@ def _make_aiocache(settings: Settings) -> BaseCache:
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncIterator[Services]:
     """Everything a running server holds, for its lifetime: store, catalog, one ClientSession,
-    the metadata cache and the ecosystems. Closed in reverse order on exit."""
-    store = BlobStore(settings.storage_path)
-    store.open(clean=clean_tmp)
-    catalog = Catalog(settings.storage_path / "catalog.sqlite3")
-    tokens = TokenStore(settings.storage_path / "accounts.sqlite3")
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),
-        trust_env=False,
-    )
-    aio = _make_aiocache(settings)
-    metrics = Metrics()
-    upstream = Upstream(session, metrics)
-    artifacts = Artifacts(upstream, store)
-    meta = MetadataCache(
-        aio=aio,
-        upstream=upstream,
-        root=settings.storage_path / "meta",
-        tmp_dir=settings.storage_path / "tmp",
-        ttl=settings.metadata_ttl,
-        negative_ttl=settings.negative_ttl,
-        offline=settings.offline,
-        metrics=metrics,
-    )
-    checks = UploadChecks(settings.limits.validation_workers)
-    live = LivePolicy(settings)
-    services = Services(
-        live=live, sources=Sources(lambda: live.settings, store, catalog), store=store, catalog=catalog,
-        upstream=upstream, artifacts=artifacts, meta=meta, metrics=metrics, checks=checks, guard=Guard(live, tokens),
-    )
-    for name, ecosystem in ECOSYSTEMS.items():
-        services.ecosystems[name] = ecosystem(services)
-    services.api.update(anaconda.api_handlers(services))  # JSON APIs under /api/<segment>/
-    services.api.update(accounts.api_handlers(services))
-    services.ui = _web_ui(services)
-    log.info("channelgate %s ready: %d channel(s), storage %s", __version__, len(settings.channels), settings.storage_path)
-    try:
+    the index cache, the ecosystems and the APIs. Each is closed, in reverse order, on exit
+    (also when building a later one failed, and when closing an earlier one fails)."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = BlobStore(settings.storage_path)
+        store.open(clean=clean_tmp)
+        catalog = Catalog(settings.storage_path / "catalog.sqlite3")
+        stack.callback(catalog.close)
+        tokens = TokenStore(settings.storage_path / "accounts.sqlite3")
+        stack.callback(tokens.close)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),
+            trust_env=False,
+        )
+        stack.push_async_callback(session.close)
+        aio = _make_aiocache(settings)
+        stack.push_async_callback(aio.close)
+        checks = UploadChecks(settings.limits.validation_workers)
+        stack.callback(checks.close)
+        metrics = Metrics()
+        upstream = Upstream(session, metrics)
+        artifacts = Artifacts(upstream, store)
+        stack.push_async_callback(artifacts.close)
+        index_cache = MetadataCache(
+            aio=aio,
+            upstream=upstream,
+            root=settings.storage_path / "meta",
+            tmp_dir=settings.storage_path / "tmp",
+            ttl=settings.metadata_ttl,
+            negative_ttl=settings.negative_ttl,
+            offline=settings.offline,
+            metrics=metrics,
+        )
+        stack.push_async_callback(index_cache.close)
+        live = LivePolicy(settings)
+        ecosystems: dict[str, Ecosystem] = {}
+        api: dict[str, ApiHandler] = {}
+        services = Services(
+            live=live, sources=Sources(lambda: live.settings, store, catalog), store=store, catalog=catalog,
+            upstream=upstream, artifacts=artifacts, index_cache=index_cache, metrics=metrics, checks=checks,
+            guard=Guard(live, tokens), ecosystems=MappingProxyType(ecosystems), api=MappingProxyType(api),
+        )
+        for name, ecosystem in ECOSYSTEMS.items():
+            ecosystems[name] = ecosystem(services)
+            stack.push_async_callback(ecosystems[name].close)
+        api.update(anaconda.api_handlers(services))  # JSON APIs under /api/<segment>/
+        api.update(accounts.api_handlers(services))
+        log.info("channelgate %s ready: %d channel(s), storage %s", __version__, len(settings.channels),
+                 settings.storage_path)
         yield services
-    finally:
-        await meta.close()
-        await artifacts.close()
-        await session.close()
-        await aio.close()
-        checks.close()
-        tokens.close()
-        catalog.close()
 
 
 def _web_ui(services: Services) -> "WebUI | None":
@@ -183,6 +187,7 @@ class Gateway:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.ui = _web_ui(services)  # None without the ``ui`` extra installed
         # with server.metrics_listen, /metrics is only there (a restart changes it, not a reload)
         self.metrics_here = services.settings.metrics_listen is None
 
@@ -210,9 +215,9 @@ class Gateway:
             return metrics_response(services.metrics)
         if path[:3] == "/ui" and (len(path) == 3 or path[3] == "/"):
             facts.ecosystem = "ui"
-            if services.ui is None:
+            if self.ui is None:
                 raise NotFound("the web UI is not installed on this server (pip install 'channelgate[ui]')")
-            return await services.ui.handle(request)
+            return await self.ui.handle(request)
         if path == "/" and request.method in ("GET", "HEAD"):  # a browser at the root: the web UI
             return web.Response(status=302, headers={"Location": "/ui/"})
         route = routing.parse(path)

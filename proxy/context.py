@@ -7,7 +7,8 @@ on the next request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from .store.catalog import Catalog
     from .uploads import UploadChecks
     from .upstream import Upstream
-    from .web.ui import WebUI
 
 
 class Ecosystem(Protocol):
@@ -35,6 +35,9 @@ class Ecosystem(Protocol):
     async def serve(self, request: web.BaseRequest, ctx: "ChannelRequest") -> web.StreamResponse: ...
 
     async def upload(self, request: web.BaseRequest, ctx: "ChannelRequest", form: "UploadForm") -> web.StreamResponse: ...
+
+    async def close(self) -> None:
+        """Stop background work and release threads (called once, at shutdown)."""
 
 
 # A JSON API under /api/<first segment>/ (e.g. anaconda-client's)
@@ -53,21 +56,27 @@ class LivePolicy:
         self.tokens = Tokens(settings)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Services:
+    """Everything a running server holds (app.open_services builds and closes it).
+
+    Nothing is assigned after construction. ``ecosystems`` and ``api`` are read-only
+    views: the plug-ins are built with the Services they belong to, so open_services
+    completes the views before anyone else sees the object. The policy is the one part
+    that changes while running: ``live`` swaps it on reload."""
+
     live: LivePolicy
     sources: "Sources"
     store: "BlobStore"
     catalog: "Catalog"
     upstream: "Upstream"
     artifacts: "Artifacts"
-    meta: "MetadataCache"
+    index_cache: "MetadataCache"  # upstream index documents (cache.py)
     metrics: "Metrics"
     checks: "UploadChecks"
     guard: "Guard"
-    ecosystems: dict[str, Ecosystem] = field(default_factory=dict)
-    api: dict[str, ApiHandler] = field(default_factory=dict)
-    ui: "WebUI | None" = None  # the web UI (None without the ``ui`` extra installed)
+    ecosystems: Mapping[str, Ecosystem] = field(default_factory=lambda: MappingProxyType({}))
+    api: Mapping[str, ApiHandler] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def settings(self) -> Settings:

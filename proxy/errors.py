@@ -1,4 +1,4 @@
-"""Typed errors. Raised anywhere; mapped to HTTP once, in ``app.error_middleware``.
+"""Typed errors. Raised anywhere; mapped to HTTP once, in ``app.Gateway`` (``error_response``).
 
 Messages are shown to clients (JSON ``{"error": ...}`` and, for 4xx, the reason phrase,
 which twine prints). They must never contain a token: callers pass only facts they

@@ -61,7 +61,7 @@ async def readiness(services: Services) -> web.Response:
         "catalog": asyncio.ensure_future(_probe_catalog(services)),
     }
     if settings.cache_backend == "redis":
-        checks["redis"] = asyncio.ensure_future(services.meta.aio.exists("channelgate-ready-probe"))
+        checks["redis"] = asyncio.ensure_future(services.index_cache.aio.exists("channelgate-ready-probe"))
     await asyncio.gather(*(_check(name, task, problems) for name, task in checks.items()))  # type: ignore[arg-type]
     results = {name: problems.get(name, "ok") for name in checks}
     if problems:

@@ -1,13 +1,14 @@
 """Every typed ``web.AppKey`` in one place (aiohttp >= 3.10 warns on string keys)."""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .context import Services
-from .settings import Settings
 
-SETTINGS = web.AppKey("settings", Settings)  # the policy the app was created with
-POLICY_PATH = web.AppKey("policy_path", Path)  # where SIGHUP reloads from (absent: embedded default)
+if TYPE_CHECKING:
+    from .app import Gateway
+
 SERVICES = web.AppKey("services", Services)  # built in cleanup_ctx, lives as long as the app
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")  # the one request handler over SERVICES

@@ -146,8 +146,6 @@ def worker_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid, directory)
 
 
-
-
 class CountingServer(web.Server):
     """aiohttp's low-level server, counting open client connections in ``metrics``."""
 

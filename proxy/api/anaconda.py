@@ -42,7 +42,6 @@ from ..ecosystems.conda.uploads import parse_labels, store_conda_upload, upload_
 from ..ecosystems.conda.version import version_key_or_none
 from ..errors import BadRequest, ChannelgateError, Conflict, Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..routing import Route
-from ..store.blobs import TempBlob
 from ..store.catalog import Upload
 from ..uploads import read_form
 

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 Area = Literal["uploads", "cache"]
 AREAS: tuple[Area, ...] = ("uploads", "cache")
-HASHES = ("sha256", "md5", "blake2_256")
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,7 +205,6 @@ class Catalog:
         self._bump(channel, ecosystem)
 
 
-
 def _row_to_upload(row: tuple[Any, ...]) -> Upload:
     (channel, ecosystem, path, name, version, filename, sha256, md5, size, labels, meta, uploader, at) = row
     return Upload(

@@ -179,7 +179,6 @@ class WebUI:
                 out.append((channel, ecos))
         return out
 
-
     def visible(self, hits: Sequence[int], entries: Sequence[Entry], channel: ChannelPolicy,
                 principal: Principal | None) -> Sequence[int]:
         """Search hits without the packages this reader may not see (package privacy)."""

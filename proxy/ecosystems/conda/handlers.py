@@ -55,6 +55,9 @@ class Conda:
         self.indexes = CondaIndexes(services)
         self._small: Memo[tuple[Path, str], bytes] = Memo(SMALL_INDEX_COUNT)
 
+    async def close(self) -> None:
+        await self.indexes.close()
+
     # ------------------------------------------------------------------ GET / HEAD
     async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         parts = ctx.route.rest.split("/")

@@ -103,6 +103,14 @@ class CondaIndexes:
         self._flight: SingleFlight[Hashable, Any] = SingleFlight()
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    async def close(self) -> None:
+        """Cancel background builds and refreshes, then stop the build threads."""
+        self._flight.cancel_all()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
     @property
     def tmp_dir(self) -> Path:
         return self.services.store.root / "tmp"
@@ -134,13 +142,13 @@ class CondaIndexes:
         shard index are remembered by the metadata cache for ``negative_ttl``.)"""
         url = f"{up.url}/{subdir}/repodata.json"
         try:
-            return await self.services.meta.get(up, url + ".zst"), "zstd"
+            return await self.services.index_cache.get(up, url + ".zst"), "zstd"
         except NotFound:
             pass
         try:
-            return await self.services.meta.get(up, url), "identity"
+            return await self.services.index_cache.get(up, url), "identity"
         except NotFound:
-            return await self.services.meta.get(up, f"{up.url}/{subdir}/{SHARD_INDEX_FILENAME}"), "shards"
+            return await self.services.index_cache.get(up, f"{up.url}/{subdir}/{SHARD_INDEX_FILENAME}"), "shards"
 
     async def _docs(self, channel: ChannelPolicy, subdir: str) -> Walk[tuple[Doc, DocForm]]:
         """Each upstream's current document of the subdir (404s skipped) and the last failure."""
@@ -184,7 +192,7 @@ class CondaIndexes:
             index = await self._run(lambda: parse_shard_index(doc.read()))
         except UpstreamError as exc:  # the index itself is malformed: an invalid document
             raise BadRequest(str(exc)) from None
-        stored = await fetch_shards(self.services.meta, up, doc.url, index, self._known_shards)
+        stored = await fetch_shards(self.services.index_cache, up, doc.url, index, self._known_shards)
         return await self._run(repodata_from_shards, index, stored, self.tmp_dir)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ merged subdir index
@@ -348,7 +356,7 @@ class CondaIndexes:
         walk: Walk[Doc] = Walk(())
         if label == DEFAULT_LABEL:
             walk = await self.services.sources.walk(
-                channel, "conda", lambda up: self.services.meta.get(up, f"{up.url}/channeldata.json")
+                channel, "conda", lambda up: self.services.index_cache.get(up, f"{up.url}/channeldata.json")
             )
         rule = self.services.sources.rule(channel, "conda", normalize)
         key = (channel.name, label, catalog.generation(channel.name, "conda"), rule.allow,

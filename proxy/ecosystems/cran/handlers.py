@@ -142,6 +142,9 @@ class Cran:
         self._archive_pages: Memo[tuple[object, ...], tuple[bytes, str]] = Memo(64)
         self._building: SingleFlight[tuple[object, ...], ContribView] = SingleFlight()
 
+    async def close(self) -> None:
+        self._building.cancel_all()
+
     # ------------------------------------------------------------------ GET
     async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         cp = parse_cran_path(ctx.route.rest)
@@ -158,7 +161,7 @@ class Cran:
     async def _upstream_docs(self, ctx: ChannelRequest, contrib_dir: str) -> Walk[Doc]:
         """Each upstream's index of the folder: ``PACKAGES.gz``, else ``PACKAGES`` (what R
         falls back to, minus the .rds)."""
-        meta = self.services.meta
+        meta = self.services.index_cache
 
         async def fetch(up: UpstreamSettings) -> Doc:
             try:
@@ -254,7 +257,7 @@ class Cran:
                  for s in (view.archived if view else ()) if s.upload is not None]
         remote: list[tuple[str, list[ArchivedFile]]] = []
         walk = await self.services.sources.walk(
-            ctx.channel, "cran", lambda up: self.services.meta.get(up, f"{up.url}/src/contrib/Meta/archive.rds")
+            ctx.channel, "cran", lambda up: self.services.index_cache.get(up, f"{up.url}/src/contrib/Meta/archive.rds")
         )
         for found in walk.found:
             up, doc = found.upstream, found.value

@@ -96,6 +96,9 @@ class PyPI:
         # Accept headers repeat (one per client version): negotiate each string once
         self._negotiate = functools.lru_cache(maxsize=256)(negotiate)
 
+    async def close(self) -> None:
+        """Nothing runs in the background here: every task belongs to a request."""
+
     # ------------------------------------------------------------------ GET
     async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
         parts = ctx.route.rest.split("/")
@@ -125,7 +128,7 @@ class PyPI:
         The root page and the web UI's listings both read this."""
         snap = self.services.catalog.snapshot(channel.name, "pypi")
         walk = await self.services.sources.walk(
-            channel, "pypi", lambda up: self.services.meta.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)
+            channel, "pypi", lambda up: self.services.index_cache.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)
         )
         key = (channel.name, snap.generation, tuple((f.upstream.name, f.value.digest) for f in walk.found))
         found = self._names.get(key)
@@ -161,7 +164,7 @@ class PyPI:
         uploads = snap.by_name.get(project, ())
         allow = sources.allow(channel, normalize)
         walk = await sources.walk(
-            channel, "pypi", lambda up: self.services.meta.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT),
+            channel, "pypi", lambda up: self.services.index_cache.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT),
             name=project, rule=MergeRule(snap.names, allow),
         )
         walk.nothing(hosted=bool(uploads), missing=f"no project named {project!r}")

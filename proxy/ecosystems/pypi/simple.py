@@ -105,10 +105,6 @@ class FileEntry:
         object.__setattr__(self, "version", version_from_filename(self.filename))
 
     @property
-    def is_yanked(self) -> bool:
-        return self.yanked is not False
-
-    @property
     def has_metadata(self) -> bool:
         return self.core_metadata is not False
 
