@@ -428,7 +428,7 @@ def test_downloads_do_not_wait_for_upload_checks(tmp_path: Path) -> None:
     gate = Gate(server, token, token, 0)
     good = make_wheel(tmp_path, "acme_dl", "1.0")
     assert post_form(gate, good.name, good.read_bytes(), twine_fields(good)).status_code == 200
-    bomb = h.gzip_bomb([("evil-1.0/setup.py", b"")], "evil-1.0/zeros", 1024)  # no PKG-INFO: refused at the end
+    bomb = h.gzip_bomb([("evil-1.0/setup.py", b"")], "evil-1.0/zeros", 512)  # no PKG-INFO: refused at the end
     answered: list[int] = []
 
     def upload() -> None:
@@ -452,6 +452,9 @@ def test_downloads_do_not_wait_for_upload_checks(tmp_path: Path) -> None:
         assert status == 200 and data == good.read_bytes()
         assert answered == [], "an upload check finished before the download: the download waited"
     finally:
+        if server.proc is not None:  # not a graceful stop: it would wait for the queued checks
+            server.proc.kill()
+            server.proc.wait()
         server.stop()
         for thread in threads:
             thread.join(60)
