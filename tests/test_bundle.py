@@ -190,3 +190,40 @@ def test_since_writes_only_what_the_earlier_bundle_lacks(tmp_path: Path, host_a,
             assert http("GET", f"{offline.url}/t/{token}/internal/simple/{project}/{wheel}")[0] == 200
     finally:
         offline.stop()
+
+
+def test_channel_selects_its_uploads_indexes_and_artifacts(tmp_path: Path, upstream, upstream_factory, capsys) -> None:  # type: ignore[no-untyped-def]
+    second = upstream_factory(upstream.root)
+    policy = Policy({
+        "storage": {"path": str(tmp_path / "store")},
+        "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"},
+                      "mirror2": {"type": "pypi", "url": f"{second.url}/simple"}},
+        "users": ["alice"],
+        "channels": {"internal": {"upstreams": ["pypi"], "read": ["user:alice"]},
+                     "other": {"upstreams": ["mirror2"], "read": ["user:alice"]}},
+    })
+    token = policy.add_token("alice", ["pypi:download"])
+    server = Channelgate(tmp_path / "cg", policy).start()
+    try:
+        for channel, project in (("internal", "small-pkg"), ("other", "later-pkg")):
+            wheel = f"{project.replace('-', '_')}-1.0-py3-none-any.whl"
+            assert http("GET", f"{server.url}/t/{token}/{channel}/simple/{project}/{wheel}")[0] == 200
+    finally:
+        server.stop()
+    bundle = tmp_path / "other.tar"
+    assert cli_here(capsys, "export", "--config", str(server.config), "--out", str(bundle), "--channel", "other").returncode == 0
+    members = json.loads(Path(f"{bundle}.manifest.json").read_bytes())["members"]
+    import hashlib
+
+    def blob(wheel: str) -> str:
+        sha = hashlib.sha256((upstream.root / "files" / wheel).read_bytes()).hexdigest()
+        return f"cache/sha256/{sha[:2]}/{sha}"
+
+    assert blob("later_pkg-1.0-py3-none-any.whl") in members
+    assert blob("small_pkg-1.0-py3-none-any.whl") not in members
+    docs = [n for n in members if n.startswith("meta/docs/")]
+    with tarfile.open(bundle) as tar:
+        urls = [json.loads(tar.extractfile(n).read())["url"] for n in docs]  # type: ignore[union-attr]
+    assert urls and all(u.startswith(second.url) for u in urls)
+    refused = cli_here(capsys, "export", "--config", str(server.config), "--out", str(bundle), "--channel", "nope")
+    assert refused.returncode == 1 and "no such channel(s) in the policy: nope" in refused.stderr

@@ -102,16 +102,23 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value
 
 
-def store_members(root: Path, uploads: set[str], url_prefixes: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
+def store_members(root: Path, uploads: set[str], upstreams: set[str],
+                  url_prefixes: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
     """(member name, file) for what serving the exported channels needs, in a stable order:
-    the ``uploads`` blobs (sha256s their catalog rows name), every cached artifact and
-    alias, and the cached index documents of their upstreams (``url_prefixes``), with bodies."""
+    the ``uploads`` blobs (sha256s their catalog rows name), the cached artifacts of their
+    ``upstreams`` (by the provenance in ``cache/origin``; an artifact cached before that was
+    recorded goes along, as it may be needed), every alias, and the cached index documents
+    of those upstreams (``url_prefixes``), with their bodies."""
     for name, path in _files(root, "uploads/sha256"):
         if path.name in uploads:
             yield name, path
-    yield from _files(root, "cache/sha256")
+    for name, path in _files(root, "cache/sha256"):
+        origin = _origin(root, path.name)
+        if origin is None or origin in upstreams:
+            yield name, path
+            if origin is not None:
+                yield f"cache/origin/{path.name}", root / "cache" / "origin" / path.name
     yield from _files(root, "cache/refs")
-    yield from _files(root, "cache/origin")
     bodies: set[str] = set()
     docs = root / "meta" / "docs"
     for path in sorted(docs.glob("*.json")) if docs.is_dir() else ():
@@ -129,6 +136,13 @@ def store_members(root: Path, uploads: set[str], url_prefixes: tuple[str, ...]) 
         body = root / "meta" / "bodies" / digest[:2] / digest
         if body.is_file():
             yield f"meta/bodies/{digest[:2]}/{digest}", body
+
+
+def _origin(root: Path, sha256: str) -> str | None:
+    try:
+        return (root / "cache" / "origin" / sha256).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _files(root: Path, area: str) -> Iterator[tuple[str, Path]]:

@@ -80,7 +80,8 @@ def export_bundle(settings: Settings, out: Path, channels: list[str], since: Pat
         settings.upstreams[name].url + "/" for c in chosen for name in settings.channels[c].upstreams
     )
     root = settings.storage_path
-    members = list(store_members(root, upload_blobs, prefixes))
+    upstreams = {name for c in chosen for name in settings.channels[c].upstreams}
+    members = list(store_members(root, upload_blobs, upstreams, prefixes))
     manifest = Manifest(chosen, since=str(since) if since else None)
     manifest.known = dict(known_before)
     total = sum(path.stat().st_size for _, path in members) + len(rows)

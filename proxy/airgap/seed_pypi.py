@@ -78,7 +78,7 @@ async def compile_pins(run: SeedRun, needs: PypiNeeds, python: str, uv_platform:
         req.write_text("\n".join(needs.requirements) + "\n")
         proc = await asyncio.create_subprocess_exec(
             uv, "pip", "compile", str(req), "--python-platform", uv_platform, "--python-version", python,
-            "--index-url", f"{run.base}/simple/", "--no-header", "--no-annotate", "--quiet", "--no-build",
+            "--index-url", f"{run.base}/simple/", "--no-header", "--no-annotate", "--quiet",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )
         out, err = await proc.communicate()
