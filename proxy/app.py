@@ -34,11 +34,11 @@ from .keys import GATEWAY, SERVICES
 from .logs import mask
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import REQUEST, Metrics, RequestFacts
-from .responses import SentFileResponse, keep_private
+from .responses import SentFileResponse, http_status, keep_private
 from .settings import Settings, load_settings
 from .sources import Sources
 from .store.blobs import BlobStore
-from .store.catalog import Catalog
+from .store.catalog import SqliteCatalog
 from .store.tokens import TokenStore
 from .uploads import UploadChecks, handle_upload
 from .upstream import Upstream
@@ -103,7 +103,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
     async with contextlib.AsyncExitStack() as stack:
         store = BlobStore(settings.storage_path)
         store.open(clean=clean_tmp)
-        catalog = Catalog(settings.storage_path / "catalog.sqlite3")
+        catalog = SqliteCatalog.at(settings.storage_path)
         stack.callback(catalog.close)
         tokens = TokenStore(settings.storage_path / "accounts.sqlite3")
         stack.callback(tokens.close)
@@ -123,8 +123,8 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         index_cache = MetadataCache(
             aio=aio,
             upstream=upstream,
-            root=settings.storage_path / "meta",
-            tmp_dir=settings.storage_path / "tmp",
+            root=store.area_dir("meta"),
+            tmp_dir=store.scratch_dir,
             ttl=settings.metadata_ttl,
             negative_ttl=settings.negative_ttl,
             offline=settings.offline,
@@ -267,7 +267,8 @@ def error_response(exc: ChannelgateError) -> web.Response:
     headers = dict(exc.headers)
     reason = None
     # twine shows the reason phrase: make it the message when it is a safe single line
-    if exc.status < 500 and exc.message.isascii() and "\n" not in exc.message and len(exc.message) < 200:
+    status = http_status(exc)
+    if status < 500 and exc.message.isascii() and "\n" not in exc.message and len(exc.message) < 200:
         reason = exc.message
-    return web.json_response({"error": exc.message}, status=exc.status, headers=headers, reason=reason)
+    return web.json_response({"error": exc.message}, status=status, headers=headers, reason=reason)
 

@@ -24,7 +24,8 @@ from aiohttp import web
 from .errors import ChannelgateError, NotFound, UpstreamError
 from .responses import file_response
 from .settings import UpstreamSettings
-from .store.blobs import BlobStore, DigestMismatch, TempBlob
+from .store.blobs import DigestMismatch, TempBlob
+from .store.protocols import Store
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Download:
 
 
 class Artifacts:
-    def __init__(self, upstream: Upstream, store: BlobStore) -> None:
+    def __init__(self, upstream: Upstream, store: Store) -> None:
         self.upstream = upstream
         self.store = store
         self.metrics = upstream.metrics

@@ -22,10 +22,11 @@ from typing import Sequence
 import yaml
 from aiohttp import web
 
-from . import __version__, logs, server as listener
+from . import __version__, logs
+from . import server as listener
 from .airgap import commands as airgap_commands
-from .auth import commands as account_commands
 from .app import Gateway, open_services, reload_policy
+from .auth import commands as account_commands
 from .auth.credentials import generate_token, hash_token
 from .auth.tokens_file import append_token_entry
 from .context import Services
@@ -193,12 +194,12 @@ def _serve_workers(settings: Settings, policy_path: Path | None, opts: ServeOpti
     the shared metrics_listen socket) answers the sum.
     """
     from .store.blobs import BlobStore
-    from .store.catalog import Catalog
+    from .store.catalog import SqliteCatalog
     from .store.tokens import TokenStore
 
     BlobStore(settings.storage_path).open()
     # create the databases (and switch them to WAL) once, before the workers open them at the same time
-    Catalog(settings.storage_path / "catalog.sqlite3").close()
+    SqliteCatalog.at(settings.storage_path).close()
     TokenStore(settings.storage_path / "accounts.sqlite3").close()
     metrics_dir = tempfile.mkdtemp(prefix="channelgate-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # before any worker imports prometheus-client

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .routing import Route
     from .sources import Sources
-    from .store.blobs import BlobStore, TempBlob
-    from .store.catalog import Catalog
+    from .store.blobs import TempBlob
+    from .store.protocols import Catalog, Store
     from .uploads import UploadChecks
     from .upstream import Upstream
 
@@ -67,7 +67,7 @@ class Services:
 
     live: LivePolicy
     sources: "Sources"
-    store: "BlobStore"
+    store: "Store"
     catalog: "Catalog"
     upstream: "Upstream"
     artifacts: "Artifacts"

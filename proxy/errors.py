@@ -8,7 +8,6 @@ from __future__ import annotations
 
 
 class ChannelgateError(Exception):
-    status: int = 500
     default_message = "internal error"
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
@@ -17,15 +16,18 @@ class ChannelgateError(Exception):
         super().__init__(self.message)
 
 
-class BadRequest(ChannelgateError):
-    status = 400
+class InvalidInput(ChannelgateError):
+    """Input that is not what it must be: an upload, a form, a digest, a document to parse."""
+
     default_message = "bad request"
+
+
+BadRequest = InvalidInput  # the name request-handling code has always used
 
 
 class Unauthorized(ChannelgateError):
     """No or invalid credentials. Always carries the Basic challenge (pip and R retry with it)."""
 
-    status = 401
     default_message = "authentication required"
 
     def __init__(self, message: str | None = None) -> None:
@@ -33,54 +35,44 @@ class Unauthorized(ChannelgateError):
 
 
 class Forbidden(ChannelgateError):
-    status = 403
     default_message = "forbidden"
 
 
 class NotFound(ChannelgateError):
-    status = 404
     default_message = "not found"
 
 
 class MethodNotAllowed(ChannelgateError):
-    status = 405
     default_message = "method not allowed"
 
 
 class NotAcceptable(ChannelgateError):
-    status = 406
     default_message = "no acceptable representation"
 
 
 class Conflict(ChannelgateError):
-    status = 409
     default_message = "File already exists"
 
 
 class PayloadTooLarge(ChannelgateError):
-    status = 413
     default_message = "upload too large"
 
 
 class Locked(ChannelgateError):
-    status = 423
     default_message = "locked"
 
 
 class TooManyRequests(ChannelgateError):
-    status = 429
     default_message = "too many requests"
 
 
 class UpstreamError(ChannelgateError):
     """The upstream failed, or served bytes that do not match its own index."""
 
-    status = 502
     default_message = "upstream error"
 
 
 class UpstreamTimeout(ChannelgateError):
-    status = 504
     default_message = "upstream timed out"
 
 

@@ -8,8 +8,49 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from .errors import (
+    ChannelgateError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    Locked,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
 INDEX_MAX_AGE = 60  # seconds an index may be reused; CEP-16 suggests a short max-age for its shard index too
 from aiohttp.abc import AbstractStreamWriter
+
+# The one place a domain error becomes an HTTP status (devpi's ModelException mapping);
+# subclasses answer as their nearest listed ancestor, anything else is a 500.
+HTTP_STATUS: dict[type[ChannelgateError], int] = {
+    InvalidInput: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    NotAcceptable: 406,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    Locked: 423,
+    TooManyRequests: 429,
+    UpstreamError: 502,
+    UpstreamTimeout: 504,
+}
+
+
+def http_status(exc: ChannelgateError) -> int:
+    for cls in type(exc).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 def etag_for(*parts: bytes | str) -> str:

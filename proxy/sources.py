@@ -24,8 +24,7 @@ from .memo import Memo
 from .merge import MergeRule
 from .responses import file_response
 from .settings import ChannelPolicy, Settings, UpstreamSettings
-from .store.blobs import BlobStore
-from .store.catalog import Catalog
+from .store.protocols import Catalog, Store
 
 T = TypeVar("T")
 
@@ -65,7 +64,7 @@ class Walk(Generic[T]):
 class Sources:
     """A channel's sources for every ecosystem: one per app (no globals)."""
 
-    def __init__(self, settings: Callable[[], Settings], store: BlobStore, catalog: Catalog) -> None:
+    def __init__(self, settings: Callable[[], Settings], store: Store, catalog: Catalog) -> None:
         self._settings = settings
         self.store = store
         self.catalog = catalog

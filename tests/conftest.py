@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import Channelgate, Policy, UpstreamServer, leaked_secrets  # noqa: E402
+from harness import Channelgate, Policy, UpstreamServer, leaked_secrets
 
 
 def require_tool(name: str) -> str:

@@ -43,7 +43,8 @@ from proxy.ecosystems.conda.sections import CondaRecord
 from proxy.ecosystems.conda.shard_upstreams import StoredShard, repodata_from_shards
 from proxy.ecosystems.conda.subdir_index import UpstreamSubdir
 from proxy.ecosystems.conda.version import InvalidVersion, VersionOrder
-from proxy.errors import BadRequest, UpstreamError
+from proxy.errors import BadRequest, InvalidInput
+from proxy.responses import http_status
 from proxy.settings import UpstreamSettings
 
 rattler = pytest.importorskip("rattler")
@@ -124,7 +125,7 @@ def test_malformed_package_rejected(tmp_path: Path, kind: str) -> None:
         inspect(bad.path, bad.filename)
     assert bad.message in err.value.message
     assert err.value.message.startswith(bad.filename)  # names the file
-    assert err.value.status == 400
+    assert http_status(err.value) == 400
 
 
 @pytest.mark.parametrize(
@@ -411,11 +412,11 @@ def test_parse_our_shards_back(inspected: list[CondaPackage]) -> None:
     shard = parse_shard(shard_set.shards[digest], expected_sha256=digest)
     assert {fn: orjson.loads(raw) for fn, _, raw in shard} == {
         fn: orjson.loads(raw) for fn, name, raw in recs if name == "bar"}
-    with pytest.raises(UpstreamError, match="does not match its sha256"):
+    with pytest.raises(InvalidInput, match="does not match its sha256"):
         parse_shard(shard_set.shards[digest], expected_sha256="0" * 64)
-    with pytest.raises(UpstreamError):
+    with pytest.raises(InvalidInput):
         parse_shard(b"not zstd")
-    with pytest.raises(UpstreamError):
+    with pytest.raises(InvalidInput):
         parse_shard_index(zstandard.ZstdCompressor().compress(msgpack.packb([1, 2])))
 
 

@@ -37,6 +37,7 @@ from proxy.ecosystems.cran.package import (
 from proxy.ecosystems.cran.paths import parse_cran_path
 from proxy.ecosystems.cran.rds import R_VERSION, RValue, RVector, UnsupportedRds, read_rds, serialize, write_rds
 from proxy.errors import BadRequest, NotFound
+from proxy.responses import http_status
 
 from fixtures.cran_pkgs import (
     HAVE_R,
@@ -301,7 +302,7 @@ def test_malformed_uploads_are_rejected_with_the_reason(
         inspect = inspect_source if kind == "source" else inspect_binary
         with pytest.raises(BadRequest, match=reason) as info:
             inspect(path, path.name)
-        assert info.value.status == 400, label
+        assert http_status(info.value) == 400, label
     with pytest.raises(BadRequest, match="unknown filetype"):
         inspect_upload(built["abc_2.1"].path, "abc_2.1.tar.gz", "cran_package")
     with pytest.raises(BadRequest, match="invalid file name"):

@@ -31,11 +31,9 @@ from proxy.ecosystems.pypi.simple import (
     render_root_json,
 )
 from proxy.errors import BadRequest, NotAcceptable, UpstreamError
+from proxy.responses import http_status
 
-try:  # pytest's prepend import mode puts tests/ on sys.path; `python -m pytest` adds the root
-    from fixtures import wheels as fx
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    from tests.fixtures import wheels as fx  # type: ignore[no-redef]
+from fixtures import wheels as fx
 
 PAGE = "https://upstream.example/simple/foo-bar/"
 
@@ -324,7 +322,7 @@ def test_negotiate(accept: str | None, expected: tuple[str, str]) -> None:
 def test_negotiate_not_acceptable(accept: str) -> None:
     with pytest.raises(NotAcceptable) as info:
         negotiate(accept)
-    assert info.value.status == 406
+    assert http_status(info.value) == 406
     assert "application/vnd.pypi.simple.v1+json" in info.value.message
 
 
@@ -378,7 +376,7 @@ def _rejected(path: Path, fields: dict[str, str], digests: dict[str, str] | None
               filename: str | None = None) -> str:
     with pytest.raises(BadRequest) as info:
         inspect_distribution(path, path.name if filename is None else filename, fields, fx.file_digests(path) if digests is None else digests)
-    assert info.value.status == 400
+    assert http_status(info.value) == 400
     return info.value.message
 
 

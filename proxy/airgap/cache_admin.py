@@ -20,7 +20,7 @@ from typing import Iterator, TextIO
 
 from ..settings import ECOSYSTEMS, Settings
 from ..store.blobs import BlobStore
-from ..store.catalog import Catalog
+from ..store.catalog import SqliteCatalog
 from .bundle import IMPORTED, BundleError, Manifest
 from .progress import Progress
 
@@ -67,7 +67,7 @@ def usage(settings: Settings) -> Usage:
         owner = next((n for p, n in prefixes.items() if str(data.get("url", "")).startswith(p)), "(unknown upstream)")
         out.upstream_indexes[owner] = out.upstream_indexes.get(owner, 0) + size
     db = root / "catalog.sqlite3"
-    catalog = Catalog(db) if db.exists() else None
+    catalog = SqliteCatalog(db) if db.exists() else None
     try:
         for channel, policy in settings.channels.items():
             hosted = sum(u.size for eco in ECOSYSTEMS for u in catalog.list(channel, eco)) if catalog else 0

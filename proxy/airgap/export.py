@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, TextIO, cast
 
 from ..settings import ECOSYSTEMS, Settings
-from ..store.catalog import Catalog
+from ..store.catalog import SqliteCatalog
 from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, BundleError, Manifest, Member, store_members
 from .progress import Progress
 
@@ -49,7 +49,7 @@ def _catalog_rows(settings: Settings, channels: list[str]) -> tuple[bytes, set[s
     db = settings.storage_path / "catalog.sqlite3"
     if not db.exists():
         return b"", set()
-    catalog = Catalog(db)
+    catalog = SqliteCatalog(db)
     try:
         lines, blobs = [], set()
         for channel in channels:

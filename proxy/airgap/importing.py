@@ -26,7 +26,7 @@ from typing import IO, Any, TextIO
 
 from ..settings import Settings
 from ..store.blobs import BlobStore, atomic_write
-from ..store.catalog import Catalog, Upload
+from ..store.catalog import SqliteCatalog, Upload
 from .bundle import CATALOG, CONTENT_ADDRESSED, IMPORTED, MANIFEST, MEMBER_RE, BundleError, Manifest
 from .progress import Progress
 
@@ -203,7 +203,7 @@ def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload], manifes
         report.bytes += item.size
     _remember(root, manifest)
     if rows:
-        catalog = Catalog(root / "catalog.sqlite3")
+        catalog = SqliteCatalog.at(root)
         try:
             report.rows = catalog.add_many(rows)
         finally:

@@ -28,7 +28,7 @@ from rich.table import Table
 from ..app import Gateway, open_services
 from ..auth.credentials import generate_token, hash_token
 from ..settings import Settings, TokenEntry
-from ..store.blobs import BlobStore
+from ..store.protocols import Store
 from .progress import Progress, human
 from .seedfile import SeedFile
 
@@ -73,7 +73,7 @@ class SeedRun:
     base: str  # http://127.0.0.1:PORT/t/TOKEN/<channel>
     token: str
     session: aiohttp.ClientSession
-    store: BlobStore
+    store: Store
     progress: Progress
     failures: list[Failure] = field(default_factory=list)
 
@@ -109,7 +109,7 @@ def seed_settings(settings: Settings, channel: str, token: str) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def gateway(settings: Settings, channel: str) -> AsyncIterator[tuple[str, str, BlobStore]]:
+async def gateway(settings: Settings, channel: str) -> AsyncIterator[tuple[str, str, Store]]:
     """The real gateway on a loopback port: (channel base URL with token, token, store)."""
     token = generate_token()
     async with open_services(seed_settings(settings, channel, token), clean_tmp=False) as services:

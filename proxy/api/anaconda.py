@@ -41,6 +41,7 @@ from ..ecosystems.conda.sections import is_package_filename
 from ..ecosystems.conda.uploads import parse_labels, store_conda_upload, upload_summary, uploads_changed
 from ..ecosystems.conda.version import version_key_or_none
 from ..errors import BadRequest, ChannelgateError, Conflict, Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..responses import http_status
 from ..routing import Route
 from ..store.catalog import Upload
 from ..uploads import read_form
@@ -197,7 +198,7 @@ def _user_json(services: Services, login: str, user_type: str) -> dict[str, Any]
         "login": login,
         "name": login,
         "user_type": user_type,
-        "created_at": _iso(services.store.root.stat().st_mtime),
+        "created_at": _iso(services.settings.storage_path.stat().st_mtime),
     }
 
 
@@ -320,7 +321,7 @@ def _s3_error(exc: ChannelgateError) -> web.Response:
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{escape(code)}</Code><Message>{escape(exc.message)}</Message></Error>"
     )
-    return web.Response(status=exc.status, text=body, content_type="application/xml", headers=exc.headers)
+    return web.Response(status=http_status(exc), text=body, content_type="application/xml", headers=exc.headers)
 
 
 async def _post_file(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:

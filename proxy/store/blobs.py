@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
 
-from ..errors import BadRequest
+from ..errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,19 @@ def _close_synced(fh) -> None:  # type: ignore[no-untyped-def]
 
 
 class BlobStore:
+    """The filesystem backend of the Store protocol (protocols.py)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.root / "tmp"
+
+    def area_dir(self, name: str) -> Path:
+        if name not in ("meta",):
+            raise ValueError(f"no store area {name!r}")
+        return self.root / name
 
     def open(self, *, clean: bool = True) -> None:
         """Create the layout and remove leftovers of a crash (partial writes never become blobs)."""
@@ -146,7 +157,7 @@ class BlobStore:
 
     def blob_path(self, area: Area, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise BadRequest("malformed sha256")
+            raise InvalidInput("malformed sha256")
         return self.root / area / "sha256" / sha256[:2] / sha256
 
     def find(self, area: Area, sha256: str) -> Path | None:

@@ -11,7 +11,8 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field, replace as _replace
+from dataclasses import dataclass, field
+from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -78,7 +79,17 @@ class Snapshot:
         )
 
 
-class Catalog:
+CATALOG_FILE = "catalog.sqlite3"
+
+
+class SqliteCatalog:
+    """The SQLite backend of the Catalog protocol (protocols.py)."""
+
+    @classmethod
+    def at(cls, storage_root: Path) -> "SqliteCatalog":
+        """The catalog of the store at ``storage_root``."""
+        return cls(storage_root / CATALOG_FILE)
+
     def __init__(self, db_path: Path) -> None:
         # timeout: wait on a sibling worker's write lock instead of failing at once
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)

@@ -22,6 +22,7 @@ from ..auth.accounts import DAY, TokenRequest, make_token
 from ..auth.policy import Action, Decision, decide
 from ..context import ChannelRequest, UploadForm
 from ..errors import BadRequest, ChannelgateError, Forbidden, NotFound, TooManyRequests, Unauthorized
+from ..responses import http_status
 from ..routing import Route
 from ..settings import SCOPES
 from ..uploads import accept_upload, read_form
@@ -43,8 +44,7 @@ UPLOAD_KINDS = {
 _R_FILE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*_[0-9][0-9.-]*\.(tar\.gz|zip|tgz)$")
 
 
-class CsrfRefused(ChannelgateError):
-    status = 403
+class CsrfRefused(Forbidden):
     default_message = CSRF_REFUSED
 
 
@@ -81,7 +81,7 @@ async def login(ui: "WebUI", page: "Page") -> web.StreamResponse:
         else:
             raise Unauthorized("Enter a token, or a user name and password.")
     except (Unauthorized, TooManyRequests) as exc:
-        response = ui.render(page, "login.html", status=exc.status, title="Sign in", error=_sign_in_error(exc),
+        response = ui.render(page, "login.html", status=http_status(exc), title="Sign in", error=_sign_in_error(exc),
                              username=username, next_page=_next_page(form_value(form, "next")))
         if "Retry-After" in exc.headers:
             response.headers["Retry-After"] = exc.headers["Retry-After"]
@@ -146,7 +146,7 @@ async def upload(ui: "WebUI", page: "Page") -> web.StreamResponse:
         ctx = ChannelRequest(Route("channel", None, name, "", f"/api/repo/{name}"), policy, page.principal, ui.services)
         await accept_upload(page.request, ctx, form)
     except ChannelgateError as exc:
-        status = 403 if exc.status == 401 else exc.status
+        status = 403 if http_status(exc) == 401 else http_status(exc)
         return ui.render(page, "upload.html", status=status, title="Upload", channels=writable, kinds=UPLOAD_KINDS,
                          error=exc.message, signed_in=True)
     finally:
@@ -205,7 +205,7 @@ async def tokens(ui: "WebUI", page: "Page") -> web.StreamResponse:
                 return redirect("/ui/tokens")
             made = _make_token(ui, page, form)
         except ChannelgateError as exc:
-            error, status = exc.message, (403 if exc.status == 401 else exc.status)
+            error, status = exc.message, (403 if http_status(exc) == 401 else http_status(exc))
     settings = ui.services.settings
     mine = ui.services.guard.tokens.of_user(page.principal.user)
     rows = [{"name": t.name, "scopes": t.scopes, "expires": iso_day(t.expires_at)} for t in mine if not t.expired()]

@@ -27,7 +27,7 @@ from ..auth.guard import PASSWORD_SCOPES
 from ..auth.policy import READ_ACTION, Decision, decide
 from ..context import Services
 from ..errors import ChannelgateError, MethodNotAllowed, NotFound
-from ..responses import etag_for, not_modified
+from ..responses import etag_for, http_status, not_modified
 from ..settings import ChannelPolicy
 from .names import ECOSYSTEMS, Entry, Names
 from .session import CSRF_FIELD, Sessions, csrf_ok, csrf_token, session_key
@@ -142,9 +142,10 @@ class WebUI:
         return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
     def error(self, page: Page, exc: ChannelgateError) -> web.Response:
-        if exc.status >= 500:
-            log.warning("web UI error %d on %s: %s", exc.status, page.request.method, exc.message)
-        status = 403 if exc.status == 401 else exc.status  # no Basic challenge: a browser would prompt
+        status = http_status(exc)
+        if status >= 500:
+            log.warning("web UI error %d on %s: %s", status, page.request.method, exc.message)
+        status = 403 if status == 401 else status  # no Basic challenge: a browser would prompt
         return self.render(page, "error.html", status=status, title=str(status), status_code=status, message=exc.message)
 
     def _asset(self, request: web.BaseRequest, name: str) -> web.StreamResponse:

@@ -2,7 +2,7 @@
 
     python -m tests.bench.run [--quick] [--only NAME[,NAME]] [--markdown FILE] [--json FILE]
 
-(``python tests/bench/run.py ...`` works too). It starts everything itself on 127.0.0.1:
+It starts everything itself on 127.0.0.1:
 the fake upstream (tests/harness.py's UpstreamServer in its own process), channelgate
 (``python -m proxy serve``), nginx over the same bytes (``worker_processes 1``, the primary
 peer, and ``auto``) and proxpi (gunicorn, as its Docker image runs it) in front of the same
@@ -13,7 +13,6 @@ scenarios and options (``--help``).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +22,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if not __package__:  # run as a script: make the repository root importable
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())

@@ -28,7 +28,7 @@ import msgpack  # type: ignore[import-untyped]
 import orjson
 import zstandard
 
-from ...errors import NotFound, UpstreamError
+from ...errors import InvalidInput, NotFound
 from .merge_plan import Plan, positions_of
 from .sections import EXTENSIONS, UPSTREAM_ONLY_KEYS, CondaRecord, dump_record, is_package_filename
 
@@ -283,9 +283,9 @@ def _unzstd(body: bytes, limit: int, what: str) -> bytes:
         while len(data) <= limit and (more := reader.read(limit + 1 - len(data))):
             data += more
     except zstandard.ZstdError as exc:
-        raise UpstreamError(f"{what} is not valid zstd ({exc})") from None
+        raise InvalidInput(f"{what} is not valid zstd ({exc})") from None
     if len(data) > limit:
-        raise UpstreamError(f"{what} exceeds the size limit")
+        raise InvalidInput(f"{what} exceeds the size limit")
     return data
 
 
@@ -293,9 +293,9 @@ def _unpack(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (msgpack.UnpackException, ValueError, TypeError) as exc:
-        raise UpstreamError(f"{what} is not valid msgpack ({exc})") from None
+        raise InvalidInput(f"{what} is not valid msgpack ({exc})") from None
     if not isinstance(doc, dict):
-        raise UpstreamError(f"{what} is not a msgpack map")
+        raise InvalidInput(f"{what} is not a msgpack map")
     return doc
 
 
@@ -323,12 +323,12 @@ class ShardIndex:
 
 
 def parse_shard_index(body: bytes) -> ShardIndex:
-    """Parse an upstream's shard index; raises ``UpstreamError`` when malformed."""
+    """Parse an upstream's shard index; raises ``InvalidInput`` when malformed."""
     doc = _unpack(_unzstd(body, MAX_INDEX_BYTES, "shard index"), "shard index")
     info = doc.get("info")
     raw_shards = doc.get("shards")
     if not isinstance(info, dict) or not isinstance(raw_shards, dict):
-        raise UpstreamError("shard index lacks 'info' or 'shards'")
+        raise InvalidInput("shard index lacks 'info' or 'shards'")
     shards: dict[str, str] = {}
     for name, digest in raw_shards.items():
         if isinstance(name, str) and isinstance(digest, (bytes, bytearray)) and len(digest) == 32:
@@ -362,16 +362,16 @@ def _unpack_record(record: dict[str, Any]) -> dict[str, Any]:
 def parse_shard(body: bytes, *, expected_sha256: str | None = None) -> Shard:
     """Parse an upstream shard into records; checks its hash when one is given.
 
-    Raises ``UpstreamError`` on a hash mismatch or a malformed shard.
+    Raises ``InvalidInput`` on a hash mismatch or a malformed shard.
     """
     if expected_sha256 is not None and hashlib.sha256(body).hexdigest() != expected_sha256.lower():
-        raise UpstreamError("shard content does not match its sha256")
+        raise InvalidInput("shard content does not match its sha256")
     doc = _unpack(_unzstd(body, MAX_SHARD_BYTES, "shard"), "shard")
     records: list[CondaRecord] = []
     for section in ("packages", "packages.conda"):
         entries = doc.get(section) or {}
         if not isinstance(entries, dict):
-            raise UpstreamError(f"shard section {section!r} is not a map")
+            raise InvalidInput(f"shard section {section!r} is not a map")
         for filename, record in entries.items():
             if not isinstance(filename, str) or not is_package_filename(filename) or not isinstance(record, dict):
                 continue

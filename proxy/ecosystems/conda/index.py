@@ -32,7 +32,7 @@ import orjson
 
 from ...cache import Doc
 from ...context import Services
-from ...errors import BadRequest, NotFound, UpstreamError
+from ...errors import InvalidInput, NotFound, UpstreamError
 from ...memo import Memo, SingleFlight
 from ...merge import MergeRule
 from ...responses import etag_for
@@ -113,7 +113,7 @@ class CondaIndexes:
 
     @property
     def tmp_dir(self) -> Path:
-        return self.services.store.root / "tmp"
+        return self.services.store.scratch_dir
 
     def _run(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -175,7 +175,7 @@ class CondaIndexes:
                     parsed = await self._parse_shards(up, doc)
                 else:
                     parsed = await self._run(parse_repodata_file, Path(doc.body_path), encoding, self.tmp_dir)
-            except (BadRequest, OSError) as exc:
+            except (InvalidInput, OSError) as exc:
                 log.warning("upstream document %s is not valid repodata: %s", doc.digest[:12], exc)
                 now = time.monotonic()
                 self._bad = {d: t for d, t in self._bad.items() if now - t < BAD_DOCUMENT_RETRY}
@@ -188,10 +188,7 @@ class CondaIndexes:
         return await self._flight.run(("parse", doc.digest), work)  # type: ignore[no-any-return]
 
     async def _parse_shards(self, up: UpstreamSettings, doc: Doc) -> Repodata:
-        try:
-            index = await self._run(lambda: parse_shard_index(doc.read()))
-        except UpstreamError as exc:  # the index itself is malformed: an invalid document
-            raise BadRequest(str(exc)) from None
+        index = await self._run(lambda: parse_shard_index(doc.read()))  # InvalidInput: an invalid document
         stored = await fetch_shards(self.services.index_cache, up, doc.url, index, self._known_shards)
         return await self._run(repodata_from_shards, index, stored, self.tmp_dir)  # type: ignore[no-any-return]
 

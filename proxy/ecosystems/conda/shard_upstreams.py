@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ...cache import Doc, MetadataCache
-from ...errors import BadRequest, NotFound, UpstreamError
+from ...errors import InvalidInput, NotFound, UpstreamError
 from ...memo import Memo
 from ...settings import UpstreamSettings
 from .cep16 import ShardIndex, parse_shard
@@ -99,7 +99,7 @@ async def fetch_shards(
 
 def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workdir: Path) -> Repodata:
     """The records of every shard as a ``Repodata`` whose sections live in ``workdir``
-    (files removed when it is garbage-collected). Raises BadRequest when a shard is not
+    (files removed when it is garbage-collected). Raises InvalidInput when a shard is not
     valid (wrong hash, not zstd/msgpack), as parse.py does for invalid repodata."""
     stem = workdir / f"conda-records-{uuid.uuid4().hex}"
     paths = {ext: stem.with_suffix(f".{ext.strip('.').replace('.', '-')}") for ext in EXTENSIONS}
@@ -113,8 +113,8 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
         for stored in shards:
             try:
                 shard = parse_shard(Path(stored.body_path).read_bytes(), expected_sha256=stored.sha256)
-            except UpstreamError as exc:
-                raise BadRequest(f"shard of {stored.name!r}: {exc}") from None
+            except InvalidInput as exc:
+                raise InvalidInput(f"shard of {stored.name!r}: {exc}") from None
             removed.update(shard.removed)
             per_ext: dict[str, tuple[list[bytes], list[int], list[bytes], list[int]]] = {
                 ext: ([], [], [], []) for ext in EXTENSIONS

@@ -1,0 +1,83 @@
+"""What the rest of channelgate may ask of storage: the ``Store`` (blobs) and the ``Catalog``
+(which channel holds which upload). conda-index's ``MinimalFS`` is the model: a handful of
+methods, so a second backend (S3, PostgreSQL) is a class, not a rewrite. Today each has one
+backend: ``blobs.BlobStore`` (filesystem) and ``catalog.SqliteCatalog``. Contract tests
+(tests/test_store_contract.py) run over every backend.
+
+Nothing outside ``store/`` builds a path under the store's root: it asks the Store for
+the directory it needs (``scratch_dir`` for work files, ``area_dir`` for the index cache).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .blobs import Area, Blob, TempBlob
+    from .catalog import Snapshot, Upload
+
+
+class Store(Protocol):
+    """Content-addressed blobs (by sha256), written through a temp blob and published only
+    once verified; aliases (another declared hash or a URL -> sha256) and provenance."""
+
+    def open(self, *, clean: bool = True) -> None:
+        """Create what the backend needs; ``clean`` drops partial writes of a crashed run."""
+
+    def temp(self, area: "Area") -> "TempBlob":
+        """A blob being written: ``write``, then ``commit(expect)`` verifies and publishes it."""
+
+    def find(self, area: "Area", sha256: str) -> Path | None:
+        """The published blob, or None."""
+
+    async def put_bytes(self, area: "Area", data: bytes) -> "Blob":
+        """Publish small bytes (a metadata file) at once."""
+
+    def find_ref(self, key: str) -> Path | None:
+        """The cached blob an alias points at, or None."""
+
+    def set_ref(self, key: str, sha256: str) -> None:
+        """Point an alias at a cached blob."""
+
+    def set_origin(self, sha256: str, upstream: str) -> None:
+        """Record which upstream a cached blob came from."""
+
+    def origin(self, sha256: str) -> str | None:
+        """The upstream a cached blob came from, if recorded."""
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where work files go (emptied at start: nothing in it is ever served as-is)."""
+
+    def area_dir(self, name: str) -> Path:
+        """The directory of a named area (e.g. ``meta``, the index cache's copies)."""
+
+
+class Catalog(Protocol):
+    """Uploads by (channel, ecosystem, path), with labels; ``generation`` changes whenever a
+    (channel, ecosystem) changes, in this process or another one sharing the backend."""
+
+    def close(self) -> None: ...
+
+    def generation(self, channel: str, ecosystem: str) -> int: ...
+
+    def snapshot(self, channel: str, ecosystem: str) -> "Snapshot": ...
+
+    def list(self, channel: str, ecosystem: str) -> tuple["Upload", ...]: ...
+
+    def names(self, channel: str, ecosystem: str) -> frozenset[str]: ...
+
+    def get(self, channel: str, ecosystem: str, path: str) -> "Upload | None": ...
+
+    def add(self, upload: "Upload", *, replace: bool = False) -> None:
+        """Record an upload; ``Exists`` when the path is taken (unless ``replace``)."""
+
+    def add_many(self, uploads: Iterable["Upload"]) -> int: ...
+
+    def remove(self, channel: str, ecosystem: str, paths: Iterable[str]) -> int: ...
+
+    def set_labels(self, channel: str, ecosystem: str, path: str, labels: Iterable[str]) -> None: ...
+
+
+__all__ = ["Catalog", "Store"]

@@ -1,0 +1,146 @@
+"""The Store and Catalog contracts (proxy/store/protocols.py), run over every backend.
+
+Each backend is a fixture parameter: the S3 and PostgreSQL backends join these lists and
+must pass the same tests. Fast and in-process: no server is started.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.errors import Conflict, InvalidInput
+from proxy.store.blobs import BlobStore, DigestMismatch
+from proxy.store.catalog import SqliteCatalog, Upload
+from proxy.store.protocols import Catalog, Store
+
+STORES: dict[str, Callable[[Path], Store]] = {"filesystem": BlobStore}
+CATALOGS: dict[str, Callable[[Path], Catalog]] = {"sqlite": SqliteCatalog.at}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    backend = STORES[request.param](tmp_path / "store")
+    backend.open()
+    return backend
+
+
+@pytest.fixture(params=sorted(CATALOGS))
+def make_catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Catalog]]:
+    opened: list[Catalog] = []
+
+    def make() -> Catalog:
+        (tmp_path / "store").mkdir(exist_ok=True)
+        opened.append(CATALOGS[request.param](tmp_path / "store"))
+        return opened[-1]
+
+    yield make
+    for catalog in opened:
+        catalog.close()
+
+
+def _upload(path: str = "a-1.0.tar.gz", name: str = "a", **kw: object) -> Upload:
+    fields: dict[str, object] = dict(channel="c", ecosystem="pypi", path=path, name=name, version="1.0",
+                                     filename=path, sha256="0" * 64, md5="0" * 32, size=3)
+    fields.update(kw)
+    return Upload(**fields)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- Store
+async def test_a_committed_blob_is_found_by_its_sha256(store: Store) -> None:
+    data = b"package bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    assert store.find("uploads", sha) is None
+    async with store.temp("uploads") as tmp:
+        tmp.write(data)
+        blob = await tmp.commit({"sha256": sha})
+    assert blob.sha256 == sha and blob.size == len(data)
+    found = store.find("uploads", sha)
+    assert found is not None and found.read_bytes() == data
+    assert store.find("cache", sha) is None  # areas are apart
+
+
+async def test_a_blob_that_fails_verification_is_never_published(store: Store) -> None:
+    data = b"tampered"
+    async with store.temp("cache") as tmp:
+        tmp.write(data)
+        with pytest.raises(DigestMismatch):
+            await tmp.commit({"sha256": "f" * 64})
+    assert store.find("cache", hashlib.sha256(data).hexdigest()) is None
+    assert list(store.scratch_dir.iterdir()) == []  # no partial file left behind
+
+
+async def test_put_bytes_refs_and_origin(store: Store) -> None:
+    blob = await store.put_bytes("cache", b"metadata")
+    assert store.find_ref("md5:abc") is None
+    store.set_ref("md5:abc", blob.sha256)
+    ref = store.find_ref("md5:abc")
+    assert ref is not None and ref.read_bytes() == b"metadata"
+    assert store.origin(blob.sha256) is None
+    store.set_origin(blob.sha256, "pypi-org")
+    assert store.origin(blob.sha256) == "pypi-org"
+
+
+def test_a_malformed_digest_is_invalid_input(store: Store) -> None:
+    with pytest.raises(InvalidInput):
+        store.find("uploads", "../../etc/passwd")
+
+
+def test_open_cleans_the_scratch_dir_of_a_crashed_run(store: Store) -> None:
+    (store.scratch_dir / "half-written.part").write_bytes(b"x")
+    store.open(clean=False)
+    assert (store.scratch_dir / "half-written.part").exists()  # a --workers child keeps it
+    store.open(clean=True)
+    assert list(store.scratch_dir.iterdir()) == []
+    assert store.area_dir("meta").is_dir()
+
+
+# --------------------------------------------------------------------------- Catalog
+def test_catalog_add_get_names_and_generation(make_catalog: Callable[[], Catalog]) -> None:
+    catalog = make_catalog()
+    before = catalog.generation("c", "pypi")
+    catalog.add(_upload())
+    assert catalog.generation("c", "pypi") != before
+    assert catalog.get("c", "pypi", "a-1.0.tar.gz") == _upload(uploaded_at=catalog.list("c", "pypi")[0].uploaded_at)
+    assert catalog.names("c", "pypi") == frozenset({"a"})
+    assert catalog.names("c", "conda") == frozenset() and catalog.names("other", "pypi") == frozenset()
+    assert catalog.snapshot("c", "pypi").by_name["a"][0].path == "a-1.0.tar.gz"
+
+
+def test_catalog_refuses_a_taken_path_unless_replacing(make_catalog: Callable[[], Catalog]) -> None:
+    catalog = make_catalog()
+    catalog.add(_upload(md5="1" * 32))
+    with pytest.raises(Conflict):
+        catalog.add(_upload(md5="2" * 32))
+    got = catalog.get("c", "pypi", "a-1.0.tar.gz")
+    assert got is not None and got.md5 == "1" * 32
+    catalog.add(_upload(md5="3" * 32), replace=True)
+    got = catalog.get("c", "pypi", "a-1.0.tar.gz")
+    assert got is not None and got.md5 == "3" * 32
+
+
+def test_catalog_labels_remove_and_add_many(make_catalog: Callable[[], Catalog]) -> None:
+    catalog = make_catalog()
+    catalog.add(_upload())
+    catalog.set_labels("c", "pypi", "a-1.0.tar.gz", ["main", "dev", "dev"])
+    got = catalog.get("c", "pypi", "a-1.0.tar.gz")
+    assert got is not None and got.labels == ("dev", "main")
+    assert catalog.remove("c", "pypi", ["a-1.0.tar.gz", "missing"]) == 1
+    assert catalog.list("c", "pypi") == ()
+    rows = [_upload(f"b-{i}.tar.gz", "b", uploaded_at=float(i + 1)) for i in range(3)]
+    assert catalog.add_many(rows) == 3
+    assert catalog.add_many(rows) == 0  # unchanged rows are left alone
+    assert [u.path for u in catalog.list("c", "pypi")] == [r.path for r in rows]
+
+
+def test_catalog_sees_what_another_instance_committed(make_catalog: Callable[[], Catalog]) -> None:
+    """--workers siblings (and replicas) share the backend: a change made by one is seen by
+    every other, and its generation moves so derived indexes are rebuilt."""
+    first, second = make_catalog(), make_catalog()
+    seen = second.generation("c", "pypi")
+    assert second.list("c", "pypi") == ()
+    first.add(_upload())
+    assert second.generation("c", "pypi") != seen
+    assert [u.path for u in second.list("c", "pypi")] == ["a-1.0.tar.gz"]
