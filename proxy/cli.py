@@ -337,11 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelgate", description="Authenticating, caching proxy for conda, PyPI and CRAN.")
     parser.add_argument("--version", action="version", version=f"channelgate {__version__}")
     _log_options(parser, top=True)
-    common = argparse.ArgumentParser(add_help=False)
-    _log_options(common, top=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server", parents=[common])
+    serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--config", help="policy file (default: the embedded quickstart policy)")
     serve.add_argument("--listen", help="HOST:PORT (overrides server.listen)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
@@ -351,13 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a policy file", parents=[common])
+    check = sub.add_parser("check-config", help="validate a policy file")
     check.add_argument("--config", required=True)
     check.set_defaults(func=cmd_check_config)
 
-    token = sub.add_parser("token", help="manage tokens", parents=[common])
+    token = sub.add_parser("token", help="manage tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="print a new token and its YAML entry", parents=[common])
+    create = token_sub.add_parser("create", help="print a new token and its YAML entry")
     create.add_argument("--user", required=True)
     create.add_argument("--scope", action="append", required=True, help="repeatable: " + ", ".join(sorted(SCOPES)))
     create.add_argument("--expires", type=int, metavar="DAYS")
@@ -367,10 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
     account_commands.add_parsers(token_sub, sub, common)
     airgap_commands.add_parsers(sub)
 
-    reload = sub.add_parser("reload", help="reload the running server's policy (and TLS certificate)", parents=[common])
+    reload = sub.add_parser("reload", help="reload the running server's policy (and TLS certificate)")
     reload.add_argument("--config", required=True, help="the policy file the server runs with")
     reload.set_defaults(func=cmd_reload)
+    _log_options_on_subcommands(parser)
     return parser
+
+
+def _log_options_on_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand, however deep and whoever added it, takes the log options too."""
+    for action in parser._actions:  # argparse keeps its subcommands there
+        if isinstance(action, argparse._SubParsersAction):
+            for child in {id(p): p for p in action.choices.values()}.values():
+                if "--log-level" not in child._option_string_actions:
+                    _log_options(child, top=False)
+                _log_options_on_subcommands(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -175,6 +175,11 @@ def test_log_options_before_or_after_the_subcommand_and_bad_values(tmp_path: Pat
     for args in (["--log-level", "debug", "check-config"], ["check-config", "--log-level", "DEBUG", "--log-format", "json"]):
         out = channelgate_cli(*args, "--config", str(config), cwd=tmp_path)
         assert out.returncode == 0, out.stderr
+    # nested and later-added subcommands take them too
+    out = channelgate_cli("token", "create", "--user", "ann", "--scope", "all", "--log-level", "warning", cwd=tmp_path)
+    assert out.returncode == 0 and "cgt-" in out.stdout, out.stderr
+    for command in (["seed"], ["export"], ["import"], ["reload"]):
+        assert "--log-level" in channelgate_cli(*command, "--help", cwd=tmp_path).stdout
     for args, word in ((["check-config", "--log-level", "foo"], "foo"), (["--log-format", "yaml", "check-config"], "yaml")):
         out = channelgate_cli(*args, "--config", str(config), cwd=tmp_path)
         assert out.returncode == 2 and out.stdout == ""
