@@ -248,5 +248,9 @@ def test_workers_sum_their_metrics_on_the_metrics_address(tmp_path: Path) -> Non
             assert status == 200
             assert metric(body, "channelgate_requests_total", ecosystem="pypi", status="200") == requests_made
         assert http("GET", f"http://127.0.0.1:{metrics_port}/c/simple/")[0] == 404  # metrics and nothing else
+        # reload reaches every worker (through the parent) and waits for each one's outcome
+        out = channelgate_cli("reload", "--config", str(server.config), cwd=tmp_path)
+        assert (out.returncode, out.stdout) == (0, "reloaded\n"), out.stdout + out.stderr
+        assert server.wait_log("policy reloaded").count("policy reloaded") == 2
     finally:
         server.stop()
