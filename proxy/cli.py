@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelgate", description="Authenticating, caching proxy for conda, PyPI and CRAN.")
     parser.add_argument("--version", action="version", version=f"channelgate {__version__}")
     _log_options(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)  # parent of subcommands that ask for it
+    _log_options(common, top=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server")

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -242,7 +243,11 @@ def test_workers_sum_their_metrics_on_the_metrics_address(tmp_path: Path) -> Non
         for _ in range(requests_made):  # a new connection each: the kernel spreads them over the workers
             assert http("GET", f"{server.url}/c/simple/", headers={"Connection": "close"})[0] == 200
         assert http("GET", f"{server.url}/metrics")[0] == 404  # only on metrics_listen
-        server.wait_log("/c/simple/")
+        # a worker counts a request just after its answer went out: wait for every access line
+        # (each is written after its count), then any scrape must see them all
+        deadline = time.monotonic() + 30
+        while server.log().count('"GET /c/simple/" 200') < requests_made and time.monotonic() < deadline:
+            time.sleep(0.05)  # access lines are written in batches
         for _ in range(4):  # whichever worker answers the scrape, it reports all of them
             status, _, body = http("GET", f"http://127.0.0.1:{metrics_port}/metrics")
             assert status == 200
