@@ -8,7 +8,6 @@ beyond reading the policy and its tokens file.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import re
 import ssl
 from dataclasses import dataclass, field, fields
@@ -19,13 +18,14 @@ from .account_settings import AccountPolicy, read_accounts, read_users
 from .checked_yaml import Checker, parse_yaml
 from .errors import ConfigError
 from .filters import UpstreamFilter, build_filter
+from .token_settings import SCOPES as SCOPES
+from .token_settings import TokenEntry as TokenEntry
+from .token_settings import index_tokens, read_all_tokens
 
-SCOPES = frozenset({"conda:download", "pypi:download", "cran:download", "api:write", "api:read", "all"})
 ECOSYSTEMS = ("conda", "pypi", "cran")
 ROLES = ("read", "write", "admin")
 RESERVED_CHANNEL_NAMES = frozenset({"api", "t", "static", "metrics", "ui"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SHA256_RE = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +51,6 @@ class ChannelPolicy:
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     admin: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class TokenEntry:
-    name: str
-    user: str
-    sha256: str  # bare lowercase hex
-    scopes: frozenset[str]
-    expires: dt.date | None = None
 
 
 MiB = 1024 * 1024
@@ -206,8 +197,8 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     accounts = read_accounts(ck, top.get("accounts"))
     users, groups = _read_groups(ck, users, top.get("groups"))
     channels = _read_channels(ck, top.get("channels"), upstreams, groups, users)
-    tokens = _read_all_tokens(ck, top, base_dir, users)
-    by_hash = _index_tokens(ck, tokens)
+    tokens = read_all_tokens(ck, top, base_dir, users)
+    by_hash = index_tokens(ck, tokens)
     if ck.problems:
         raise ConfigError(ck.problems)
     memberships: dict[str, set[str]] = {}
@@ -389,53 +380,6 @@ def _read_role(ck: Checker, value: Any, path: tuple[Any, ...], groups: Mapping[s
     return tuple(principals)
 
 
-def _read_all_tokens(ck: Checker, top: Mapping[str, Any], base_dir: Path, users: set[str]) -> list[TokenEntry]:
-    """``tokens`` and the entries of ``tokens_file`` (relative to the policy file)."""
-    tokens: list[TokenEntry] = []
-    _read_tokens(ck, top.get("tokens"), ("tokens",), users, tokens)
-    tokens_file = ck.typed(top.get("tokens_file"), ("tokens_file",), str, None)
-    if not tokens_file:
-        return tokens
-    tf_path = Path(tokens_file)
-    if not tf_path.is_absolute():
-        tf_path = base_dir / tf_path
-    if not tf_path.exists():
-        # a missing file would silently drop every token in it (everyone 401 after a reload)
-        ck.bad(("tokens_file",), f"{tf_path} does not exist (create it with `tokens: []`)")
-        return tokens
-    try:
-        tf_text = tf_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        ck.bad(("tokens_file",), f"cannot read {tf_path}: {exc.strerror}")
-        return tokens
-    try:
-        tf_data, tf_doc = parse_yaml(tf_text, str(tf_path))
-    except ConfigError as exc:
-        ck.problems.extend(exc.problems)
-        return tokens
-    tf_ck = Checker(tf_doc, str(tf_path))
-    if isinstance(tf_data, dict):
-        tf_ck.mapping(tf_data, (), {"tokens"})
-        tf_data = tf_data.get("tokens")
-    _read_tokens(tf_ck, tf_data, ("tokens",), users, tokens)
-    ck.problems.extend(p for p in tf_ck.problems if p not in ck.problems)
-    return tokens
-
-
-def _index_tokens(ck: Checker, tokens: list[TokenEntry]) -> dict[str, TokenEntry]:
-    """Tokens by digest; a name or a digest used twice is a problem."""
-    by_hash: dict[str, TokenEntry] = {}
-    seen_names: set[str] = set()
-    for entry in tokens:
-        if entry.name in seen_names:
-            ck.bad(("tokens",), f"token name {entry.name!r} is used twice")
-        seen_names.add(entry.name)
-        if entry.sha256 in by_hash:
-            ck.bad(("tokens",), f"token {entry.name!r} has the same sha256 as {by_hash[entry.sha256].name!r}")
-        by_hash[entry.sha256] = entry
-    return by_hash
-
-
 def _read_server_ops(ck: Checker, server: dict[str, Any], base_dir: Path) -> tuple[str | None, Path | None, Path | None]:
     """server.metrics_listen, server.tls_cert and server.tls_key (DESIGN, "Operations").
     The certificate and key are loaded here, so check-config and reload find a bad pair."""
@@ -459,55 +403,3 @@ def _read_server_ops(ck: Checker, server: dict[str, Any], base_dir: Path) -> tup
         except (OSError, ssl.SSLError) as exc:
             ck.bad(("server", "tls_cert"), f"cannot load the certificate {cert} with the key {key_path}: {exc}")
     return metrics_listen, cert, key_path
-
-
-def _read_tokens(ck: Checker, value: Any, path: tuple[Any, ...], users: set[str], out: list[TokenEntry]) -> None:
-    if value is None:
-        return
-    if not isinstance(value, list):
-        ck.bad(path, "must be a list of token entries")
-        return
-    for i, raw in enumerate(value):
-        p = path + (i,)
-        spec = ck.mapping(raw, p, {"name", "user", "sha256", "scopes", "expires"})
-        if not spec:
-            continue
-        name = ck.typed(spec.get("name"), p + ("name",), str, "")
-        if not name:
-            ck.bad(p + ("name",), "is required")
-        user = ck.typed(spec.get("user"), p + ("user",), str, "")
-        if not user:
-            ck.bad(p + ("user",), "is required")
-        elif user not in users:
-            ck.bad(p + ("user",), f"names user {user!r}, who is in no group and not under users")
-        digest = ck.typed(spec.get("sha256"), p + ("sha256",), str, "")
-        if not _SHA256_RE.match(digest):
-            ck.bad(p + ("sha256",), "must be 'sha256:' followed by 64 lowercase hex digits")
-        scopes = ck.name_list(spec.get("scopes"), p + ("scopes",))
-        if not scopes:
-            ck.bad(p + ("scopes",), "needs at least one scope")
-        for j, scope in enumerate(scopes):
-            if scope not in SCOPES:
-                ck.bad(p + ("scopes", j), f"unknown scope {scope!r} (known: {', '.join(sorted(SCOPES))})")
-        expires = spec.get("expires")
-        if expires is not None and not isinstance(expires, dt.date):
-            if isinstance(expires, str):
-                try:
-                    expires = dt.date.fromisoformat(expires)
-                except ValueError:
-                    ck.bad(p + ("expires",), f"must be a date YYYY-MM-DD, got {expires!r}")
-                    expires = None
-            else:
-                ck.bad(p + ("expires",), "must be a date YYYY-MM-DD")
-                expires = None
-        if isinstance(expires, dt.datetime):
-            expires = expires.date()
-        out.append(
-            TokenEntry(
-                name=name,
-                user=user,
-                sha256=digest.removeprefix("sha256:"),
-                scopes=frozenset(scopes),
-                expires=expires,
-            )
-        )

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -37,6 +37,14 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass(slots=True)
+class Call:
+    """What one upstream request came to, for its metric and log line."""
+
+    outcome: int | str = "error"  # the HTTP status, "timeout" or "error"
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +105,9 @@ class Upstream:
             headers["If-Modified-Since"] = last_modified
         if accept:
             headers["Accept"] = accept
-        started = time.monotonic()
-        outcome: int | str = "error"
-        size = 0
-        try:
+        with self._request(up, url) as call:
             async with self.session.get(url, **self._request_kwargs(up, headers)) as resp:  # type: ignore[arg-type]
-                outcome = resp.status
+                call.outcome = resp.status
                 if resp.status == 304:
                     self._mark(up, True)
                     return IndexResponse(304, b"", etag, last_modified, "")
@@ -112,7 +117,7 @@ class Upstream:
                 if resp.status != 200:
                     raise UpstreamError(f"upstream {up.name} answered {resp.status}")
                 body = await resp.read()
-                size = len(body)
+                call.size = len(body)
                 self._mark(up, True)
                 return IndexResponse(
                     200,
@@ -121,8 +126,16 @@ class Upstream:
                     resp.headers.get("Last-Modified"),
                     resp.headers.get("Content-Type", ""),
                 )
+
+    @contextlib.contextmanager
+    def _request(self, up: UpstreamSettings, url: str) -> Iterator[Call]:
+        """One upstream request: connection failures and timeouts become Upstream* errors
+        and back the upstream off; every request is observed once, however it ends."""
+        call, started = Call(), time.monotonic()
+        try:
+            yield call
         except asyncio.TimeoutError:
-            outcome = "timeout"
+            call.outcome = "timeout"
             self._mark(up, False)
             log.warning("upstream %s timed out on %s", up.name, redact_url(url))
             raise UpstreamTimeout(f"upstream {up.name} timed out") from None
@@ -131,7 +144,7 @@ class Upstream:
             log.warning("upstream %s failed on %s: %s", up.name, redact_url(url), type(exc).__name__)
             raise UpstreamError(f"upstream {up.name} is unreachable") from None
         finally:
-            self._observe(up, url, outcome, size, started)
+            self._observe(up, url, call.outcome, call.size, started)
 
     def _observe(self, up: UpstreamSettings, url: str, status: int | str, size: int, started: float) -> None:
         """Every upstream request, once: a metric and an INFO line (DESIGN, "Operations")."""
@@ -147,14 +160,11 @@ class Upstream:
     async def stream(self, up: UpstreamSettings, url: str, *, what: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 200 response whose body the caller reads; NotFound on 404/410, Upstream* on
         failure (while reading, too). The upstream counts as up once the body is read."""
-        started = time.monotonic()
-        outcome: int | str = "error"
-        received = 0
-        try:
+        with self._request(up, url) as call:
             async with self.session.get(
                 url, **self._request_kwargs(up, {"Accept-Encoding": "identity"})  # type: ignore[arg-type]
             ) as resp:
-                outcome = resp.status
+                call.outcome = resp.status
                 if resp.status in (404, 410):
                     raise NotFound(f"{what} is not on the upstream")
                 if resp.status != 200:
@@ -162,15 +172,5 @@ class Upstream:
                 try:
                     yield resp
                 finally:
-                    received = resp.content.total_bytes
+                    call.size = resp.content.total_bytes
             self._mark(up, True)
-        except asyncio.TimeoutError:
-            outcome = "timeout"
-            self._mark(up, False)
-            raise UpstreamTimeout(f"upstream {up.name} timed out") from None
-        except aiohttp.ClientError as exc:
-            self._mark(up, False)
-            log.warning("upstream %s failed on %s: %s", up.name, redact_url(url), type(exc).__name__)
-            raise UpstreamError(f"upstream {up.name} is unreachable") from None
-        finally:
-            self._observe(up, url, outcome, received, started)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import operator
 import os
 import weakref
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import orjson
 
@@ -270,3 +271,67 @@ def copy_range(src: int, dst: int, offset: int, size: int) -> int:
             raise OSError(f"short copy at offset {offset + done}")
         done += n
     return done
+
+
+class SectionBuilder:
+    """Entries of one extension as they arrive, written to ``out``."""
+
+    def __init__(self, ext: str, out: BinaryIO) -> None:
+        self.ext = ext
+        self.out = out
+        self.offsets = array("Q", [0])
+        self.klens = array("I")
+        self.nids = array("I")
+        self.keys: list[bytes] = []  # kept for sorting when the upstream was not sorted
+        self.sorted = True
+
+    def add_block(self, pieces: list[Any], lengths: list[int], keys: list[bytes], nids: list[int]) -> None:
+        """Append entries (``pieces``: their bytes, written in order) with their lengths."""
+        if not keys:
+            return
+        if self.keys and not keys[0] > self.keys[-1]:
+            self.sorted = False
+        if self.sorted and not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):
+            self.sorted = False
+        write = self.out.write
+        for piece in pieces:
+            write(piece)
+        sums = itertools.accumulate(lengths, initial=self.offsets[-1])
+        next(sums)  # the start, already the last offset
+        self.offsets.extend(sums)
+        self.klens.extend(map(len, keys))
+        self.nids.extend(nids)
+        self.keys.extend(keys)
+
+    def finish(self, data: Data) -> Section:
+        perm: array[int] | None = None
+        if not self.sorted:
+            keys = self.keys
+            order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: equal keys keep document order
+            ranked = list(map(keys.__getitem__, order))
+            if any(map(operator.eq, ranked, itertools.islice(ranked, 1, None))):  # the last one wins
+                order = [i for n, i in enumerate(order) if n + 1 == len(order) or ranked[n + 1] != ranked[n]]
+            perm = array("I", order)
+        self.keys = []
+        return Section(self.ext, data, self.offsets, self.klens, self.nids, perm)
+
+
+def sorted_on_disk(section: Section, path: Path) -> Section:
+    """``section`` rewritten in sorted order (file to file, in the kernel), without ``perm``."""
+    perm = section.perm
+    assert perm is not None and section.data.fd >= 0
+    offsets = section.offsets
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for a, b in section.index_runs(0, len(perm)):
+            copy_range(section.data.fd, fd, offsets[a], offsets[b] - offsets[a])
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    starts = map(offsets.__getitem__, perm)
+    ends = map(offsets.__getitem__, map(operator.add, perm, itertools.repeat(1)))
+    sorted_offsets = array("Q", itertools.accumulate(map(operator.sub, ends, starts), initial=0))
+    return Section(section.ext, Data(path=path), sorted_offsets, array("I", map(section.klens.__getitem__, perm)),
+                   array("I", map(section.nids.__getitem__, perm)), None)

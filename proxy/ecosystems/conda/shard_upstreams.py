@@ -32,8 +32,7 @@ from ...errors import InvalidInput, NotFound, UpstreamError
 from ...memo import Memo
 from ...settings import UpstreamSettings
 from .cep16 import ShardIndex, parse_shard
-from .parse import _SectionBuilder, _sorted_on_disk
-from .sections import EXTENSIONS, REPODATA_VERSION, Data, Repodata
+from .sections import EXTENSIONS, REPODATA_VERSION, Data, Repodata, SectionBuilder, sorted_on_disk
 
 SHARD_CONCURRENCY = 16  # shard requests in flight per upstream index build
 
@@ -107,7 +106,7 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
     try:
         for ext, p in paths.items():
             outputs[ext] = open(p, "wb")  # noqa: SIM115 - closed below
-        builders = {ext: _SectionBuilder(ext, outputs[ext]) for ext in EXTENSIONS}
+        builders = {ext: SectionBuilder(ext, outputs[ext]) for ext in EXTENSIONS}
         name_ids: dict[str, int] = {}
         removed: set[str] = set()
         for stored in shards:
@@ -135,7 +134,7 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
         for ext, section in sections.items():
             if section.perm is not None:  # shards sorted by name are not always sorted by file name
                 paths[ext] = paths[ext].with_name(paths[ext].name + "-sorted")
-                sections[ext] = _sorted_on_disk(section, paths[ext])
+                sections[ext] = sorted_on_disk(section, paths[ext])
         # kept relative: UpstreamSubdir.file_url resolves it against the index URL (CEP-16),
         # so upstreams serving the same index bytes can share this parse (memoised by digest)
         base_url = index.info.get("base_url")
