@@ -21,6 +21,8 @@ All of this is synchronous, CPU-bound work: run it on the upload-check pool
 """
 from __future__ import annotations
 
+import bz2
+import lzma
 import re
 import stat
 import tarfile
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from .errors import BadRequest
+from .errors import BadRequest, UpstreamError
 from .settings import Limits
 
 RATIO_GRACE = 64 * 1024 * 1024  # warehouse's COMPRESSION_RATIO_MIN_SIZE: small files may compress well
@@ -241,3 +243,51 @@ def open_zip(path: Path, filename: str, what: str) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise BadRequest(f"{clip(filename)} is not a valid {what}: not a zip archive, or truncated ({clip(str(exc))})") from None
+
+
+def _decompressor(data: bytes) -> zlib._Decompress | bz2.BZ2Decompressor | lzma.LZMADecompressor | None:
+    """By magic number: gzip, bzip2, xz; None for anything else (served as is)."""
+    if data[:2] == b"\x1f\x8b":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if data[:3] == b"BZh":
+        return bz2.BZ2Decompressor()
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.LZMADecompressor()
+    return None
+
+
+INDEX_UNPACKED = 2 << 30  # the default of server.limits.index_unpacked_mb
+
+
+def decompress_index(data: bytes, what: str, *, limit: int = INDEX_UNPACKED) -> bytes:
+    """An upstream index (PACKAGES.gz, an .rds), decompressed if gzip/bzip2/xz, never past
+    ``limit`` bytes (``server.limits.index_unpacked_mb``, DESIGN "Hostile input and faults":
+    every decompression is bounded, so a bomb costs at most ``limit`` bytes of memory).
+    UpstreamError past the limit; ValueError/OSError/EOFError if the stream is corrupt."""
+    dec = _decompressor(data)
+    if dec is None:
+        return data
+    out = bytearray()
+    if not isinstance(dec, (bz2.BZ2Decompressor, lzma.LZMADecompressor)):  # zlib: max_length per call
+        pending = data
+        while pending:
+            out += dec.decompress(pending, limit + 1 - len(out))
+            pending = dec.unconsumed_tail
+            if len(out) > limit:
+                raise UpstreamError(f"{what} decompresses past the index_unpacked_mb limit")
+            if dec.eof or not dec.unconsumed_tail:
+                break
+        if not dec.eof:
+            raise EOFError(f"{what}: compressed stream ends early")
+        return bytes(out)
+    chunk = dec.decompress(data, max_length=limit + 1)
+    while True:
+        out += chunk
+        if len(out) > limit:
+            raise UpstreamError(f"{what} decompresses past the index_unpacked_mb limit")
+        if dec.eof or dec.needs_input:
+            break
+        chunk = dec.decompress(b"", max_length=limit + 1 - len(out))
+    if not dec.eof:
+        raise EOFError(f"{what}: compressed stream ends early")
+    return bytes(out)

@@ -78,6 +78,9 @@ class Limits:
     archive_ratio: int = _limit(
         50, "archive_ratio", meaning="decompressed/compressed size (checked past 64 MiB decompressed)"
     )
+    index_unpacked_bytes: int = _limit(
+        2048, "index_unpacked_mb", MiB, "decompressed size of one upstream index (repodata, PACKAGES.gz, archive.rds)"
+    )
     form_fields: int = _limit(1000, "form_fields", meaning="fields in one multipart upload form")
     form_text_bytes: int = _limit(8, "form_text_mb", MiB, "total size of a form's non-file fields")
     validation_workers: int = _limit(2, "validation_workers", meaning="threads checking uploads (own pool)")

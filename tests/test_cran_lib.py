@@ -36,7 +36,7 @@ from proxy.ecosystems.cran.package import (
 )
 from proxy.ecosystems.cran.paths import parse_cran_path
 from proxy.ecosystems.cran.rds import R_VERSION, RValue, RVector, UnsupportedRds, read_rds, serialize, write_rds
-from proxy.errors import BadRequest, NotFound
+from proxy.errors import BadRequest, NotFound, UpstreamError
 from proxy.responses import http_status
 
 from fixtures.cran_pkgs import (
@@ -559,3 +559,19 @@ def test_read_rds_reads_r_saverds(tmp_path: Path) -> None:
     files = parse_archive_rds((tmp_path / "archive.rds").read_bytes())
     assert [(f.package, f.filename, f.size) for f in files] == [
         ("abc", "abc_1.0.tar.gz", (tmp_path / "x.rds").stat().st_size)]
+
+
+def test_archive_rds_beyond_the_reader_without_rdata_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rdata is an optional extra (it pulls numpy, pandas, xarray): without it, a listing
+    in a part of R's format the built-in reader does not cover is a clear upstream error."""
+    import struct
+    import sys
+
+    # format 3 header, then an ALTREP item (type 238), which the built-in reader does not cover
+    data = b"X\n" + struct.pack(">iiii", 3, R_VERSION, 0x030500, 5) + b"UTF-8" + struct.pack(">ii", 238, 0)
+    with pytest.raises(UnsupportedRds):
+        read_rds(data)
+    monkeypatch.setitem(sys.modules, "rdata", None)
+    monkeypatch.setitem(sys.modules, "rdata.parser", None)
+    with pytest.raises(UpstreamError, match=r"pip install 'channelgate\[rdata\]'"):
+        parse_archive_rds(data)

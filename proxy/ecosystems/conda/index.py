@@ -174,7 +174,9 @@ class CondaIndexes:
                 if encoding == "shards":
                     parsed = await self._parse_shards(up, doc)
                 else:
-                    parsed = await self._run(parse_repodata_file, Path(doc.body_path), encoding, self.tmp_dir)
+                    limit = self.services.settings.limits.index_unpacked_bytes
+                    parsed = await self._run(
+                        lambda: parse_repodata_file(Path(doc.body_path), encoding, self.tmp_dir, limit=limit))
             except (InvalidInput, OSError) as exc:
                 log.warning("upstream document %s is not valid repodata: %s", doc.digest[:12], exc)
                 now = time.monotonic()

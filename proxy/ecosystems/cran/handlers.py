@@ -174,7 +174,9 @@ class Cran:
     async def _entries(self, doc: Doc) -> list[Entry]:
         entries = self._parsed.get(doc.digest)
         if entries is None:
-            entries = self._parsed.put(doc.digest, await asyncio.to_thread(lambda: parse_packages(doc.read())))
+            limit = self.services.settings.limits.index_unpacked_bytes
+            parsed = await asyncio.to_thread(lambda: parse_packages(doc.read(), limit=limit))
+            entries = self._parsed.put(doc.digest, parsed)
         return entries
 
     async def view(self, ctx: ChannelRequest, contrib_dir: str, tree: Tree) -> ContribView:
@@ -263,7 +265,9 @@ class Cran:
             up, doc = found.upstream, found.value
             files = self._archives.get(doc.digest)
             if files is None:
-                files = self._archives.put(doc.digest, await asyncio.to_thread(lambda: parse_archive_rds(doc.read())))
+                limit = self.services.settings.limits.index_unpacked_bytes
+                parsed = await asyncio.to_thread(lambda: parse_archive_rds(doc.read(), limit=limit))
+                files = self._archives.put(doc.digest, parsed)
             remote.append((f"{up.name}:{doc.digest}", files))
         if view is None and not remote:
             raise NotFound("no archive")

@@ -18,20 +18,22 @@ uses for recommended packages) are harmless and kept.
 
 The .rds files are written by ``rds.py`` (a minimal XDR writer whose bytes the tests
 compare with the ``rdata`` package's unparser; rdata itself is ~80x slower on CRAN-sized
-indexes); upstream archive listings are read by ``rds.read_rds``, with rdata's parser as
-the fallback for anything it does not cover.
+indexes); upstream archive listings are read by ``rds.read_rds``, with rdata's parser (the optional
+``rdata`` extra) as the fallback for anything it does not cover.
 """
 from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from proxy.archives import INDEX_UNPACKED, decompress_index
 from proxy.ecosystems.cran.dcf import parse_dcf, render_dcf
 from proxy.ecosystems.cran.rds import Compression, RValue, RVector, UnsupportedRds, read_rds, strings, write_rds
-from proxy.errors import BadRequest
+from proxy.errors import BadRequest, UpstreamError
 
 if TYPE_CHECKING:  # rdata (and the pandas it imports) loads only for its rare fallback
     from rdata.parser import RObject
@@ -228,7 +230,7 @@ def is_binary_contrib_dir(contrib_dir: str) -> bool:
     return contrib_dir.strip("/").startswith("bin/")
 
 
-def parse_packages(data: bytes) -> list[Entry]:
+def parse_packages(data: bytes, *, limit: int = INDEX_UNPACKED) -> list[Entry]:
     """Entries of an upstream ``PACKAGES`` or ``PACKAGES.gz`` (gzip is detected by magic).
 
     Records without Package or Version are skipped (R's available.packages would fail on
@@ -236,8 +238,8 @@ def parse_packages(data: bytes) -> list[Entry]:
     """
     if data[:2] == b"\x1f\x8b":
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+            data = decompress_index(data, "PACKAGES.gz", limit=limit)
+        except (OSError, EOFError, zlib.error) as exc:
             raise BadRequest(f"PACKAGES.gz is not a valid gzip file: {exc}") from None
     out: list[Entry] = []
     for rec in parse_dcf(data):
@@ -370,24 +372,37 @@ def _rdata_to_rvector(obj: "RObject") -> RValue:
     return RVector(kind, values, tuple(attrs))  # type: ignore[arg-type]
 
 
-def parse_archive_rds(data: bytes) -> list[ArchivedFile]:
+def parse_archive_rds(data: bytes, *, limit: int = INDEX_UNPACKED) -> list[ArchivedFile]:
     """The files listed in an upstream ``src/contrib/Meta/archive.rds`` (see render_archive_rds).
 
     Read with ``rds.read_rds`` (CRAN's ~150,000 rows in about a second); a file using
-    parts of R's format it does not cover falls back to the rdata package's parser.
+    parts of R's format it does not cover falls back to the rdata package's parser when the
+    optional ``rdata`` extra is installed, else UpstreamError says how to get it.
     Rows whose name is not ``<pkg>/<file>`` are skipped. BadRequest if it is not a listing.
     """
     try:
         try:
+            data = decompress_index(data, "archive.rds", limit=limit)
             top = read_rds(data)
-        except UnsupportedRds:
-            import warnings
-
-            from rdata.parser import parse_data
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                top = _rdata_to_rvector(parse_data(data).object)
+        except UnsupportedRds as exc:
+            top = _read_with_rdata(data, exc)
         return _from_list(top)
-    except (ValueError, TypeError, IndexError, AttributeError, NotImplementedError, EOFError, OSError) as exc:
+    except (ValueError, TypeError, IndexError, AttributeError, NotImplementedError, EOFError, OSError,
+            zlib.error) as exc:
         raise BadRequest(f"archive.rds is not a CRAN archive listing: {exc}") from None
+
+
+def _read_with_rdata(data: bytes, unsupported: UnsupportedRds) -> RValue:
+    """The fallback: rdata's complete parser (an optional extra: it pulls numpy, pandas, xarray)."""
+    try:
+        from rdata.parser import parse_data
+    except ImportError:
+        raise UpstreamError(
+            f"the upstream archive.rds uses a part of R's format the built-in reader does not cover "
+            f"({unsupported}); install the optional reader: pip install 'channelgate[rdata]'"
+        ) from None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _rdata_to_rvector(parse_data(data).object)
