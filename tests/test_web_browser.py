@@ -117,7 +117,9 @@ def test_keyboard_skip_link_filter_and_search(browser: WebDriver, world: World) 
     active.send_keys(Keys.ENTER)
     assert browser.switch_to.active_element.get_attribute("id") == "main"
     field = browser.find_element(By.ID, "q")
+    page = browser.find_element(By.TAG_NAME, "html")
     field.send_keys("bulk-1" + Keys.ENTER)
+    WebDriverWait(browser, 20).until(EC.staleness_of(page))  # the filtered page replaced this one
     wait_for(browser, "#count")
     names = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#packages td:first-child a")]
     assert names == [f"bulk-1{i}" for i in range(10)]
