@@ -118,6 +118,11 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         stack.callback(checks.close)
         metrics = Metrics()
         upstream = Upstream(session, metrics)
+        for listen in (settings.listen, settings.metrics_listen):  # index entries may never point here
+            host, _, port = (listen or "").rpartition(":")
+            if port.isdigit():
+                upstream.own.add_listen(host or "0.0.0.0", int(port))
+        upstream.own.add_url(settings.public_url)
         artifacts = Artifacts(upstream, store)
         stack.push_async_callback(artifacts.close)
         index_cache = MetadataCache(

@@ -10,6 +10,11 @@ download is complete and verified): small files are verified before any byte is 
 a mismatch is a clean 502. For larger files the last byte is held back until the hash is
 checked; on a mismatch the connection is cut, so no client ever receives a complete body
 that failed verification, and nothing is stored.
+
+DESIGN, "Hostile input and faults": a download that fails for any reason (the upstream,
+its deadline, a full disk, a temp file that vanished) ends every waiting client with an
+error at once; a client that goes away ends only its own stream. A HEAD on a file not
+stored yet is answered from the index (type, declared size) and starts no download.
 """
 from __future__ import annotations
 
@@ -21,17 +26,18 @@ from typing import Mapping
 
 from aiohttp import web
 
-from .errors import ChannelgateError, NotFound, UpstreamError
+from .errors import ChannelgateError, NotFound, StorageError, UpstreamError
 from .responses import file_response
 from .settings import UpstreamSettings
 from .store.blobs import DigestMismatch, TempBlob
 from .store.protocols import Store
-from .upstream import Upstream
+from .upstream import Upstream, check_target
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 STREAM_AFTER = 4 * 1024 * 1024
+_HEX_LENGTHS = {"sha256": 64, "md5": 32}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,15 @@ class ArtifactSpec:
     expect: Mapping[str, str]  # algorithm -> hex digest the upstream index declared
     filename: str
     content_type: str = "application/octet-stream"
+    size: int | None = None  # what the index declares, for a HEAD on a file not stored yet
+
+    @property
+    def hashed(self) -> bool:
+        """The index declares a well-formed hash of the content (DESIGN's cross-origin rule)."""
+        return any(
+            _HEX_LENGTHS.get(algorithm) == len(value) and all(c in "0123456789abcdefABCDEF" for c in value)
+            for algorithm, value in self.expect.items()
+        )
 
     @property
     def key(self) -> str:
@@ -94,6 +109,8 @@ class Artifacts:
         return self.store.find_ref(spec.key)
 
     async def serve(self, request: web.BaseRequest, spec: ArtifactSpec, *, offline: bool) -> web.StreamResponse:
+        if spec.expect and not spec.hashed:
+            raise UpstreamError(f"upstream {spec.upstream.name} declares a malformed hash for {spec.filename}")
         path = self.cached(spec)
         if path is not None:
             self.metrics.cache_result("artifact", "hit")
@@ -101,7 +118,10 @@ class Artifacts:
         self.metrics.cache_result("artifact", "miss")
         if offline:
             raise NotFound(f"{spec.filename} is not in the cache and the server is offline")
+        check_target(spec.upstream, spec.url, hashed=spec.hashed, own=self.upstream.own, what=spec.filename)
         fetch = self._inflight.get(spec.key)
+        if request.method == "HEAD":  # answered from the index: a HEAD never starts a download
+            return await _head(request, spec, fetch.total if fetch is not None else None)
         if fetch is None:
             self.upstream.check_up(spec.upstream)
             fetch = Download(spec, self.store.temp("cache"))
@@ -122,9 +142,9 @@ class Artifacts:
         up = spec.upstream
         self.metrics.inflight_downloads.inc()
         try:
-            async with self.upstream.stream(up, spec.url, what=spec.filename) as resp:
-                fetch.total = resp.content_length
-                async for chunk in resp.content.iter_chunked(CHUNK):
+            async with self.upstream.stream(up, spec.url, what=spec.filename, hashed=spec.hashed) as body:
+                fetch.total = body.content_length
+                async for chunk in body:
                     fetch.tmp.write(chunk)
                     fetch.tmp.flush()
                     fetch.written += len(chunk)
@@ -134,13 +154,21 @@ class Artifacts:
             fetch.path = await self._publish(fetch)
         except ChannelgateError as exc:
             fetch.error = exc
+        except OSError as exc:  # the store: a full disk, a temp file that vanished, ...
+            log.error("could not store %s from upstream %s: %s", spec.filename, up.name, exc)
+            fetch.error = StorageError(f"{spec.filename} could not be stored")
         except asyncio.CancelledError:
             fetch.error = UpstreamError("server shutting down")
             raise
+        except Exception:
+            log.exception("the download of %s from upstream %s failed", spec.filename, up.name)
+            fetch.error = StorageError(f"{spec.filename} could not be fetched")
         finally:
             self.metrics.inflight_downloads.dec()
             if fetch.path is None:
                 fetch.tmp.discard()
+                if fetch.error is None:  # no path may leave a waiter without an answer
+                    fetch.error = UpstreamError(f"{spec.filename} could not be fetched")
             self._inflight.pop(spec.key, None)
             fetch.notify()
 
@@ -164,13 +192,21 @@ class Artifacts:
         return blob.path
 
     async def _tee(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse:
-        """Stream a download in progress; the final byte waits for verification."""
+        """Stream a download in progress; the final byte waits for verification. A client
+        that goes away ends only its own stream: the shared download goes on."""
         # private whatever the channel: these bytes are not yet verified against their hash
         # (and the Gateway cannot mark a response that is already under way)
         resp = web.StreamResponse(headers={"Content-Type": fetch.spec.content_type, "Cache-Control": "private"})
         if fetch.total is not None:
             resp.content_length = fetch.total
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+            return await self._stream(request, resp, fetch)
+        except ConnectionError:  # the client left (aiohttp's ClientConnectionResetError included)
+            log.debug("a client left during %s", fetch.spec.filename)
+            return resp
+
+    async def _stream(self, request: web.BaseRequest, resp: web.StreamResponse, fetch: Download) -> web.StreamResponse:
         try:
             fh = open(fetch.tmp.path, "rb")  # noqa: SIM115
         except FileNotFoundError:
@@ -193,6 +229,17 @@ class Artifacts:
                 await fetch.changed()
         await resp.write_eof()
         return resp
+
+
+async def _head(request: web.BaseRequest, spec: ArtifactSpec, total: int | None) -> web.StreamResponse:
+    """HEAD on a file not stored yet: its type, and its length when known (RFC 9110 §9.3.2)."""
+    resp = web.StreamResponse(headers={"Content-Type": spec.content_type, "Cache-Control": "private"})
+    size = total if total is not None else spec.size
+    if size is not None:
+        resp.content_length = size
+    await resp.prepare(request)
+    await resp.write_eof()
+    return resp
 
 
 def abort(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:

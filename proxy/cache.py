@@ -89,9 +89,10 @@ class MetadataCache:
     def key(url: str, accept: str | None) -> str:
         return hashlib.sha256(f"{url}\n{accept or ''}".encode()).hexdigest()
 
-    async def get(self, up: UpstreamSettings, url: str, *, accept: str | None = None) -> Doc:
+    async def get(self, up: UpstreamSettings, url: str, *, accept: str | None = None, hashed: bool = False) -> Doc:
         """The document at ``url``; NotFound if the upstream has none; Upstream* if it is
-        unreachable and nothing is cached."""
+        unreachable and nothing is cached. ``hashed``: the caller checks the body against a
+        hash the upstream's index declared (CEP-16 shards), so it may live on another origin."""
         known = self._l1.get((url, accept))
         if known is not None and time.time() < known[1]:
             self.metrics.cache_result("index", "hit")  # a remembered 404 is a hit too
@@ -118,16 +119,20 @@ class MetadataCache:
                 await self._remember(key, url, accept, stored, self.ttl - age)
             else:
                 self.metrics.cache_result("index", "stale")
-                self._refresh(key, up, url, accept, stored)  # stale-while-revalidate
+                self._refresh(key, up, url, accept, stored, hashed)  # stale-while-revalidate
             return stored
         self.metrics.cache_result("index", "miss")
-        task = self._refresh(key, up, url, accept, None)
+        task = self._refresh(key, up, url, accept, None, hashed)
         return await asyncio.shield(task)
 
-    def _refresh(self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None) -> asyncio.Task[Doc]:
-        return self._flights.start(key, lambda: self._revalidate(key, up, url, accept, stored))
+    def _refresh(
+        self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None, hashed: bool = False
+    ) -> asyncio.Task[Doc]:
+        return self._flights.start(key, lambda: self._revalidate(key, up, url, accept, stored, hashed))
 
-    async def _revalidate(self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None) -> Doc:
+    async def _revalidate(
+        self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None, hashed: bool
+    ) -> Doc:
         try:
             resp = await self.upstream.fetch_index(
                 up,
@@ -135,6 +140,7 @@ class MetadataCache:
                 etag=stored.etag if stored else None,
                 last_modified=stored.last_modified if stored else None,
                 accept=accept,
+                hashed=hashed,
             )
         except NotFound:
             if self.negative_ttl > 0:

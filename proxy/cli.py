@@ -101,6 +101,10 @@ async def _serve(settings: Settings, policy_path: Path | None, opts: ServeOption
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         await _start_sites(runner, settings, opts, tls)
+        for sock in (opts.sock, opts.metrics_sock):  # index entries may never point at these
+            if sock is not None:
+                host, port = sock.getsockname()[:2]
+                services.upstream.own.add_listen(str(host), int(port))
         metrics_runner = await _start_metrics(services, opts)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

@@ -66,6 +66,12 @@ class TooManyRequests(ChannelgateError):
     default_message = "too many requests"
 
 
+class StorageError(ChannelgateError):
+    """The store failed (a full disk, a temp file that vanished): nothing was kept (a 500)."""
+
+    default_message = "storage error"
+
+
 class UpstreamError(ChannelgateError):
     """The upstream failed, or served bytes that do not match its own index."""
 

@@ -35,7 +35,8 @@ class UpstreamSettings:
     url: str  # no trailing slash
     username: str | None = None
     password: str | None = None
-    timeout: float = 30.0
+    timeout: float = 30.0  # seconds: the headers, and the deadline's fixed part (DESIGN, "Hostile input")
+    min_rate: int = 16 * 1024  # bytes/s a body must average: deadline = timeout + size / min_rate
     filter: "UpstreamFilter | None" = None  # mirror rules (filters.py); None: everything
 
     def __repr__(self) -> str:  # never print credentials
@@ -298,7 +299,7 @@ def _read_upstreams(ck: Checker, value: Any) -> dict[str, UpstreamSettings]:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             ck.bad(p, "upstream names use letters, digits, '.', '_' and '-'")
             continue
-        spec = ck.mapping(spec, p, {"type", "url", "username", "password", "timeout", "filter"})
+        spec = ck.mapping(spec, p, {"type", "url", "username", "password", "timeout", "min_rate", "filter"})
         kind = ck.typed(spec.get("type"), p + ("type",), str, "")
         if kind not in ECOSYSTEMS:
             ck.bad(p + ("type",), f"must be one of {', '.join(ECOSYSTEMS)}")
@@ -306,6 +307,13 @@ def _read_upstreams(ck: Checker, value: Any) -> dict[str, UpstreamSettings]:
         if not re.match(r"^https?://[^/]+", url):
             ck.bad(p + ("url",), "must be an http(s) URL")
         timeout = ck.typed(spec.get("timeout"), p + ("timeout",), (int, float), 30.0)
+        if isinstance(timeout, bool) or not 0 < timeout <= 3600:
+            ck.bad(p + ("timeout",), "must be a number of seconds between 0 and 3600")
+            timeout = 30.0
+        min_rate = ck.typed(spec.get("min_rate"), p + ("min_rate",), int, 16 * 1024)
+        if isinstance(min_rate, bool) or min_rate < 1:
+            ck.bad(p + ("min_rate",), "must be a positive number of bytes per second")
+            min_rate = 16 * 1024
         flt, flt_problems = build_filter(kind, spec.get("filter"))
         for sub, message in flt_problems:
             ck.bad(p + ("filter",) + sub, message)
@@ -317,6 +325,7 @@ def _read_upstreams(ck: Checker, value: Any) -> dict[str, UpstreamSettings]:
             password=ck.typed(spec.get("password"), p + ("password",), str, None),
             timeout=float(timeout),
             filter=flt,
+            min_rate=min_rate,
         )
     return upstreams
 

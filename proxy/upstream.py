@@ -1,23 +1,35 @@
 """Talking to upstreams: one shared aiohttp ClientSession for the app's lifetime.
 
-- ``fetch_index``: conditional GET (If-None-Match / If-Modified-Since) with timeouts.
+- ``fetch_index``: conditional GET (If-None-Match / If-Modified-Since).
 - ``stream``: a GET whose body the caller reads in chunks (artifacts.py tees it to clients).
-- Same-origin credentials: an upstream's username/password go only to its own requests.
 
 A dead upstream is backed off: after a connection failure it is not contacted again for a
 while (growing to BACKOFF_MAX), and callers fall back to what is cached.
+
+DESIGN, "Hostile input and faults":
+- Same-origin credentials: an upstream's Basic credentials go only to its own origin
+  (scheme, host, port; RFC 6454). A URL an upstream index names on another origin is
+  fetched anonymously, and only when the index declares its hash; a URL on this server's
+  own origin, or with a scheme other than http(s), is never fetched (``check_target``).
+  Index documents built from names must lie under the upstream's URL (``within``).
+- Deadlines: every upstream request has a total deadline: the response headers within the
+  upstream's ``timeout``, the whole body within ``timeout + size / min_rate`` (``Deadline``),
+  so a trickling upstream cannot hold a client; callers then serve a stale copy or a 504.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from yarl import URL
 
 from .errors import NotFound, UpstreamError, UpstreamTimeout
 from .metrics import Metrics
@@ -28,6 +40,10 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
 USER_AGENT = "channelgate"
+CHUNK = 256 * 1024
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]  # (scheme, host, port), RFC 6454
 
 
 def redact_url(url: str) -> str:
@@ -39,12 +55,156 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-@dataclass(slots=True)
-class Call:
-    """What one upstream request came to, for its metric and log line."""
+def origin_of(url: str) -> Origin | None:
+    """The RFC 6454 origin of an absolute http(s) URL (host lower-cased, IP literals in
+    canonical form, default port made explicit); None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, _canonical_host(parts.hostname), port or DEFAULT_PORTS[scheme]
 
-    outcome: int | str = "error"  # the HTTP status, "timeout" or "error"
-    size: int = 0
+
+def _canonical_host(host: str) -> str:
+    host = host.lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:  # the forms inet_aton accepts too: 2130706433, 0x7f.1, 127.1
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return host
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback or addr.is_unspecified
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one upstream request may go, and with which credentials."""
+
+    url: str
+    credentials: bool
+
+
+class OwnOrigins:
+    """The origins this server answers on (listen address, ``server.public_url``): index
+    entries may never make it fetch from itself."""
+
+    def __init__(self) -> None:
+        self._ports: set[int] = set()
+        self._hosts: set[str] = set()
+        self._origins: set[Origin] = set()
+
+    def add_listen(self, host: str, port: int) -> None:
+        self._ports.add(port)
+        canonical = _canonical_host(host.strip("[]"))
+        self._hosts.add(canonical)
+        if _is_local(canonical):  # a wildcard or loopback listener: this machine's name reaches it
+            self._hosts.add(socket.gethostname().lower())
+
+    def add_url(self, url: str | None) -> None:
+        origin = origin_of(url) if url else None
+        if origin is not None:
+            self._origins.add(origin)
+
+    def __contains__(self, origin: Origin) -> bool:
+        _, host, port = origin
+        if origin in self._origins:
+            return True
+        return port in self._ports and (host in self._hosts or _is_local(host))
+
+
+def check_target(up: UpstreamSettings, url: str, *, hashed: bool, own: OwnOrigins, what: str) -> Target:
+    """Apply DESIGN's origin rule to one URL an upstream (or its index) names.
+
+    Same origin as ``up.url``: allowed, with the upstream's credentials. Another origin:
+    only when the index declares the content's hash, and anonymously. This server's own
+    origin, or a scheme other than http(s): never. Raises UpstreamError when refused.
+    """
+    home = origin_of(up.url)
+    target = origin_of(url)
+    if target is None:
+        raise UpstreamError(f"upstream {up.name} names {what} at a URL that is not http(s): refused")
+    if target == home:
+        return Target(url, credentials=True)
+    if target in own:
+        log.warning("upstream %s names %s on this server itself (%s): refused", up.name, what, redact_url(url))
+        raise UpstreamError(f"upstream {up.name} names {what} on this server itself: refused")
+    if not hashed:
+        log.warning("upstream %s names %s on another origin without a hash (%s): refused", up.name, what, redact_url(url))
+        raise UpstreamError(f"upstream {up.name} names {what} on another origin without a hash: refused")
+    return Target(url, credentials=False)
+
+
+def within(url: str, base: str) -> bool:
+    """True if ``url`` (as aiohttp will send it: dot segments resolved) lies under ``base``
+    and carries no query or fragment: what an index URL built from a name must satisfy."""
+    try:
+        target, root = URL(url), URL(base)
+    except ValueError:
+        return False
+    if target.origin() != root.origin() or target.raw_query_string or target.raw_fragment:
+        return False
+    prefix = root.raw_path.rstrip("/") + "/"
+    return target.raw_path == root.raw_path or target.raw_path.startswith(prefix)
+
+
+class Deadline:
+    """The total deadline of one upstream request: headers within ``timeout``, the body
+    within ``timeout + max(declared length, bytes received) / min_rate``. With a declared
+    Content-Length this is fixed when the headers arrive; a trickle earns almost nothing."""
+
+    def __init__(self, up: UpstreamSettings) -> None:
+        self.timeout = up.timeout
+        self.min_rate = max(up.min_rate, 1)
+        self.start = time.monotonic()
+        self.length = 0
+
+    def remaining(self, received: int) -> float:
+        budget = self.timeout + max(self.length, received) / self.min_rate
+        return self.start + budget - time.monotonic()
+
+    async def read(self, resp: aiohttp.ClientResponse, received: int) -> bytes:
+        """The next chunk of the body (b"" at its end); TimeoutError past the deadline."""
+        remaining = self.remaining(received)
+        if remaining <= 0:
+            raise asyncio.TimeoutError()
+        return await asyncio.wait_for(resp.content.read(CHUNK), remaining)
+
+
+class Body:
+    """A 200 response's body, read in chunks within the request's total deadline."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, deadline: Deadline) -> None:
+        self.resp = resp
+        self.deadline = deadline
+        self.content_length = resp.content_length
+        self.received = 0
+
+    def __aiter__(self) -> "Body":
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.deadline.read(self.resp, self.received)
+        if not chunk:
+            raise StopAsyncIteration
+        self.received += len(chunk)
+        return chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +220,7 @@ class Upstream:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self.session = session
         self.metrics = metrics
+        self.own = OwnOrigins()
         self._down_until: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
 
@@ -78,14 +239,21 @@ class Upstream:
         self._backoff[up.name] = delay
         self._down_until[up.name] = time.monotonic() + delay
 
-    def _request_kwargs(self, up: UpstreamSettings, headers: dict[str, str]) -> dict[str, object]:
+    async def _open(
+        self, up: UpstreamSettings, target: Target, headers: dict[str, str], deadline: Deadline
+    ) -> aiohttp.ClientResponse:
+        """Send the request; the response headers must arrive within the upstream's timeout.
+        Credentials only when the target is the upstream's own origin (aiohttp drops them
+        on a redirect to another origin)."""
         kwargs: dict[str, object] = {
             "headers": {"User-Agent": USER_AGENT, **headers},
             "timeout": aiohttp.ClientTimeout(total=None, sock_connect=min(up.timeout, 10.0), sock_read=up.timeout),
         }
-        if up.username is not None:
+        if target.credentials and up.username is not None:
             kwargs["auth"] = aiohttp.BasicAuth(up.username, up.password or "")
-        return kwargs
+        resp = await asyncio.wait_for(self.session.get(target.url, **kwargs), up.timeout)  # type: ignore[arg-type]
+        deadline.length = resp.content_length or 0
+        return resp
 
     # ------------------------------------------------------------------ index documents
     async def fetch_index(
@@ -96,7 +264,14 @@ class Upstream:
         etag: str | None = None,
         last_modified: str | None = None,
         accept: str | None = None,
+        hashed: bool = False,
     ) -> IndexResponse:
+        """GET an index document. ``hashed``: the caller checks the body against a hash the
+        upstream's own index declared (CEP-16 shards), so another origin is allowed."""
+        if not hashed and not within(url, up.url):
+            log.warning("refused an index URL outside upstream %s: %s", up.name, redact_url(url))
+            raise NotFound()
+        target = check_target(up, url, hashed=hashed, own=self.own, what="an index document")
         self.check_up(up)
         headers: dict[str, str] = {}
         if etag:
@@ -105,46 +280,53 @@ class Upstream:
             headers["If-Modified-Since"] = last_modified
         if accept:
             headers["Accept"] = accept
-        with self._request(up, url) as call:
-            async with self.session.get(url, **self._request_kwargs(up, headers)) as resp:  # type: ignore[arg-type]
-                call.outcome = resp.status
-                if resp.status == 304:
-                    self._mark(up, True)
-                    return IndexResponse(304, b"", etag, last_modified, "")
-                if resp.status in (404, 410):
-                    self._mark(up, True)
-                    raise NotFound()
-                if resp.status != 200:
-                    raise UpstreamError(f"upstream {up.name} answered {resp.status}")
-                body = await resp.read()
-                call.size = len(body)
+        async with self._request(up, url, target, headers) as (resp, deadline):
+            if resp.status == 304:
                 self._mark(up, True)
-                return IndexResponse(
-                    200,
-                    body,
-                    resp.headers.get("ETag"),
-                    resp.headers.get("Last-Modified"),
-                    resp.headers.get("Content-Type", ""),
-                )
+                return IndexResponse(304, b"", etag, last_modified, "")
+            if resp.status in (404, 410):
+                self._mark(up, True)
+                raise NotFound()
+            if resp.status != 200:
+                raise UpstreamError(f"upstream {up.name} answered {resp.status}")
+            body = b"".join([chunk async for chunk in Body(resp, deadline)])
+            self._mark(up, True)
+            return IndexResponse(
+                200,
+                body,
+                resp.headers.get("ETag"),
+                resp.headers.get("Last-Modified"),
+                resp.headers.get("Content-Type", ""),
+            )
 
-    @contextlib.contextmanager
-    def _request(self, up: UpstreamSettings, url: str) -> Iterator[Call]:
-        """One upstream request: connection failures and timeouts become Upstream* errors
-        and back the upstream off; every request is observed once, however it ends."""
-        call, started = Call(), time.monotonic()
+    @contextlib.asynccontextmanager
+    async def _request(
+        self, up: UpstreamSettings, url: str, target: Target, headers: dict[str, str]
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, Deadline]]:
+        """One GET within its deadline; network failures and a missed deadline become
+        Upstream* errors (and back the upstream off). Observed once, whatever happens."""
+        deadline = Deadline(up)
+        outcome: int | str = "error"
+        received = 0
         try:
-            yield call
+            resp = await self._open(up, target, headers, deadline)
+            outcome = resp.status
+            try:
+                yield resp, deadline
+            finally:
+                received = resp.content.total_bytes
+                resp.release()
         except asyncio.TimeoutError:
-            call.outcome = "timeout"
+            outcome = "timeout"
             self._mark(up, False)
-            log.warning("upstream %s timed out on %s", up.name, redact_url(url))
+            log.warning("upstream %s missed its deadline on %s", up.name, redact_url(url))
             raise UpstreamTimeout(f"upstream {up.name} timed out") from None
         except aiohttp.ClientError as exc:
             self._mark(up, False)
             log.warning("upstream %s failed on %s: %s", up.name, redact_url(url), type(exc).__name__)
             raise UpstreamError(f"upstream {up.name} is unreachable") from None
         finally:
-            self._observe(up, url, call.outcome, call.size, started)
+            self._observe(up, url, outcome, received, deadline.start)
 
     def _observe(self, up: UpstreamSettings, url: str, status: int | str, size: int, started: float) -> None:
         """Every upstream request, once: a metric and an INFO line (DESIGN, "Operations")."""
@@ -157,20 +339,16 @@ class Upstream:
 
     # ------------------------------------------------------------------ bodies read in chunks
     @contextlib.asynccontextmanager
-    async def stream(self, up: UpstreamSettings, url: str, *, what: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A 200 response whose body the caller reads; NotFound on 404/410, Upstream* on
-        failure (while reading, too). The upstream counts as up once the body is read."""
-        with self._request(up, url) as call:
-            async with self.session.get(
-                url, **self._request_kwargs(up, {"Accept-Encoding": "identity"})  # type: ignore[arg-type]
-            ) as resp:
-                call.outcome = resp.status
-                if resp.status in (404, 410):
-                    raise NotFound(f"{what} is not on the upstream")
-                if resp.status != 200:
-                    raise UpstreamError(f"upstream {up.name} answered {resp.status} for {what}")
-                try:
-                    yield resp
-                finally:
-                    call.size = resp.content.total_bytes
-            self._mark(up, True)
+    async def stream(self, up: UpstreamSettings, url: str, *, what: str, hashed: bool) -> AsyncIterator[Body]:
+        """A 200 response whose body the caller reads (``async for chunk in body``) within
+        the request's total deadline; NotFound on 404/410, Upstream* on failure (while
+        reading, too). ``hashed``: the index declared the content's hash (DESIGN's
+        cross-origin rule). The upstream counts as up once the body is read."""
+        target = check_target(up, url, hashed=hashed, own=self.own, what=what)
+        async with self._request(up, url, target, {"Accept-Encoding": "identity"}) as (resp, deadline):
+            if resp.status in (404, 410):
+                raise NotFound(f"{what} is not on the upstream")
+            if resp.status != 200:
+                raise UpstreamError(f"upstream {up.name} answered {resp.status} for {what}")
+            yield Body(resp, deadline)
+        self._mark(up, True)

@@ -117,7 +117,17 @@ def _iso(timestamp: float) -> str:
 
 
 def _origin(services: Services, request: web.BaseRequest) -> str:
-    return services.settings.public_url or f"{request.scheme}://{request.host}"
+    """Where the URLs this API hands out point (post_url carries the caller's token):
+    ``server.public_url``, else the address this connection reached. Never the Host
+    header, which whoever sends the request controls (DESIGN: forwarded headers are not
+    trusted either)."""
+    if services.settings.public_url:
+        return services.settings.public_url.rstrip("/")
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        raise BadRequest("this server has no public_url and no address to link to")
+    host, port = str(sockname[0]), int(sockname[1])
+    return f"{request.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _uploads(services: Services, owner: str, name: str, version: str | None = None) -> list[Upload]:

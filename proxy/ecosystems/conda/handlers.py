@@ -140,6 +140,7 @@ class Conda:
             expect=expect,
             filename=filename,
             content_type=PACKAGE_CONTENT_TYPE,
+            size=record["size"] if type(record.get("size")) is int else None,
         )
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 

@@ -73,7 +73,7 @@ async def fetch_shards(
         sha = index.shards[name]
         url = index.shard_url(index_url, name)
         try:
-            doc = await meta.get(up, url)
+            doc = await meta.get(up, url, hashed=True)  # checked against its sha256 below
         except NotFound:
             raise UpstreamError(f"upstream {up.name} lists a shard for {name!r} but does not serve it") from None
         if doc.digest != sha:  # Doc.digest is the sha256 of the stored body

@@ -28,6 +28,7 @@ from ...uploads import publish
 from .dist import inspect_distribution, release_file_key, require_fields, same_release_file
 from .simple import (
     FileEntry,
+    is_project_name,
     negotiate,
     normalize,
     parse_html,
@@ -108,6 +109,8 @@ class PyPI:
         if len(parts) == 2 and parts[1] == "":
             return await self._root(request, ctx)
         project = normalize(parts[1])
+        if not is_project_name(parts[1]):  # before any upstream URL is built from it
+            raise NotFound("not a valid project name")
         if len(parts) == 2 or (len(parts) == 3 and parts[2] == "" and parts[1] != project):
             raise web.HTTPMovedPermanently(f"{base}{project}/")  # PEP 503: canonical URLs
         if len(parts) == 3 and parts[2] == "":
@@ -157,7 +160,9 @@ class PyPI:
         return self._parsed.get_or_build(doc.digest, build)
 
     async def project(self, ctx: ChannelRequest, project: str) -> Project:
-        """The merged file list of one project (DESIGN's merge rule)."""
+        """The merged file list of one project (DESIGN's merge rule); ``project`` normalised."""
+        if not is_project_name(project) or project != normalize(project):
+            raise NotFound("not a valid project name")
         channel = ctx.channel
         sources = self.services.sources
         snap = self.services.catalog.snapshot(channel.name, "pypi")
@@ -227,6 +232,7 @@ class PyPI:
             expect={k: v for k, v in expect.items() if k in HASH_ALGORITHMS},
             filename=filename,
             content_type=content_type,
+            size=None if metadata else entry.size,
         )
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 

@@ -34,6 +34,7 @@ __all__ = [
     "CONTENT_TYPE_JSON",
     "CONTENT_TYPE_TEXT_HTML",
     "FileEntry",
+    "is_project_name",
     "negotiate",
     "normalize",
     "parse_html",
@@ -53,11 +54,18 @@ CONTENT_TYPE_TEXT_HTML = "text/html; charset=utf-8"
 # Hash names pip accepts in a PEP 503 fragment, in the order we prefer to emit them.
 _FRAGMENT_HASHES = ("sha256", "sha384", "sha512", "sha224", "sha1", "md5")
 _NORMALIZE_RE = re.compile(r"[-_.]+")
+# PEP 508 names: ASCII letters and digits, with '.', '_' or '-' inside (normalised: [a-z0-9-])
+_PROJECT_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 def normalize(name: str) -> str:
     """PEP 503 project name normalisation."""
     return _NORMALIZE_RE.sub("-", name).lower()
+
+
+def is_project_name(name: str) -> bool:
+    """A valid PEP 508 project name (so its PEP 503 form is ``[a-z0-9-]`` and safe in a URL)."""
+    return len(name) <= 200 and _PROJECT_NAME_RE.fullmatch(name) is not None
 
 
 def version_from_filename(filename: str) -> str | None:
