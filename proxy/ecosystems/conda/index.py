@@ -50,7 +50,7 @@ from .subdir_index import IndexKey, ShardBasis, SubdirIndex, UpstreamSubdir, new
 
 log = logging.getLogger(__name__)
 
-SUBDIR_RE = re.compile(r"^(noarch|[a-z0-9]+-[a-z0-9_]+)$")
+SUBDIR_RE = re.compile(r"^(noarch|[a-z0-9]+-[a-z0-9_]+)\Z")  # \Z: "$" lets a trailing newline through
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 DEFAULT_LABEL = "main"
 MAX_SLOTS = 256  # (channel, label, subdir) indexes kept; labels come from URLs

@@ -18,9 +18,9 @@ from proxy.ecosystems.cran.index import INDEX_FILENAMES, is_valid_package_name
 from proxy.errors import NotFound
 
 Tree = Literal["source", "windows", "macos"]
-_R_MINOR = re.compile(r"^[0-9]+\.[0-9]+$")
-_SUBTYPE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_R_MINOR = re.compile(r"^[0-9]+\.[0-9]+\Z")
+_SUBTYPE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z")  # \Z: "$" would let a trailing newline through
 
 FILE_SUFFIX: dict[Tree, str] = {"source": ".tar.gz", "windows": ".zip", "macos": ".tgz"}
 
