@@ -273,7 +273,7 @@ def error_response(exc: ChannelgateError) -> web.Response:
     reason = None
     # twine shows the reason phrase: make it the message when it is a safe single line
     status = http_status(exc)
-    if status < 500 and exc.message.isascii() and "\n" not in exc.message and len(exc.message) < 200:
+    if status < 500 and exc.message.isascii() and exc.message.isprintable() and len(exc.message) < 200:
         reason = exc.message
     return web.json_response({"error": exc.message}, status=status, headers=headers, reason=reason)
 
