@@ -186,14 +186,16 @@ def test_another_origin_without_a_hash_is_refused(world: World) -> None:
 
 
 def test_an_index_entry_naming_this_server_is_never_fetched(world: World) -> None:
-    before = world.server.log().count('"GET /api/health"')
+    def flushed(marker: str) -> str:
+        """The log once every access line so far is in it (they are flushed in order)."""
+        world.get(f"/mirror/simple/{marker}-{os.getpid()}/", token=False)
+        return world.server.wait_log(f"{marker}-{os.getpid()}/")
+
+    before = flushed("before").count('"GET /api/health"')
     for filename in ("self_link-1.0-py3-none-any.whl", "self_link-1.0.tar.gz"):  # without and with a hash
         status, _, body = world.get(f"/mirror/simple/self-link/{filename}", token=False)
         assert status == 502 and b"this server itself" in body and b'"status"' not in body
-    marker = f"/mirror/simple/marker-{os.getpid()}/"
-    world.get(marker, token=False)
-    log = world.server.wait_log(marker)  # access lines are flushed in order: the marker comes last
-    assert log.count('"GET /api/health"') == before
+    assert flushed("after").count('"GET /api/health"') == before
 
 
 # --------------------------------------------------------------------------- observation 4
