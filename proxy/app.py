@@ -237,8 +237,6 @@ class Gateway:
             action = READ_ACTION[route.ecosystem]
         settings = services.settings
         principal = services.guard.authorize(request.headers, route.token, route.channel, action, request.remote)
-        if principal is not None:
-            facts.user, facts.token = principal.user, principal.token_name
         ctx = ChannelRequest(route, settings.channels[route.channel], principal, services)
         if upload:
             return await handle_upload(request, ctx)

@@ -185,7 +185,11 @@ def test_every_log_line_is_json_with_the_operator_fields(world: World) -> None:
     status, _, _ = http("GET", f"{world.server.url}/api/repo/internal/simple/acme-lib/",
                         headers={"Authorization": f"Bearer {world.tokens['reader']}"})
     assert status == 200
+    # the JSON API authenticates on its own path: its access line names the user too
+    status, _, _ = http("GET", f"{world.server.url}/api/user", headers={"Authorization": f"token {world.tokens['writer']}"})
+    assert status == 200
     world.server.wait_log("/simple/acme-lib/")
+    world.server.wait_log('"path":"/api/user"')
     entries = json_lines(world)  # raises if any line is not JSON
     assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
     access = [e for e in entries if e["logger"] == "access"]
@@ -194,6 +198,8 @@ def test_every_log_line_is_json_with_the_operator_fields(world: World) -> None:
     mine = [e for e in access if e["path"] == "/api/repo/internal/simple/acme-lib/"]
     assert mine and mine[-1]["user"] == "bob" and mine[-1]["token"] == "bob-laptop"
     assert mine[-1]["channel"] == "internal" and mine[-1]["ecosystem"] == "pypi"
+    api = [e for e in access if e["path"] == "/api/user"]
+    assert api and (api[-1]["user"], api[-1]["token"], api[-1]["ecosystem"]) == ("alice", "alice-ci", "api")
     anonymous = [e for e in access if e["path"] == "/api/health"]
     assert anonymous and anonymous[0]["user"] == "-" and anonymous[0]["token"] == "-"
     upstream = [e for e in entries if e.get("upstream") in ("pypi", "forge", "cran")]

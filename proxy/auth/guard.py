@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Mapping
 
 from ..errors import Forbidden, Unauthorized
+from ..metrics import current_facts
 from ..store.tokens import TokenStore
 from .accounts import FailureLimiter, check_password, limiter_keys
 from .credentials import (
@@ -73,6 +74,8 @@ class Guard:
         principal = self.verify(token)
         if principal is None:
             self.limiter.fail(keys, accounts)
+        else:
+            _note(principal)
         return principal, True
 
     def authorize(
@@ -116,10 +119,10 @@ class Guard:
         if not ok or stored is None:
             self.limiter.fail(keys, settings.accounts)
             raise Unauthorized("wrong user name or password")
-        return Principal(
+        return _note(Principal(
             user=user, token_name="password", scopes=PASSWORD_SCOPES,
             groups=settings.memberships.get(user, frozenset()),
-        )
+        ))
 
     async def sign_in(self, headers: Mapping[str, str], remote: str | None) -> Principal:
         """Basic ``user:password`` (or ``user:<token>``, or any token form): the credential that
@@ -128,6 +131,14 @@ class Guard:
         if creds is None or creds[1].startswith(TOKEN_PREFIX) or creds[1] == BASIC_MAGIC_PASSWORD:
             return self.authenticate(headers, None, remote)
         return await self.password(creds[0], creds[1], remote)
+
+
+def _note(principal: Principal) -> Principal:
+    """Who this request is, for its access line (user and token name; never the secret)."""
+    facts = current_facts()
+    if facts is not None:
+        facts.user, facts.token = principal.user, principal.token_name
+    return principal
 
 
 # a hash of no password at all: checking against it makes an unknown user as slow as a known one
