@@ -14,7 +14,9 @@ that failed verification, and nothing is stored.
 DESIGN, "Hostile input and faults": a download that fails for any reason (the upstream,
 its deadline, a full disk, a temp file that vanished) ends every waiting client with an
 error at once; a client that goes away ends only its own stream. A HEAD on a file not
-stored yet is answered from the index (type, declared size) and starts no download.
+stored yet is answered from the index (type, declared size, ``Accept-Ranges``) and starts
+no download; when the index declares no size, the download starts and the HEAD answers
+once the upstream's length is known (ranges.py: Range reads of cold files, issue 15).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Mapping
 from aiohttp import web
 
 from .errors import ChannelgateError, NotFound, StorageError, UpstreamError
+from .ranges import serve_head, serve_range
 from .responses import file_response
 from .settings import UpstreamSettings
 from .store.blobs import DigestMismatch, TempBlob
@@ -120,8 +123,9 @@ class Artifacts:
             raise NotFound(f"{spec.filename} is not in the cache and the server is offline")
         check_target(spec.upstream, spec.url, hashed=spec.hashed, own=self.upstream.own, what=spec.filename)
         fetch = self._inflight.get(spec.key)
-        if request.method == "HEAD":  # answered from the index: a HEAD never starts a download
-            return await _head(request, spec, fetch.total if fetch is not None else None)
+        known = fetch.total if fetch is not None else None
+        if request.method == "HEAD" and (spec.size is not None or known is not None):
+            return await _head(request, spec, known)  # answered from the index: no download
         if fetch is None:
             self.upstream.check_up(spec.upstream)
             fetch = Download(spec, self.store.temp("cache"))
@@ -129,6 +133,9 @@ class Artifacts:
             task = asyncio.create_task(self._download(fetch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        partial = await self._partial(request, fetch)
+        if partial is not None:
+            return partial
         while not fetch.finished and fetch.written < STREAM_AFTER:
             await fetch.changed()
         if fetch.error is not None:
@@ -137,6 +144,14 @@ class Artifacts:
             return file_response(fetch.path, spec.content_type, immutable=True)
         return await self._tee(request, fetch)
 
+    async def _partial(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse | None:
+        """HEAD and Range on a file being fetched, without waiting for it (ranges.py)."""
+        if request.method == "HEAD":
+            return await serve_head(request, fetch)
+        if request.method == "GET" and "Range" in request.headers:
+            return await serve_range(request, fetch, self.upstream)
+        return None
+
     async def _download(self, fetch: Download) -> None:
         spec = fetch.spec
         up = spec.upstream
@@ -144,6 +159,7 @@ class Artifacts:
         try:
             async with self.upstream.stream(up, spec.url, what=spec.filename, hashed=spec.hashed) as body:
                 fetch.total = body.content_length
+                fetch.notify()  # HEAD and Range answers wait for the length (ranges.py)
                 async for chunk in body:
                     fetch.tmp.write(chunk)
                     fetch.tmp.flush()
@@ -232,8 +248,10 @@ class Artifacts:
 
 
 async def _head(request: web.BaseRequest, spec: ArtifactSpec, total: int | None) -> web.StreamResponse:
-    """HEAD on a file not stored yet: its type, and its length when known (RFC 9110 §9.3.2)."""
-    resp = web.StreamResponse(headers={"Content-Type": spec.content_type, "Cache-Control": "private"})
+    """HEAD on a file not stored yet: its type and length (RFC 9110 §9.3.2); ranges of it are
+    served (ranges.py), which uv's METADATA reads need to see (``Accept-Ranges``)."""
+    resp = web.StreamResponse(headers={"Content-Type": spec.content_type, "Cache-Control": "private",
+                                       "Accept-Ranges": "bytes"})
     size = total if total is not None else spec.size
     if size is not None:
         resp.content_length = size

@@ -352,3 +352,28 @@ class Upstream:
                 raise UpstreamError(f"upstream {up.name} answered {resp.status} for {what}")
             yield Body(resp, deadline)
         self._mark(up, True)
+
+    # ------------------------------------------------------------------ byte ranges
+    async def fetch_range(
+        self, up: UpstreamSettings, url: str, start: int, stop: int, *, what: str, hashed: bool
+    ) -> bytes | None:
+        """Bytes ``[start, stop)`` of a file by a Range request (RFC 9110 §14.2); None when
+        the upstream does not honour it (a 200, or a 206 for other bytes). At most about
+        ``stop - start`` bytes are read."""
+        target = check_target(up, url, hashed=hashed, own=self.own, what=what)
+        self.check_up(up)
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{stop - 1}"}
+        async with self._request(up, url, target, headers) as (resp, deadline):
+            if resp.status in (404, 410):
+                raise NotFound(f"{what} is not on the upstream")
+            if resp.status != 206 or not resp.headers.get("Content-Range", "").startswith(f"bytes {start}-{stop - 1}/"):
+                return None
+            body = bytearray()
+            async for chunk in Body(resp, deadline):
+                body += chunk
+                if len(body) >= stop - start:
+                    break
+            if len(body) < stop - start:
+                raise UpstreamError(f"upstream {up.name} sent a short range of {what}")
+            self._mark(up, True)
+            return bytes(body[: stop - start])
