@@ -69,8 +69,10 @@ def test_uv_resolves_cold_wheels_by_range_without_waiting_for_them(tmp_path: Pat
             assert ranged, f"no upstream Range request for {wheel.name}"
             assert len(whole) == 1, "the full download for the cache starts once"
         # what uv received: 206s with a few bytes, never the whole file
-        wheel_lines = [line for line in server.log().splitlines() if "GET /mirror/" in line and ".whl" in line]
-        assert wheel_lines and all(" 206 " in line for line in wheel_lines), wheel_lines
+        for wheel in wheels:
+            server.wait_log(f'"GET /mirror/simple/{wheel.name.split("-")[0]}/{wheel.name}" 206')
+        wheel_lines = [line for line in server.log().splitlines() if '"GET /mirror/' in line and '.whl"' in line]
+        assert all('.whl" 206' in line for line in wheel_lines), wheel_lines
     finally:
         gate.set()
     # the held downloads complete once, verified, into the cache
