@@ -253,3 +253,23 @@ def test_aborted_get_on_a_cold_file_logs_no_error(server: tuple[Channelgate, str
     line = next(line for line in log.splitlines() if f'"GET /t/<redacted>{path}"' in line)
     assert '" 200 ' in line, line
     assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_every_upstream_has_a_safe_deadline_and_bad_values_are_refused() -> None:
+    from proxy.errors import ConfigError
+    from proxy.settings import parse_settings
+
+    default = parse_settings("upstreams: {p: {type: pypi, url: 'https://pypi.org/simple'}}\n").upstreams["p"]
+    assert (default.timeout, default.min_rate) == (30.0, 16 * 1024)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for key, shown in (("timeout", "30"), ("min_rate", "16384")):
+        assert any(r.startswith(f"| `upstreams.<name>.{key}`") and r.rstrip().endswith(f"| `{shown}` |")
+                   for r in readme.splitlines()), key
+    bad = "upstreams:\n  p: {type: pypi, url: 'https://x.example', timeout: 0, min_rate: -1}\n  q: {type: pypi, url: 'https://y.example', timeout: 99999, min_rate: 1.5}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(bad)
+    found = "\n".join(caught.value.problems)
+    for text in ("upstreams.p.timeout: must be a number of seconds between 0 and 3600",
+                 "upstreams.p.min_rate: must be a positive number", "upstreams.q.timeout: must be a number of seconds",
+                 "upstreams.q.min_rate: must be int"):
+        assert text in found, found
