@@ -8,6 +8,7 @@ before anything reveals whether a channel exists.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 import logging
 from pathlib import Path
 from types import MappingProxyType
@@ -22,7 +23,7 @@ from . import __version__, routing
 from .api import accounts, anaconda
 from .artifacts import Artifacts
 from .auth.guard import Guard
-from .auth.policy import READ_ACTION, Action
+from .auth.policy import READ_ACTION, Action, sees_private
 from .cache import MetadataCache
 from .context import ApiHandler, ChannelRequest, Ecosystem, LivePolicy, Services
 from .ecosystems.conda.handlers import Conda
@@ -38,9 +39,9 @@ from .responses import SentFileResponse, http_status, keep_private
 from .settings import Settings, load_settings
 from .sources import Sources
 from .store.blobs import BlobStore
-from .store.catalog import SqliteCatalog
+from .store.catalog import SqliteCatalog, public_view
 from .store.tokens import TokenStore
-from .uploads import UploadChecks, handle_upload
+from .uploads import UploadChecks, delete_hosted, handle_upload
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -237,13 +238,22 @@ class Gateway:
             action = READ_ACTION[route.ecosystem]
         settings = services.settings
         principal = services.guard.authorize(request.headers, route.token, route.channel, action, request.remote)
-        ctx = ChannelRequest(route, settings.channels[route.channel], principal, services)
+        channel = settings.channels[route.channel]
+        shared = channel.public  # may a shared cache keep the answer?
+        if channel.public and services.catalog.packages.has_private(channel.name):
+            if sees_private(principal, channel, action):
+                shared = False
+            else:  # without the read role: the channel's public view, no private package in it
+                channel = replace(channel, name=public_view(channel.name))
+        ctx = ChannelRequest(route, channel, principal, services)
         if upload:
             return await handle_upload(request, ctx)
+        if request.method == "DELETE":
+            return await delete_hosted(ctx)
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed()
         response = await services.ecosystems[route.ecosystem].serve(request, ctx)
-        if not ctx.channel.public:
+        if not shared:
             keep_private(response)
         if isinstance(response, SentFileResponse) and response.hosted:
             services.metrics.cache_result("artifact", "hosted")

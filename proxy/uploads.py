@@ -21,8 +21,9 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EofStream
 
+from .audit import audit
 from .context import ChannelRequest, Services, UploadForm
-from .errors import BadRequest, Conflict, PayloadTooLarge
+from .errors import BadRequest, Conflict, PayloadTooLarge, NotFound
 from .metrics import current_facts
 from .store.blobs import TempBlob
 from .store.catalog import Upload
@@ -292,11 +293,33 @@ async def accept_upload(request: web.BaseRequest, ctx: ChannelRequest, form: Upl
         if handler is None:
             raise BadRequest(f"{ecosystem} uploads are not enabled on this server")
         response = await handler.upload(request, ctx, form)
-        log.info(
-            "upload %s to %s/%s by %s", form.filename, ctx.channel.name, ecosystem,
-            ctx.principal.user if ctx.principal else "-",
-        )
+        audit("upload", ctx.principal, ctx.channel.name, form.filename, ecosystem=ecosystem)
         return response
     finally:
         if form.blob.committed is None:
             form.blob.discard()
+
+
+def hosted_path(ecosystem: str, rest: str) -> str | None:
+    """The catalog path of a file URL under a channel prefix (what a DELETE names)."""
+    parts = rest.split("/")
+    if ecosystem == "pypi":  # simple/<project>/<file>
+        return parts[2] if len(parts) == 3 and parts[2] else None
+    if ecosystem == "cran":  # src/contrib/<file>, bin/<os>/contrib/<R x.y>/<file>
+        return rest if parts[-1] else None
+    if parts[0] == "label":  # conda: [label/<label>/]<subdir>/<file>
+        parts = parts[2:]
+    return "/".join(parts) if len(parts) == 2 and all(parts) else None
+
+
+async def delete_hosted(ctx: ChannelRequest) -> web.StreamResponse:
+    """``DELETE`` on an uploaded file's URL (the write role, like an upload): the file leaves
+    the channel's indexes at once; upstream files cannot be deleted here."""
+    ecosystem = ctx.route.ecosystem
+    path = hosted_path(ecosystem, ctx.route.rest)
+    upload = ctx.services.catalog.get(ctx.channel.name, ecosystem, path) if path else None
+    if upload is None:
+        raise NotFound("no uploaded file at this URL (files from upstreams cannot be deleted)")
+    ctx.services.catalog.remove(ctx.channel.name, ecosystem, [upload.path])
+    audit("delete", ctx.principal, ctx.channel.name, upload.path, ecosystem=ecosystem)
+    return web.json_response({"ok": True, "deleted": upload.path, "ecosystem": ecosystem})

@@ -144,3 +144,28 @@ def test_catalog_sees_what_another_instance_committed(make_catalog: Callable[[],
     first.add(_upload())
     assert second.generation("c", "pypi") != seen
     assert [u.path for u in second.list("c", "pypi")] == ["a-1.0.tar.gz"]
+
+
+def test_catalog_public_view_hides_private_packages_but_keeps_their_names(make_catalog: Callable[[], Catalog]) -> None:
+    """A private package is left out of the channel's public view, in this instance and in
+    another one; its name stays in ``names``, so the merge rule still hides upstream versions."""
+    from proxy.store.catalog import public_view
+    from proxy.store.packages import PackageInfo
+
+    first, second = make_catalog(), make_catalog()
+    first.add(_upload())
+    first.add(_upload("b-1.0.tar.gz", "b"))
+    before = first.generation("c", "pypi")
+    first.packages.put(PackageInfo("c", "pypi", "a", private=True, summary="hidden"))
+    assert first.generation("c", "pypi") != before  # the public view's indexes are rebuilt
+    for catalog in (first, second):
+        view = public_view("c")
+        assert [u.name for u in catalog.list(view, "pypi")] == ["b"]
+        assert catalog.get(view, "pypi", "a-1.0.tar.gz") is None
+        assert catalog.names(view, "pypi") == frozenset({"a", "b"})
+        assert [u.name for u in catalog.list("c", "pypi")] == ["a", "b"]  # the channel itself is whole
+        assert catalog.packages.has_private("c") and not catalog.packages.has_private("other")
+    first.packages.set_locked("c", "stable", True)
+    assert second.generation("c", "pypi") is not None and second.packages.locked_labels("c") == {"stable"}
+    first.packages.put(PackageInfo("c", "pypi", "a", private=False))
+    assert [u.name for u in second.list(public_view("c"), "pypi")] == ["a", "b"]

@@ -90,7 +90,7 @@ def _token_request(payload: dict[str, Any], remote: str | None) -> TokenRequest:
     )
 
 
-async def _authentications(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _authentications(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     parts = route.rest.split("/")[1:]
     settings = services.settings
     if request.method == "POST" and not parts:
@@ -130,7 +130,7 @@ def revoke_token(services: Services, caller: Principal, name: str) -> None:
     audit("token-revoke", caller, "", name)
 
 
-async def _authentication(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _authentication(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed()
     caller = principal_of(services, request, route)
@@ -148,11 +148,11 @@ async def _authentication(request: web.Request, route: Route, services: Services
     })
 
 
-async def _authentication_type(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _authentication_type(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     return web.json_response({"authentication_type": "password"})
 
 
-async def _scopes(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _scopes(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     return web.json_response(SCOPE_HELP)
 
 
@@ -174,7 +174,7 @@ def _group_json(services: Services, owner: str, name: str, perms: str) -> dict[s
     return {"name": name, "owner": owner, "perms": perms, "member_count": len(members), "members": list(members)}
 
 
-async def _groups(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _groups(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(GROUPS_READ_ONLY)
     (owner,) = segments(route, 1)
@@ -184,7 +184,7 @@ async def _groups(request: web.Request, route: Route, services: Services) -> web
     ])
 
 
-async def _group(request: web.Request, route: Route, services: Services) -> web.StreamResponse:
+async def _group(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     parts = route.rest.split("/")[1:]
     if len(parts) < 2 or not all(parts):
         raise NotFound()

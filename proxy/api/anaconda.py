@@ -1,186 +1,67 @@
-"""The anaconda-client (binstar) API under ``/api``: enough of anaconda.org's REST API for
-``anaconda upload -u <channel> [--label L] [--force|--skip]``, ``anaconda show``,
-``anaconda remove`` and ``anaconda move``/``label`` with the site url ``http://HOST/api``.
+"""The anaconda-client (binstar) API under ``/api``: users, packages, releases, files,
+search and downloads (owner = channel). Uploads are in ``files.py``, labels and copies in
+``labels.py``, tokens and groups in ``accounts.py``.
 
-Owner = channel. Every call is authorised against that channel (``api:write`` + write role
-to change anything; ``api:read`` or ``api:write`` to look). Calls anaconda-client makes
-(binstar_client/__init__.py), and what it expects back:
+Calls anaconda-client makes (binstar_client/__init__.py), and what it expects back:
 
-    HEAD /api                                     200 (check_server)
-    GET  /api/user[/<owner>]                      200 {"login": ...}
-    GET|POST|PATCH|DELETE /api/package/<o>/<n>    200 (DELETE: 201), GET 404 when empty
+    HEAD /api                                       200 (check_server)
+    GET  /api/user[/<owner>], /api/user/orgs, /api/users/<u>/orgs   user objects (created_at)
+    GET  /api/packages/<owner>                      the owner's packages (show OWNER)
+    GET|POST|PATCH|DELETE /api/package/<o>/<n>      200 (DELETE: 201); POST creates, PATCH
+                                                    changes privacy (public) and metadata (public_attrs)
     GET|POST|PATCH|DELETE /api/release/<o>/<n>/<v>  200 (DELETE: 201)
-    GET|DELETE /api/dist/<o>/<n>/<v>/<basename>   200; basename of a conda file = <subdir>/<file>
-    POST /api/stage/<o>/<n>/<v>/<basename>        200 {post_url, form_data, dist_id}
-    POST <post_url> (S3-style multipart, 'file')  201; errors as S3 XML (the client parses them)
-    POST /api/commit/<o>/<n>/<v>/<basename>       200
-    GET  /api/channels/<o>[/<label>]; POST|DELETE /api/channels/<o>/<label>  (label moves: 201)
-
-The post_url carries the caller's own token as ``/t/<TOKEN>/`` (anaconda-client posts the
-file without its API headers); the file then goes through ``store_conda_upload``, the same
-validation and catalog path as ``POST /api/repo/<channel>``.
+    GET|DELETE /api/dist/<o>/<n>/<v>/<basename>     200
+    GET  /api/download/<o>/<n>/<v>/<basename>       the file
+    GET  /api/search?name=Q[&type=T][&platform=P]   packages the caller may read
+    GET  /api/channels                              the channels the caller may read
 """
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import functools
 from typing import Any
-from urllib.parse import quote
-from xml.sax.saxutils import escape
 
-import orjson
 from aiohttp import web
 
-from ..auth.credentials import Principal, token_from_headers
-from ..auth.policy import Action
+from ..audit import audit
+from ..auth.credentials import Principal
+from ..auth.policy import Action, Decision, decide
 from ..context import ApiHandler, Services
-from ..ecosystems.conda.index import SUBDIR_RE, normalize
-from ..ecosystems.conda.package import CondaPackage
-from ..ecosystems.conda.sections import is_package_filename
-from ..ecosystems.conda.uploads import parse_labels, store_conda_upload, upload_summary, uploads_changed
-from ..ecosystems.conda.version import version_key_or_none
-from ..errors import BadRequest, ChannelgateError, Conflict, Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge
-from ..responses import http_status
+from ..errors import BadRequest, MethodNotAllowed, NotFound
 from ..routing import Route
-from ..store.catalog import Upload
-from ..uploads import read_form
+from ..store.packages import PackageInfo
+from . import files, labels
+from .common import can_read, can_write, json_body, segments
+from .objects import (
+    ECOSYSTEM_OF_TYPE,
+    ECOSYSTEMS,
+    PACKAGE_TYPE,
+    Package,
+    basename_of,
+    catalog_key,
+    dist_json,
+    find_package,
+    key_name,
+    package_json,
+    release_json,
+    user_json,
+)
 
-MAX_JSON = 1024 * 1024
-Handler = ApiHandler
+MAX_SEARCH_RESULTS = 500
 
 
-def api_handlers(services: Services) -> dict[str, Handler]:
+def api_handlers(services: Services) -> dict[str, ApiHandler]:
     return {
         "": _root,
         "user": _user,
+        "users": _users,
+        "packages": _packages,
         "package": _package,
         "release": _release,
         "dist": _dist,
-        "stage": _stage,
-        "upload": _post_file,
-        "commit": _commit,
-        "channels": _channels,
+        "download": _download,
+        "search": _search,
+        **files.handlers(),
+        **labels.handlers(),
     }
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _segments(route: Route, count: int, *, rest: bool = False) -> list[str]:
-    """The path segments after ``/api/<head>/``: exactly ``count`` (the last may hold
-    slashes when ``rest``), or 404."""
-    parts = route.rest.split("/")[1:]
-    if rest and len(parts) > count:
-        parts = [*parts[: count - 1], "/".join(parts[count - 1 :])]
-    if len(parts) != count or not all(parts):
-        raise NotFound()
-    return parts
-
-
-def _can_write(services: Services, request: web.BaseRequest, route: Route, owner: str) -> Principal:
-    principal = services.guard.authorize(request.headers, route.token, owner, Action.WRITE, request.remote)
-    assert principal is not None  # writing is never anonymous
-    return principal
-
-
-def _can_read(services: Services, request: web.BaseRequest, route: Route, owner: str) -> None:
-    """``api:read`` on the channel, or ``api:write`` (uploaders look before they write)."""
-    try:
-        services.guard.authorize(request.headers, route.token, owner, Action.API_READ, request.remote)
-    except Forbidden as first:
-        try:
-            services.guard.authorize(request.headers, route.token, owner, Action.WRITE, request.remote)
-        except Forbidden:
-            raise first from None
-
-
-async def _json_body(request: web.BaseRequest) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    body = await request.content.read(MAX_JSON + 1)
-    if len(body) > MAX_JSON:
-        raise PayloadTooLarge("request body too large")
-    if not body.strip():
-        return {}
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data
-
-
-def _iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-
-
-def _origin(services: Services, request: web.BaseRequest) -> str:
-    """Where the URLs this API hands out point (post_url carries the caller's token):
-    ``server.public_url``, else the address this connection reached. Never the Host
-    header, which whoever sends the request controls (DESIGN: forwarded headers are not
-    trusted either)."""
-    if services.settings.public_url:
-        return services.settings.public_url.rstrip("/")
-    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
-    if not isinstance(sockname, tuple) or len(sockname) < 2:
-        raise BadRequest("this server has no public_url and no address to link to")
-    host, port = str(sockname[0]), int(sockname[1])
-    return f"{request.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
-
-
-def _uploads(services: Services, owner: str, name: str, version: str | None = None) -> list[Upload]:
-    wanted = normalize(name)
-    return [
-        u for u in services.catalog.list(owner, "conda")
-        if u.name == wanted and (version is None or u.version == version)
-    ]
-
-
-def _dist_json(upload: Upload, owner: str) -> dict[str, Any]:
-    meta = dict(upload.meta)
-    subdir = upload.path.split("/", 1)[0]
-    return {
-        "basename": upload.path,
-        "full_name": f"{owner}/{upload.name}/{upload.version}/{upload.path}",
-        "owner": owner,
-        "version": upload.version,
-        "md5": upload.md5,
-        "sha256": upload.sha256,
-        "size": upload.size,
-        "labels": list(upload.labels),
-        "type": "conda",
-        "distribution_type": "conda",
-        "upload_time": _iso(upload.uploaded_at),
-        "attrs": {
-            "subdir": subdir,
-            "platform": meta.get("platform"),
-            "arch": meta.get("arch"),
-            "build": meta.get("build"),
-            "build_number": meta.get("build_number"),
-            "depends": meta.get("depends", []),
-            "license": meta.get("license"),
-            "timestamp": meta.get("timestamp"),
-        },
-        "dependencies": {"depends": [{"name": d.split(" ")[0], "specs": []} for d in meta.get("depends", [])]},
-        "download_url": f"/{owner}/{upload.path}",
-    }
-
-
-def _versions(uploads: list[Upload]) -> list[str]:
-    unique = sorted({u.version for u in uploads})
-
-    def order(a: str, b: str) -> int:
-        va, vb = version_key_or_none(a), version_key_or_none(b)
-        if va is None or vb is None:
-            return (a > b) - (a < b)
-        return -1 if va < vb else (1 if vb < va else 0)
-
-    return sorted(unique, key=functools.cmp_to_key(order))
-
-
-# --------------------------------------------------------------------------- endpoints
 
 
 async def _root(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
@@ -196,233 +77,208 @@ async def _user(request: web.BaseRequest, route: Route, services: Services) -> w
     parts = route.rest.split("/")[1:]
     if not parts or parts == [""]:
         principal = services.guard.authenticate(request.headers, route.token, request.remote)
-        return web.json_response(_user_json(services, principal.user, "user"))
-    (owner,) = _segments(route, 1)
-    _can_read(services, request, route, owner)  # a missing channel answers like a private one
-    return web.json_response(_user_json(services, owner, "org"))
+        return web.json_response(user_json(services, principal.user, "user"))
+    if parts == ["orgs"]:  # organisations are channels here: see GET /api/channels
+        services.guard.authenticate(request.headers, route.token, request.remote)
+        return web.json_response([])
+    (owner,) = segments(route, 1)
+    can_read(services, request, route, owner)  # a missing channel answers like a private one
+    return web.json_response(user_json(services, owner, "org"))
 
 
-def _user_json(services: Services, login: str, user_type: str) -> dict[str, Any]:
-    """anaconda-client's ``pprint_user`` reads ``login`` and ``created_at``, prints the rest."""
-    return {
-        "login": login,
-        "name": login,
-        "user_type": user_type,
-        "created_at": _iso(services.settings.storage_path.stat().st_mtime),
-    }
+async def _users(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
+    """``GET /api/users/<user>/orgs``: none (a user's channels are listed by GET /api/channels)."""
+    services.guard.authenticate(request.headers, route.token, request.remote)
+    return web.json_response([])
+
+
+def _readable(services: Services, request: web.BaseRequest, route: Route) -> tuple[Principal | None, list[str]]:
+    """The caller, and the channels they may list through the API (public ones included)."""
+    principal, _ = services.guard.identify(request.headers, route.token, request.remote)
+    names = []
+    for name, channel in services.settings.channels.items():
+        for action in (Action.API_READ, Action.WRITE):
+            if decide(principal, channel, action) is Decision.ALLOW:
+                names.append(name)
+                break
+    return principal, sorted(names)
+
+
+def _all_packages(services: Services, owner: str, principal: Principal | None) -> list[Package]:
+    key = catalog_key(services, owner, principal)
+    names: dict[str, None] = {}
+    for ecosystem in ECOSYSTEMS:
+        for upload in services.catalog.list(key, ecosystem):
+            names.setdefault(upload.name.lower(), None)
+    for info in services.catalog.packages.of_channel(owner):
+        if key == owner or not info.private:
+            names.setdefault(info.name.lower(), None)
+    return [p for p in (find_package(services, key, owner, n) for n in names) if p.exists]
+
+
+async def _packages(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
+    (owner,) = segments(route, 1)
+    principal = can_read(services, request, route, owner)
+    return web.json_response([package_json(services, p) for p in _all_packages(services, owner, principal)])
+
+
+async def _search(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
+    """Packages whose name contains the query, in every channel the caller may read;
+    private packages only where the caller has the read role."""
+    query = request.query.get("name", "").strip().lower()
+    if not query or len(query) > 200:
+        raise BadRequest("search needs a name of 1 to 200 characters")
+    wanted_type = request.query.get("type")
+    platform = request.query.get("platform")
+    principal, channels = _readable(services, request, route)
+    found: list[dict[str, Any]] = []
+    for owner in channels:
+        for pkg in _all_packages(services, owner, principal):
+            if query not in pkg.name.lower():
+                continue
+            doc = package_json(services, pkg)
+            if wanted_type and wanted_type not in doc["package_types"]:
+                continue
+            if platform and platform not in doc["conda_platforms"]:
+                continue
+            found.append(doc)
+            if len(found) >= MAX_SEARCH_RESULTS:
+                return web.json_response(found)
+    return web.json_response(found)
+
+
+# --------------------------------------------------------------------------- packages
+def _ecosystems_of(public_attrs: dict[str, Any], pkg: Package) -> list[str]:
+    types = public_attrs.get("package_types") or []
+    chosen = [ECOSYSTEM_OF_TYPE[t] for t in types if isinstance(t, str) and t in ECOSYSTEM_OF_TYPE]
+    return chosen or pkg.ecosystems() or list(ECOSYSTEMS)
+
+
+def _attrs(payload: dict[str, Any]) -> dict[str, Any]:
+    attrs = payload.get("public_attrs") or {}
+    if not isinstance(attrs, dict):
+        raise BadRequest("public_attrs must be an object")
+    values = {k: attrs.get(k) for k in ("summary", "description", "home") if isinstance(attrs.get(k), str)}
+    lic = attrs.get("license")
+    if isinstance(lic, dict):
+        lic = lic.get("name")
+    if isinstance(lic, str):
+        values["license"] = lic
+    if isinstance(attrs.get("home_page"), str) and "home" not in values:
+        values["home"] = attrs["home_page"]
+    return values
+
+
+def save_package(services: Services, principal: Principal, pkg: Package, payload: dict[str, Any]) -> list[PackageInfo]:
+    """Create or change a package's settings from an API payload: ``public`` and ``public_attrs``."""
+    public = payload.get("public")
+    if public is not None and not isinstance(public, bool):
+        raise BadRequest("public must be true or false")
+    attrs = payload.get("public_attrs") if isinstance(payload.get("public_attrs"), dict) else {}
+    values = _attrs(payload)
+    saved = []
+    for ecosystem in _ecosystems_of(attrs or {}, pkg):
+        name = key_name(ecosystem, pkg.name)
+        info = services.catalog.packages.get(pkg.owner, ecosystem, name) or PackageInfo(pkg.owner, ecosystem, name)
+        if public is not None:
+            info = PackageInfo(**{**_fields(info), "private": not public})
+        saved.append(services.catalog.packages.put(info.with_metadata(values)))
+    change = "private" if public is False else ("public" if public else "metadata")
+    audit(f"package-{change}", principal, pkg.owner, pkg.name)
+    labels.indexes_changed(services, pkg.owner)
+    return saved
+
+
+def _fields(info: PackageInfo) -> dict[str, Any]:
+    return {f: getattr(info, f) for f in info.__dataclass_fields__}
 
 
 async def _package(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
-    owner, name = _segments(route, 2)
+    owner, name = segments(route, 2)
     if request.method in ("GET", "HEAD"):
-        _can_read(services, request, route, owner)
-        uploads = _uploads(services, owner, name)
-        if not uploads:
+        principal = can_read(services, request, route, owner)
+        pkg = find_package(services, catalog_key(services, owner, principal), owner, name)
+        if not pkg.exists:
             raise NotFound(f"package {owner}/{name} does not exist")
-        versions = _versions(uploads)
-        channel = services.settings.channels[owner]
-        return web.json_response({
-            "name": uploads[0].name,
-            "full_name": f"{owner}/{uploads[0].name}",
-            "owner": {"login": owner},
-            "package_types": ["conda"],
-            "public": channel.public,
-            "summary": "",
-            "versions": versions,
-            "latest_version": versions[-1],
-            "conda_platforms": sorted({u.path.split("/", 1)[0] for u in uploads}),
-            "labels": sorted({label for u in uploads for label in u.labels}),
-            "files": [_dist_json(u, owner) for u in uploads],
-            "releases": [{"version": v, "distributions": [u.path for u in uploads if u.version == v]} for v in versions],
-        })
-    _can_write(services, request, route, owner)
+        return web.json_response(package_json(services, pkg))
+    principal = can_write(services, request, route, owner)
+    pkg = find_package(services, owner, owner, name)
     if request.method in ("POST", "PATCH"):
-        # packages exist through their files: creating one is a no-op that succeeds
-        await _json_body(request)
-        return web.json_response({"name": normalize(name), "full_name": f"{owner}/{normalize(name)}", "owner": {"login": owner}})
+        payload = await json_body(request)
+        if request.method == "PATCH" and not pkg.exists:
+            raise NotFound(f"package {owner}/{name} does not exist")
+        save_package(services, principal, pkg, payload)
+        return web.json_response(package_json(services, find_package(services, owner, owner, name)))
     if request.method == "DELETE":
-        services.catalog.remove(owner, "conda", [u.path for u in _uploads(services, owner, name)])
-        uploads_changed(services, owner)
+        labels.remove_uploads(services, principal, owner, pkg.uploads)
+        for info in pkg.infos:
+            services.catalog.packages.delete(owner, info.ecosystem, info.name)
+        audit("package-remove", principal, owner, pkg.name)
         return web.json_response({}, status=201)
     raise MethodNotAllowed()
 
 
 async def _release(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
-    owner, name, version = _segments(route, 3)
+    owner, name, version = segments(route, 3)
     if request.method in ("GET", "HEAD"):
-        _can_read(services, request, route, owner)
-        uploads = _uploads(services, owner, name, version)
-        if not uploads:
+        principal = can_read(services, request, route, owner)
+        pkg = find_package(services, catalog_key(services, owner, principal), owner, name, version)
+        if not pkg.uploads:
             raise NotFound(f"release {owner}/{name}/{version} does not exist")
-        return web.json_response({
-            "name": uploads[0].name,
-            "version": version,
-            "full_name": f"{owner}/{uploads[0].name}/{version}",
-            "distributions": [_dist_json(u, owner) for u in uploads],
-        })
-    _can_write(services, request, route, owner)
+        return web.json_response(release_json(services, pkg, version))
+    principal = can_write(services, request, route, owner)
+    pkg = find_package(services, owner, owner, name, version)
     if request.method in ("POST", "PATCH"):
-        await _json_body(request)
-        return web.json_response({"name": normalize(name), "version": version, "full_name": f"{owner}/{normalize(name)}/{version}"})
+        payload = await json_body(request)
+        given = payload.get("public_attrs")
+        attrs: dict[str, Any] = given if isinstance(given, dict) else payload
+        notes = {k: str(attrs[k])[:100_000] for k in ("description", "summary") if isinstance(attrs.get(k), str)}
+        for ecosystem in pkg.ecosystems() or list(ECOSYSTEMS):
+            info = services.catalog.packages.get(owner, ecosystem, key_name(ecosystem, pkg.name))
+            if info is None and not pkg.uploads and ecosystem not in pkg.ecosystems() and pkg.ecosystems():
+                continue
+            info = info or PackageInfo(owner, ecosystem, key_name(ecosystem, pkg.name))
+            fresh = {k: v for k, v in notes.items() if not getattr(info, k)}  # -s/-d fill empty package fields
+            info = PackageInfo(**{**_fields(info), "releases": {**info.releases, version: notes}})
+            services.catalog.packages.put(info.with_metadata(fresh))
+        if notes:
+            audit("release-metadata", principal, owner, f"{pkg.name}/{version}")
+        return web.json_response(release_json(services, find_package(services, owner, owner, name, version), version))
     if request.method == "DELETE":
-        services.catalog.remove(owner, "conda", [u.path for u in _uploads(services, owner, name, version)])
-        uploads_changed(services, owner)
+        labels.remove_uploads(services, principal, owner, pkg.uploads)
         return web.json_response({}, status=201)
     raise MethodNotAllowed()
 
 
-def _find_dist(services: Services, owner: str, name: str, version: str, basename: str) -> Upload:
-    upload = services.catalog.get(owner, "conda", basename)
-    if upload is None or upload.name != normalize(name) or upload.version != version:
-        raise NotFound(f"file {basename} does not exist for package {name} version {version}")
-    return upload
+def find_dist(services: Services, key: str, owner: str, name: str, version: str, basename: str) -> Any:
+    pkg = find_package(services, key, owner, name, version)
+    for upload in pkg.uploads:
+        if basename in (basename_of(upload), upload.path, upload.filename):
+            return upload
+    raise NotFound(f"file {basename} does not exist for package {name} version {version}")
 
 
 async def _dist(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
-    owner, name, version, basename = _segments(route, 4, rest=True)
+    owner, name, version, basename = segments(route, 4, rest=True)
     if request.method in ("GET", "HEAD"):
-        _can_read(services, request, route, owner)
-        return web.json_response(_dist_json(_find_dist(services, owner, name, version, basename), owner))
+        principal = can_read(services, request, route, owner)
+        upload = find_dist(services, catalog_key(services, owner, principal), owner, name, version, basename)
+        return web.json_response(dist_json(services, upload, owner))
     if request.method == "DELETE":
-        _can_write(services, request, route, owner)
-        upload = _find_dist(services, owner, name, version, basename)
-        services.catalog.remove(owner, "conda", [upload.path])
-        uploads_changed(services, owner)
-        return web.json_response(_dist_json(upload, owner))
+        principal = can_write(services, request, route, owner)
+        upload = find_dist(services, owner, owner, name, version, basename)
+        labels.remove_uploads(services, principal, owner, [upload])
+        return web.json_response(dist_json(services, upload, owner))
     raise MethodNotAllowed()
 
 
-def _check_basename(basename: str) -> tuple[str, str]:
-    subdir, _, filename = basename.partition("/")
-    if not SUBDIR_RE.match(subdir) or not is_package_filename(filename):
-        raise BadRequest(f"basename must be <subdir>/<package file>, got {basename[:200]!r}")
-    return subdir, filename
-
-
-async def _stage(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
-    """Step 1 of an anaconda-client upload: where to send the file."""
-    if request.method != "POST":
+async def _download(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
+    if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed()
-    owner, name, version, basename = _segments(route, 4, rest=True)
-    _can_write(services, request, route, owner)
-    _check_basename(basename)
-    payload = await _json_body(request)
-    channels = payload.get("channels") or []
-    labels = parse_labels([c for c in channels if isinstance(c, str)] if isinstance(channels, list) else [str(channels)])
-    if services.catalog.get(owner, "conda", basename) is not None:
-        raise Conflict(f"file {basename} already exists for package {name} version {version}")
-    token = route.token or token_from_headers(request.headers)
-    assert token is not None  # _can_write authenticated it
-    post_url = (
-        f"{_origin(services, request)}/t/{token}/api/upload/"
-        f"{quote(owner)}/{quote(name)}/{quote(version)}/{quote(basename)}"
-    )
-    form_data = {"labels": ",".join(labels)}
-    sha256 = payload.get("sha256")
-    if isinstance(sha256, str) and len(sha256) == 64:
-        form_data["sha256"] = sha256.lower()
-    return web.json_response({"post_url": post_url, "form_data": form_data, "dist_id": basename, "basename": basename})
+    owner, name, version, basename = segments(route, 4, rest=True)
+    principal = can_read(services, request, route, owner)
+    upload = find_dist(services, catalog_key(services, owner, principal), owner, name, version, basename)
+    return services.sources.hosted_file(upload.sha256, upload.filename, "application/octet-stream")
 
 
-def _s3_error(exc: ChannelgateError) -> web.Response:
-    """anaconda-client parses a failed storage POST as S3's XML error document."""
-    code = "InvalidDigest" if "digest" in exc.message.lower() else type(exc).__name__
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{escape(code)}</Code><Message>{escape(exc.message)}</Message></Error>"
-    )
-    return web.Response(status=http_status(exc), text=body, content_type="application/xml", headers=exc.headers)
-
-
-async def _post_file(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
-    """Step 2: the storage POST (S3-style multipart: form fields, then ``file``)."""
-    try:
-        if request.method != "POST":
-            raise MethodNotAllowed()
-        owner, name, version, basename = _segments(route, 4, rest=True)
-        principal = _can_write(services, request, route, owner)
-        subdir, filename = _check_basename(basename)
-        form = await read_form(request, services, file_fields=("file",), strip_dirs=True)
-        blob, digests = form.blob, form.digests
-        async with blob:
-            fields = {name: values[0] for name, values in form.fields.items() if values}
-            md5_b64 = fields.get("Content-MD5")
-            if md5_b64 and md5_b64 != base64.b64encode(bytes.fromhex(digests["md5"])).decode():
-                raise BadRequest("the Content-MD5 digest does not match the file")
-            declared = fields.get("sha256")
-            if declared and declared.lower() != digests["sha256"]:
-                raise BadRequest("the sha256 digest does not match the file")
-
-            def check(pkg: CondaPackage) -> None:  # the package must be what the URL says
-                if pkg.subdir != subdir or normalize(pkg.name) != normalize(name) or pkg.version != version:
-                    raise BadRequest(
-                        f"the file is {pkg.subdir}/{pkg.filename} ({pkg.name} {pkg.version}),"
-                        f" not {basename} ({name} {version})"
-                    )
-
-            pkg, upload = await store_conda_upload(
-                services, owner, principal.user, blob, filename, digests,
-                parse_labels([fields.get("labels", "")]), check=check,
-            )
-        return web.json_response(upload_summary(pkg, upload), status=201)
-    except ChannelgateError as exc:
-        return _s3_error(exc)
-
-
-async def _commit(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
-    """Step 3: the file was stored by the storage POST; confirm it."""
-    if request.method != "POST":
-        raise MethodNotAllowed()
-    owner, name, version, basename = _segments(route, 4, rest=True)
-    _can_write(services, request, route, owner)
-    await _json_body(request)
-    upload = _find_dist(services, owner, name, version, basename)
-    result = _dist_json(upload, owner)
-    result["url"] = f"{_origin(services, request)}/{owner}/{upload.path}"
-    return web.json_response(result)
-
-
-async def _channels(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
-    """Labels (anaconda-client still calls them channels): list, show, add/remove files, copy."""
-    parts = route.rest.split("/")[1:]
-    if not parts or not parts[0]:
-        raise NotFound()
-    owner = parts[0]
-    catalog = services.catalog
-    if len(parts) == 1:
-        if request.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed()
-        _can_read(services, request, route, owner)
-        counts: dict[str, int] = {}
-        for upload in catalog.list(owner, "conda"):
-            for label in upload.labels:
-                counts[label] = counts.get(label, 0) + 1
-        return web.json_response({label: {"num_files": n} for label, n in sorted(counts.items())})
-    label = parse_labels([parts[1]])[0]
-    if len(parts) == 2 and request.method in ("GET", "HEAD"):
-        _can_read(services, request, route, owner)
-        files = [_dist_json(u, owner) for u in catalog.list(owner, "conda") if label in u.labels]
-        return web.json_response({"name": label, "files": files, "num_files": len(files)})
-    _can_write(services, request, route, owner)
-    if len(parts) == 4 and parts[2] == "copy" and request.method == "POST":
-        to_label = parse_labels([parts[3]])[0]
-        for upload in catalog.list(owner, "conda"):
-            if label in upload.labels and to_label not in upload.labels:
-                catalog.set_labels(owner, "conda", upload.path, [*upload.labels, to_label])
-        uploads_changed(services, owner)
-        return web.json_response({}, status=201)
-    if len(parts) != 2 or request.method not in ("POST", "DELETE"):
-        raise NotFound()
-    spec = await _json_body(request)
-    selected = [
-        u for u in catalog.list(owner, "conda")
-        if (not spec.get("package") or u.name == normalize(str(spec["package"])))
-        and (not spec.get("version") or u.version == str(spec["version"]))
-        and (not spec.get("basename") or u.path == str(spec["basename"]))
-    ]
-    for upload in selected:
-        labels = set(upload.labels)
-        labels = labels | {label} if request.method == "POST" else labels - {label}
-        catalog.set_labels(owner, "conda", upload.path, sorted(labels))
-    uploads_changed(services, owner)
-    return web.json_response({"files": len(selected)}, status=201)
+__all__ = ["api_handlers", "PACKAGE_TYPE", "save_package"]

@@ -28,7 +28,7 @@ def segments(route: Route, count: int, *, rest: bool = False) -> list[str]:
     return parts
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.BaseRequest) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     body = await request.content.read(MAX_JSON + 1)
@@ -49,13 +49,13 @@ def iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
-def can_write(services: Services, request: web.Request, route: Route, owner: str) -> Principal:
+def can_write(services: Services, request: web.BaseRequest, route: Route, owner: str) -> Principal:
     principal = services.guard.authorize(request.headers, route.token, owner, Action.WRITE, request.remote)
     assert principal is not None  # writing is never anonymous
     return principal
 
 
-def can_read(services: Services, request: web.Request, route: Route, owner: str) -> Principal | None:
+def can_read(services: Services, request: web.BaseRequest, route: Route, owner: str) -> Principal | None:
     """``api:read`` on the channel, or ``api:write`` (uploaders look before they write)."""
     guard = services.guard
     try:
@@ -67,5 +67,5 @@ def can_read(services: Services, request: web.Request, route: Route, owner: str)
             raise first from None
 
 
-def principal_of(services: Services, request: web.Request, route: Route) -> Principal:
+def principal_of(services: Services, request: web.BaseRequest, route: Route) -> Principal:
     return services.guard.authenticate(request.headers, route.token, request.remote)

@@ -69,3 +69,14 @@ def decide(principal: Principal | None, channel: ChannelPolicy | None, action: A
     if role_of(principal, channel) < ROLE_RANK[action.min_role]:
         return Decision.FORBIDDEN
     return Decision.ALLOW
+
+
+def sees_private(principal: Principal | None, channel: ChannelPolicy, action: Action) -> bool:
+    """Whether private packages of the channel are visible to this principal: the read role
+    there and the scope ``action`` needs, as if the channel were not public (DESIGN,
+    "Accounts": private = invisible to anyone without the read role)."""
+    if principal is None:
+        return False
+    if action.scope not in principal.scopes and "all" not in principal.scopes:
+        return False
+    return role_of(principal, channel) >= ROLE_RANK["read"]

@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import Conflict
+from .packages import PackageTable
+
+# The catalog key of a channel's public view (``~`` cannot appear in a channel name): its
+# uploads minus private packages, with every name kept for the merge rule.
+PUBLIC_VIEW = "~public"
+
+
+def public_view(channel: str) -> str:
+    return channel + PUBLIC_VIEW
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -100,6 +109,7 @@ class SqliteCatalog:
         self._generation: dict[tuple[str, str], int] = {}
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
         self._epoch = 0  # bumps when another process (a --workers sibling) committed
+        self.packages = PackageTable(self._db, self._lock, self._bump)
         self._data_version = self._read_data_version()
 
     def close(self) -> None:
@@ -117,10 +127,11 @@ class SqliteCatalog:
             self._data_version = version
             self._epoch += 1
             self._snapshots.clear()
+            self.packages.reload()
 
     def generation(self, channel: str, ecosystem: str) -> int:
         self._sync()
-        return self._generation.get((channel, ecosystem), 0) + (self._epoch << 32)
+        return self._generation.get((channel.removesuffix(PUBLIC_VIEW), ecosystem), 0) + (self._epoch << 32)
 
     def _bump(self, channel: str, ecosystem: str) -> None:
         key = (channel, ecosystem)
@@ -132,12 +143,26 @@ class SqliteCatalog:
         snap = self._snapshots.get(key)
         if snap is not None and snap.generation == gen:
             return snap
+        if channel.endswith(PUBLIC_VIEW):
+            return self._public_view(channel, ecosystem)
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM uploads WHERE channel=? AND ecosystem=? ORDER BY uploaded_at, path", key
             ).fetchall()
         snap = Snapshot.build(gen, tuple(_row_to_upload(r) for r in rows))
         self._snapshots[key] = snap
+        return snap
+
+    def _public_view(self, view: str, ecosystem: str) -> Snapshot:
+        """A channel's uploads without its private packages; ``names`` stays the full set,
+        so the merge rule keeps hiding upstream versions of a private name."""
+        base = self.snapshot(view.removesuffix(PUBLIC_VIEW), ecosystem)
+        hidden = self.packages.private_names(view.removesuffix(PUBLIC_VIEW), ecosystem)
+        if not hidden:
+            return base
+        snap = Snapshot.build(base.generation, tuple(u for u in base.uploads if u.name not in hidden))
+        snap = _replace(snap, names=base.names)
+        self._snapshots[(view, ecosystem)] = snap
         return snap
 
     def list(self, channel: str, ecosystem: str) -> tuple[Upload, ...]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from .packages import PackageTable
     from .blobs import Area, Blob, TempBlob
     from .catalog import Snapshot, Upload
 
@@ -56,7 +57,13 @@ class Store(Protocol):
 
 class Catalog(Protocol):
     """Uploads by (channel, ecosystem, path), with labels; ``generation`` changes whenever a
-    (channel, ecosystem) changes, in this process or another one sharing the backend."""
+    (channel, ecosystem) changes, in this process or another one sharing the backend.
+
+    ``packages`` holds package settings (privacy, metadata, locked labels). Every read
+    method also takes ``catalog.public_view(channel)``: that channel without its private
+    packages, ``names`` still holding them (the merge rule counts them)."""
+
+    packages: "PackageTable"
 
     def close(self) -> None: ...
 

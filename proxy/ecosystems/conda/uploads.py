@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ...context import Services
-from ...errors import BadRequest
+from ...errors import BadRequest, Locked
 from ...store.blobs import TempBlob
 from ...store.catalog import Upload
 from ...uploads import publish
@@ -63,6 +63,9 @@ async def store_conda_upload(
 
     if check is not None:
         check(pkg)
+    locked = services.catalog.packages.locked_labels(channel).intersection(labels)
+    if locked:
+        raise Locked(f"label {sorted(locked)[0]!r} of {channel} is locked (anaconda label --unlock)")
     upload = await publish(
         services,
         blob,

@@ -136,7 +136,7 @@ class PyPI:
         key = (channel.name, snap.generation, tuple((f.upstream.name, f.value.digest) for f in walk.found))
         found = self._names.get(key)
         if found is None:
-            names = dict.fromkeys(snap.names, "hosted")
+            names = dict.fromkeys(snap.by_name, "hosted")  # visible uploads (a public view hides private ones)
             for f in walk.found:
                 up = f.upstream
                 for entry in self._parse(f.value, root=True):

@@ -1,0 +1,147 @@
+"""Package settings beside the uploads, in the catalog's database: privacy and the metadata
+anaconda-client shows (summary, description, license, home page), and locked labels.
+
+A package here is (channel, ecosystem, name) with the name in its ecosystem's normal form,
+the same key the merge rule uses. A row may exist before any file (``anaconda package
+--create``). ``private`` makes the package invisible on a public channel to anyone
+without the read role (DESIGN, "Accounts ..."): the catalog's public view leaves its files
+out, while the merge rule still counts its name, so no upstream version of it shows through.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS packages (
+    channel     TEXT NOT NULL,
+    ecosystem   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    private     INTEGER NOT NULL,
+    summary     TEXT NOT NULL,
+    description TEXT NOT NULL,
+    license     TEXT NOT NULL,
+    home        TEXT NOT NULL,
+    releases    TEXT NOT NULL,   -- JSON {version: {"description": ...}}
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (channel, ecosystem, name)
+);
+CREATE TABLE IF NOT EXISTS locked_labels (
+    channel TEXT NOT NULL,
+    label   TEXT NOT NULL,
+    PRIMARY KEY (channel, label)
+);
+"""
+METADATA_FIELDS = ("summary", "description", "license", "home")
+
+
+@dataclass(frozen=True, slots=True)
+class PackageInfo:
+    channel: str
+    ecosystem: str
+    name: str
+    private: bool = False
+    summary: str = ""
+    description: str = ""
+    license: str = ""
+    home: str = ""
+    releases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    def with_metadata(self, values: Mapping[str, Any]) -> "PackageInfo":
+        """This package with the given metadata fields set (others kept)."""
+        chosen: dict[str, Any] = {k: str(v)[:100_000] for k, v in values.items() if k in METADATA_FIELDS and v is not None}
+        return replace(self, **chosen)
+
+
+class PackageTable:
+    """Rows of ``packages`` and ``locked_labels``; the whole table is held in memory (one row per
+    package name) and read again when ``reload`` is called (the catalog's sync does)."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, changed: Callable[[str, str], None]) -> None:
+        self._db = db
+        self._lock = lock
+        self._changed = changed
+        db.executescript(SCHEMA)
+        self._rows: dict[tuple[str, str, str], PackageInfo] = {}
+        self._private: dict[tuple[str, str], frozenset[str]] = {}
+        self._locked: dict[str, frozenset[str]] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM packages").fetchall()
+            locks = self._db.execute("SELECT channel, label FROM locked_labels").fetchall()
+        self._rows = {(r[0], r[1], r[2]): _row(r) for r in rows}
+        private: dict[tuple[str, str], set[str]] = {}
+        for info in self._rows.values():
+            if info.private:
+                private.setdefault((info.channel, info.ecosystem), set()).add(info.name)
+        self._private = {k: frozenset(v) for k, v in private.items()}
+        locked: dict[str, set[str]] = {}
+        for channel, label in locks:
+            locked.setdefault(channel, set()).add(label)
+        self._locked = {k: frozenset(v) for k, v in locked.items()}
+
+    # ------------------------------------------------------------------ reads
+    def get(self, channel: str, ecosystem: str, name: str) -> PackageInfo | None:
+        return self._rows.get((channel, ecosystem, name))
+
+    def of_channel(self, channel: str) -> list[PackageInfo]:
+        return [info for key, info in self._rows.items() if key[0] == channel]
+
+    def private_names(self, channel: str, ecosystem: str) -> frozenset[str]:
+        return self._private.get((channel, ecosystem), frozenset())
+
+    def has_private(self, channel: str) -> bool:
+        return any(key[0] == channel for key in self._private)
+
+    def locked_labels(self, channel: str) -> frozenset[str]:
+        return self._locked.get(channel, frozenset())
+
+    # ------------------------------------------------------------------ writes
+    def put(self, info: PackageInfo) -> PackageInfo:
+        old = self.get(info.channel, info.ecosystem, info.name)
+        if not info.created_at:
+            info = replace(info, created_at=old.created_at if old else time.time())
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (info.channel, info.ecosystem, info.name, int(info.private), info.summary, info.description,
+                 info.license, info.home, json.dumps(dict(info.releases), sort_keys=True), info.created_at),
+            )
+        self.reload()
+        if old is None or old.private != info.private:
+            self._changed(info.channel, info.ecosystem)  # the public view's indexes change
+        return info
+
+    def delete(self, channel: str, ecosystem: str, name: str) -> None:
+        old = self.get(channel, ecosystem, name)
+        if old is None:
+            return
+        with self._lock:
+            self._db.execute("DELETE FROM packages WHERE channel=? AND ecosystem=? AND name=?", (channel, ecosystem, name))
+        self.reload()
+        if old.private:
+            self._changed(channel, ecosystem)
+
+    def set_locked(self, channel: str, label: str, locked: bool) -> None:
+        with self._lock:
+            if locked:
+                self._db.execute("INSERT OR IGNORE INTO locked_labels VALUES (?,?)", (channel, label))
+            else:
+                self._db.execute("DELETE FROM locked_labels WHERE channel=? AND label=?", (channel, label))
+        self.reload()
+
+
+def _row(row: tuple[Any, ...]) -> PackageInfo:
+    channel, ecosystem, name, private, summary, description, license_, home, releases, created = row
+    return PackageInfo(
+        channel=channel, ecosystem=ecosystem, name=name, private=bool(private), summary=summary,
+        description=description, license=license_, home=home, releases=json.loads(releases), created_at=created,
+    )
