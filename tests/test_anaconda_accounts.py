@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from harness import Channelgate, Policy, client_env, http, remember_secret, venv_bin
+from harness import Channelgate, Policy, client_env, http, leaked_secrets, remember_secret, venv_bin
 
 PASSWORD = "alice-pass-1234"
 
@@ -237,3 +237,22 @@ def test_failed_authentication_is_braked_per_address_and_per_user(tmp_path: Path
     # alice is braked from everywhere, however right the password; bob is not
     assert request_from(server, "127.0.0.5", sign_in, basic("alice", PASSWORD), "POST") == 429
     assert request_from(server, "127.0.0.5", page, {"X-Auth": good}) == 200
+
+
+def test_revocation_reaches_every_worker(tmp_path: Path) -> None:
+    """Two worker processes share the port; after ``token revoke`` no connection, whichever
+    worker takes it, accepts the token (each had it verified and remembered before)."""
+    policy = Policy({"users": ["alice"], "channels": {"internal": {"read": ["user:alice"], "write": ["user:alice"]}}})
+    creator = policy.add_token("alice", ["all"], name="creator")
+    server = Channelgate(tmp_path / "cg", policy, args=["--workers", "2"]).start()
+    try:
+        world = World(tmp_path, server, {})
+        status, data = make_token(world, "alice", creator, note="shared", scopes=["conda:download"])
+        assert status == 200
+        assert all(world.repodata(data["token"]) == 200 for _ in range(12))  # fresh connections: both workers
+        assert cli("token", "revoke", "shared", "--config", str(server.config)).returncode == 0
+        assert until(lambda: all(world.repodata(data["token"]) == 401 for _ in range(12)))
+        assert all(world.repodata(data["token"]) == 401 for _ in range(24))
+    finally:
+        server.stop()
+    assert not leaked_secrets(server.log())
