@@ -256,3 +256,15 @@ def test_revocation_reaches_every_worker(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not leaked_secrets(server.log())
+
+
+def test_logout_revokes_the_token_in_use(world: World) -> None:
+    home = world.base / "home-logout"
+    login = anaconda(world, home, "org", "login", "--username", "alice", "--password", PASSWORD, "--hostname", "gone")
+    assert login.returncode == 0, login.stdout + login.stderr
+    (token,) = {path.read_text().strip() for path in home.rglob("*.token")}
+    remember_secret(token)
+    assert world.repodata(token) == 200
+    out = anaconda(world, home, "org", "logout")
+    assert out.returncode == 0, out.stderr
+    assert world.repodata(token) == 401 and not list(home.rglob("*.token"))

@@ -31,12 +31,12 @@ class World:
     tokens: dict[str, str]
     home: Path
 
-    def cli(self, token: str, *args: str) -> Any:
+    def cli(self, token: str, *args: str, cwd: Path | None = None) -> Any:
         """``anaconda -t TOKEN org ARGS``: anaconda-client's own commands."""
         env = client_env(self.home)
         env.pop("BINSTAR_API_TOKEN", None)
         env.pop("ANACONDA_API_TOKEN", None)
-        return run([venv_bin("anaconda"), "-t", token, "org", *args], env=env, timeout=180)
+        return run([venv_bin("anaconda"), "-t", token, "org", *args], env=env, timeout=180, cwd=cwd)
 
     def get(self, path: str, token: str = "") -> tuple[int, bytes]:
         prefix = f"/t/{token}" if token else ""
@@ -300,3 +300,15 @@ def test_every_write_is_one_audit_line(world: World) -> None:
                  "user=alice token=alice-all action=label-remove channel=pub file=noarch/audited-1.0-0.conda",
                  "user=alice token=alice-all action=delete channel=pub file=noarch/audited-1.0-0.conda"):
         assert line in log, line
+
+
+def test_download_fetches_the_package_files(world: World) -> None:
+    pkg = conda_pkg(world, "fetched")
+    assert upload(world, pkg).returncode == 0
+    out = world.base / "downloads"
+    out.mkdir()
+    # anaconda-client makes a conda file's subdir folder in the working directory: download there
+    got = world.cli(world.tokens["bob"], "download", "pub/fetched", cwd=out)
+    assert got.returncode == 0, output(got)
+    (found,) = [p for p in out.rglob("fetched-1.0-0.conda")]
+    assert found.read_bytes() == pkg.read_bytes()
