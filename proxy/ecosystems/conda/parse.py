@@ -22,7 +22,6 @@ import itertools
 import json
 import operator
 import re
-import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,9 +40,9 @@ from .sections import (
     Encoding,
     Repodata,
     SectionBuilder,
+    SectionFiles,
     dump_record,
     is_package_filename,
-    sorted_on_disk,
 )
 
 SECTION_OF = {"packages": ".tar.bz2", "packages.conda": ".conda"}
@@ -419,30 +418,15 @@ def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit:
     """Parse a stored ``repodata.json[.zst|.bz2]`` streaming: peak memory is a few windows
     plus the arrays; the sections are written to files in ``workdir`` (removed when the
     returned ``Repodata`` is garbage-collected)."""
-    stem = workdir / f"conda-records-{uuid.uuid4().hex}"
-    paths = {ext: stem.with_suffix(f".{ext.strip('.').replace('.', '-')}") for ext in EXTENSIONS}
-    outputs: dict[str, BinaryIO] = {}
-    try:
-        for ext, p in paths.items():
-            outputs[ext] = open(p, "wb")  # noqa: SIM115 - closed below
+    with SectionFiles(workdir) as files:
         with open_body(path, encoding) as body:
             try:
-                parser = _parse(body, outputs, limit)
+                parser = _parse(body, files.outputs, limit)
             except zstandard.ZstdError as exc:
                 raise BadRequest(f"repodata.json.zst is not valid zstd ({exc})") from None
             except (OSError, EOFError) as exc:
                 raise BadRequest(f"repodata.json is not readable ({exc})") from None
-        for out in outputs.values():
-            out.close()
-        repodata = parser.result({ext: Data(path=p) for ext, p in paths.items()})
-        for ext, section in repodata.sections.items():
-            if section.perm is not None:  # not sorted upstream: sort once, so merges copy long ranges
-                paths[ext] = paths[ext].with_name(paths[ext].name + "-sorted")
-                repodata.sections[ext] = sorted_on_disk(section, paths[ext])
+        files.close()
+        repodata = parser.result(files.data())
+        files.sort(repodata.sections)
         return repodata
-    except BaseException:
-        for out in outputs.values():
-            out.close()
-        for p in paths.values():
-            p.unlink(missing_ok=True)
-        raise

@@ -17,6 +17,7 @@ import itertools
 import json
 import operator
 import os
+import uuid
 import weakref
 from array import array
 from collections.abc import Iterator
@@ -335,3 +336,51 @@ def sorted_on_disk(section: Section, path: Path) -> Section:
     sorted_offsets = array("Q", itertools.accumulate(map(operator.sub, ends, starts), initial=0))
     return Section(section.ext, Data(path=path), sorted_offsets, array("I", map(section.klens.__getitem__, perm)),
                    array("I", map(section.nids.__getitem__, perm)), None)
+
+
+class SectionFiles:
+    """The files one parse writes its sections to, one per extension, in ``workdir``: a
+    context that closes them, and removes every one of them when the parse fails."""
+
+    def __init__(self, workdir: Path) -> None:
+        stem = workdir / f"conda-records-{uuid.uuid4().hex}"
+        self.paths = {ext: stem.with_suffix(f".{ext.strip('.').replace('.', '-')}") for ext in EXTENSIONS}
+        self.outputs: dict[str, BinaryIO] = {}
+
+    def __enter__(self) -> "SectionFiles":
+        try:
+            for ext, path in self.paths.items():
+                self.outputs[ext] = open(path, "wb")  # noqa: SIM115 - closed in close()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self._remove()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        for out in self.outputs.values():
+            out.close()
+
+    def data(self) -> dict[str, Data]:
+        return {ext: Data(path=path) for ext, path in self.paths.items()}
+
+    def sort(self, sections: dict[str, Section]) -> None:
+        """Sections whose entries did not arrive sorted, sorted once on disk (so merges copy
+        long ranges)."""
+        for ext, section in sections.items():
+            if section.perm is not None:
+                sections[ext] = sorted_on_disk(section, self._sorted_path(ext))
+
+    def _sorted_path(self, ext: str) -> Path:
+        return self.paths[ext].with_name(self.paths[ext].name + "-sorted")
+
+    def _remove(self) -> None:
+        self.close()
+        for ext, path in self.paths.items():
+            path.unlink(missing_ok=True)
+            self._sorted_path(ext).unlink(missing_ok=True)

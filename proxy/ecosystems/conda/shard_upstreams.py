@@ -21,18 +21,16 @@ compressed bytes, so a shard is immutable.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from ...cache import Doc, MetadataCache
 from ...errors import InvalidInput, NotFound, UpstreamError
 from ...memo import Memo
 from ...settings import UpstreamSettings
 from .cep16 import ShardIndex, parse_shard
-from .sections import EXTENSIONS, REPODATA_VERSION, Data, Repodata, SectionBuilder, sorted_on_disk
+from .sections import EXTENSIONS, REPODATA_VERSION, Repodata, SectionBuilder, SectionFiles
 
 SHARD_CONCURRENCY = 16  # shard requests in flight per upstream index build
 
@@ -100,13 +98,8 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
     """The records of every shard as a ``Repodata`` whose sections live in ``workdir``
     (files removed when it is garbage-collected). Raises InvalidInput when a shard is not
     valid (wrong hash, not zstd/msgpack), as parse.py does for invalid repodata."""
-    stem = workdir / f"conda-records-{uuid.uuid4().hex}"
-    paths = {ext: stem.with_suffix(f".{ext.strip('.').replace('.', '-')}") for ext in EXTENSIONS}
-    outputs: dict[str, BinaryIO] = {}
-    try:
-        for ext, p in paths.items():
-            outputs[ext] = open(p, "wb")  # noqa: SIM115 - closed below
-        builders = {ext: SectionBuilder(ext, outputs[ext]) for ext in EXTENSIONS}
+    with SectionFiles(workdir) as files:
+        builders = {ext: SectionBuilder(ext, files.outputs[ext]) for ext in EXTENSIONS}
         name_ids: dict[str, int] = {}
         removed: set[str] = set()
         for stored in shards:
@@ -128,25 +121,15 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
                 nids.append(name_ids.setdefault(name, len(name_ids)))
             for ext, (pieces, lengths, keys, nids) in per_ext.items():
                 builders[ext].add_block(pieces, lengths, keys, nids)
-        for out in outputs.values():
-            out.close()
-        sections = {ext: builders[ext].finish(Data(path=paths[ext])) for ext in EXTENSIONS}
-        for ext, section in sections.items():
-            if section.perm is not None:  # shards sorted by name are not always sorted by file name
-                paths[ext] = paths[ext].with_name(paths[ext].name + "-sorted")
-                sections[ext] = sorted_on_disk(section, paths[ext])
+        files.close()
+        data = files.data()
+        sections = {ext: builders[ext].finish(data[ext]) for ext in EXTENSIONS}
+        files.sort(sections)  # shards sorted by name are not always sorted by file name
         # kept relative: UpstreamSubdir.file_url resolves it against the index URL (CEP-16),
         # so upstreams serving the same index bytes can share this parse (memoised by digest)
         base_url = index.info.get("base_url")
         info = {"subdir": index.info.get("subdir"), "base_url": base_url if isinstance(base_url, str) else ""}
         return Repodata(info, tuple(sorted(removed)), REPODATA_VERSION, list(name_ids), sections)
-    except BaseException:
-        for out in outputs.values():
-            out.close()
-        for p in paths.values():
-            p.unlink(missing_ok=True)
-            p.with_name(p.name + "-sorted").unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["SHARD_CONCURRENCY", "StoredShard", "fetch_shards", "repodata_from_shards"]
