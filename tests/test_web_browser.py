@@ -1,6 +1,6 @@
 """The web UI in a real browser: Debian's headless Chromium driven by selenium
 (chromedriver). Sign-in by token and by password, browsing, search, upload and its refusal,
-making a token (then using and revoking it with curl), with the keyboard.
+making a token (then using and revoking it with curl), the privacy toggle, with the keyboard.
 
 The README's screenshots come from this run: set ``UPDATE_SCREENSHOTS=1`` to write them
 to docs/screenshots/ (otherwise they go to the test's temporary directory only).
@@ -19,7 +19,7 @@ import requests
 from conftest import require_tool
 from fixtures.wheels import make_wheel
 from harness import REPO_ROOT
-from webui_world import PASSWORD, World, build_world
+from webui_world import PASSWORD, World, build_world, signed_in
 
 selenium = pytest.importorskip("selenium", reason="selenium is in the test extras")
 from selenium import webdriver  # noqa: E402
@@ -198,3 +198,34 @@ def test_make_a_token_use_it_with_curl_and_revoke_it(browser: WebDriver, world: 
     assert "Token laptop revoked" in wait_for(browser, ".flash").text
     assert "laptop" not in browser.find_element(By.ID, "tokens").text
     assert curl_status(index) == "401"
+
+
+def test_privacy_toggle(browser: WebDriver, world: World) -> None:
+    page_path = "/ui/c/mirror/conda/mirror-secret"
+    repodata = f"{world.url}/mirror/noarch/repodata.json"
+
+    def anonymous_sees() -> tuple[bool, bool, bool, bool]:
+        listing = requests.get(f"{world.url}/ui/c/mirror?q=mirror-secret", timeout=30).text
+        found = requests.get(f"{world.url}/ui/search?q=mirror-sec", timeout=30).text
+        page = requests.get(f"{world.url}{page_path}", timeout=30)
+        index = requests.get(repodata, timeout=30).text
+        return (">mirror-secret<" in listing, ">mirror-secret<" in found, page.status_code == 200,
+                "mirror-secret" in index)
+
+    assert anonymous_sees() == (True, True, True, True)
+    sign_in_with_token(browser, world, "alice")
+    browser.get(f"{world.url}{page_path}")
+    assert "visible" in wait_for(browser, "#privacy").text
+    browser.find_element(By.ID, "privacy-toggle").click()
+    assert "now private" in wait_for(browser, ".flash").text
+    assert browser.find_element(By.ID, "privacy").text == "private"
+    assert anonymous_sees() == (False, False, False, False)  # the page, listings, search and the index
+    amy = signed_in(world, "amy")  # signed in, but no role on the mirror: the same as anonymous
+    assert ">mirror-secret<" not in amy.get(f"{world.url}/ui/c/mirror?q=mirror-secret", timeout=30).text
+    assert amy.get(f"{world.url}{page_path}", timeout=30).status_code == 404
+    browser.get(f"{world.url}/ui/c/mirror?q=mirror-secret")  # the admin still sees it
+    assert "mirror-secret" in wait_for(browser, "#packages").text
+    browser.get(f"{world.url}{page_path}")
+    wait_for(browser, "#privacy-toggle").click()
+    assert "now public" in wait_for(browser, ".flash").text
+    assert anonymous_sees() == (True, True, True, True)

@@ -268,3 +268,20 @@ def test_a_changed_password_ends_its_sessions(tmp_path: Path, channelgate_factor
     assert "policy reloaded" in server.reload()
     home = session.get(f"{server.url}/ui/", timeout=30).text
     assert 'id="signed-in-user"' not in home and "/ui/c/c" not in home
+
+
+def test_privacy_toggle_needs_the_admin_role_and_csrf(world: World) -> None:
+    page_path = "/ui/c/mirror/conda/mirror-secret"
+    bob = signed_in(world, "bob")  # every scope, but no role on the public mirror
+    page = get(bob, world, page_path).text
+    assert 'id="privacy"' in page and 'id="privacy-toggle"' not in page
+    resp = bob.post(f"{world.url}{page_path}/privacy", data={"csrf": csrf_of(page), "private": "1"},
+                    timeout=30, allow_redirects=False)
+    assert resp.status_code == 403 and "admin role" in resp.text
+    alice = signed_in(world, "alice")
+    page = get(alice, world, page_path).text
+    assert 'id="privacy-toggle"' in page
+    resp = alice.post(f"{world.url}{page_path}/privacy", data={"csrf": "forged", "private": "1"},
+                      timeout=30, allow_redirects=False)
+    assert resp.status_code == 403 and "CSRF" in resp.text
+    assert "mirror-secret" in get(None, world, "/ui/c/mirror?q=mirror-secret").text  # still public

@@ -80,8 +80,9 @@ def build_world(work: Path, upstream_factory: Callable[..., UpstreamServer],
     world.files["bravoconda"] = build_package(uploads, PkgSpec("bravoconda", "5.0"))
     world.files["bravo-wheel"] = make_wheel(uploads, "bravo-wheel", "0.5")
     world.files["bravo-secret"] = build_package(uploads, PkgSpec("bravo-secret", "1.0"))
+    world.files["mirror-secret"] = build_package(uploads, PkgSpec("mirror-secret", "0.1"))
     for name, channel, token in (("alphaconda", "team-a", "alice"), ("bravoconda", "team-b", "bob"),
-                                 ("bravo-secret", "team-b", "bob")):
+                                 ("bravo-secret", "team-b", "bob"), ("mirror-secret", "mirror", "alice")):
         assert api_upload(world, channel, world.files[name], tokens[token]).status_code == 201
     for name, channel, token in (("alpha-wheel", "team-a", "alice"), ("bravo-wheel", "team-b", "bob")):
         path = world.files[name]

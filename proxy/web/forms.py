@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any, Mapping, cast
 
 from aiohttp import web
@@ -17,6 +18,8 @@ from multidict import MultiDictProxy
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 
 from ..api.accounts import revoke_token
+from ..api.anaconda import save_package
+from ..api.objects import find_package
 from ..audit import audit
 from ..auth.accounts import DAY, TokenRequest, make_token
 from ..auth.policy import Action, Decision, decide
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 from .ui import form_value, redirect, require_method
 
+TYPE_OF_ECOSYSTEM = {"conda": "conda", "pypi": "pypi", "cran": "r"}  # anaconda.org package types
 CSRF_REFUSED = "the form has expired or did not come from this site (CSRF check failed): reload the page and try again"
 UPLOAD_KINDS = {
     "auto": "Tell from the file name",
@@ -234,4 +238,25 @@ def iso_day(seconds: float) -> str:
 
 
 async def privacy(ui: "WebUI", page: "Page", channel: str, ecosystem: str, name: str) -> web.StreamResponse:
-    raise NotFound("package privacy is not available on this server yet")
+    """Make a package private or public again (the admin role), through the API's own
+    ``save_package`` (``anaconda package --private``, ``PATCH /api/package``)."""
+    require_method(page, "POST")
+    form = await _post_form(page)
+    from .pages import HIDDEN
+    from .packages import package_view
+
+    policy = ui.services.settings.channels.get(channel)
+    if policy is None or ecosystem not in ui.readable(page.principal, policy):
+        raise NotFound(HIDDEN)
+    try:
+        view = await package_view(ui.services, ui.view(page.principal, policy, ecosystem), ecosystem, name)
+    except NotFound:
+        raise NotFound(HIDDEN) from None
+    if page.principal is None or decide(page.principal, policy, Action.ADMIN) is not Decision.ALLOW:
+        raise Forbidden("changing a package's privacy needs the admin role on this channel")
+    private = form_value(form, "private") == "1"
+    pkg = find_package(ui.services, channel, channel, view.name)
+    save_package(ui.services, page.principal, pkg,
+                 {"public": not private, "public_attrs": {"package_types": [TYPE_OF_ECOSYSTEM[ecosystem]]}})
+    page.flash(f"{view.name} is now {'private: only readers of ' + channel + ' see it' if private else 'public'}.")
+    return redirect(f"/ui/c/{quote(channel, safe='')}/{ecosystem}/{quote(view.name, safe='')}")

@@ -114,9 +114,10 @@ class Names:
         self._indexes: Memo[Key, NameIndex] = Memo(64)
         self._channeldata: Memo[str, Mapping[str, tuple[str, ...]]] = Memo(16)
 
-    async def index(self, channel: ChannelPolicy, ecosystems: Sequence[str]) -> NameIndex:
+    async def index(self, views: Sequence[tuple[str, ChannelPolicy]]) -> NameIndex:
+        """The names of these (ecosystem, channel or its public view) pairs, indexed."""
         parts: list[tuple[str, Key, Mapping[str, str]]] = []
-        for eco in ecosystems:
+        for eco, channel in views:
             key, names = await self.names(channel, eco)
             parts.append((eco, key, names))
         key = tuple((eco, k) for eco, k, _ in parts)
@@ -157,7 +158,7 @@ class Names:
         found = self._lists.get(key)
         if found is not None:
             return key, found
-        names: dict[str, str] = dict.fromkeys(snap.names, HOSTED)
+        names: dict[str, str] = dict.fromkeys(snap.by_name, HOSTED)  # visible uploads (not a view's private ones)
         for ix in built:
             for name, upstream in (await asyncio.to_thread(_plan_names, ix)).items():
                 names.setdefault(name, upstream)
@@ -201,7 +202,7 @@ class Names:
         found = self._lists.get(key)
         if found is not None:
             return key, found
-        names = dict.fromkeys(snap.names, HOSTED)
+        names = dict.fromkeys(snap.by_name, HOSTED)
         for source in view.latest if view is not None else ():
             names.setdefault(source.package, HOSTED if source.upload is not None
                              else source.upstream.name if source.upstream else "upstream")

@@ -65,8 +65,8 @@ async def channel(ui: "WebUI", page: "Page", name: str) -> web.StreamResponse:
     wanted = page.request.query.get("ecosystem", "")
     shown = (wanted,) if wanted in ecos else ecos
     query = clean_query(page.request.query.get("q", ""))
-    index = await ui.names.index(policy, shown)
-    hits = ui.visible(index.search(query), index.entries, policy, page.principal)
+    index = await ui.names.index(ui.views(page.principal, policy, shown))
+    hits = index.search(query)
     pager = _pager(len(hits), _page_number(page))
     rows = [index.row(name, i) for i in hits[pager["first"]:pager["last"]]]
     return ui.render(
@@ -79,11 +79,10 @@ async def package(ui: "WebUI", page: "Page", channel_name: str, ecosystem: str, 
     policy = ui.services.settings.channels.get(channel_name)
     if policy is None or ecosystem not in ui.readable(page.principal, policy):
         raise NotFound(HIDDEN)
-    if not ui.may_see(policy, page.principal, ecosystem, name):
-        raise NotFound(HIDDEN)
-    subdirs = await ui.names.conda_subdirs(policy, name) if ecosystem == "conda" else ()
+    seen = ui.view(page.principal, policy, ecosystem)  # a private package is not in a public view
+    subdirs = await ui.names.conda_subdirs(seen, name) if ecosystem == "conda" else ()
     try:
-        view = await package_view(ui.services, policy, ecosystem, name, subdirs)
+        view = await package_view(ui.services, seen, ecosystem, name, subdirs)
     except NotFound:  # the same answer as a package the reader may not see
         raise NotFound(HIDDEN) from None
     return ui.render(
@@ -97,8 +96,8 @@ async def search(ui: "WebUI", page: "Page") -> web.StreamResponse:
     found: list[tuple[str, Entry]] = []
     if query:
         for policy, ecos in ui.channels(page.principal):
-            index = await ui.names.index(policy, ecos)
-            hits = ui.visible(index.search(query), index.entries, policy, page.principal)
+            index = await ui.names.index(ui.views(page.principal, policy, ecos))
+            hits = index.search(query)
             found.extend((policy.name, index.entries[i]) for i in hits)
     pager = _pager(len(found), _page_number(page))
     return ui.render(page, "search.html", title="Search", q=query, rows=found[pager["first"]:pager["last"]],

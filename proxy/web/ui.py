@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import quote
@@ -24,12 +24,13 @@ from aiohttp_session import Session
 
 from ..auth.credentials import Principal
 from ..auth.guard import PASSWORD_SCOPES
-from ..auth.policy import READ_ACTION, Decision, decide
+from ..auth.policy import READ_ACTION, Action, Decision, decide, sees_private
 from ..context import Services
 from ..errors import ChannelgateError, MethodNotAllowed, NotFound
 from ..responses import etag_for, http_status, not_modified
 from ..settings import ChannelPolicy
-from .names import ECOSYSTEMS, Entry, Names
+from ..store.catalog import public_view
+from .names import ECOSYSTEMS, Names
 from .session import CSRF_FIELD, Sessions, csrf_ok, csrf_token, session_key
 
 log = logging.getLogger(__name__)
@@ -180,26 +181,30 @@ class WebUI:
                 out.append((channel, ecos))
         return out
 
-    def visible(self, hits: Sequence[int], entries: Sequence[Entry], channel: ChannelPolicy,
-                principal: Principal | None) -> Sequence[int]:
-        """Search hits without the packages this reader may not see (package privacy)."""
-        hidden = self.hidden(channel, principal)
-        if not hidden:
-            return hits
-        return [i for i in hits if (entries[i].ecosystem, entries[i].name) not in hidden]
 
-    def hidden(self, channel: ChannelPolicy, principal: Principal | None) -> frozenset[tuple[str, str]]:
-        """(ecosystem, name) of the channel's private packages, when the reader lacks the read role."""
-        return frozenset()
+    def view(self, principal: Principal | None, channel: ChannelPolicy, ecosystem: str) -> ChannelPolicy:
+        """The channel as this reader's own client requests of ``ecosystem`` see it: on a public
+        channel with private packages, a reader without the read role (or the ecosystem's
+        scope) reads its public view, exactly as in the Gateway (package privacy)."""
+        packages = self.services.catalog.packages
+        if channel.public and packages.has_private(channel.name) \
+                and not sees_private(principal, channel, READ_ACTION[ecosystem]):
+            return replace(channel, name=public_view(channel.name))
+        return channel
 
-    def may_see(self, channel: ChannelPolicy, principal: Principal | None, ecosystem: str, name: str) -> bool:
-        return (ecosystem, name) not in self.hidden(channel, principal)
+    def views(self, principal: Principal | None, channel: ChannelPolicy,
+              ecosystems: Sequence[str]) -> list[tuple[str, ChannelPolicy]]:
+        return [(eco, self.view(principal, channel, eco)) for eco in ecosystems]
 
     def privacy(self, channel: ChannelPolicy, principal: Principal | None, ecosystem: str,
                 name: str) -> dict[str, bool] | None:
-        """Whether the package is private, and whether this reader may change that; None
-        where package privacy is not available."""
-        return None
+        """Whether the package is private, and whether this reader may change that (the
+        admin role); None on a channel that is not public, where privacy changes nothing."""
+        if not channel.public:
+            return None
+        info = self.services.catalog.packages.get(channel.name, ecosystem, name)
+        return {"private": bool(info and info.private),
+                "can_change": decide(principal, channel, Action.ADMIN) is Decision.ALLOW}
 
     def base_url(self, request: web.BaseRequest) -> str:
         """Where clients reach this server: ``server.public_url``, else the address the

@@ -137,12 +137,13 @@ class PyPI:
         found = self._names.get(key)
         if found is None:
             names = dict.fromkeys(snap.by_name, "hosted")  # visible uploads (a public view hides private ones)
+            rule = MergeRule(snap.names, self.services.sources.allow(channel, normalize))
             for f in walk.found:
                 up = f.upstream
                 for entry in self._parse(f.value, root=True):
                     name = normalize(entry.filename)
-                    if up.filter is None or up.filter.allows_name(name):
-                        names.setdefault(name, up.name)
+                    if (up.filter is None or up.filter.allows_name(name)) and rule.upstream_may_serve(name):
+                        names.setdefault(name, up.name)  # (a private upload's name stays blocked)
             found = self._names.put(key, names)
         return key, found
 
