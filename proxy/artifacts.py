@@ -127,12 +127,7 @@ class Artifacts:
         if request.method == "HEAD" and (spec.size is not None or known is not None):
             return await _head(request, spec, known)  # answered from the index: no download
         if fetch is None:
-            self.upstream.check_up(spec.upstream)
-            fetch = Download(spec, self.store.temp("cache"))
-            self._inflight[spec.key] = fetch
-            task = asyncio.create_task(self._download(fetch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            fetch = self._start(spec)
         partial = await self._partial(request, fetch)
         if partial is not None:
             return partial
@@ -143,6 +138,30 @@ class Artifacts:
         if fetch.path is not None:
             return file_response(fetch.path, spec.content_type, immutable=True)
         return await self._tee(request, fetch)
+
+    def _start(self, spec: ArtifactSpec) -> Download:
+        """A new download of ``spec`` (single flight: callers looked for one in progress)."""
+        self.upstream.check_up(spec.upstream)
+        fetch = Download(spec, self.store.temp("cache"))
+        self._inflight[spec.key] = fetch
+        task = asyncio.create_task(self._download(fetch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fetch
+
+    async def stored(self, spec: ArtifactSpec) -> Path:
+        """The file in the store, downloaded and verified first if need be (single flight)."""
+        path = self.cached(spec)
+        if path is not None:
+            return path
+        check_target(spec.upstream, spec.url, hashed=spec.hashed, own=self.upstream.own, what=spec.filename)
+        fetch = self._inflight.get(spec.key) or self._start(spec)
+        while not fetch.finished:
+            await fetch.changed()
+        if fetch.error is not None:
+            raise fetch.error
+        assert fetch.path is not None
+        return fetch.path
 
     async def _partial(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse | None:
         """HEAD and Range on a file being fetched, without waiting for it (ranges.py)."""

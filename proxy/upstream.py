@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ BACKOFF_MAX = 60.0
 USER_AGENT = "channelgate"
 CHUNK = 256 * 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)\Z")
 
 Origin = tuple[str, str, int]  # (scheme, host, port), RFC 6454
 
@@ -377,3 +379,28 @@ class Upstream:
                 raise UpstreamError(f"upstream {up.name} sent a short range of {what}")
             self._mark(up, True)
             return bytes(body[: stop - start])
+
+    async def fetch_tail(self, up: UpstreamSettings, url: str, size: int, *, what: str, hashed: bool) -> tuple[int, bytes] | None:
+        """The last ``size`` bytes of a file (a suffix Range, RFC 9110 §14.1.2) and the
+        offset of their first byte; None when the upstream does not honour it."""
+        target = check_target(up, url, hashed=hashed, own=self.own, what=what)
+        self.check_up(up)
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes=-{size}"}
+        async with self._request(up, url, target, headers) as (resp, deadline):
+            if resp.status in (404, 410):
+                raise NotFound(f"{what} is not on the upstream")
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if resp.status != 206 or match is None:
+                return None
+            first, last, total = (int(g) for g in match.groups())
+            if last != total - 1 or not 0 < last - first + 1 <= size:
+                return None
+            body = bytearray()
+            async for chunk in Body(resp, deadline):
+                body += chunk
+                if len(body) > size:
+                    raise UpstreamError(f"upstream {up.name} sent a long range of {what}")
+            if len(body) != last - first + 1:
+                raise UpstreamError(f"upstream {up.name} sent a short range of {what}")
+            self._mark(up, True)
+            return first, bytes(body)

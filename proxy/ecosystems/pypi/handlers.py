@@ -6,6 +6,7 @@ Basic-auth forms alike, and never points at an upstream.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 from dataclasses import dataclass
@@ -17,14 +18,15 @@ from aiohttp import web
 from ...artifacts import ArtifactSpec
 from ...cache import Doc
 from ...context import ChannelRequest, Services, UploadForm
-from ...errors import BadRequest, Conflict, NotFound
+from ...errors import BadRequest, Conflict, NotFound, UpstreamError
 from ...filters import select
 from ...memo import Memo
 from ...merge import MergeRule, merge
-from ...responses import etag_for, index_response
+from ...responses import etag_for, file_response, index_response
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...store.catalog import Upload
 from ...uploads import publish
+from .wheel_metadata import TAIL, advertise_metadata, local_metadata, readable_metadata, remote_metadata
 from .dist import inspect_distribution, release_file_key, require_fields, same_release_file
 from .simple import (
     FileEntry,
@@ -203,7 +205,7 @@ class PyPI:
         page = self._pages.get(page_key)
         if page is None:
             render = render_project_json if kind == "json" else render_project_html
-            body = render(project, merged.files, _link)
+            body = render(project, [advertise_metadata(e) for e in merged.files], _link)
             page = self._pages.put(page_key, (body, etag_for(body)))
         return index_response(request, page[0], content_type, etag=page[1], vary="Accept")
 
@@ -220,6 +222,8 @@ class PyPI:
             return self.services.sources.hosted_file(sha, filename, content_type)
         assert source.upstream is not None
         entry = source.entry
+        if metadata and not entry.has_metadata and readable_metadata(entry):
+            return await self._wheel_metadata(ctx, source.upstream, entry, filename)
         if metadata:
             if not entry.has_metadata:
                 raise NotFound(f"the upstream offers no metadata file for {dist_name}")
@@ -236,6 +240,47 @@ class PyPI:
             size=None if metadata else entry.size,
         )
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
+
+    async def _wheel_metadata(
+        self, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, filename: str
+    ) -> web.StreamResponse:
+        """METADATA read out of the wheel (wheel_metadata.py), cached by the wheel's hash,
+        served as the PEP 658 file advertised for it (``data-core-metadata="true"``)."""
+        store, key = self.services.store, f"wheel-metadata:sha256:{entry.hashes['sha256'].lower()}"
+        path = store.find_ref(key)
+        if path is None:
+            data: bytes | None
+            spec = ArtifactSpec(upstream=up, url=entry.url, expect={"sha256": entry.hashes["sha256"]},
+                                filename=entry.filename, size=entry.size)
+            wheel = self.services.artifacts.cached(spec)
+            if wheel is not None:
+                data = await asyncio.to_thread(local_metadata, wheel, entry.filename)
+            elif ctx.settings.offline:
+                raise NotFound(f"{filename} is not in the cache and the server is offline")
+            else:
+                data = await self._remote_metadata(spec)
+            if data is None:  # the upstream serves no byte ranges: the whole wheel, once, for the cache
+                wheel = await self.services.artifacts.stored(spec)
+                data = await asyncio.to_thread(local_metadata, wheel, entry.filename)
+            blob = await store.put_bytes("cache", data)
+            store.set_ref(key, blob.sha256)
+            path = blob.path
+        return file_response(path, "text/plain; charset=utf-8", immutable=True)
+
+    async def _remote_metadata(self, spec: ArtifactSpec) -> bytes | None:
+        """METADATA by Range requests; None when the upstream does not honour them."""
+        upstream, up, name = self.services.upstream, spec.upstream, spec.filename
+
+        async def fetch(start: int, stop: int) -> bytes:
+            body = await upstream.fetch_range(up, spec.url, start, stop, what=name, hashed=spec.hashed)
+            if body is None:
+                raise UpstreamError(f"upstream {up.name} stopped serving byte ranges of {name}")
+            return body
+
+        tail = await upstream.fetch_tail(up, spec.url, TAIL, what=name, hashed=spec.hashed)
+        if tail is None:
+            return None
+        return await remote_metadata(name, tail[0], tail[1], fetch)
 
     # ------------------------------------------------------------------ POST (twine)
     async def upload(self, request: web.BaseRequest, ctx: ChannelRequest, form: UploadForm) -> web.StreamResponse:

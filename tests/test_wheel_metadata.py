@@ -1,0 +1,89 @@
+"""Metadata for every wheel (issue 15): over an upstream without PEP 658 ``.metadata``
+files, channelgate reads each wheel's METADATA with Range requests (the zip's tail, then
+the member), caches it and advertises it (PEP 714), so pip resolves without downloading a
+wheel."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from aiohttp import web
+from fixtures.wheels import make_wheel, write_simple_index
+from harness import Policy, client_env, http, run, venv_bin
+
+
+def _world(tmp_path: Path, upstream_factory, channelgate_factory, fmt: str = "html", ranges: bool = True):  # type: ignore[no-untyped-def]
+    payload = base64.b64encode(os.urandom(1024 * 1024)).decode()
+    wheels = [
+        make_wheel(tmp_path / "d", "app", "1.0", requires_dist=["dep>=1"], module_body=f"DATA = '{payload}'\n"),
+        make_wheel(tmp_path / "d", "dep", "1.0", module_body=f"DATA = '{payload}'\n"),
+        make_wheel(tmp_path / "d", "dep", "0.9"),
+    ]
+    write_simple_index(tmp_path / "root", wheels, fmt=fmt, metadata_files=False)  # type: ignore[arg-type]
+    upstream = upstream_factory(tmp_path / "root")
+    if ranges:  # as a real file server does (aiohttp's FileResponse: 206)
+        for wheel in wheels:
+            upstream.overrides[f"/files/{wheel.name}"] = lambda request, w=wheel: web.FileResponse(tmp_path / "root" / "files" / w.name)
+    policy = Policy({"upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+                     "channels": {"mirror": {"public": True, "upstreams": ["pypi"]}}})
+    return wheels, upstream, channelgate_factory(tmp_path / "cg", policy)
+
+
+def _metadata_of(wheel: Path) -> bytes:
+    with zipfile.ZipFile(wheel) as zf:
+        return zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA")))
+
+
+def _whole_wheel_gets(upstream) -> list[str]:  # type: ignore[no-untyped-def]
+    return [c.path for c in upstream.calls if c.path.endswith(".whl") and "Range" not in c.headers]
+
+
+def test_pip_dry_run_downloads_no_wheel(tmp_path: Path, upstream_factory, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
+    wheels, upstream, server = _world(tmp_path, upstream_factory, channelgate_factory)
+    status, _, page = http("GET", f"{server.url}/mirror/simple/dep/")
+    assert status == 200 and page.count(b'data-core-metadata="true"') == 2  # advertised per PEP 714
+    report = tmp_path / "report.json"
+    out = run([venv_bin("python"), "-m", "pip", "install", "--dry-run", "--ignore-installed", "--report", str(report),
+               "--index-url", f"{server.url}/mirror/simple", "app"], env=client_env(tmp_path / "home"), timeout=180)
+    assert out.returncode == 0, out.stderr
+    installed = {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    assert installed == {"app": "1.0", "dep": "1.0"}
+    assert _whole_wheel_gets(upstream) == [], server.log()[-6000:]  # no wheel went through, only ranges of them
+    assert [c for c in upstream.calls if c.path.endswith(".whl") and "Range" in c.headers]
+    # what pip read is the wheel's own METADATA, cached: a second read asks the upstream nothing
+    calls = len(upstream.calls)
+    status, headers, body = http("GET", f"{server.url}/mirror/simple/app/{wheels[0].name}.metadata")
+    assert status == 200 and body == _metadata_of(wheels[0])
+    assert len(upstream.calls) == calls
+    assert "Traceback" not in server.log()
+
+
+def test_uv_resolves_over_served_metadata_and_a_cached_wheel_is_read_locally(tmp_path: Path, upstream_factory, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
+    wheels, upstream, server = _world(tmp_path, upstream_factory, channelgate_factory, fmt="json")
+    (tmp_path / "req.in").write_text("app\n")
+    out = run([venv_bin("uv"), "pip", "compile", "--no-cache", "--index-url", f"{server.url}/mirror/simple",
+               str(tmp_path / "req.in")], env=client_env(tmp_path / "home"), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "app==1.0" in out.stdout and "dep==1.0" in out.stdout
+    assert _whole_wheel_gets(upstream) == []
+    # a wheel already in the cache: its METADATA comes from the stored file, no upstream request
+    old = wheels[2]
+    status, _, body = http("GET", f"{server.url}/mirror/simple/dep/{old.name}")
+    assert status == 200 and body == old.read_bytes()
+    calls = len(upstream.calls)
+    status, headers, body = http("GET", f"{server.url}/mirror/simple/dep/{old.name}.metadata")
+    assert status == 200 and body == _metadata_of(old)
+    assert len(upstream.calls) == calls
+
+
+def test_an_upstream_without_ranges_still_serves_the_advertised_metadata(tmp_path: Path, upstream_factory, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
+    wheels, upstream, server = _world(tmp_path, upstream_factory, channelgate_factory, ranges=False)
+    status, _, body = http("GET", f"{server.url}/mirror/simple/app/{wheels[0].name}.metadata")
+    assert status == 200 and body == _metadata_of(wheels[0])
+    assert _whole_wheel_gets(upstream) == [f"/files/{wheels[0].name}"]  # once, into the cache
+    status, _, body = http("GET", f"{server.url}/mirror/simple/app/{wheels[0].name}")
+    assert status == 200 and body == wheels[0].read_bytes()
+    assert len(_whole_wheel_gets(upstream)) == 1
