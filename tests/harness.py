@@ -34,6 +34,10 @@ import yaml
 from aiohttp import web
 
 from proxy.auth.credentials import generate_token, hash_token
+try:
+    from secret_scan import SCAN
+except ModuleNotFoundError:  # imported as tests.harness: the benchmark runner, outside pytest
+    from tests.secret_scan import SCAN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,19 +163,12 @@ class UpstreamServer:
 
 
 # --------------------------------------------------------------------------- secrets
-# Every token a test makes or receives (policy tokens, tokens that users made through the API
-# or anaconda-client): the suite-wide scan (conftest's channelgate_factory) fails if any of
-# them appears in a server's log.
-SECRETS: set[str] = set()
-
-
 def remember_secret(secret: str) -> str:
-    SECRETS.add(secret)
+    """A token a test makes or receives (policy tokens, tokens users made through the API or
+    anaconda-client): from now on the suite-wide scan (secret_scan.py, conftest) fails the
+    test if it appears in a server's log or in a response body."""
+    SCAN.secret(secret)
     return secret
-
-
-def leaked_secrets(text: str) -> list[str]:
-    return sorted(s for s in SECRETS if s in text)
 
 
 # --------------------------------------------------------------------------- channelgate
@@ -225,11 +222,15 @@ class Channelgate:
         return Path(self.policy.data["storage"]["path"])
 
     def write_policy(self, text: str | None = None) -> None:
+        for upstream in (self.policy.data.get("upstreams") or {}).values():
+            if isinstance(upstream, dict):
+                SCAN.secret(upstream.get("password"))
         self.config.write_text(text if text is not None else yaml.safe_dump(self.policy.data, sort_keys=False))
 
     def start(self) -> "Channelgate":
         self.write_policy()
         self.port = free_port()
+        SCAN.watch_log(self.log_path)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
@@ -351,9 +352,11 @@ def http(method: str, url: str, *, headers: dict[str, str] | None = None, data: 
     req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, dict(resp.headers), resp.read()
+            status, headers, body = resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
+        status, headers, body = err.code, dict(err.headers), err.read()
+    SCAN.received(f"{method} {url}", str(headers).encode() + body)
+    return status, headers, body
 
 
 def stored_blobs(storage: Path, area: str) -> set[str]:

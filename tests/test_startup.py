@@ -258,3 +258,18 @@ def test_append_to_a_bare_list_and_to_a_new_file(tmp_path: Path) -> None:
     assert [e["name"] for e in yaml.safe_load(bare.read_text())] == ["a", "ci"]
     assert [e["name"] for e in yaml.safe_load(new.read_text())["tokens"]] == ["ci"]
     assert new.stat().st_mode & 0o777 == 0o600  # a new tokens file is not world-readable
+
+
+def test_readme_security_section_lists_every_limit_with_its_default() -> None:
+    from dataclasses import fields
+
+    from proxy.settings import Limits
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    security = readme.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    for heading in ("### Threat model", "### Limits", "### Rotating tokens and upstream credentials"):
+        assert heading in security
+    for spec in fields(Limits):
+        shown = spec.default // spec.metadata["unit"]  # type: ignore[operator]
+        row = f"| `server.limits.{spec.metadata['key']}` | `{shown}` |"
+        assert row in security, f"README's Security section lacks {row}"
