@@ -171,6 +171,13 @@ def remember_secret(secret: str) -> str:
     return secret
 
 
+def leaked_secrets(text: str) -> list[str]:
+    """The known secrets found in ``text``, raw or base64 (the autouse scan does this for
+    every log and body anyway; this is for a test that checks one text explicitly)."""
+    data = text.encode()
+    return sorted(secret for secret, (_, patterns) in SCAN.secrets.items() if any(p in data for p in patterns))
+
+
 # --------------------------------------------------------------------------- channelgate
 @dataclass
 class Policy:
