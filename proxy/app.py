@@ -38,7 +38,7 @@ from .metrics import REQUEST, Metrics, RequestFacts
 from .responses import SentFileResponse, http_status, keep_private
 from .settings import Settings, load_settings
 from .sources import Sources
-from .store.blobs import BlobStore
+from .store.s3 import S3Store, open_store
 from .store.catalog import SqliteCatalog, public_view
 from .store.tokens import TokenStore
 from .uploads import UploadChecks, delete_hosted, handle_upload
@@ -102,8 +102,9 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
     the index cache, the ecosystems and the APIs. Each is closed, in reverse order, on exit
     (also when building a later one failed, and when closing an earlier one fails)."""
     async with contextlib.AsyncExitStack() as stack:
-        store = BlobStore(settings.storage_path)
-        store.open(clean=clean_tmp)
+        store = open_store(settings, clean=clean_tmp)
+        if isinstance(store, S3Store):
+            stack.push_async_callback(store.close)
         catalog = SqliteCatalog.at(settings.storage_path)
         stack.callback(catalog.close)
         tokens = TokenStore(settings.storage_path / "accounts.sqlite3")

@@ -18,6 +18,7 @@ from .account_settings import AccountPolicy, read_accounts, read_users
 from .checked_yaml import Checker, parse_yaml
 from .errors import ConfigError
 from .filters import UpstreamFilter, build_filter
+from .storage_settings import S3Settings, read_storage
 from .token_settings import SCOPES as SCOPES
 from .token_settings import TokenEntry as TokenEntry
 from .token_settings import index_tokens, read_all_tokens
@@ -99,6 +100,8 @@ class Settings:
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the listener is HTTPS
     tls_key: Path | None = None
     storage_path: Path = Path("var")
+    storage_backend: str = "filesystem"  # "filesystem" | "s3" (storage_settings.py)
+    s3: S3Settings | None = None
     metadata_ttl: int = 600
     negative_ttl: int = 60
     cache_backend: str = "memory"  # "memory" | "redis"
@@ -193,7 +196,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     top = ck.mapping(data, (), set(TOP_LEVEL_KEYS))
     base_dir = source.parent if source else Path.cwd()
     server = _read_server(ck, top.get("server"), base_dir)
-    storage_path = _read_storage(ck, top.get("storage"), base_dir)
+    storage = read_storage(ck, top.get("storage"), base_dir)
     cache = _read_cache(ck, top.get("cache"))
     offline = ck.typed(top.get("offline"), ("offline",), bool, False)
     upstreams = _read_upstreams(ck, top.get("upstreams"))
@@ -212,7 +215,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     return Settings(
         **server,
         **cache,
-        storage_path=storage_path,
+        **storage,
         offline=offline,
         upstreams=upstreams,
         groups=groups,
@@ -263,13 +266,6 @@ def _read_server(ck: Checker, value: Any, base_dir: Path) -> dict[str, Any]:
         "limits": limits,
         "session_key": session_key,
     }
-
-
-def _read_storage(ck: Checker, value: Any, base_dir: Path) -> Path:
-    """``storage.path``, relative to the policy file's directory."""
-    storage = ck.mapping(value, ("storage",), {"path"})
-    storage_path = Path(ck.typed(storage.get("path"), ("storage", "path"), str, "var"))
-    return storage_path if storage_path.is_absolute() else base_dir / storage_path
 
 
 def _read_cache(ck: Checker, value: Any) -> dict[str, Any]:

@@ -5,12 +5,15 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
 from harness import Channelgate, Policy, UpstreamServer
 from secret_scan import SCAN
+
+if TYPE_CHECKING:
+    from proxy.storage_settings import S3Settings
 
 
 def require_tool(name: str) -> str:
@@ -97,3 +100,42 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leaks:
         session.exitstatus = 1
         print("\nsecrets leaked after the last test of their module:\n" + "\n".join(leaks[:20]), file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server (a real HTTP S3 protocol) on a free 127.0.0.1 port, for the S3 store
+    backend. Outside CI, a missing moto skips with the reason; CI installs it (the test extra)."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("moto[server] is not installed (the test extra installs it)")
+        pytest.skip("moto[server] is not installed (pip install -e '.[test]')")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_endpoint: str) -> "S3Settings":
+    """A fresh bucket of its own for one test."""
+    import uuid
+
+    import botocore.session
+
+    from proxy.storage_settings import S3Settings
+
+    settings = S3Settings(bucket=f"cg-{uuid.uuid4().hex[:12]}", endpoint_url=s3_endpoint, prefix="cg/",
+                          region="us-east-1", access_key_id="testing", secret_access_key="testing")
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=s3_endpoint,
+        aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket=settings.bucket)
+    return settings

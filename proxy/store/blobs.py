@@ -22,14 +22,16 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Literal, Mapping
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
 Area = Literal["uploads", "cache"]
 AREAS: tuple[Area, ...] = ("uploads", "cache")
+CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +103,7 @@ class TempBlob:
             if actual is not None and declared.lower() != actual:
                 self.discard()
                 raise DigestMismatch(algorithm, declared, actual)
-        final = self.store.blob_path(self.area, digests["sha256"])
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.path, final)
+        final = await self.store.publish(self)
         self.committed = Blob(digests["sha256"], digests["md5"], digests["blake2_256"], self.size, final)
         return self.committed
 
@@ -154,6 +154,37 @@ class BlobStore:
 
     def temp(self, area: Area) -> TempBlob:
         return TempBlob(self, area)
+
+    async def publish(self, tmp: TempBlob) -> Path:
+        """Move a finished, verified temp blob into its content-addressed place (atomic rename)."""
+        digests = await tmp.finish()
+        final = self.blob_path(tmp.area, digests["sha256"])
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp.path, final)
+        return final
+
+    async def stat(self, area: Area, sha256: str) -> int | None:
+        """The size of a published blob, or None."""
+        path = self.find(area, sha256)
+        return path.stat().st_size if path is not None else None
+
+    async def stream(self, area: Area, sha256: str, start: int = 0, end: int | None = None,
+                     chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        """The bytes ``[start, end)`` of a published blob, in chunks (RFC 9110 ranges map here);
+        ``NotFound`` when it is not published."""
+        path = self.find(area, sha256)
+        if path is None:
+            raise NotFound(f"no blob {sha256} in {area}")
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            left = None if end is None else max(0, end - start)
+            while left is None or left > 0:
+                chunk = await asyncio.to_thread(fh.read, chunk_size if left is None else min(chunk_size, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
 
     def blob_path(self, area: Area, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):

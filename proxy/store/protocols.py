@@ -1,15 +1,15 @@
 """What the rest of channelgate may ask of storage: the ``Store`` (blobs) and the ``Catalog``
 (which channel holds which upload). conda-index's ``MinimalFS`` is the model: a handful of
-methods, so a second backend (S3, PostgreSQL) is a class, not a rewrite. Today each has one
-backend: ``blobs.BlobStore`` (filesystem) and ``catalog.SqliteCatalog``. Contract tests
-(tests/test_store_contract.py) run over every backend.
+methods, so a second backend (S3, PostgreSQL) is a class, not a rewrite. Store backends:
+``blobs.BlobStore`` (filesystem) and ``s3.S3Store`` (S3-compatible object stores); Catalog:
+``catalog.SqliteCatalog``. Contract tests (tests/test_store_contract.py) run over every backend.
 
 Nothing outside ``store/`` builds a path under the store's root: it asks the Store for
 the directory it needs (``scratch_dir`` for work files, ``area_dir`` for the index cache).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,6 +34,13 @@ class Store(Protocol):
 
     async def put_bytes(self, area: "Area", data: bytes) -> "Blob":
         """Publish small bytes (a metadata file) at once."""
+
+    async def stat(self, area: "Area", sha256: str) -> int | None:
+        """The size of a published blob, or None (asks the shared backend, not a local copy)."""
+
+    def stream(self, area: "Area", sha256: str, start: int = 0, end: int | None = None,
+               chunk_size: int = ...) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of a published blob, streamed; ``NotFound`` when absent."""
 
     def find_ref(self, key: str) -> Path | None:
         """The cached blob an alias points at, or None."""

@@ -1,0 +1,260 @@
+"""S3-compatible Store backend (DESIGN "Scale-out on existing engines"; issue 13 part 1).
+
+Blobs, aliases and provenance live in one bucket, shared by every replica::
+
+    <prefix>uploads/sha256/ab/<hex>    hosted uploads
+    <prefix>cache/sha256/ab/<hex>      cached upstream artifacts
+    <prefix>cache/refs/<key digest>    alias -> sha256
+    <prefix>cache/origin/<sha256>      the upstream a cached artifact came from
+
+Writes go to a local temp file first (``storage.path``/tmp) while the digests are computed,
+are verified against what the source declared, and only then uploaded: a single PUT, or a
+multipart upload (CreateMultipartUpload, UploadPart..., CompleteMultipartUpload) above
+``multipart_threshold``. Both make the object visible only when it is whole (S3's PUT and
+CompleteMultipartUpload are atomic), so a crash mid-upload leaves nothing servable; a failed
+multipart upload is aborted. Reads stream with HTTP ranges (GetObject ``Range``).
+
+The Store protocol's ``find`` answers a local path: this backend keeps per-replica copies of
+the blobs it wrote or read under ``storage.path`` and downloads a missing one (streamed to a
+temp file, then renamed). ``stat`` and ``stream`` always ask the bucket.
+
+aiobotocore is the client: it runs on aiohttp (already the server's HTTP stack), and speaks
+every S3-compatible service (MinIO, Ceph, R2, moto). The few small synchronous operations the
+protocol has (aliases, provenance, ``find``'s download) use botocore's client, which
+aiobotocore depends on.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, NotFound, StorageError
+from ..storage_settings import S3Settings
+from .blobs import CHUNK, Area, BlobStore, TempBlob
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+PART_SIZE = 8 * 1024 * 1024  # S3 parts are >= 5 MiB except the last (AWS "Multipart upload limits")
+
+
+def _missing(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+class S3Store(BlobStore):
+    """The S3 backend of the Store protocol (protocols.py); local files only under ``root``."""
+
+    def __init__(self, root: Path, settings: S3Settings, *, part_size: int = PART_SIZE) -> None:
+        super().__init__(root)
+        self.settings = settings
+        self.part_size = part_size
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._sync_client: Any = None
+
+    # -- clients
+    def _client_args(self) -> dict[str, Any]:
+        s = self.settings
+        args: dict[str, Any] = {"region_name": s.region, "endpoint_url": s.endpoint_url}
+        if s.access_key_id is not None:
+            args.update(aws_access_key_id=s.access_key_id, aws_secret_access_key=s.secret_access_key)
+        return args
+
+    async def _aio(self) -> Any:
+        """The aiobotocore client of the running loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+
+            self._stack = contextlib.AsyncExitStack()
+            config = AioConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 3})
+            self._client = await self._stack.enter_async_context(
+                get_session().create_client("s3", config=config, **self._client_args()))
+            self._client_loop = loop
+        return self._client
+
+    def _sync(self) -> Any:
+        if self._sync_client is None:
+            import botocore.session
+            from botocore.config import Config
+
+            config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3})
+            self._sync_client = botocore.session.get_session().create_client("s3", config=config,
+                                                                              **self._client_args())
+        return self._sync_client
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = self._client = self._client_loop = None
+
+    # -- keys
+    def key(self, area: Area, sha256: str) -> str:
+        self.blob_path(area, sha256)  # validates the digest (InvalidInput)
+        return f"{self.settings.prefix}{area}/sha256/{sha256[:2]}/{sha256}"
+
+    def _ref_key(self, key: str) -> str:
+        return f"{self.settings.prefix}cache/refs/{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def _origin_key(self, sha256: str) -> str:
+        return f"{self.settings.prefix}cache/origin/{sha256}"
+
+    # -- writes
+    async def publish(self, tmp: TempBlob) -> Path:
+        """Upload a verified temp blob (multipart when large), then keep it as this replica's copy."""
+        digests = await tmp.finish()
+        key = self.key(tmp.area, digests["sha256"])
+        try:
+            if tmp.size > self.part_size:
+                await self._multipart(tmp.path, key)
+            else:
+                data = await asyncio.to_thread(tmp.path.read_bytes)
+                await (await self._aio()).put_object(Bucket=self.settings.bucket, Key=key, Body=data)
+        except Exception as exc:
+            log.error("S3 upload of %s failed: %s", key, exc)
+            raise StorageError("the object store refused the write") from exc
+        final = self.blob_path(tmp.area, digests["sha256"])
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp.path, final)
+        return final
+
+    async def _multipart(self, path: Path, key: str) -> None:
+        client, bucket = await self._aio(), self.settings.bucket
+        upload_id = (await client.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+        parts: list[dict[str, Any]] = []
+        try:
+            with open(path, "rb") as fh:
+                while chunk := await asyncio.to_thread(fh.read, self.part_size):
+                    number = len(parts) + 1
+                    part = await client.upload_part(Bucket=bucket, Key=key, PartNumber=number,
+                                                    UploadId=upload_id, Body=chunk)
+                    parts.append({"ETag": part["ETag"], "PartNumber": number})
+            await client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                   MultipartUpload={"Parts": parts})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    # -- reads
+    async def stat(self, area: Area, sha256: str) -> int | None:
+        try:
+            head = await (await self._aio()).head_object(Bucket=self.settings.bucket, Key=self.key(area, sha256))
+        except Exception as exc:
+            if _missing(exc):
+                return None
+            raise StorageError("the object store failed") from exc
+        return int(head["ContentLength"])
+
+    async def stream(self, area: Area, sha256: str, start: int = 0, end: int | None = None,
+                     chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        if end is not None and end <= start:
+            if await self.stat(area, sha256) is None:
+                raise NotFound(f"no blob {sha256} in {area}")
+            return
+        args: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": self.key(area, sha256)}
+        if start or end is not None:  # RFC 9110 byte ranges: the last position is inclusive
+            args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            response = await (await self._aio()).get_object(**args)
+        except Exception as exc:
+            if _missing(exc):
+                raise NotFound(f"no blob {sha256} in {area}") from exc
+            if "InvalidRange" in str(exc):  # start at or past the end: nothing to send
+                return
+            raise StorageError("the object store failed") from exc
+        body = response["Body"]
+        try:
+            while chunk := await body.read(chunk_size):
+                yield chunk
+        finally:
+            body.close()
+
+    def find(self, area: Area, sha256: str) -> Path | None:
+        """This replica's copy of a published blob, downloaded first if only the bucket has it."""
+        local = self.blob_path(area, sha256)
+        if local.is_file():
+            return local
+        key = self.key(area, sha256)
+        try:
+            response = self._sync().get_object(Bucket=self.settings.bucket, Key=key)
+        except Exception as exc:
+            if _missing(exc):
+                return None
+            raise StorageError("the object store failed") from exc
+        part = self.scratch_dir / f"get-{uuid.uuid4().hex}.part"
+        try:
+            with open(part, "wb") as fh:
+                for chunk in response["Body"].iter_chunks(CHUNK):
+                    fh.write(chunk)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, local)
+        finally:
+            part.unlink(missing_ok=True)
+        return local
+
+    # -- aliases and provenance: small objects in the bucket
+    def _get_text(self, key: str) -> str | None:
+        try:
+            response = self._sync().get_object(Bucket=self.settings.bucket, Key=key)
+        except Exception as exc:
+            if _missing(exc):
+                return None
+            raise StorageError("the object store failed") from exc
+        try:
+            return bytes(response["Body"].read(4096)).decode().strip() or None
+        except UnicodeDecodeError:
+            return None
+
+    def _put_text(self, key: str, text: str) -> None:
+        self._sync().put_object(Bucket=self.settings.bucket, Key=key, Body=text.encode())
+
+    def find_ref(self, key: str) -> Path | None:
+        sha256 = self._get_text(self._ref_key(key))
+        return self.find("cache", sha256) if sha256 else None
+
+    def set_ref(self, key: str, sha256: str) -> None:
+        self._put_text(self._ref_key(key), sha256)
+
+    def set_origin(self, sha256: str, upstream: str) -> None:
+        self._put_text(self._origin_key(sha256), upstream)
+
+    def origin(self, sha256: str) -> str | None:
+        return self._get_text(self._origin_key(sha256))
+
+
+
+
+def open_store(settings: "Settings", *, clean: bool = True) -> BlobStore:
+    """The Store that ``storage.backend`` names, opened (``clean`` as in ``Store.open``)."""
+    store: BlobStore
+    if settings.storage_backend == "s3" and settings.s3 is not None:
+        try:
+            import aiobotocore  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(["storage.backend: s3 needs the s3 extra (pip install 'channelgate[s3]')"]) from exc
+        store = S3Store(settings.storage_path, settings.s3)
+    else:
+        store = BlobStore(settings.storage_path)
+    store.open(clean=clean)
+    return store
+
+
+__all__ = ["PART_SIZE", "S3Store", "open_store"]
