@@ -3,6 +3,7 @@
 nothing visible — when tampered, truncated or not a bundle."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -227,3 +228,108 @@ def test_channel_selects_its_uploads_indexes_and_artifacts(tmp_path: Path, upstr
     assert urls and all(u.startswith(second.url) for u in urls)
     refused = cli_here(capsys, "export", "--config", str(server.config), "--out", str(bundle), "--channel", "nope")
     assert refused.returncode == 1 and "no such channel(s) in the policy: nope" in refused.stderr
+
+
+def _api(server: Channelgate, method: str, path: str, token: str = "", body: object = None) -> tuple[int, object]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"token {token}"
+    status, _, raw = http(method, f"{server.url}/api{path}", headers=headers,
+                          data=json.dumps(body).encode() if body is not None else None)
+    return status, json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw
+
+
+def _public_policy(upstream: UpstreamServer, storage: Path, **extra: object) -> Policy:
+    return Policy({
+        "storage": {"path": str(storage)},
+        "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+        "users": ["alice", "bob"],
+        "channels": {"pub": {"public": True, "upstreams": ["pypi"], "read": ["user:bob"], "write": ["user:alice"]}},
+        **extra,
+    })
+
+
+def test_private_package_stays_private_after_import_and_since_carries_changed_settings(
+    tmp_path: Path, upstream, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    from proxy.store.catalog import SqliteCatalog
+
+    policy_a = _public_policy(upstream, tmp_path / "a" / "store")
+    alice = policy_a.add_token("alice", ["pypi:download", "api:write", "api:read"])
+    host_a = Channelgate(tmp_path / "a", policy_a).start()
+    wheels = {n: make_wheel(tmp_path / "up", n, "1.0") for n in ("secret-pkg", "open-pkg")}
+    try:
+        for wheel in wheels.values():
+            with open(wheel, "rb") as fh:
+                resp = requests.post(f"{host_a.url}/api/repo/pub", data=twine_fields(wheel),
+                                     files={"content": (wheel.name, fh)}, auth=(alice, "x-auth-token"), timeout=60)
+            assert resp.status_code == 200, resp.text
+        status, doc = _api(host_a, "PATCH", "/package/pub/secret-pkg", alice,
+                           {"public": False, "public_attrs": {"summary": "quiet things", "license": "MIT"}})
+        assert status == 200 and doc["public"] is False, doc  # type: ignore[index]
+        assert _api(host_a, "POST", "/channels/pub/frozen/lock", alice)[0] == 201
+    finally:
+        host_a.stop()
+    bundle = tmp_path / "site.tar"
+    assert cli_here(capsys, "export", "--config", str(host_a.config), "--out", str(bundle)).returncode == 0
+    assert "catalog/packages.jsonl" in json.loads(Path(f"{bundle}.manifest.json").read_bytes())["members"]
+    assert alice.encode() not in bundle.read_bytes()  # accounts are per site: no token travels
+
+    policy_b = _public_policy(upstream, tmp_path / "b" / "store", offline=True)
+    bob = policy_b.add_token("bob", ["pypi:download", "api:read"])
+    config_b = config_for(tmp_path / "b", policy_b)
+    assert cli_here(capsys, "import", "--config", config_b, str(bundle)).returncode == 0
+    before = snapshot(tmp_path / "b" / "store")
+    again = cli_here(capsys, "import", "--config", config_b, str(bundle))
+    assert "nothing changed" in again.stdout and snapshot(tmp_path / "b" / "store") == before
+    secret = wheels["secret-pkg"].name
+    host_b = Channelgate(tmp_path / "b", policy_b).start()
+    try:
+        status, _, index = http("GET", f"{host_b.url}/pub/simple/")
+        assert status == 200 and b"open-pkg" in index and b"secret-pkg" not in index
+        assert http("GET", f"{host_b.url}/pub/simple/secret-pkg/")[0] == 404
+        assert http("GET", f"{host_b.url}/pub/simple/secret-pkg/{secret}")[0] == 404
+        status, _, body = http("GET", f"{host_b.url}/t/{bob}/pub/simple/secret-pkg/{secret}")
+        assert status == 200 and body == wheels["secret-pkg"].read_bytes()
+        status, doc = _api(host_b, "GET", "/package/pub/secret-pkg", bob)
+        assert status == 200 and doc["public"] is False and doc["summary"] == "quiet things", doc  # type: ignore[index]
+        assert doc["license"] == "MIT", doc  # type: ignore[index]
+        status, labels = _api(host_b, "GET", "/channels/pub", bob)
+        assert status == 200 and labels["frozen"]["is_locked"] is True, labels  # type: ignore[index]
+
+        # on A: public again and unlocked; the increment carries only the changed settings
+        catalog = SqliteCatalog.at(tmp_path / "a" / "store")
+        try:
+            info = catalog.packages.get("pub", "pypi", "secret-pkg")
+            assert info is not None
+            catalog.packages.put(dataclasses.replace(info, private=False))
+            catalog.packages.set_locked("pub", "frozen", False)
+        finally:
+            catalog.close()
+        increment = tmp_path / "increment.tar"
+        assert cli_here(capsys, "export", "--config", str(host_a.config), "--out", str(increment),
+                        "--since", f"{bundle}.manifest.json").returncode == 0
+        assert set(json.loads(Path(f"{increment}.manifest.json").read_bytes())["members"]) == {"catalog/packages.jsonl"}
+        assert cli_here(capsys, "import", "--config", config_b, str(increment)).returncode == 0
+        status, _, body = http("GET", f"{host_b.url}/pub/simple/secret-pkg/{secret}")  # the running server sees it
+        assert status == 200 and body == wheels["secret-pkg"].read_bytes()
+        status, labels = _api(host_b, "GET", "/channels/pub", bob)
+        assert status == 200 and "frozen" not in labels, labels
+    finally:
+        host_b.stop()
+
+
+@pytest.mark.parametrize("line, problem", [
+    (b'{"locked_label": {"channel": "elsewhere", "label": "x"}}', "does not carry"),
+    (b'{"package": {"channel": "pub", "ecosystem": "pypi", "name": "p"}}', "is not a package row"),
+    (b'{"token": "secret"}', "is not a package setting"),
+    (b"not json", "is not JSON"),
+])
+def test_malformed_or_foreign_package_settings_are_refused(line: bytes, problem: str) -> None:
+    from proxy.airgap.bundle import BundleError
+    from proxy.airgap.package_settings import parse
+
+    good = b'{"locked_label": {"channel": "pub", "label": "frozen"}}'
+    assert parse(good, ["pub"]).locked == {"pub": {"frozen"}}
+    with pytest.raises(BundleError, match=problem):
+        parse(good + b"\n" + line, ["pub"])

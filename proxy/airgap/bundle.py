@@ -10,6 +10,8 @@ as a stream. Its members are store paths, relative to ``storage.path``, and noth
     meta/bodies/ab/<sha256>          cached upstream index documents
     meta/docs/<key>.json             their descriptors (relocatable: no path inside)
     catalog/uploads.jsonl            the exported channels' catalog rows, one JSON object a line
+    catalog/packages.jsonl           their package settings: privacy, metadata, locked labels
+                                     (package_settings.py; since version 2)
     manifest.json                    last: format, channels, and the sha256 and size of every member
 
 ``manifest.json`` is written beside the bundle too (``BUNDLE.manifest.json``): ``--since``
@@ -26,14 +28,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 FORMAT = "channelgate-bundle"
-VERSION = 1
+VERSION = 2  # 2: catalog/packages.jsonl (a version 1 importer would drop privacy: it refuses)
+READABLE = (1, 2)  # a version 1 bundle or manifest still imports, and still serves as a --since base
 MANIFEST = "manifest.json"
 CATALOG = "catalog/uploads.jsonl"
+PACKAGES = "catalog/packages.jsonl"
 IMPORTED = "airgap/imported"  # in the store: the manifests of imported bundles
 _HEX64 = "[0-9a-f]{64}"
 MEMBER_RE = re.compile(
     rf"^(?:(?:uploads|cache)/sha256/[0-9a-f]{{2}}/{_HEX64}|cache/(?:refs|origin)/{_HEX64}|meta/bodies/[0-9a-f]{{2}}/{_HEX64}"
-    rf"|meta/docs/{_HEX64}\.json|catalog/uploads\.jsonl)$"
+    rf"|meta/docs/{_HEX64}\.json|catalog/(?:uploads|packages)\.jsonl)$"
 )
 CONTENT_ADDRESSED = re.compile(rf"^(?:uploads/sha256|cache/sha256|meta/bodies)/[0-9a-f]{{2}}/({_HEX64})$")
 
@@ -72,7 +76,7 @@ class Manifest:
             raise BundleError("the manifest is not JSON") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise BundleError("not a channelgate bundle manifest")
-        if raw.get("version") != VERSION:
+        if raw.get("version") not in READABLE:
             raise BundleError(f"bundle format version {raw.get('version')!r} is not supported (this is {VERSION})")
         members: dict[str, Member] = {}
         for name, entry in _mapping(raw.get("members")).items():

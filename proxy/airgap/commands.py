@@ -49,11 +49,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"import refused, nothing was published: {exc}", file=sys.stderr)
         return 1
-    if report.files == 0 and report.rows == 0:
+    if report.files == 0 and report.rows == 0 and report.settings == 0:
         print(f"{args.bundle}: verified; everything in it was already stored (nothing changed)")
     else:
         print(f"{args.bundle}: verified and published {report.files} new file(s), {human(report.bytes)}, "
-              f"{report.rows} catalog row(s); {report.unchanged} already stored")
+              f"{report.rows} catalog row(s), {report.settings} package setting(s); {report.unchanged} already stored")
     return 0
 
 

@@ -18,7 +18,8 @@ from typing import BinaryIO, Callable, TextIO, cast
 
 from ..settings import ECOSYSTEMS, Settings
 from ..store.catalog import SqliteCatalog
-from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, BundleError, Manifest, Member, store_members
+from . import package_settings
+from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, PACKAGES, BundleError, Manifest, Member, store_members
 from .progress import Progress
 
 CHUNK = 1 << 20
@@ -44,11 +45,12 @@ def manifest_path(bundle: Path) -> Path:
     return bundle.with_name(bundle.name + ".manifest.json")
 
 
-def _catalog_rows(settings: Settings, channels: list[str]) -> tuple[bytes, set[str]]:
-    """The channels' catalog rows as JSON lines, and the upload blobs they name."""
+def _catalog_rows(settings: Settings, channels: list[str]) -> tuple[bytes, bytes, set[str]]:
+    """The channels' catalog rows and package settings as JSON lines, and the upload blobs
+    the rows name."""
     db = settings.storage_path / "catalog.sqlite3"
     if not db.exists():
-        return b"", set()
+        return b"", b"", set()
     catalog = SqliteCatalog(db)
     try:
         lines, blobs = [], set()
@@ -62,7 +64,7 @@ def _catalog_rows(settings: Settings, channels: list[str]) -> tuple[bytes, set[s
                     extra = upload.meta.get("metadata_sha256")
                     if isinstance(extra, str):
                         blobs.add(extra)
-        return "".join(line + "\n" for line in lines).encode(), blobs
+        return "".join(line + "\n" for line in lines).encode(), package_settings.dump(catalog.packages, channels), blobs
     finally:
         catalog.close()
 
@@ -75,7 +77,7 @@ def export_bundle(settings: Settings, out: Path, channels: list[str], since: Pat
     chosen = channels or sorted(settings.channels)
     base = Manifest.read(since) if since is not None else None
     known_before = base.known if base is not None else {}
-    rows, upload_blobs = _catalog_rows(settings, chosen)
+    rows, packages, upload_blobs = _catalog_rows(settings, chosen)
     prefixes = tuple(
         settings.upstreams[name].url + "/" for c in chosen for name in settings.channels[c].upstreams
     )
@@ -84,7 +86,7 @@ def export_bundle(settings: Settings, out: Path, channels: list[str], since: Pat
     members = list(store_members(root, upload_blobs, upstreams, prefixes))
     manifest = Manifest(chosen, since=str(since) if since else None)
     manifest.known = dict(known_before)
-    total = sum(path.stat().st_size for _, path in members) + len(rows)
+    total = sum(path.stat().st_size for _, path in members) + len(rows) + len(packages)
     part = out.with_name(out.name + ".part")
     try:
         with open(part, "wb") as fh, Progress(f"export {out.name}", total, stream=stream) as progress:
@@ -95,6 +97,7 @@ def export_bundle(settings: Settings, out: Path, channels: list[str], since: Pat
                 for name, path in members:
                     _add_file(tar, manifest, known_before, name, path, progress)
                 _add_bytes(tar, manifest, known_before, CATALOG, rows)
+                _add_bytes(tar, manifest, known_before, PACKAGES, packages)  # changed settings only
                 tar.addfile(_info(MANIFEST, len(data := manifest.to_bytes())), _BytesReader(data))
         # no fsync: the bundle is verified member by member when imported, so a bundle that a
         # power cut damaged is refused there; the rename keeps a crash from leaving a half

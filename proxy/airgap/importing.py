@@ -5,11 +5,14 @@
    staging directory in the store's ``tmp/`` (a member already stored is hashed, not copied).
 2. Verify: the manifest exists and lists exactly the members read, with their sizes and
    sha256s; content-addressed members are the hash their name says; catalog rows are
-   well-formed and name files the store will hold. Anything wrong: nothing is published
+   well-formed and name files the store will hold; package settings are well-formed and
+   name only channels the bundle carries. Anything wrong: nothing is published
    and the staging directory is removed (tampered, truncated, wrong format).
 3. Publish, content before what points at it: blobs and index bodies (renames into their
    content-addressed places, so an incomplete one is never visible), then aliases and
-   descriptors, then every catalog row in one SQLite transaction. What is stored already
+   descriptors, then the package settings (privacy first: a private package's files never
+   show publicly, not even for a moment; a lock set replaces the site's for each carried
+   channel), then every catalog row in one SQLite transaction. What is stored already
    is left alone, so importing a bundle twice changes nothing.
 """
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import IO, Any, TextIO
 from ..settings import Settings
 from ..store.blobs import BlobStore, atomic_write
 from ..store.catalog import SqliteCatalog, Upload
-from .bundle import CATALOG, CONTENT_ADDRESSED, IMPORTED, MANIFEST, MEMBER_RE, BundleError, Manifest
+from . import package_settings
+from .bundle import CATALOG, CONTENT_ADDRESSED, IMPORTED, MANIFEST, MEMBER_RE, PACKAGES, BundleError, Manifest
 from .progress import Progress
 
 CHUNK = 1 << 20
@@ -44,6 +48,7 @@ class ImportReport:
     bytes: int = 0
     unchanged: int = 0
     rows: int = 0
+    settings: int = 0  # package rows and label locks changed
     channels: list[str] = field(default_factory=list)
 
 
@@ -62,8 +67,9 @@ def import_bundle(settings: Settings, bundle: Path, stream: TextIO | None = None
     try:
         staged, manifest = _read(root, bundle, staging, stream)
         rows = _verify(root, staged, manifest)
+        package_rows = _settings(staged, manifest)
         _sync(staging)  # every staged byte on disk before anything points at it
-        return _publish(root, staged, rows, manifest)
+        return _publish(root, staged, rows, package_rows, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -173,6 +179,18 @@ def _verify(root: Path, staged: dict[str, _Staged], manifest: Manifest) -> list[
     return rows
 
 
+def _settings(staged: dict[str, _Staged], manifest: Manifest) -> package_settings.PackageSettings | None:
+    """The bundle's package settings, checked; None when it carries none (a version 1
+    bundle, or an increment whose settings did not change)."""
+    item = staged.get(PACKAGES)
+    if item is None:
+        return None
+    if item.size > MAX_SMALL:
+        raise BundleError(f"{PACKAGES} is implausibly large ({item.size} bytes)")
+    data = item.path.read_bytes() if item.path is not None else b""
+    return package_settings.parse(data, manifest.channels)
+
+
 def _row(line: bytes, number: int) -> Upload:
     try:
         raw: Any = json.loads(line)
@@ -187,12 +205,13 @@ def _row(line: bytes, number: int) -> Upload:
     return Upload(**raw)
 
 
-def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload], manifest: Manifest) -> ImportReport:
+def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload],
+             settings: package_settings.PackageSettings | None, manifest: Manifest) -> ImportReport:
     report = ImportReport(channels=list(manifest.channels))
     order = sorted(staged, key=lambda n: (CONTENT_ADDRESSED.match(n) is None, n))  # content first
     for name in order:
         item = staged[name]
-        if name == CATALOG:
+        if name in (CATALOG, PACKAGES):
             continue
         final = root / name
         if item.path is None or (final.is_file() and _same(final, item)):
@@ -203,9 +222,11 @@ def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload], manifes
         report.files += 1
         report.bytes += item.size
     _remember(root, manifest)
-    if rows:
+    if rows or settings is not None:
         catalog = SqliteCatalog.at(root)
         try:
+            if settings is not None:  # before the rows: privacy holds from their first moment
+                report.settings = catalog.packages.apply(settings.packages, settings.locked)
             report.rows = catalog.add_many(rows)
         finally:
             catalog.close()

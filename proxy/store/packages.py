@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -110,11 +110,7 @@ class PackageTable:
         if not info.created_at:
             info = replace(info, created_at=old.created_at if old else time.time())
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (info.channel, info.ecosystem, info.name, int(info.private), info.summary, info.description,
-                 info.license, info.home, json.dumps(dict(info.releases), sort_keys=True), info.created_at),
-            )
+            self._db.execute("INSERT OR REPLACE INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)", _values(info))
         self.reload()
         if old is None or old.private != info.private:
             self._changed(info.channel, info.ecosystem)  # the public view's indexes change
@@ -130,6 +126,31 @@ class PackageTable:
         if old.private:
             self._changed(channel, ecosystem)
 
+    def apply(self, infos: Iterable[PackageInfo], locked: Mapping[str, Iterable[str]]) -> int:
+        """``channelgate import``: the given rows (as they are, ``created_at`` too) and, for each
+        channel of ``locked``, exactly those locked labels, in one transaction. Rows and locks
+        equal to the stored ones are left alone (importing twice writes nothing); rows the
+        bundle lacks are kept. Returns how many rows and locks changed."""
+        rows = [info for info in infos if self.get(info.channel, info.ecosystem, info.name) != info]
+        lock_add = [(c, label) for c, labels in locked.items() for label in set(labels) - self.locked_labels(c)]
+        lock_drop = [(c, label) for c, labels in locked.items() for label in self.locked_labels(c) - set(labels)]
+        if not (rows or lock_add or lock_drop):
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)", [_values(i) for i in rows])
+                self._db.executemany("INSERT OR IGNORE INTO locked_labels VALUES (?,?)", lock_add)
+                self._db.executemany("DELETE FROM locked_labels WHERE channel=? AND label=?", lock_drop)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        self.reload()
+        for channel, ecosystem in {(i.channel, i.ecosystem) for i in rows}:
+            self._changed(channel, ecosystem)
+        return len(rows) + len(lock_add) + len(lock_drop)
+
     def set_locked(self, channel: str, label: str, locked: bool) -> None:
         with self._lock:
             if locked:
@@ -137,6 +158,11 @@ class PackageTable:
             else:
                 self._db.execute("DELETE FROM locked_labels WHERE channel=? AND label=?", (channel, label))
         self.reload()
+
+
+def _values(info: PackageInfo) -> tuple[Any, ...]:
+    return (info.channel, info.ecosystem, info.name, int(info.private), info.summary, info.description,
+            info.license, info.home, json.dumps(dict(info.releases), sort_keys=True), info.created_at)
 
 
 def _row(row: tuple[Any, ...]) -> PackageInfo:
