@@ -45,6 +45,8 @@ class Sizes:
     rounds: int  # rounds of throughput and answer-time measurements (median taken)
     bundle: int = 2048 * 1024 * 1024  # the store exported and imported (air-gap bundles)
     wrk_rounds: int = 1  # rounds of wrk runs, interleaved over the peers (median taken)
+    resolve_projects: int = 15  # the tree resolved cold by uv and pip (scen_resolve)
+    resolve_wheel: int = 24 * 1024 * 1024  # bytes per wheel of that tree
 
 
 FULL = Sizes(
@@ -55,7 +57,7 @@ FULL = Sizes(
 QUICK = Sizes(
     wrk_seconds=1, wrk_warmup=0, connections=64, page_versions=5, conda_records=200,
     artifact=8 * MiB, parallel=8, cold=12 * MiB, cold_clients=64, cold_seconds=1.0,
-    big_records=3000, stream=24 * MiB, rounds=1, bundle=24 * MiB,
+    big_records=3000, stream=24 * MiB, rounds=1, bundle=24 * MiB, resolve_projects=2, resolve_wheel=MiB // 4,
 )
 
 
