@@ -159,6 +159,16 @@ def test_a_token_never_makes_a_wider_token(world: World) -> None:
     assert status == 400 and "repos" in data["error"]
 
 
+def test_a_weak_token_is_refused_not_ignored(world: World) -> None:
+    status, data = make_token(world, "alice", PASSWORD, note="short", strength="weak")
+    assert status == 400 and "weak" in data["error"]
+    listed_status, _, body = http("GET", f"{world.server.url}/api/authentications",
+                                  headers={"Authorization": f"token {world.tokens['alice-all']}"})
+    assert listed_status == 200 and "short" not in [t["name"] for t in json.loads(body)]
+    status, data = make_token(world, "alice", PASSWORD, note="strong-one", strength="strong")
+    assert status == 200 and data["token"].startswith("cgt-")
+
+
 def test_expiry_defaults_to_policy_and_is_capped(world: World) -> None:
     status, data = make_token(world, "alice", PASSWORD, note="week", scopes=["conda:download"])
     assert status == 200

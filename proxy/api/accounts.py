@@ -77,6 +77,9 @@ def _token_request(payload: dict[str, Any], remote: str | None) -> TokenRequest:
     max_age = payload.get("max-age")
     if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, (int, float))):
         raise BadRequest("max-age must be a number of seconds")
+    if payload.get("strength", "strong") not in (None, "strong"):
+        # anaconda auth --weak asks for a shorter token; every token here carries 256 bits
+        raise BadRequest("weak tokens are not offered: every token carries 256 random bits (drop --weak)")
     name = payload.get("note") or payload.get("name")
     if not isinstance(name, str) or not name.strip():
         raise BadRequest("a token needs a name (anaconda auth --create --name NAME)")
