@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import ssl
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -186,6 +187,16 @@ def load_settings(path: str | Path) -> Settings:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     return parse_settings(text, source=path)
+
+
+def load_settings_or_report(path: str | Path) -> Settings | None:
+    """For commands: the policy, or None after printing every problem to stderr."""
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
 
 
 def parse_settings(text: str, *, source: Path | None = None) -> Settings:

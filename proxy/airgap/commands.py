@@ -7,24 +7,16 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..settings import Settings, load_settings
+from ..settings import load_settings_or_report
 from .bundle import BundleError
 from .progress import human
 
-
-def _settings(path: str) -> Settings | None:
-    try:
-        return load_settings(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_bundle, manifest_path
 
-    settings = _settings(args.config)
+    settings = load_settings_or_report(args.config)
     if settings is None:
         return 2
     try:
@@ -41,7 +33,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .importing import import_bundle
 
-    settings = _settings(args.config)
+    settings = load_settings_or_report(args.config)
     if settings is None:
         return 2
     try:
@@ -63,7 +55,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from .seed import print_summary, seed
     from .seedfile import load_seed_file
 
-    settings = _settings(args.config)
+    settings = load_settings_or_report(args.config)
     if settings is None:
         return 2
     try:
@@ -93,7 +85,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if not args.config:
         print("channelgate cache: --config is required", file=sys.stderr)
         return 2
-    settings = _settings(args.config)
+    settings = load_settings_or_report(args.config)
     if settings is None:
         return 2
     action = getattr(args, "cache_command", None)

@@ -10,8 +10,7 @@ import sys
 import yaml
 
 from ..audit import audit
-from ..errors import ConfigError
-from ..settings import Settings, load_settings
+from ..settings import load_settings_or_report
 from ..store.tokens import TokenStore
 from .accounts import hash_password
 
@@ -35,18 +34,10 @@ def add_parsers(token_sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     password.set_defaults(func=cmd_user_password)
 
 
-def _load_or_report(path: str) -> Settings | None:
-    try:
-        return load_settings(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return None
-
 
 def cmd_token_list(args: argparse.Namespace) -> int:
     """Every token, policy and user-made, with its state; never a secret (none is stored)."""
-    settings = _load_or_report(args.config)
+    settings = load_settings_or_report(args.config)
     if settings is None:
         return 2
     store = TokenStore(settings.storage_path / "accounts.sqlite3")
@@ -74,7 +65,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     """Revoke a token by name: a user-made one is deleted, a policy one is refused from now on
     (every worker within a second); remove its YAML entry at leisure."""
-    settings = _load_or_report(args.config)
+    settings = load_settings_or_report(args.config)
     if settings is None:
         return 2
     store = TokenStore(settings.storage_path / "accounts.sqlite3")
