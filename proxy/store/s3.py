@@ -192,13 +192,9 @@ class S3Store(BlobStore):
         local = self.blob_path(area, sha256)
         if local.is_file():
             return local
-        key = self.key(area, sha256)
-        try:
-            response = self._sync().get_object(Bucket=self.settings.bucket, Key=key)
-        except Exception as exc:
-            if _missing(exc):
-                return None
-            raise StorageError("the object store failed") from exc
+        response = self._get_object(self.key(area, sha256))
+        if response is None:
+            return None
         part = self.scratch_dir / f"get-{uuid.uuid4().hex}.part"
         try:
             with open(part, "wb") as fh:
@@ -211,13 +207,19 @@ class S3Store(BlobStore):
         return local
 
     # -- aliases and provenance: small objects in the bucket
-    def _get_text(self, key: str) -> str | None:
+    def _get_object(self, key: str) -> Any:
+        """The object's GET response, or None when the bucket has no such key."""
         try:
-            response = self._sync().get_object(Bucket=self.settings.bucket, Key=key)
+            return self._sync().get_object(Bucket=self.settings.bucket, Key=key)
         except Exception as exc:
             if _missing(exc):
                 return None
             raise StorageError("the object store failed") from exc
+
+    def _get_text(self, key: str) -> str | None:
+        response = self._get_object(key)
+        if response is None:
+            return None
         try:
             return bytes(response["Body"].read(4096)).decode().strip() or None
         except UnicodeDecodeError:
