@@ -299,12 +299,10 @@ def start_nginx(stack: contextlib.ExitStack, workdir: Path, root: Path, *, worke
     conf = conf_dir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(workers=workers, dir=conf_dir, port=port, root=root))
     if os.geteuid() == 0:
-        # workers run as "nobody": let them read the generated tree
-        for path in [root, *root.parents]:
-            if path == Path("/"):
-                break
-            path.chmod(path.stat().st_mode | 0o005)
-        conf.write_text("user nobody nogroup;\n" + conf.read_text())
+        # as root, nginx's workers would run as "nobody", and any pytest session starting
+        # meanwhile resets /tmp/pytest-of-root to 0700 under them (403 on every file):
+        # keep the workers as the user who generated the tree
+        conf.write_text("user root root;\n" + conf.read_text())
     log = conf_dir / "stdout.log"
     proc = spawn(stack, [binary, "-e", str(conf_dir / "error.log"), "-p", str(conf_dir), "-c", str(conf)], log)
     wait_http(f"http://127.0.0.1:{port}/", proc, conf_dir / "error.log")
