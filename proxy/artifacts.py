@@ -117,6 +117,7 @@ class Artifacts:
         path = self.cached(spec)
         if path is not None:
             self.metrics.cache_result("artifact", "hit")
+            self.store.record_use(path.name)  # cache prune removes by last use
             return file_response(path, spec.content_type, immutable=True)
         self.metrics.cache_result("artifact", "miss")
         if offline:
@@ -153,6 +154,7 @@ class Artifacts:
         """The file in the store, downloaded and verified first if need be (single flight)."""
         path = self.cached(spec)
         if path is not None:
+            self.store.record_use(path.name)
             return path
         check_target(spec.upstream, spec.url, hashed=spec.hashed, own=self.upstream.own, what=spec.filename)
         fetch = self._inflight.get(spec.key) or self._start(spec)

@@ -25,7 +25,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, upstream_factory) -> Upst
     return upstream_factory(base / "root")  # type: ignore[no-any-return]
 
 
-def _site(tmp_path: Path, upstream: UpstreamServer) -> tuple[Channelgate, Path]:
+def _site(tmp_path: Path, upstream: UpstreamServer) -> tuple[Channelgate, Path, str]:
     """A store holding both wheels (cached) and one upload; the server stopped."""
     policy = Policy({
         "storage": {"path": str(tmp_path / "store")},
@@ -46,7 +46,7 @@ def _site(tmp_path: Path, upstream: UpstreamServer) -> tuple[Channelgate, Path]:
                                  timeout=60).status_code == 200
     finally:
         server.stop()
-    return server, hosted
+    return server, hosted, token
 
 
 def _blob_of(upstream: UpstreamServer, storage: Path, wheel: str) -> Path:
@@ -57,7 +57,7 @@ def _blob_of(upstream: UpstreamServer, storage: Path, wheel: str) -> Path:
 
 
 def test_cache_shows_size_per_upstream_and_channel(tmp_path: Path, upstream: UpstreamServer, capsys) -> None:  # type: ignore[no-untyped-def]
-    server, hosted = _site(tmp_path, upstream)
+    server, hosted, _ = _site(tmp_path, upstream)
     from proxy.airgap.cache_admin import usage
     from proxy.settings import load_settings
 
@@ -73,7 +73,7 @@ def test_cache_shows_size_per_upstream_and_channel(tmp_path: Path, upstream: Ups
 
 
 def test_prune_by_age_and_size_keeps_uploads_and_imported_files(tmp_path: Path, upstream: UpstreamServer, capsys) -> None:  # type: ignore[no-untyped-def]
-    server, _ = _site(tmp_path / "a", upstream)
+    server, _, _ = _site(tmp_path / "a", upstream)
     storage = server.storage
     old, new = (_blob_of(upstream, storage, w) for w in WHEELS)
     ten_days_ago = time.time() - 10 * 86400
@@ -97,8 +97,37 @@ def test_prune_by_age_and_size_keeps_uploads_and_imported_files(tmp_path: Path, 
     assert not stored_blobs(storage, "cache") and stored_blobs(storage, "uploads") == uploads
 
 
+def test_prune_goes_by_last_use_stamped_at_most_once_an_hour(tmp_path: Path, upstream: UpstreamServer, capsys) -> None:  # type: ignore[no-untyped-def]
+    server, _, token = _site(tmp_path, upstream)
+    storage = server.storage
+    old, new = (_blob_of(upstream, storage, w) for w in WHEELS)
+    now = time.time()
+    os.utime(old, (now - 6 * 86400,) * 2)  # fetched 6 days ago, never served since
+    os.utime(new, (now - 10 * 86400,) * 2)  # fetched 10 days ago ...
+    stamp = storage / "cache" / "used" / new.name
+    server.start()
+    try:  # ... and served today (a cache hit)
+        assert http("GET", f"{server.url}/t/{token}/internal/simple/new-pkg/{WHEELS[1]}")[0] == 200
+        assert stamp.is_file() and stamp.stat().st_mtime > now - 60
+        assert not (storage / "cache" / "used" / old.name).exists()
+        half_an_hour_ago = time.time() - 1800
+        os.utime(stamp, (half_an_hour_ago, half_an_hour_ago))
+        assert http("GET", f"{server.url}/t/{token}/internal/simple/new-pkg/{WHEELS[1]}")[0] == 200
+        assert stamp.stat().st_mtime == half_an_hour_ago  # stamped once an hour at most, not per request
+    finally:
+        server.stop()
+    # down to a size: the least recently used goes first, though it was fetched later
+    assert main(["cache", "prune", "--config", str(server.config), "--max-size", str(new.stat().st_size)]) == 0
+    assert not old.exists() and new.exists()
+    assert "removed 1 cached artifact(s)" in capsys.readouterr().out
+    # by age: served 5+ days ago counts as unused; the stamp goes with the artifact
+    os.utime(stamp, (now - 5.5 * 86400,) * 2)
+    assert main(["cache", "prune", "--config", str(server.config), "--older-than", "5"]) == 0
+    assert not new.exists() and not stamp.exists()
+
+
 def test_verify_reports_every_mismatch(tmp_path: Path, upstream: UpstreamServer, capsys) -> None:  # type: ignore[no-untyped-def]
-    server, _ = _site(tmp_path, upstream)
+    server, _, _ = _site(tmp_path, upstream)
     assert main(["cache", "--config", str(server.config), "verify"]) == 0
     assert "0 mismatch(es)" in capsys.readouterr().out
     rotten = _blob_of(upstream, server.storage, WHEELS[1])

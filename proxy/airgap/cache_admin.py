@@ -3,7 +3,8 @@
 - ``cache``: bytes per upstream (cached artifacts, by the provenance artifacts.py records,
   and index documents, by URL) and per channel (its uploads plus its upstreams' share).
 - ``cache prune --older-than DAYS | --max-size SIZE``: removes cached upstream artifacts,
-  oldest first (by when they were fetched). Never an upload, never an index document (an
+  least recently used first: last use is the later of the fetch and the last time the server
+  served it (the store's use stamps, touched at most once an hour). Never an upload, never an index document (an
   offline site's indexes), never a file that an imported bundle brought (their manifests
   are kept in ``airgap/imported/``): an air-gapped site could not fetch it again.
 - ``cache verify``: re-hashes every content-addressed file and reports each mismatch.
@@ -93,7 +94,8 @@ def protected(root: Path) -> set[str]:
 
 
 def prune(settings: Settings, *, older_than_days: float | None, max_size: int | None) -> tuple[int, int]:
-    """Remove cached artifacts by age and/or down to a total size; (files, bytes) removed."""
+    """Remove cached artifacts unused for ``older_than_days`` and/or, least recently used
+    first, down to a total size; (files, bytes) removed."""
     root = settings.storage_path
     store = BlobStore(root)
     keep = protected(root)
@@ -103,17 +105,19 @@ def prune(settings: Settings, *, older_than_days: float | None, max_size: int | 
         stat = path.stat()
         total += stat.st_size
         if path.name not in keep:
-            entries.append((stat.st_mtime, stat.st_size, path))
+            used = max(stat.st_mtime, store.last_used(path.name) or 0.0)  # a fetch is a use
+            entries.append((used, stat.st_size, path))
     entries.sort()
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     removed = freed = 0
-    for mtime, size, path in entries:  # oldest first
-        old = cutoff is not None and mtime < cutoff
+    for used, size, path in entries:  # least recently used first
+        old = cutoff is not None and used < cutoff
         over = max_size is not None and total > max_size
         if not old and not over:
-            break  # nothing later is older, and the size fits
+            break  # nothing later was used longer ago, and the size fits
         path.unlink(missing_ok=True)
         store.origin_path(path.name).unlink(missing_ok=True)
+        store.used_path(path.name).unlink(missing_ok=True)
         total -= size
         removed += 1
         freed += size

@@ -141,9 +141,10 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     cache.add_argument("--config", help="policy file (also accepted after prune/verify)")
     cache.set_defaults(func=cmd_cache)
     cache_sub = cache.add_subparsers(dest="cache_command")
-    prune = cache_sub.add_parser("prune", help="remove cached upstream artifacts by age or down to a size")
+    prune = cache_sub.add_parser(
+        "prune", help="remove cached upstream artifacts unused for DAYS, or least recently used down to a size")
     prune.add_argument("--config", default=argparse.SUPPRESS)
-    prune.add_argument("--older-than", type=float, metavar="DAYS", help="fetched more than DAYS ago")
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="not served (nor fetched) for DAYS")
     prune.add_argument("--max-size", metavar="SIZE", help="until the cached artifacts fit in SIZE (e.g. 20G)")
     verify = cache_sub.add_parser("verify", help="re-hash every stored file and report mismatches")
     verify.add_argument("--config", default=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ Layout under the storage root::
     cache/sha256/ab/<hex>      cached upstream artifacts
     cache/refs/<key digest>    alias -> sha256, for artifacts an upstream declares by another hash (CRAN's MD5)
     cache/origin/<sha256>      the name of the upstream a cached artifact came from (channelgate cache)
+    cache/used/<sha256>        empty; its mtime is when the cached artifact was last served
     meta/                      cached upstream index documents (see cache.py)
 
 A blob is written to ``tmp/`` while its digests are computed, fsynced, checked against the
@@ -19,6 +20,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 Area = Literal["uploads", "cache"]
 AREAS: tuple[Area, ...] = ("uploads", "cache")
 CHUNK = 256 * 1024
+USE_EVERY = 3600.0  # a blob's last-use stamp is touched at most this often (seconds) per process
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,7 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._stamped: dict[str, float] = {}  # sha256 -> when this process last touched its stamp
 
     @property
     def scratch_dir(self) -> Path:
@@ -139,7 +143,7 @@ class BlobStore:
 
     def open(self, *, clean: bool = True) -> None:
         """Create the layout and remove leftovers of a crash (partial writes never become blobs)."""
-        for sub in ("tmp", "uploads/sha256", "cache/sha256", "cache/refs", "meta"):
+        for sub in ("tmp", "uploads/sha256", "cache/sha256", "cache/refs", "cache/used", "meta"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if not clean:
             return
@@ -220,6 +224,39 @@ class BlobStore:
         try:
             return self.origin_path(sha256).read_text().strip() or None
         except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    # -- last use: what ``cache prune`` orders by (a fetch counts as a use)
+    def used_path(self, sha256: str) -> Path:
+        return self.root / "cache" / "used" / sha256
+
+    def record_use(self, sha256: str) -> None:
+        """Note that a cached blob was served: its stamp's mtime is set to now, at most once
+        per USE_EVERY in this process (one utime(2), no database write, per blob per hour)."""
+        now = time.monotonic()
+        last = self._stamped.get(sha256)
+        if last is not None and now - last < USE_EVERY:
+            return
+        if len(self._stamped) >= 100_000:  # bounded: forgetting only costs an extra utime
+            self._stamped.clear()
+        self._stamped[sha256] = now
+        path = self.used_path(sha256)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            except OSError as exc:  # a read-only store still serves
+                log.debug("cannot stamp the use of %s: %s", sha256, exc)
+        except OSError as exc:
+            log.debug("cannot stamp the use of %s: %s", sha256, exc)
+
+    def last_used(self, sha256: str) -> float | None:
+        """When the cached blob was last served (epoch seconds), if recorded."""
+        try:
+            return self.used_path(sha256).stat().st_mtime
+        except OSError:
             return None
 
     async def put_bytes(self, area: Area, data: bytes) -> Blob:

@@ -54,6 +54,12 @@ class Store(Protocol):
     def origin(self, sha256: str) -> str | None:
         """The upstream a cached blob came from, if recorded."""
 
+    def record_use(self, sha256: str) -> None:
+        """Note that a cached blob was served (cheap: at most one stamp per blob per hour)."""
+
+    def last_used(self, sha256: str) -> float | None:
+        """When a cached blob was last served (epoch seconds), if recorded."""
+
     @property
     def scratch_dir(self) -> Path:
         """Where work files go (emptied at start: nothing in it is ever served as-is)."""
