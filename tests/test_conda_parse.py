@@ -110,7 +110,14 @@ def test_streaming_parser_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         path.write_bytes(data)
         on_disk = parse_mod.parse_repodata_file(path, encoding, tmp_path)  # type: ignore[arg-type]
         assert _parsed(on_disk) == expected
-        assert all(s.perm is None for s in on_disk.sections.values())  # sorted once, on disk
+        for section in on_disk.sections.values():  # kept in document order, read in sorted order
+            keys = [key for _, key, _ in section.entries()]
+            assert keys == sorted(keys)
+            n = len(section)
+            for lo, hi in ((0, n), (1, n - 1), (n // 3, n // 2), (2, 3)):
+                runs = list(section.index_runs(lo, hi))  # maximal runs of consecutive entries
+                assert [i for a, b in runs for i in range(a, b)] == [section.index(s) for s in range(lo, hi)]
+                assert all(a2 != b1 for (_, b1), (a2, _) in zip(runs, runs[1:]))
 
 
 def test_streaming_parser_duplicates_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,3 +219,34 @@ def test_plan_shards_incremental_equals_full(tmp_path: Path) -> None:
     assert incremental.by_name["p5"] == before.by_name["p5"]  # untouched names keep their shard
     shard = unpack(incremental.shards[incremental.by_name["p4"]])
     assert list(shard["packages.conda"]) == ["p4-7-0.conda"]  # the upload hides every upstream p4
+
+
+def test_readahead_decodes_on_a_thread_and_reports_a_broken_stream(tmp_path: Path) -> None:
+    """The zstd document is decoded on its own thread: the bytes arrive whole and in order,
+    a corrupt frame surfaces as the parse's BadRequest, and closing early stops the thread."""
+    import threading
+
+    from proxy.ecosystems.conda import parse as parse_mod
+    from proxy.ecosystems.conda.readahead import ReadAhead
+
+    body = orjson.dumps({"packages.conda": {fn: r for fn, r in _doc_records(3000, 7).items()}})
+    packed = zstandard.ZstdCompressor().compress(body)
+    path = tmp_path / "repodata.json.zst"
+    path.write_bytes(packed)
+    with parse_mod.open_body(path, "zstd") as stream:
+        assert isinstance(stream, ReadAhead)
+        buf = bytearray(1000)
+        got = bytearray()
+        while n := stream.readinto(memoryview(buf)):  # type: ignore[attr-defined]
+            got += buf[:n]
+    assert bytes(got) == body
+    assert not [t for t in threading.enumerate() if t.name == "conda-readahead"]
+    broken = tmp_path / "broken.json.zst"
+    broken.write_bytes(packed[:40] + bytes(len(packed) - 40))
+    with pytest.raises(BadRequest, match="not valid zstd"):
+        parse_mod.parse_repodata_file(broken, "zstd", tmp_path)
+    assert not [t for t in threading.enumerate() if t.name == "conda-readahead"]
+    reader = ReadAhead(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True), chunk=64, depth=1)  # noqa: SIM115
+    assert reader.read(10) == body[:10]
+    reader.close()  # the producer is blocked on a full queue: it stops
+    assert not [t for t in threading.enumerate() if t.name == "conda-readahead"]

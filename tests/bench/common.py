@@ -123,25 +123,26 @@ class _Timer:
 Scenario = Callable[[Bench], Coroutine[Any, Any, list[Row]]]
 
 
-def bench_policy(upstreams: dict[str, dict[str, str]]) -> tuple[Policy, str, str]:
-    """A private channel ``bench`` over ``upstreams``; returns (policy, reader token, writer token).
-    Reads are authenticated like a real deployment's (token in the path)."""
+def bench_policy(upstreams: dict[str, dict[str, str]], channels: tuple[str, ...] = (CHANNEL,)) -> tuple[Policy, str, str]:
+    """Private channels (``bench`` alone by default) over ``upstreams``; returns (policy, reader
+    token, writer token). Reads are authenticated like a real deployment's (token in the path)."""
     policy = Policy({
         "upstreams": upstreams,
         "groups": {"readers": ["reader"], "writers": ["writer"]},
-        "channels": {CHANNEL: {"upstreams": list(upstreams), "read": ["group:readers"], "write": ["group:writers"]}},
+        "channels": {name: {"upstreams": list(upstreams), "read": ["group:readers"], "write": ["group:writers"]}
+                     for name in channels},
     })
     reader = policy.add_token("reader", ["pypi:download", "conda:download"])
     writer = policy.add_token("writer", ["api:write", "conda:download", "pypi:download"])
     return policy, reader, writer
 
 
-def channel_url(server_url: str, token: str) -> str:
+def channel_url(server_url: str, token: str, channel: str = CHANNEL) -> str:
     """``/t/<TOKEN>/api/repo/<channel>``: the authenticated prefix the issue names."""
-    return f"{server_url}/t/{token}/api/repo/{CHANNEL}"
+    return f"{server_url}/t/{token}/api/repo/{channel}"
 
 
-async def upload_conda(server_url: str, token: str, path: Path) -> float:
+async def upload_conda(server_url: str, token: str, path: Path, channel: str = CHANNEL) -> float:
     """``POST /api/repo/<channel>`` with ``content=@pkg.conda``; returns its duration (s).
     A 404/405 means conda uploads are not there yet: Skip."""
     form = aiohttp.FormData()
@@ -149,7 +150,7 @@ async def upload_conda(server_url: str, token: str, path: Path) -> float:
     form.add_field("content", data, filename=path.name, content_type="application/octet-stream")
     async with aiohttp.ClientSession(trust_env=False) as session:
         start = time.monotonic()
-        async with session.post(f"{server_url}/api/repo/{CHANNEL}", data=form,
+        async with session.post(f"{server_url}/api/repo/{channel}", data=form,
                                 headers={"Authorization": f"token {token}"}) as resp:
             body = await resp.text()
         elapsed = time.monotonic() - start

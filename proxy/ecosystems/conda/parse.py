@@ -12,7 +12,8 @@
   string ``name`` are skipped, pretty-printed records compacted, and records that link to
   the upstream (``url``/``channel``: clients must fetch through channelgate) re-encoded
   without those keys.
-- An upstream whose keys were not sorted is sorted once, file to file in the kernel.
+- An upstream whose keys were not sorted keeps its order on disk, with a permutation
+  (sections.py); merges copy its runs.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import orjson
 import zstandard
 
 from ...errors import BadRequest
+from .readahead import ReadAhead
 from .sections import (
     EXTENSIONS,
     MAX_DECOMPRESSED,
@@ -408,9 +410,10 @@ def open_body(path: Path, encoding: Encoding) -> BinaryIO:
     """A stream of the decompressed document at ``path``."""
     if encoding == "zstd":
         raw = open(path, "rb")  # noqa: SIM115 - closed with the reader
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)  # type: ignore[return-value]
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+        return ReadAhead(reader)  # type: ignore[arg-type,return-value]  # decoded on another core
     if encoding == "bz2":
-        return bz2.BZ2File(path)  # type: ignore[return-value]
+        return ReadAhead(bz2.BZ2File(path))  # type: ignore[arg-type,return-value]
     return open(path, "rb")  # noqa: SIM115
 
 
@@ -427,6 +430,6 @@ def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit:
             except (OSError, EOFError) as exc:
                 raise BadRequest(f"repodata.json is not readable ({exc})") from None
         files.close()
-        repodata = parser.result(files.data())
-        files.sort(repodata.sections)
-        return repodata
+        # an upstream that is not sorted stays as it came (``perm``): sorting it on disk
+        # would cost a copy of every byte before the first merge; merges copy its runs
+        return parser.result(files.data())

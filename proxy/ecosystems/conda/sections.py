@@ -98,6 +98,7 @@ class Section:
         self.perm = perm
         self._spans: array[int] | None = None
         self._inverse: array[int] | None = None
+        self._starts: array[int] | None = None
 
     def __len__(self) -> int:
         return len(self.perm) if self.perm is not None else len(self.klens)
@@ -155,18 +156,29 @@ class Section:
         entries in the data (one run when the upstream was sorted)."""
         if lo >= hi:
             return
-        if self.perm is None:
+        perm = self.perm
+        if perm is None:
             yield lo, hi
             return
-        perm = self.perm
-        first = end = perm[lo]
-        for s in range(lo + 1, hi):
-            i = perm[s]
-            if i != end + 1:
-                yield first, end + 1
-                first = i
-            end = i
-        yield first, end + 1
+        starts = self._run_starts()
+        i = bisect.bisect_right(starts, lo)
+        s = lo
+        while s < hi:
+            end = min(starts[i], hi) if i < len(starts) else hi
+            yield perm[s], perm[end - 1] + 1
+            s = end
+            i += 1
+
+    def _run_starts(self) -> array[int]:
+        """Sorted positions where a run of consecutive entries starts (after the first),
+        found at C speed: an unsorted upstream (names in random order, each name's records
+        together) has tens of thousands of runs over hundreds of thousands of entries."""
+        if self._starts is None:
+            perm = self.perm
+            assert perm is not None
+            breaks = map(operator.ne, itertools.islice(perm, 1, None), map(operator.add, perm, itertools.repeat(1)))
+            self._starts = array("Q", itertools.compress(range(1, len(perm)), breaks))
+        return self._starts
 
     def entries(self, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, bytes, memoryview]]:
         """(sorted position, key, record) for [lo, hi), read in chunks of about READ_CHUNK."""
