@@ -66,6 +66,15 @@ class TooManyRequests(ChannelgateError):
     default_message = "too many requests"
 
 
+class NotReady(ChannelgateError):
+    """A rendering that exists but is still being produced (a 503 with ``Retry-After``)."""
+
+    default_message = "not ready yet"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
 class StorageError(ChannelgateError):
     """The store failed (a full disk, a temp file that vanished): nothing was kept (a 500)."""
 

@@ -17,6 +17,7 @@ from .errors import (
     MethodNotAllowed,
     NotAcceptable,
     NotFound,
+    NotReady,
     PayloadTooLarge,
     TooManyRequests,
     Unauthorized,
@@ -41,6 +42,7 @@ HTTP_STATUS: dict[type[ChannelgateError], int] = {
     Locked: 423,
     TooManyRequests: 429,
     UpstreamError: 502,
+    NotReady: 503,
     UpstreamTimeout: 504,
 }
 

@@ -31,12 +31,13 @@ from ...store.catalog import Upload
 from .cep16 import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
 from .index import DEFAULT_LABEL, LABEL_RE, SUBDIR_RE, CondaIndexes, normalize
 from .sections import is_package_filename
-from .subdir_index import FileKind, IndexFileResponse
+from .subdir_index import SLOW_KINDS, FileKind, IndexFileResponse
 from .uploads import parse_labels, store_conda_upload, upload_summary
 
 SMALL_INDEX_BYTES = 2 * 1024 * 1024  # indexes up to this size are answered from memory...
 SMALL_INDEX_COUNT = 32  # ...at most this many of them (64 MiB)
 PACKAGE_CONTENT_TYPE = "application/octet-stream"
+SLOW_RENDERING_WAIT = 4.0  # seconds a GET of a .bz2 waits for bzip2 before a 503 (the bound: 5 s)
 
 INDEX_FILES: dict[str, tuple[FileKind | Literal["shards"], str]] = {
     "repodata.json": ("json", "application/json"),
@@ -89,8 +90,16 @@ class Conda:
             return index_response(request, shard_set.index, content_type)
         etag = index.etag(kind)
         if not_modified(request, etag):
-            return web.Response(status=304, headers={"ETag": etag, "Cache-Control": f"private, max-age={INDEX_MAX_AGE}"})
-        path = await index.file(kind)
+            return _not_modified(etag)
+        if kind in SLOW_KINDS:  # bzip2: never on a client's time (index.py, slow_file)
+            wait = 0.0 if request.method == "HEAD" else SLOW_RENDERING_WAIT
+            owner, path = await self.indexes.slow_file(ctx.channel.name, label, index, kind, wait)
+            if owner is not index:  # the previous build's, while this one's is compressed
+                etag, index = owner.etag(kind), owner
+                if not_modified(request, etag):
+                    return _not_modified(etag)
+        else:
+            path = await index.file(kind)
         small = self._small.get((path, etag))
         if small is None:
             size = path.stat().st_size
@@ -152,6 +161,10 @@ class Conda:
             form.blob, form.filename, form.digests, labels,
         )
         return web.json_response(upload_summary(pkg, upload), status=201)
+
+
+def _not_modified(etag: str) -> web.Response:
+    return web.Response(status=304, headers={"ETag": etag, "Cache-Control": f"private, max-age={INDEX_MAX_AGE}"})
 
 
 __all__ = ["Conda"]

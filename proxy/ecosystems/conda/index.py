@@ -18,6 +18,7 @@ and its upstream channels' ``repodata.json`` (DESIGN, "Merge semantics").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -32,7 +33,7 @@ import orjson
 
 from ...cache import Doc
 from ...context import Services
-from ...errors import InvalidInput, NotFound, UpstreamError
+from ...errors import InvalidInput, NotFound, NotReady, UpstreamError
 from ...memo import Memo, SingleFlight
 from ...merge import MergeRule
 from ...responses import etag_for
@@ -46,7 +47,16 @@ from .merge_plan import build_plan, local_section, positions_of
 from .parse import parse_repodata_file
 from .sections import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
 from .shard_upstreams import fetch_shards, repodata_from_shards
-from .subdir_index import IndexKey, ShardBasis, SubdirIndex, UpstreamSubdir, new_workdir
+from .subdir_index import (
+    FILE_NAMES,
+    SLOW_KINDS,
+    FileKind,
+    IndexKey,
+    ShardBasis,
+    SubdirIndex,
+    UpstreamSubdir,
+    new_workdir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +96,8 @@ class _Slot:
         self.local: tuple[tuple[str, str, str], ...] = ()
         self.names: tuple[str, ...] = ()
         self.failed: tuple[IndexKey | None, float] = (None, 0.0)  # last background build that failed
+        self.wanted: set[FileKind] = set()  # slow renderings clients asked for: made after every build
+        self.rendered: dict[FileKind, SubdirIndex] = {}  # newest index with each slow rendering done
 
 
 class CondaIndexes:
@@ -94,6 +106,7 @@ class CondaIndexes:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conda-index")
+        self.slow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conda-bz2")
         self._parsed: Memo[str, Repodata] = Memo(4)  # by upstream document digest
         self._bad: dict[str, float] = {}
         self._slots: OrderedDict[tuple[str, str, str], _Slot] = OrderedDict()
@@ -110,6 +123,7 @@ class CondaIndexes:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.slow_executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def tmp_dir(self) -> Path:
@@ -274,6 +288,7 @@ class CondaIndexes:
             log.info("built %s index of %d records in %.2f s", subdir, len(index), time.monotonic() - start)
             index.previous_shards = slot.recent[-1] if slot.recent else None
             index.on_shards = slot.recent.append
+            index.on_rendered = lambda kind: self._rendered(slot, index, kind)
             if seq < slot.installed:  # a newer request's index is already in place
                 return index
             previous, slot.current, slot.installed = slot.current, index, seq
@@ -281,7 +296,49 @@ class CondaIndexes:
             # what clients of the previous index read is rebuilt now, one after the other
             # (not alongside the .zst: on a small machine that would slow both down)
             self._background(self._warm(index, previous.has("json"), previous.has("shards")), f"{subdir} renderings")
+        for kind in sorted(slot.wanted):  # bzip2 on its own thread, once the .zst is served
+            self._background(self._prepare(index, kind), f"{subdir} {FILE_NAMES[kind]}")
         return index
+
+    @staticmethod
+    async def _prepare(index: SubdirIndex, kind: FileKind) -> None:
+        await index.prepare(kind)
+
+    @staticmethod
+    def _rendered(slot: _Slot, index: SubdirIndex, kind: FileKind) -> None:
+        if kind in SLOW_KINDS:
+            done = slot.rendered.get(kind)
+            if done is None or done.created < index.created:
+                slot.rendered[kind] = index
+
+    async def slow_file(self, channel: str, label: str, index: SubdirIndex, kind: FileKind,
+                        wait: float) -> tuple[SubdirIndex, Path]:
+        """A ``.bz2`` rendering (``SLOW_KINDS``) without making a client wait for bzip2.
+
+        The first request for it starts it in the background; from then on it is made after
+        every build of this index (``_Slot.wanted``). Meanwhile the newest complete one of an
+        earlier build is served (stale-while-revalidate, as for upstream documents: a ``.bz2``
+        may lag an upload by the time bzip2 takes, where ``.zst`` and ``.json`` never do). When
+        there is none, the client waits ``wait`` seconds at most, then gets ``NotReady`` (a 503
+        with ``Retry-After``): every conda client fetches ``repodata.json.zst`` or
+        ``repodata.json`` first, and rattler, the one that probes ``.bz2`` (HEAD, ``wait`` 0),
+        takes an answer other than 200 as "not offered" and reads the ``.zst``."""
+        path = index.ready(kind)
+        if path is not None:
+            return index, path
+        slot = self._slot(channel, label, index.subdir)
+        slot.wanted.add(kind)
+        task = index.prepare(kind)
+        done = slot.rendered.get(kind)
+        if done is not None and (path := done.ready(kind)) is not None:
+            return done, path
+        if wait > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), wait)
+        if task.done():
+            return index, task.result()
+        raise NotReady(f"{index.subdir}/{FILE_NAMES[kind]} is being compressed: use repodata.json.zst or "
+                       "repodata.json, or retry shortly")
 
     @staticmethod
     async def _warm(index: SubdirIndex, json: bool, shards: bool) -> None:
@@ -319,7 +376,7 @@ class CondaIndexes:
         basis = ShardBasis(key.upstreams, {n: frozenset(v) for n, v in by_name.items()}, frozenset(blocked))
         return SubdirIndex(key=key, subdir=subdir, plan=plan, local={u.filename: u for u in uploads}, upstreams=ups,
                            excluded=skip, workdir=workdir, tmp_dir=self.tmp_dir, executor=self.executor,
-                           shard_basis=basis)
+                           shard_basis=basis, slow_executor=self.slow_executor)
 
     def changed(self, channel: str, subdirs: tuple[str, ...] = ()) -> None:
         """The channel's uploads changed: rebuild its indexes now, so the next request finds

@@ -9,7 +9,10 @@ upstream document's digest — and holds
 - the other renderings, each produced once on first use, off the loop, single flight:
   ``repodata.json`` (decompressed from the .zst), ``.bz2``, ``current_repodata.json``
   (+ .zst/.bz2) and the CEP-16 shards (incrementally from the previous build's shards
-  when only uploads changed).
+  when only uploads changed). The ``.bz2`` files (``SLOW_KINDS``: bzip2 runs at ~10 MB/s,
+  ~20 s for a conda-forge-sized subdir) are compressed on a thread of their own, so index
+  builds never queue behind them; index.py decides when to start them and what a client
+  gets meanwhile.
 
 Every rendering is a file in the index's own directory under the store's tmp, served with
 sendfile; the directory goes when the index is dropped. ETags derive from the inputs, so
@@ -51,6 +54,7 @@ FILE_NAMES: dict[str, str] = {
     "current.zstd": "current_repodata.json.zst",
     "current.bz2": "current_repodata.json.bz2",
 }
+SLOW_KINDS: tuple[FileKind, ...] = ("bz2", "current.bz2")
 log = logging.getLogger(__name__)
 FORMAT = "2"  # bump when the rendering of the same inputs changes (ETags derive from inputs)
 T = TypeVar("T")
@@ -136,6 +140,7 @@ class SubdirIndex:
         tmp_dir: Path,
         executor: Executor,
         shard_basis: ShardBasis,
+        slow_executor: Executor | None = None,
     ) -> None:
         self.key = key
         self.subdir = subdir
@@ -146,6 +151,9 @@ class SubdirIndex:
         self.workdir = workdir
         self.tmp_dir = tmp_dir
         self.executor = executor
+        self.slow_executor = slow_executor or executor
+        self.created = time.monotonic()
+        self.on_rendered: Callable[[FileKind], None] | None = None
         self.shard_basis = shard_basis
         self.previous_shards: ShardSet | None = None  # the slot's last shard set, for reuse
         self.on_shards: Callable[[ShardSet], None] | None = None
@@ -183,8 +191,16 @@ class SubdirIndex:
         return None
 
     # ------------------------------------------------------------------ files
-    def _run(self, fn: Callable[[], T]) -> Awaitable[T]:
-        return asyncio.get_running_loop().run_in_executor(self.executor, fn)
+    def _run(self, fn: Callable[[], T], *, slow: bool = False) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self.slow_executor if slow else self.executor, fn)
+
+    def ready(self, kind: FileKind) -> Path | None:
+        """The rendering's file if it is complete, without starting anything."""
+        return self._files.get(kind)
+
+    def prepare(self, kind: FileKind) -> "asyncio.Task[Path]":
+        """Start producing the rendering (or join the run under way) without waiting."""
+        return self._flight.start(kind, lambda: self._make(kind))
 
     def adopt(self, kind: FileKind, path: Path) -> None:
         self._files[kind] = path
@@ -206,7 +222,7 @@ class SubdirIndex:
             await self._run(lambda: _decompress(source, target, self.tmp_dir))
         elif kind in ("bz2", "current.bz2"):
             source = await self.file("json" if kind == "bz2" else "current")
-            await self._run(lambda: _bzip2(source, target, self.tmp_dir))
+            await self._run(lambda: _bzip2(source, target, self.tmp_dir), slow=True)
         elif kind == "current.zstd":
             current = await self._run(lambda: current_subset(self.plan))
             await self._run(lambda: current.write(None, target, self.tmp_dir))
@@ -214,6 +230,8 @@ class SubdirIndex:
             raise KeyError(kind)
         self._files[kind] = target
         log.info("rendered %s/%s in %.2f s", self.subdir, FILE_NAMES[kind], time.monotonic() - start)
+        if self.on_rendered is not None:
+            self.on_rendered(kind)
         return target
 
     # ------------------------------------------------------------------ CEP-16 shards
@@ -267,5 +285,5 @@ def _bzip2(source: Path, target: Path, tmp_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["FILE_NAMES", "FileKind", "IndexFileResponse", "IndexKey", "ShardBasis", "SubdirIndex", "UpstreamSubdir",
+__all__ = ["FILE_NAMES", "SLOW_KINDS", "FileKind", "IndexFileResponse", "IndexKey", "ShardBasis", "SubdirIndex", "UpstreamSubdir",
            "new_workdir"]
