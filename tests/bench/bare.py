@@ -1,4 +1,4 @@
-"""The framework ceiling: bare aiohttp (+ uvloop when installed, as channelgate runs) answering
+"""The framework ceiling: bare aiohttp (on asyncio's own loop, as ``channelgate serve`` runs by default) answering
 every GET with the same bytes from memory, no auth, routing, logging or headers beyond
 aiohttp's own. What channelgate reaches against this is what its own code costs; what this
 reaches against nginx is what the framework costs.
@@ -28,12 +28,6 @@ def main(argv: list[str] | None = None) -> int:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", answer)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
     return 0
 

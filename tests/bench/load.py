@@ -7,11 +7,15 @@ import asyncio
 import hashlib
 import re
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
+import urllib.parse
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
@@ -23,12 +27,22 @@ class BenchError(Exception):
 
 
 # --------------------------------------------------------------------------- plain requests
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer of its own, never followed: a 308 to the page is not the page."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def fetch(url: str, headers: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, dict[str, str], bytes]:
-    """One GET that does not raise on HTTP errors (urllib: no Accept, Accept-Encoding identity,
-    which is what wrk's requests look like too)."""
+    """One GET that does not raise on HTTP errors and follows no redirect (urllib: no Accept,
+    Accept-Encoding identity, which is what wrk's requests look like too)."""
     req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _OPENER.open(req, timeout=timeout) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
@@ -41,6 +55,40 @@ def fetch_ok(url: str, what: str, headers: dict[str, str] | None = None) -> byte
     return body
 
 
+def answer_size(url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> int:
+    """The bytes of one whole answer (status line, headers, body) to the very request wrk
+    sends (``GET``, ``Host``, ``headers``, nothing else), on a raw socket; BenchError unless
+    it is a 200 with a Content-Length body. wrk's byte count is checked against this."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    head = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()) + "\r\n"
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise BenchError(f"{redact(url)}: the connection closed before the answer's headers")
+            data += chunk
+        header_block, _, rest = data.partition(b"\r\n\r\n")
+        lines = header_block.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        if status != 200:
+            raise BenchError(f"{redact(url)}: HTTP {status} to wrk's request (only 200 answers are counted)")
+        if "content-length" not in fields:
+            raise BenchError(f"{redact(url)}: no Content-Length (a chunked answer cannot be size-checked)")
+        length = int(fields["content-length"])
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise BenchError(f"{redact(url)}: the connection closed inside the body")
+            rest += chunk
+    return len(header_block) + 4 + length
+
+
 # --------------------------------------------------------------------------- wrk
 @dataclass
 class WrkResult:
@@ -49,6 +97,7 @@ class WrkResult:
     non_2xx: int
     socket_errors: str
     output: str
+    bytes_read: int = 0
 
 
 def wrk_binary() -> str:
@@ -58,10 +107,30 @@ def wrk_binary() -> str:
     return found
 
 
+# wrk's own summary has no status counts beyond "Non-2xx or 3xx": its exact byte count (a
+# done() hook costs nothing per request, unlike a response() hook, which halves nginx's rate)
+_WRK_DONE = """
+done = function(summary, latency, requests)
+  io.write(string.format("Bytes read (exact): %d\\n", summary.bytes))
+end
+"""
+
+
+def _wrk_script() -> str:
+    path = Path(tempfile.gettempdir()) / "channelgate-bench-wrk-done.lua"
+    if not path.exists() or path.read_text() != _WRK_DONE:
+        path.write_text(_WRK_DONE)
+    return str(path)
+
+
 def wrk(url: str, *, seconds: int, connections: int = 64, threads: int = 2,
-        headers: dict[str, str] | None = None) -> WrkResult:
-    """``wrk -t2 -c64 -dNs URL``; raises BenchError when any answer was not 2xx/3xx."""
-    cmd = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+        headers: dict[str, str] | None = None, answer: tuple[int, int] | None = None) -> WrkResult:
+    """``wrk -t2 -c64 -dNs URL``; raises BenchError when any answer was not 2xx/3xx, and, given
+    ``answer`` (the smallest and largest bytes of a whole 200 answer, ``answer_size``), when
+    the bytes read do not amount to that many whole answers: a 3xx, 304 or short error page
+    counts as a request for wrk, never as an answer here. Only the answers still in flight
+    when wrk stops (at most one per connection) may be partial."""
+    cmd = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", _wrk_script()]
     for key, value in (headers or {}).items():
         cmd += ["-H", f"{key}: {value}"]
     cmd.append(url)
@@ -69,16 +138,25 @@ def wrk(url: str, *, seconds: int, connections: int = 64, threads: int = 2,
     out = proc.stdout + proc.stderr
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
-    if proc.returncode != 0 or rps is None or total is None:
+    read = re.search(r"Bytes read \(exact\): (\d+)", out)
+    if proc.returncode != 0 or rps is None or total is None or read is None:
         raise BenchError(f"wrk failed on {redact(url)}: {out[-500:]}")
     non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors:\s+(.*)", out)
     result = WrkResult(float(rps.group(1)), int(total.group(1)), int(non.group(1)) if non else 0,
-                       sock.group(1).strip() if sock else "", out)
+                       sock.group(1).strip() if sock else "", out, int(read.group(1)))
     if result.non_2xx:
         raise BenchError(f"{result.non_2xx} of {result.requests} answers from {redact(url)} were not 2xx/3xx")
     if result.requests == 0:
         raise BenchError(f"wrk made no request to {redact(url)}")
+    if answer is not None:
+        low, high = result.requests * answer[0], (result.requests + connections) * answer[1]
+        if not low <= result.bytes_read <= high:
+            raise BenchError(
+                f"{redact(url)}: {result.bytes_read:,} bytes for {result.requests:,} requests "
+                f"({result.bytes_read / result.requests:,.0f} per request) is not that many whole 200 answers "
+                f"of {answer[0]:,}-{answer[1]:,} bytes: some answers were something else (redirect, 304, error)"
+            )
     return result
 
 

@@ -331,30 +331,33 @@ class Proxpi:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_proxpi(stack: contextlib.ExitStack, workdir: Path, index_url: str) -> Proxpi:
+def start_proxpi(stack: contextlib.ExitStack, workdir: Path, index_url: str, *, workers: int = 1,
+                 threads: int = 2) -> Proxpi:
     """proxpi the way its Docker image runs it: gunicorn --preload, one worker, 2 threads,
-    access log on; `flask run` (its README's local way) when gunicorn is missing."""
+    access log on (``workers``/``threads`` change that); `flask run` (its README's local way)
+    when gunicorn is missing."""
     if importlib.util.find_spec("proxpi") is None:
         raise Unavailable("proxpi is not installed (pip install proxpi gunicorn)")
-    cache = workdir / "proxpi-cache"
+    cache = workdir / f"proxpi-cache-{workers}x{threads}"
     cache.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PROXPI_"))}
     env.update(PROXPI_INDEX_URL=index_url.rstrip("/") + "/", PROXPI_CACHE_DIR=str(cache), NO_COLOR="1")
     if importlib.util.find_spec("gunicorn") is not None:
-        runner = "gunicorn --preload --threads 2 (proxpi's Docker entrypoint)"
+        runner = (f"gunicorn --preload --workers {workers} --threads {threads}"
+                  + (" (proxpi's Docker entrypoint)" if (workers, threads) == (1, 2) else ""))
         cmd = [
             sys.executable, "-m", "gunicorn", "--preload",
             "--access-logfile", "-", "--access-logformat", '%(h)s "%(r)s" %(s)s %(b)s %(M)dms',
             "--logger-class", "proxpi.server._GunicornLogger",
-            "--bind", f"127.0.0.1:{port}", "--threads", "2", "--graceful-timeout", "3",
+            "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", "3",
             "proxpi.server:app",
         ]
     else:
         runner = "flask run (gunicorn missing)"
         env["FLASK_APP"] = "proxpi.server"
         cmd = [sys.executable, "-m", "flask", "run", "--host", "127.0.0.1", "--port", str(port)]
-    log = workdir / "proxpi.log"
+    log = workdir / f"proxpi-{workers}x{threads}.log"
     proc = spawn(stack, cmd, log, env=env, cwd=workdir)
     wait_http(f"http://127.0.0.1:{port}/", proc, log)
     return Proxpi(port, runner)

@@ -26,7 +26,7 @@ from .common import (
     upload_conda,
 )
 from .data import conda_packages, conda_repodata, pypi_project
-from .load import BenchError, fetch, fetch_ok, wrk
+from .load import BenchError, answer_size, fetch, fetch_ok, wrk
 from .procs import Unavailable, start_bare, start_nginx, start_proxpi, start_upstream
 from .report import Row
 
@@ -38,6 +38,9 @@ WORKERS = max(2, os.cpu_count() or 2)
 PYPI_FIGURES = {
     "proxpi": Figure("pypi_page.vs_proxpi", "PyPI simple page, warm, authenticated, 64 conns: rate vs proxpi",
                      "req/s", ">= 3.0x", ratio_at_least(3.0)),
+    "proxpi_wide": Figure("pypi_page.workers_vs_proxpi_wide",
+                          f"PyPI simple page: channelgate --workers {WORKERS} vs proxpi gunicorn --workers {WORKERS} --threads 8",
+                          "req/s"),
     "nginx": Figure("pypi_page.vs_nginx", "PyPI simple page, warm: rate vs nginx (1 worker), same bytes",
                     "req/s", ">= 0.5x", ratio_at_least(0.5)),
     "nginx_auto": Figure("pypi_page.vs_nginx_auto", "PyPI simple page: 1 process vs nginx worker_processes auto",
@@ -59,15 +62,25 @@ CONDA_FIGURES = {
 
 
 async def rates(bench: Bench, urls: dict[str, str], headers: dict[str, str] | None = None) -> dict[str, float]:
-    """wrk each URL (rounds interleaved: ours, peer, ours, peer...); the median rate of each."""
+    """wrk each URL (rounds interleaved: ours, peer, ours, peer...); the median rate of each.
+    Every peer gets the very same request, and only whole 200 answers count: each URL's
+    answer to wrk's request is taken apart first (``answer_size``), and a run whose bytes are
+    not that many answers is an error (load.wrk)."""
     s = bench.sizes
     out: dict[str, list[float]] = {name: [] for name in urls}
+    answers: dict[str, tuple[int, int]] = {}
+    for name, url in urls.items():
+        sizes = [await asyncio.to_thread(answer_size, url, headers) for _ in range(2)]
+        answers[name] = (min(sizes), max(sizes))
     for _ in range(s.wrk_rounds):
         for name, url in urls.items():
             if s.wrk_warmup:
-                await asyncio.to_thread(wrk, url, seconds=s.wrk_warmup, connections=s.connections, headers=headers)
-            result = await asyncio.to_thread(wrk, url, seconds=s.wrk_seconds, connections=s.connections, headers=headers)
-            bench.say(f"wrk {name}: {result.rps:,.0f} req/s ({result.requests} requests)")
+                await asyncio.to_thread(wrk, url, seconds=s.wrk_warmup, connections=s.connections, headers=headers,
+                                        answer=answers[name])
+            result = await asyncio.to_thread(wrk, url, seconds=s.wrk_seconds, connections=s.connections,
+                                             headers=headers, answer=answers[name])
+            bench.say(f"wrk {name}: {result.rps:,.0f} req/s ({result.requests} requests, "
+                      f"{result.bytes_read / result.requests:,.0f} bytes each)")
             out[name].append(result.rps)
     return {name: median(values) for name, values in out.items()}
 
@@ -96,13 +109,15 @@ async def pypi_page(bench: Bench) -> list[Row]:
     urls = {"ours": url, "nginx": f"{nginx1.url}/simple/{PROJECT}/", "nginx_auto": f"{nginx_auto.url}/simple/{PROJECT}/"}
     proxpi_reason, proxpi_status = "", "SKIP"
     try:
-        proxpi = start_proxpi(bench.stack, bench.workdir, f"{up.url}/simple")
-        proxpi_url = f"{proxpi.url}/index/{PROJECT}/"
-        body = fetch_ok(proxpi_url, "proxpi project page", PIP_ACCEPT)  # warm proxpi's index cache
-        if any(f not in body.decode() for f in files):
-            raise BenchError("proxpi's page lacks files")
-        urls["proxpi"] = proxpi_url
-        bench.notes.append(f"proxpi {proxpi.runner}, page {len(body):,} bytes")
+        for key, (n, threads) in (("proxpi", (1, 2)), ("proxpi_wide", (WORKERS, 8))):
+            proxpi = start_proxpi(bench.stack, bench.workdir, f"{up.url}/simple", workers=n, threads=threads)
+            proxpi_url = f"{proxpi.url}/index/{PROJECT}/"
+            for _ in range(4 * n):  # warm proxpi's index cache in every worker
+                body = fetch_ok(proxpi_url, "proxpi project page", PIP_ACCEPT)
+            if any(f not in body.decode() for f in files):
+                raise BenchError("proxpi's page lacks files")
+            urls[key] = proxpi_url
+            bench.notes.append(f"proxpi {proxpi.runner}, page {len(body):,} bytes")
     except Unavailable as exc:
         proxpi_reason = str(exc)
         bench.say(f"SKIP proxpi row: {proxpi_reason}")
@@ -117,12 +132,14 @@ async def pypi_page(bench: Bench) -> list[Row]:
     urls["workers"] = wurl
     urls["bare"] = start_bare(bench.stack, bench.workdir, static / "simple" / PROJECT / "index.json",
                               "application/vnd.pypi.simple.v1+json") + f"/simple/{PROJECT}/"
-    order = ("ours", "proxpi", "nginx", "nginx_auto", "workers", "bare")
+    order = ("ours", "proxpi", "nginx", "nginx_auto", "workers", "proxpi_wide", "bare")
     measured = await rates(bench, {k: urls[k] for k in order if k in urls}, PIP_ACCEPT)
     note = f"PEP 691 JSON page (pip's Accept), {len(page):,} bytes, {len(files)} files"
     rows = [
         PYPI_FIGURES["proxpi"].row(measured["ours"], measured["proxpi"], peer_name="proxpi", note=note + "; " + "; ".join(bench.notes))
         if "proxpi" in measured else PYPI_FIGURES["proxpi"].unmeasured(proxpi_status, proxpi_reason),  # type: ignore[arg-type]
+        PYPI_FIGURES["proxpi_wide"].row(measured["workers"], measured["proxpi_wide"], peer_name="proxpi 2x8")
+        if "proxpi_wide" in measured else PYPI_FIGURES["proxpi_wide"].unmeasured(proxpi_status, proxpi_reason),  # type: ignore[arg-type]
         PYPI_FIGURES["nginx"].row(measured["ours"], measured["nginx"], peer_name="nginx", note=note),
         PYPI_FIGURES["nginx_auto"].row(measured["ours"], measured["nginx_auto"], peer_name="nginx auto"),
         PYPI_FIGURES["workers"].row(measured["workers"], measured["nginx_auto"], peer_name="nginx auto"),
