@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,21 @@ from typing import Any, Mapping
 from .checked_yaml import Checker, parse_yaml
 from .errors import ConfigError
 
-SCOPES = frozenset({"conda:download", "pypi:download", "cran:download", "api:write", "api:read", "all"})
+
+
+class Scope(enum.Enum):
+    """The token scopes, defined here once (DESIGN, "Tokens and authentication");
+    auth.policy.Action names the scope that grants each action from these."""
+
+    CONDA_DOWNLOAD = "conda:download"
+    PYPI_DOWNLOAD = "pypi:download"
+    CRAN_DOWNLOAD = "cran:download"
+    API_READ = "api:read"
+    API_WRITE = "api:write"
+    ALL = "all"  # every scope, within the user's roles
+
+
+SCOPES = frozenset(scope.value for scope in Scope)
 _SHA256_RE = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 
 

@@ -215,7 +215,7 @@ async def publish(
     name: str,
     version: str,
     filename: str,
-    meta: Mapping[str, Any],
+    index_fields: Mapping[str, Any],
     uploader: str,
     labels: tuple[str, ...] = ("main",),
     replace: bool = False,
@@ -251,7 +251,7 @@ async def publish(
         md5=committed.md5,
         size=committed.size,
         labels=labels,
-        meta=meta,
+        index_fields=index_fields,
         uploader=uploader,
         uploaded_at=uploaded_at if uploaded_at is not None else time.time(),
     )

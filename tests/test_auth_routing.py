@@ -11,7 +11,8 @@ from proxy.auth.policy import Action, Decision, decide
 from proxy.errors import NotFound
 from proxy.merge import merge
 from proxy.routing import parse
-from proxy.settings import ChannelPolicy, parse_settings
+from proxy.settings import SCOPES, ChannelPolicy, parse_settings
+from proxy.api.accounts import SCOPE_HELP
 
 
 @pytest.mark.parametrize(
@@ -112,6 +113,15 @@ def who(user: str, scopes: set[str], groups: set[str] = frozenset()) -> Principa
 )
 def test_decide(principal: Principal | None, channel: ChannelPolicy | None, action: Action, expected: Decision) -> None:
     assert decide(principal, channel, action) is expected
+
+
+def test_scopes_are_defined_once() -> None:
+    """Every action is granted by a known scope, every known scope but ``all`` grants an
+    action, and the scope help names exactly the known scopes."""
+    granting = {action.scope for action in Action}
+    assert granting <= SCOPES
+    assert SCOPES - granting == {"all"}
+    assert set(SCOPE_HELP) == SCOPES
 
 
 def test_merge_rule() -> None:

@@ -130,9 +130,12 @@ def test_open_cleans_the_scratch_dir_of_a_crashed_run(store: Store) -> None:
 def test_catalog_add_get_names_and_generation(make_catalog: Callable[[], Catalog]) -> None:
     catalog = make_catalog()
     before = catalog.generation("c", "pypi")
-    catalog.add(_upload())
+    fields = {"requires_python": ">=3.9", "nested": {"k": [1, "two"]}}
+    catalog.add(_upload(index_fields=fields))
     assert catalog.generation("c", "pypi") != before
-    assert catalog.get("c", "pypi", "a-1.0.tar.gz") == _upload(uploaded_at=catalog.list("c", "pypi")[0].uploaded_at)
+    stored = catalog.get("c", "pypi", "a-1.0.tar.gz")
+    assert stored == _upload(index_fields=fields, uploaded_at=catalog.list("c", "pypi")[0].uploaded_at)
+    assert stored is not None and stored.index_fields == fields
     assert catalog.names("c", "pypi") == frozenset({"a"})
     assert catalog.names("c", "conda") == frozenset() and catalog.names("other", "pypi") == frozenset()
     assert catalog.snapshot("c", "pypi").by_name["a"][0].path == "a-1.0.tar.gz"

@@ -58,10 +58,10 @@ def _catalog_rows(settings: Settings, channels: list[str]) -> tuple[bytes, bytes
             for ecosystem in ECOSYSTEMS:
                 for upload in catalog.list(channel, ecosystem):
                     row = dataclasses.asdict(upload)
-                    row["labels"], row["meta"] = list(upload.labels), dict(upload.meta)
+                    row["labels"], row["meta"] = list(upload.labels), dict(row.pop("index_fields"))  # bundle key stays "meta"
                     lines.append(json.dumps(row, sort_keys=True))
                     blobs.add(upload.sha256)
-                    extra = upload.meta.get("metadata_sha256")
+                    extra = upload.index_fields.get("metadata_sha256")
                     if isinstance(extra, str):
                         blobs.add(extra)
         return "".join(line + "\n" for line in lines).encode(), package_settings.dump(catalog.packages, channels), blobs

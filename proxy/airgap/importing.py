@@ -171,7 +171,7 @@ def _verify(root: Path, staged: dict[str, _Staged], manifest: Manifest) -> list[
         for number, line in enumerate(catalog.path.read_bytes().splitlines(), 1):
             rows.append(_row(line, number))
     for row in rows:
-        for sha in (row.sha256, row.meta.get("metadata_sha256")):
+        for sha in (row.sha256, row.index_fields.get("metadata_sha256")):
             if isinstance(sha, str):
                 name = f"uploads/sha256/{sha[:2]}/{sha}"
                 if name not in staged and not (root / name).is_file():
@@ -202,6 +202,7 @@ def _row(line: bytes, number: int) -> Upload:
         if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
             raise BundleError(f"{CATALOG} line {number}: {key} is malformed")
     raw["labels"] = tuple(str(label) for label in raw["labels"])
+    raw["index_fields"] = raw.pop("meta")  # the bundle key stays "meta" (bundle format 1 and 2)
     return Upload(**raw)
 
 

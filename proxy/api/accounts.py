@@ -27,15 +27,16 @@ from ..context import Services
 from ..errors import BadRequest, MethodNotAllowed, NotFound
 from ..routing import Route
 from ..store.tokens import UserToken
+from ..token_settings import Scope
 from .common import can_read, iso, json_body, principal_of, segments
 
-SCOPE_HELP = {
-    "conda:download": "read conda channels (repodata, packages)",
-    "pypi:download": "read PyPI indexes and files",
-    "cran:download": "read CRAN repositories",
-    "api:read": "list channels, packages, labels and files through the API",
-    "api:write": "upload, remove, copy, move, label and privacy changes (with the write role)",
-    "all": "everything the user's roles allow",
+SCOPE_HELP = {  # one line per token_settings.Scope
+    Scope.CONDA_DOWNLOAD.value: "read conda channels (repodata, packages)",
+    Scope.PYPI_DOWNLOAD.value: "read PyPI indexes and files",
+    Scope.CRAN_DOWNLOAD.value: "read CRAN repositories",
+    Scope.API_READ.value: "list channels, packages, labels and files through the API",
+    Scope.API_WRITE.value: "upload, remove, copy, move, label and privacy changes (with the write role)",
+    Scope.ALL.value: "everything the user's roles allow",
 }
 GROUPS_READ_ONLY = "groups are defined in the policy file (groups:); change them there and reload"
 

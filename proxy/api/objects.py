@@ -119,14 +119,14 @@ def basename_of(upload: Upload) -> str:
 
 def file_metadata(services: Services, upload: Upload) -> dict[str, str]:
     """summary, description, license and home from the file's own metadata, where it has any."""
-    meta = upload.meta
+    entry = upload.index_fields
     if upload.ecosystem == "cran":
-        fields = meta.get("fields") or {}
+        fields = entry.get("fields") or {}
         return {"summary": fields.get("Title") or "", "description": fields.get("Description") or "",
                 "license": fields.get("License") or "", "home": (fields.get("URL") or "").split(",")[0].strip()}
     if upload.ecosystem == "conda":
-        return {"license": str(meta.get("license") or "")}
-    sha = meta.get("metadata_sha256")
+        return {"license": str(entry.get("license") or "")}
+    sha = entry.get("metadata_sha256")
     path = services.store.find("uploads", sha) if isinstance(sha, str) else None
     if path is None or path.stat().st_size > 1024 * 1024:
         return {}
@@ -143,17 +143,17 @@ def metadata(services: Services, pkg: Package) -> dict[str, str]:
 
 
 def dist_json(services: Services, upload: Upload, owner: str) -> dict[str, Any]:
-    meta = dict(upload.meta)
+    entry = dict(upload.index_fields)
     basename = basename_of(upload)
     info = services.catalog.packages.get(owner, upload.ecosystem, upload.name)
     release = (info.releases.get(upload.version) if info else None) or {}
     attrs: dict[str, Any]
     if upload.ecosystem == "conda":
-        attrs = {k: meta.get(k) for k in ("subdir", "platform", "arch", "build", "build_number", "license", "timestamp")}
-        attrs["depends"] = meta.get("depends", [])
-        depends = [{"name": d.split(" ")[0], "specs": []} for d in meta.get("depends", [])]
+        attrs = {k: entry.get(k) for k in ("subdir", "platform", "arch", "build", "build_number", "license", "timestamp")}
+        attrs["depends"] = entry.get("depends", [])
+        depends = [{"name": d.split(" ")[0], "specs": []} for d in entry.get("depends", [])]
     else:
-        attrs = {k: v for k, v in meta.items() if k != "fields"}
+        attrs = {k: v for k, v in entry.items() if k != "fields"}
         depends = []
     return {
         "basename": basename,
@@ -193,7 +193,7 @@ def package_json(services: Services, pkg: Package) -> dict[str, Any]:
         "versions": vers,
         "latest_version": vers[-1] if vers else "",
         "conda_platforms": sorted({u.path.split("/", 1)[0] for u in uploads if u.ecosystem == "conda"}),
-        "builds": sorted({str(u.meta.get("build")) for u in uploads if u.ecosystem == "conda" and u.meta.get("build")}),
+        "builds": sorted({str(u.index_fields.get("build")) for u in uploads if u.ecosystem == "conda" and u.index_fields.get("build")}),
         "labels": sorted({label for u in uploads if u.ecosystem == "conda" for label in u.labels}),
         "files": [dist_json(services, u, owner) for u in uploads],
         "releases": [

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from ..errors import BadRequest, Forbidden, TooManyRequests
 from ..account_settings import AccountPolicy
 from ..settings import SCOPES
+from ..token_settings import Scope
 from ..store.tokens import TokenStore, UserToken
 from .credentials import Principal, generate_token, hash_token
 
@@ -122,7 +123,7 @@ def grantable_scopes(creator: Principal, requested: tuple[str, ...]) -> tuple[st
         raise BadRequest(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(SCOPES))}")
     if not requested:
         return tuple(sorted(creator.scopes))
-    if "all" not in creator.scopes:
+    if Scope.ALL.value not in creator.scopes:
         beyond = [s for s in requested if s not in creator.scopes]
         if beyond:
             raise Forbidden(f"this credential may not grant scope(s) it does not have: {', '.join(beyond)}")
@@ -162,7 +163,7 @@ def may_manage(caller: Principal, token: UserToken) -> bool:
     """A credential manages its user's tokens that carry no scope it lacks (and itself)."""
     if caller.user != token.user:
         return False
-    if caller.token_name == token.name or "all" in caller.scopes:
+    if caller.token_name == token.name or Scope.ALL.value in caller.scopes:
         return True
     return set(token.scopes) <= set(caller.scopes)
 

@@ -24,12 +24,13 @@ from .credentials import (
     hash_token,
     token_from_headers,
 )
+from ..token_settings import Scope
 from .policy import Action, Decision, decide
 
 if TYPE_CHECKING:
     from ..context import LivePolicy
 
-PASSWORD_SCOPES = frozenset({"all"})  # a password is the user: every scope, within the user's roles
+PASSWORD_SCOPES = frozenset({Scope.ALL.value})  # a password is the user: every scope, within the user's roles
 
 
 class Guard:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 
 from ..settings import ROLES, ChannelPolicy
+from ..token_settings import Scope
 from .credentials import Principal
 
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}  # read < write < admin
@@ -18,12 +19,12 @@ ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}  # read < w
 
 class Action(enum.Enum):
     # (scope that grants it, minimum role)
-    CONDA_READ = ("conda:download", "read")
-    PYPI_READ = ("pypi:download", "read")
-    CRAN_READ = ("cran:download", "read")
-    API_READ = ("api:read", "read")
-    WRITE = ("api:write", "write")
-    ADMIN = ("api:write", "admin")
+    CONDA_READ = (Scope.CONDA_DOWNLOAD.value, "read")
+    PYPI_READ = (Scope.PYPI_DOWNLOAD.value, "read")
+    CRAN_READ = (Scope.CRAN_DOWNLOAD.value, "read")
+    API_READ = (Scope.API_READ.value, "read")
+    WRITE = (Scope.API_WRITE.value, "write")
+    ADMIN = (Scope.API_WRITE.value, "admin")
 
     @property
     def scope(self) -> str:
@@ -64,7 +65,7 @@ def decide(principal: Principal | None, channel: ChannelPolicy | None, action: A
         return Decision.UNAUTHENTICATED
     if channel is None:
         return Decision.FORBIDDEN
-    if action.scope not in principal.scopes and "all" not in principal.scopes:
+    if action.scope not in principal.scopes and Scope.ALL.value not in principal.scopes:
         return Decision.FORBIDDEN
     if role_of(principal, channel) < ROLE_RANK[action.min_role]:
         return Decision.FORBIDDEN
@@ -77,6 +78,6 @@ def sees_private(principal: Principal | None, channel: ChannelPolicy, action: Ac
     "Accounts": private = invisible to anyone without the read role)."""
     if principal is None:
         return False
-    if action.scope not in principal.scopes and "all" not in principal.scopes:
+    if action.scope not in principal.scopes and Scope.ALL.value not in principal.scopes:
         return False
     return role_of(principal, channel) >= ROLE_RANK["read"]

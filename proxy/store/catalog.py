@@ -59,7 +59,9 @@ class Upload:
     md5: str
     size: int
     labels: tuple[str, ...] = ("main",)
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    # what the ecosystem's index shows for this file (conda: its repodata record; pypi: the
+    # Simple API fields; cran: its PACKAGES fields); stored in the SQL column `meta`
+    index_fields: Mapping[str, Any] = field(default_factory=dict)
     uploader: str = ""
     uploaded_at: float = 0.0
 
@@ -186,7 +188,7 @@ class SqliteCatalog:
                     (
                         upload.channel, upload.ecosystem, upload.path, upload.name, upload.version,
                         upload.filename, upload.sha256, upload.md5, upload.size,
-                        json.dumps(list(upload.labels)), json.dumps(dict(upload.meta), sort_keys=True),
+                        json.dumps(list(upload.labels)), json.dumps(dict(upload.index_fields), sort_keys=True),
                         upload.uploader, upload.uploaded_at,
                     ),
                 )
@@ -210,7 +212,7 @@ class SqliteCatalog:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [(u.channel, u.ecosystem, u.path, u.name, u.version, u.filename, u.sha256, u.md5, u.size,
-                      json.dumps(list(u.labels)), json.dumps(dict(u.meta), sort_keys=True), u.uploader,
+                      json.dumps(list(u.labels)), json.dumps(dict(u.index_fields), sort_keys=True), u.uploader,
                       u.uploaded_at) for u in changed],
                 )
             except BaseException:
@@ -245,6 +247,6 @@ def _row_to_upload(row: tuple[Any, ...]) -> Upload:
     (channel, ecosystem, path, name, version, filename, sha256, md5, size, labels, meta, uploader, at) = row
     return Upload(
         channel=channel, ecosystem=ecosystem, path=path, name=name, version=version, filename=filename,
-        sha256=sha256, md5=md5, size=size, labels=tuple(json.loads(labels)), meta=json.loads(meta),
+        sha256=sha256, md5=md5, size=size, labels=tuple(json.loads(labels)), index_fields=json.loads(meta),
         uploader=uploader, uploaded_at=at,
     )

@@ -28,6 +28,7 @@ from ..errors import BadRequest, ChannelgateError, Forbidden, NotFound, TooManyR
 from ..responses import http_status
 from ..routing import Route
 from ..settings import SCOPES
+from ..token_settings import Scope
 from ..uploads import accept_upload, read_form
 from .session import CSRF_FIELD
 
@@ -213,7 +214,7 @@ async def tokens(ui: "WebUI", page: "Page") -> web.StreamResponse:
     settings = ui.services.settings
     mine = ui.services.guard.tokens.of_user(page.principal.user)
     rows = [{"name": t.name, "scopes": t.scopes, "expires": iso_day(t.expires_at)} for t in mine if not t.expired()]
-    scopes = sorted(SCOPES) if "all" in page.principal.scopes else sorted(page.principal.scopes)
+    scopes = sorted(SCOPES) if Scope.ALL.value in page.principal.scopes else sorted(page.principal.scopes)
     return ui.render(page, "tokens.html", status=status, title="Your tokens", tokens=rows, made=made, error=error,
                      can_make=True, scopes=scopes, default_days=settings.accounts.token_days)
 

@@ -78,8 +78,8 @@ def normalize(name: str) -> str:
 
 
 def local_record(upload: Upload) -> CondaRecord:
-    """An upload as a merge source entry; its repodata record is ``Upload.meta``."""
-    return upload.filename, upload.name, orjson.dumps(dict(upload.meta), option=orjson.OPT_SORT_KEYS)
+    """An upload as a merge source entry; its repodata record is ``Upload.index_fields``."""
+    return upload.filename, upload.name, orjson.dumps(dict(upload.index_fields), option=orjson.OPT_SORT_KEYS)
 
 
 class _Slot:

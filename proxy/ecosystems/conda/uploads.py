@@ -75,7 +75,7 @@ async def store_conda_upload(
         name=normalize(pkg.name),
         version=pkg.version,
         filename=pkg.filename,
-        meta=pkg.record,
+        index_fields=pkg.record,
         uploader=uploader,
         labels=labels,
         replace=replace,

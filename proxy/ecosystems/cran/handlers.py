@@ -107,7 +107,7 @@ def build_view(
     allow: frozenset[str],
 ) -> ContribView:
     """Merge one contrib folder (pure; runs in a worker thread)."""
-    local = [Source(dict(u.meta.get("fields", {})), u.filename, upload=u) for u in uploads]
+    local = [Source(dict(u.index_fields.get("fields", {})), u.filename, upload=u) for u in uploads]
     remote = [
         [Source(e, upstream_relpath(e, tree), upstream=up) for e in _filtered(up, entries) if e.get("Package")]
         for up, entries in upstream_entries
@@ -298,7 +298,7 @@ class Cran:
             name=pkg.name,
             version=pkg.version,
             filename=pkg.filename,
-            meta={"fields": dict(pkg.fields), "kind": pkg.kind},
+            index_fields={"fields": dict(pkg.fields), "kind": pkg.kind},
             uploader=ctx.principal.user if ctx.principal else "",
         )
         return web.json_response(

@@ -73,15 +73,15 @@ def _content_type(filename: str) -> str:
 
 
 def _local_entry(upload: Upload) -> FileEntry:
-    meta = upload.meta
+    fields = upload.index_fields
     return FileEntry(
         filename=upload.filename,
         url="",
         hashes={"sha256": upload.sha256},
-        requires_python=meta.get("requires_python"),
-        core_metadata={"sha256": meta["metadata_sha256"]} if meta.get("metadata_sha256") else False,
+        requires_python=fields.get("requires_python"),
+        core_metadata={"sha256": fields["metadata_sha256"]} if fields.get("metadata_sha256") else False,
         size=upload.size,
-        upload_time=meta.get("upload_time"),
+        upload_time=fields.get("upload_time"),
     )
 
 
@@ -217,7 +217,7 @@ class PyPI:
         if source is None:
             raise NotFound(f"{project} has no file {dist_name}")
         if source.upload is not None:
-            sha = source.upload.meta.get("metadata_sha256") if metadata else source.upload.sha256
+            sha = source.upload.index_fields.get("metadata_sha256") if metadata else source.upload.sha256
             content_type = "text/plain; charset=utf-8" if metadata else _content_type(filename)
             return self.services.sources.hosted_file(sha, filename, content_type)
         assert source.upstream is not None
@@ -313,7 +313,7 @@ class PyPI:
             name=dist.name,
             version=dist.version,
             filename=dist.filename,
-            meta={
+            index_fields={
                 "requires_python": dist.requires_python,
                 "metadata_sha256": meta_blob.sha256,
                 "upload_time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
