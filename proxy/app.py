@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import aiohttp
 from aiocache import SimpleMemoryCache
-from aiocache.base import BaseCache
 from aiohttp import web
 
 from . import __version__, routing
@@ -24,7 +23,8 @@ from .api import accounts, anaconda
 from .artifacts import Artifacts
 from .auth.guard import Guard
 from .auth.policy import READ_ACTION, Action, sees_private
-from .cache import MetadataCache
+from .cache import FreshnessCache, MetadataCache
+from .coordination import Coordinator, Resilient
 from .context import ApiHandler, ChannelRequest, Ecosystem, LivePolicy, Services
 from .ecosystems.conda.handlers import Conda
 from .ecosystems.cran.handlers import Cran
@@ -76,7 +76,9 @@ def create_app(settings: Settings, *, clean_tmp: bool = True) -> web.Application
     return app
 
 
-def _make_aiocache(settings: Settings) -> BaseCache:
+def _make_aiocache(settings: Settings, coordinator: Coordinator) -> FreshnessCache:
+    """Where index freshness lives: Redis, shared by the replicas (falling back to this
+    process's memory while Redis is down: coordination.py), or this process's memory."""
     if settings.cache_backend == "redis":
         from urllib.parse import urlsplit
 
@@ -84,7 +86,7 @@ def _make_aiocache(settings: Settings) -> BaseCache:
         from aiocache.serializers import PickleSerializer
 
         parts = urlsplit(settings.redis_url or "redis://127.0.0.1:6379/0")
-        return RedisCache(  # type: ignore[no-any-return]
+        return Resilient(RedisCache(
             timeout=5,
             serializer=PickleSerializer(),
             endpoint=parts.hostname or "127.0.0.1",
@@ -92,7 +94,7 @@ def _make_aiocache(settings: Settings) -> BaseCache:
             db=int((parts.path or "/0").lstrip("/") or 0),
             password=parts.password,
             namespace="channelgate",
-        )
+        ), coordinator)
     return SimpleMemoryCache(timeout=None)  # no per-call wait_for: lookups are in-process
 
 
@@ -103,6 +105,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
     (also when building a later one failed, and when closing an earlier one fails)."""
     async with contextlib.AsyncExitStack() as stack:
         store = open_store(settings, clean=clean_tmp)
+        stack.callback(store.release)
         if isinstance(store, S3Store):
             stack.push_async_callback(store.close)
         catalog = SqliteCatalog.at(settings.storage_path)
@@ -114,7 +117,12 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
             trust_env=False,
         )
         stack.push_async_callback(session.close)
-        aio = _make_aiocache(settings)
+        coordinator = Coordinator(settings.redis_url if settings.cache_backend == "redis" else None,
+                                  lease_seconds=settings.download_lease)
+        stack.push_async_callback(coordinator.close)
+        await coordinator.start(catalog.changed)  # other replicas' uploads reach this catalog
+        catalog.watch(coordinator.changed_here)  # and this one's reach theirs
+        aio = _make_aiocache(settings, coordinator)
         stack.push_async_callback(aio.close)
         checks = UploadChecks(settings.limits.validation_workers)
         stack.callback(checks.close)
@@ -125,7 +133,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
             if port.isdigit():
                 upstream.own.add_listen(host or "0.0.0.0", int(port))
         upstream.own.add_url(settings.public_url)
-        artifacts = Artifacts(upstream, store)
+        artifacts = Artifacts(upstream, store, coordinator)
         stack.push_async_callback(artifacts.close)
         index_cache = MetadataCache(
             aio=aio,
@@ -144,7 +152,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         services = Services(
             live=live, sources=Sources(lambda: live.settings, store, catalog), store=store, catalog=catalog,
             upstream=upstream, artifacts=artifacts, index_cache=index_cache, metrics=metrics, checks=checks,
-            guard=Guard(live, tokens), ecosystems=MappingProxyType(ecosystems), api=MappingProxyType(api),
+            guard=Guard(live, tokens), coordinator=coordinator, ecosystems=MappingProxyType(ecosystems), api=MappingProxyType(api),
         )
         for name, ecosystem in ECOSYSTEMS.items():
             ecosystems[name] = ecosystem(services)

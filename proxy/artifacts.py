@@ -1,7 +1,9 @@
 """Package files an upstream index declared with a hash (DESIGN, "Caching semantics").
 
 Served from the store when present; otherwise one upstream GET per key at a time (single
-flight), written to a temp file in the store while every waiting client reads the bytes
+flight: per process here, across replicas through a Redis lease, coordination.py: a replica
+that does not hold the lease waits for the holder's publish and serves from the shared
+store, and takes the download over if the holder dies), written to a temp file in the store while every waiting client reads the bytes
 written so far (tee), checked against the declared hash, and only then renamed into place
 (verify-then-publish).
 
@@ -28,6 +30,7 @@ from typing import Mapping
 
 from aiohttp import web
 
+from .coordination import FAILED, Coordinator, Lease
 from .errors import ChannelgateError, NotFound, StorageError, UpstreamError
 from .ranges import serve_head, serve_range
 from .responses import file_response
@@ -93,9 +96,10 @@ class Download:
 
 
 class Artifacts:
-    def __init__(self, upstream: Upstream, store: Store) -> None:
+    def __init__(self, upstream: Upstream, store: Store, coordinator: Coordinator) -> None:
         self.upstream = upstream
         self.store = store
+        self.coordinator = coordinator
         self.metrics = upstream.metrics
         self._inflight: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -176,8 +180,12 @@ class Artifacts:
     async def _download(self, fetch: Download) -> None:
         spec = fetch.spec
         up = spec.upstream
+        lease: Lease | None = None
         self.metrics.inflight_downloads.inc()
         try:
+            lease = await self._claim(fetch)
+            if lease is None:
+                return  # another replica published it (fetch.path is set)
             async with self.upstream.stream(up, spec.url, what=spec.filename, hashed=spec.hashed) as body:
                 fetch.total = body.content_length
                 fetch.notify()  # HEAD and Range answers wait for the length (ranges.py)
@@ -202,12 +210,42 @@ class Artifacts:
             fetch.error = StorageError(f"{spec.filename} could not be fetched")
         finally:
             self.metrics.inflight_downloads.dec()
-            if fetch.path is None:
+            if fetch.tmp.committed is None:
                 fetch.tmp.discard()
-                if fetch.error is None:  # no path may leave a waiter without an answer
-                    fetch.error = UpstreamError(f"{spec.filename} could not be fetched")
+            if fetch.path is None and fetch.error is None:  # no path may leave a waiter without an answer
+                fetch.error = UpstreamError(f"{spec.filename} could not be fetched")
             self._inflight.pop(spec.key, None)
             fetch.notify()
+            if lease is not None:
+                await lease.release(ok=fetch.path is not None)
+
+    async def _claim(self, fetch: Download) -> Lease | None:
+        """The lease on this file across replicas (single flight, coordination.py), or None
+        once another replica published it to the shared store (then ``fetch.path`` is set).
+        A holder that dies lets its lease lapse: then this replica takes the download over."""
+        spec = fetch.spec
+        while True:
+            lease = await self.coordinator.acquire(spec.key)
+            if lease is not None:
+                if lease.token is None:  # local coordination: the caller has just looked
+                    return lease
+                path = await asyncio.to_thread(self.cached, spec)
+                if path is None:
+                    return lease
+                await lease.release(ok=True)  # published between our look and the lease
+            else:
+                self.metrics.replica_waits.inc()
+                try:
+                    outcome = await self.coordinator.wait(spec.key)
+                finally:
+                    self.metrics.replica_waits.dec()
+                path = await asyncio.to_thread(self.cached, spec)
+                if path is None and outcome == FAILED:
+                    raise UpstreamError(f"{spec.filename} could not be fetched (another replica tried)")
+                if path is None:
+                    continue  # the lease lapsed (its holder died) or Redis went away: take over
+            fetch.path = path
+            return None
 
     async def _publish(self, fetch: Download) -> Path:
         """Verify the download against the upstream index's hash, then move it into place."""

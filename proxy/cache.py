@@ -21,8 +21,8 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
-from aiocache.base import BaseCache
 
 from .errors import NotFound, UpstreamError, UpstreamTimeout
 from .metrics import Metrics
@@ -34,6 +34,17 @@ from .upstream import Upstream, redact_url
 log = logging.getLogger(__name__)
 
 ERROR_RETRY = 30  # seconds a stale copy is served without retrying a failing upstream
+
+
+class FreshnessCache(Protocol):
+    """What MetadataCache asks of aiocache: memory, or Redis with a local fallback
+    (coordination.Resilient)."""
+
+    async def get(self, key: str) -> Any: ...
+
+    async def set(self, key: str, value: Any, ttl: int | None = None) -> Any: ...
+
+    async def close(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +72,7 @@ class MetadataCache:
     def __init__(
         self,
         *,
-        aio: BaseCache,
+        aio: FreshnessCache,
         upstream: Upstream,
         root: Path,
         tmp_dir: Path,
@@ -222,4 +233,4 @@ def _persisted(doc: Doc) -> bytes:
     return json.dumps(_portable(doc)).encode()
 
 
-__all__ = ["Doc", "MetadataCache"]
+__all__ = ["Doc", "FreshnessCache", "MetadataCache"]

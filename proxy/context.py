@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .auth.credentials import Principal
     from .auth.guard import Guard
     from .cache import MetadataCache
+    from .coordination import Coordinator
     from .metrics import Metrics
     from .routing import Route
     from .sources import Sources
@@ -75,6 +76,7 @@ class Services:
     metrics: "Metrics"
     checks: "UploadChecks"
     guard: "Guard"
+    coordinator: "Coordinator"  # Redis coordination across replicas, or local (coordination.py)
     ecosystems: Mapping[str, Ecosystem] = field(default_factory=lambda: MappingProxyType({}))
     api: Mapping[str, ApiHandler] = field(default_factory=lambda: MappingProxyType({}))
 

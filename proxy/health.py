@@ -2,9 +2,12 @@
 
 - ``GET /api/health``: liveness. 200 while the process answers at all; a load balancer or
   orchestrator that sees it fail restarts the process.
-- ``GET /api/ready`` (or ``/api/health?ready``): readiness. 200 when the storage is writable,
-  the catalog answers and Redis answers (when ``cache.backend: redis``); otherwise 503 with
-  every failed check named, so traffic goes elsewhere while the process is left running.
+- ``GET /api/ready`` (or ``/api/health?ready``): readiness. 200 when the storage is writable
+  and the catalog answers; otherwise 503 with every failed check named, so traffic goes
+  elsewhere while the process is left running. With ``cache.backend: redis``, Redis being down
+  is 200 with ``"status": "degraded"`` and ``checks.redis`` naming the failure: the replicas
+  share one Redis, so a 503 would take every replica out of rotation at once, while each
+  still serves correctly with local coordination (coordination.py).
 """
 from __future__ import annotations
 
@@ -57,14 +60,19 @@ async def readiness(services: Services) -> web.Response:
     settings = services.settings
     problems: dict[str, str] = {}
     checks = {
-        "storage": asyncio.ensure_future(asyncio.to_thread(_probe_storage, settings.storage_path / "tmp")),
+        "storage": asyncio.ensure_future(asyncio.to_thread(_probe_storage, services.store.scratch_dir)),
         "catalog": asyncio.ensure_future(_probe_catalog(services)),
     }
-    if settings.cache_backend == "redis":
-        checks["redis"] = asyncio.ensure_future(services.index_cache.aio.exists("channelgate-ready-probe"))
     await asyncio.gather(*(_check(name, task, problems) for name, task in checks.items()))  # type: ignore[arg-type]
     results = {name: problems.get(name, "ok") for name in checks}
     if problems:
         log.warning("not ready: %s", "; ".join(f"{k}: {v}" for k, v in problems.items()))
         return web.json_response({"status": "unavailable", "checks": results}, status=503)
-    return web.json_response({"status": "ready", "version": __version__, "checks": results})
+    redis = services.coordinator.state
+    if redis is None:
+        return web.json_response({"status": "ready", "version": __version__, "checks": results})
+    results["redis"] = redis if redis == "ok" else f"degraded, coordinating locally: {redis}"
+    # Redis down is 200 "degraded", not 503: every replica shares the one Redis, so a 503 would
+    # take them all out of rotation at once, while each still serves correctly on its own
+    status = "ready" if redis == "ok" else "degraded"
+    return web.json_response({"status": status, "version": __version__, "checks": results})

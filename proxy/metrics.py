@@ -94,6 +94,10 @@ class Metrics:
             "channelgate_inflight_downloads", "Upstream artifact downloads in progress (each shared by its waiting clients)",
             registry=reg, multiprocess_mode="livesum",
         )
+        self.replica_waits = Gauge(
+            "channelgate_replica_waits", "Cold artifacts this process waits for while another replica downloads them",
+            registry=reg, multiprocess_mode="livesum",
+        )
         self.open_connections = Gauge(
             "channelgate_open_connections", "Client connections open", registry=reg, multiprocess_mode="livesum"
         )

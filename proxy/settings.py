@@ -107,6 +107,7 @@ class Settings:
     negative_ttl: int = 60
     cache_backend: str = "memory"  # "memory" | "redis"
     redis_url: str | None = None
+    download_lease: int = 15  # seconds a replica's claim on a cold download outlives its last heartbeat
     max_upload_bytes: int = 2 * 1024**3
     limits: Limits = field(default_factory=Limits)
     session_key: str | None = None  # Fernet key of the web UI's session cookie (else made once in the store)
@@ -280,8 +281,8 @@ def _read_server(ck: Checker, value: Any, base_dir: Path) -> dict[str, Any]:
 
 
 def _read_cache(ck: Checker, value: Any) -> dict[str, Any]:
-    """``cache``: metadata_ttl, negative_ttl, backend (memory | redis), redis_url."""
-    cache = ck.mapping(value, ("cache",), {"metadata_ttl", "negative_ttl", "backend", "redis_url"})
+    """``cache``: metadata_ttl, negative_ttl, backend (memory | redis), redis_url, download_lease."""
+    cache = ck.mapping(value, ("cache",), {"metadata_ttl", "negative_ttl", "backend", "redis_url", "download_lease"})
     metadata_ttl = _positive_int(ck, cache.get("metadata_ttl"), ("cache", "metadata_ttl"), 600)
     negative_ttl = _positive_int(ck, cache.get("negative_ttl"), ("cache", "negative_ttl"), 60)
     backend = ck.typed(cache.get("backend"), ("cache", "backend"), str, "memory")
@@ -290,8 +291,11 @@ def _read_cache(ck: Checker, value: Any) -> dict[str, Any]:
     redis_url = ck.typed(cache.get("redis_url"), ("cache", "redis_url"), str, None)
     if backend == "redis" and not redis_url:
         ck.bad(("cache", "redis_url"), "is required when cache.backend is 'redis'")
+    download_lease = _positive_int(ck, cache.get("download_lease"), ("cache", "download_lease"), 15)
+    if download_lease < 1:
+        ck.bad(("cache", "download_lease"), "must be at least 1 (seconds)")
     return {"metadata_ttl": metadata_ttl, "negative_ttl": negative_ttl, "cache_backend": backend,
-            "redis_url": redis_url}
+            "redis_url": redis_url, "download_lease": download_lease}
 
 
 def _read_upstreams(ck: Checker, value: Any) -> dict[str, UpstreamSettings]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -188,18 +190,41 @@ def test_upstream_credentials_are_used_and_never_leak(tmp_path: Path, upstream_f
         server.stop()
 
 
-def test_crash_leftovers_are_removed_at_start(tmp_path: Path, upstream: UpstreamServer) -> None:
+def test_crash_leftovers_are_removed_at_start_and_nothing_else(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """Only the temp directory of a process that is gone is swept (store/scratch.py): a live
+    sibling's (its owner lock held, here by a process this test runs) and a directory that is
+    no replica's are left alone."""
     policy, _ = make_policy(upstream)
     storage = tmp_path / "storage"
     policy.data["storage"] = {"path": str(storage)}
-    (storage / "tmp").mkdir(parents=True)
-    (storage / "tmp" / "cache-0123.part").write_bytes(b"half a download")
-    server = Channelgate(tmp_path / "cg", policy).start()
+    tmp = storage / "tmp"
+    claim = (
+        "import sys, time; from pathlib import Path; from proxy.store.scratch import ScratchSpace\n"
+        "space = ScratchSpace(Path(sys.argv[1])); (space.path / 'cache-1.part').write_bytes(b'half');"
+        "print(space.path.name, flush=True)\n"
+        "if sys.argv[2] == 'live': sys.stdin.read(); space.release()\n"
+    )
+    dead = subprocess.run([sys.executable, "-c", claim, str(tmp), "dead"], capture_output=True, text=True, check=True)
+    live = subprocess.Popen([sys.executable, "-c", claim, str(tmp), "live"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    server = None
     try:
-        assert not list((storage / "tmp").iterdir())
+        assert live.stdout is not None
+        live_dir = tmp / live.stdout.readline().strip()
+        dead_dir = tmp / dead.stdout.strip()
+        (tmp / "import-staging").mkdir()  # no owner file: not a replica's, not ours to judge
+        assert (dead_dir / "cache-1.part").exists() and (live_dir / "cache-1.part").exists()
+        server = Channelgate(tmp_path / "cg", policy).start()
+        assert not dead_dir.exists()  # its owner exited: the lock was free
+        assert (live_dir / "cache-1.part").read_bytes() == b"half"  # a live sibling's write in progress
+        assert (tmp / "import-staging").is_dir()
         assert stored_blobs(storage, "cache") == set()
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+        live.communicate("")
+    assert not live_dir.exists()  # ScratchSpace.release, as a server does at shutdown:
+    assert not [p for p in tmp.iterdir() if p.name.startswith("r-")]
 
 
 def test_expired_token_is_refused(tmp_path: Path, upstream: UpstreamServer) -> None:

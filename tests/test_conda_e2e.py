@@ -142,7 +142,7 @@ def repodata(world: World, subdir: str = "noarch", suffix: str = "", token: str 
 
 def upload_temp_files(world: World) -> list[Path]:
     """Partial uploads left behind (metadata refreshes in flight write their own temp files)."""
-    return list((world.server.storage / "tmp").glob("uploads-*"))
+    return list((world.server.storage / "tmp").rglob("uploads-*"))
 
 
 def files_of(doc: Any) -> set[str]:

@@ -171,7 +171,7 @@ def test_bad_uploads_are_400_and_store_nothing(world: World, case: str) -> None:
     status, body = curl_upload(world, path, world.tokens["writer"], filetype)
     assert status == 400 and expect in body, body
     assert stored_blobs(world.server.storage, "uploads") == before
-    assert not list((world.server.storage / "tmp").glob("uploads-*"))  # no partial upload left
+    assert not list((world.server.storage / "tmp").rglob("uploads-*"))  # no partial upload left
     status, _, data = http("GET", f"{world.repo()}/src/contrib/PACKAGES")
     assert b"badpkg" not in data
 

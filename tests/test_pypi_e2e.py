@@ -206,7 +206,7 @@ def test_hash_mismatch_is_502_and_not_cached(world: World) -> None:
             assert b"does not match" in body
             assert world.upstream.calls_to(path) == attempt  # a bad file is never served from the cache
         assert stored_blobs(world.server.storage, "cache") == before
-        assert not list((world.server.storage / "tmp").glob("cache-*"))  # no partial download left
+        assert not list((world.server.storage / "tmp").rglob("cache-*"))  # no partial download left
     finally:
         del world.upstream.overrides[path]
 
@@ -283,7 +283,7 @@ def test_bad_uploads_are_400_and_store_nothing(world: World, case: str) -> None:
     assert resp.status_code == 400, resp.text
     assert expect in resp.json()["error"]
     assert stored_blobs(world.server.storage, "uploads") == before
-    assert not list((world.server.storage / "tmp").glob("uploads-*"))  # no partial upload left
+    assert not list((world.server.storage / "tmp").rglob("uploads-*"))  # no partial upload left
     project = path.name.split("-")[0].replace("_", "-")
     status, _, _ = http("GET", f"{world.server.url}/t/{world.tokens['reader']}/internal/simple/{project}/")
     assert status == 404

@@ -1,37 +1,18 @@
 """cache.backend: redis — replicas share freshness through one Redis (DESIGN, "Scale")."""
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from conftest import require_tool
 from fixtures.wheels import make_wheel, write_simple_index
-from harness import Channelgate, Policy, free_port, http
+from harness import Channelgate, Policy, http
+from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
 
 
 @pytest.fixture()
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = require_tool("redis-server")
-    pytest.importorskip("redis", reason="the redis extra is in the test extras")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 15
-        for line in proc.stdout:  # redis says when it accepts connections
-            if b"Ready to accept connections" in line or time.monotonic() > deadline:
-                break
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 def test_replicas_share_fresh_index_entries_through_redis(tmp_path: Path, upstream_factory, redis_url: str) -> None:  # type: ignore[no-untyped-def]

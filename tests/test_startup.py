@@ -147,7 +147,7 @@ async def test_a_second_serve_on_a_busy_port_leaves_the_first_download_intact(
             async with session.get(f"{first.url}/t/{token}/internal/simple/big-pkg/{BIG}") as resp:
                 assert resp.status == 200
                 head = await resp.content.readexactly(1024 * 1024)  # the download is under way
-                parts = list((first.storage / "tmp").iterdir())
+                parts = list((first.storage / "tmp").rglob("cache-*.part"))
                 assert parts, "no download in progress in storage/tmp"
                 second = await asyncio.to_thread(
                     channelgate, "serve", "--config", str(first.config), "--listen", f"127.0.0.1:{first.port}"
@@ -163,6 +163,60 @@ async def test_a_second_serve_on_a_busy_port_leaves_the_first_download_intact(
     finally:
         release.set()
         first.stop()
+
+async def test_a_replica_starting_on_the_same_storage_leaves_a_download_in_progress_intact(
+    tmp_path: Path, upstream_factory  # type: ignore[no-untyped-def]
+) -> None:
+    """Issue 13 part 4: a second replica sharing storage.path starts (and sweeps tmp/) while the
+    first is mid-download; the first's temp file survives and its client gets every byte."""
+    payload = base64.b64encode(os.urandom(6 * 1024 * 1024)).decode()
+    wheel = make_wheel(tmp_path / "d", "big-pkg", "1.0", module_body=f"DATA = '{payload}'\n")
+    write_simple_index(tmp_path / "root", [wheel], fmt="html")
+    upstream = upstream_factory(tmp_path / "root")
+    data = wheel.read_bytes()
+    release = threading.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:  # all but the last MiB, then wait
+        resp = web.StreamResponse(headers={"Content-Type": "application/zip"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        await resp.write(data[: -1024 * 1024])
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+        await resp.write(data[-1024 * 1024 :])
+        await resp.write_eof()
+        return resp
+
+    upstream.overrides[f"/files/{BIG}"] = slow
+    policy = Policy(
+        {
+            "storage": {"path": str(tmp_path / "shared")},
+            "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+            "groups": {"devs": ["alice"]},
+            "channels": {"internal": {"upstreams": ["pypi"], "read": ["group:devs"]}},
+        }
+    )
+    token = policy.add_token("alice", ["pypi:download"])
+    first = Channelgate(tmp_path / "a", policy).start()
+    second = None
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async with session.get(f"{first.url}/t/{token}/internal/simple/big-pkg/{BIG}") as resp:
+                assert resp.status == 200
+                head = await resp.content.readexactly(1024 * 1024)  # the download is under way
+                parts = list((first.storage / "tmp").rglob("cache-*.part"))
+                assert parts, "no download in progress in storage/tmp"
+                second = await asyncio.to_thread(Channelgate(tmp_path / "b", policy).start)
+                assert all(part.exists() for part in parts)  # the second replica's sweep left it
+                release.set()
+                body = head + await resp.read()
+        assert body == data
+        status, _, again = http("GET", f"{second.url}/t/{token}/internal/simple/big-pkg/{BIG}")
+        assert status == 200 and again == data and upstream.calls_to(f"/files/{BIG}") == 1
+    finally:
+        release.set()
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 # --------------------------------------------------------------------------- token create --append

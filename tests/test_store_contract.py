@@ -16,6 +16,7 @@ from proxy.errors import Conflict, InvalidInput, NotFound
 from proxy.store.blobs import BlobStore, DigestMismatch
 from proxy.store.catalog import SqliteCatalog, Upload
 from proxy.store.protocols import Catalog, Store
+from proxy.store.scratch import ScratchSpace
 
 STORES = ("filesystem", "s3")
 CATALOGS: dict[str, Callable[[Path], Catalog]] = {"sqlite": SqliteCatalog.at}
@@ -81,7 +82,7 @@ async def test_a_blob_that_fails_verification_is_never_published(store: Store) -
         with pytest.raises(DigestMismatch):
             await tmp.commit({"sha256": "f" * 64})
     assert store.find("cache", hashlib.sha256(data).hexdigest()) is None
-    assert list(store.scratch_dir.iterdir()) == []  # no partial file left behind
+    assert list(store.scratch_dir.glob("*.part")) == []  # no partial file left behind
 
 
 async def test_put_bytes_refs_and_origin(store: Store) -> None:
@@ -117,12 +118,22 @@ def test_a_malformed_digest_is_invalid_input(store: Store) -> None:
         store.find("uploads", "../../etc/passwd")
 
 
-def test_open_cleans_the_scratch_dir_of_a_crashed_run(store: Store) -> None:
+def test_open_sweeps_only_the_scratch_dirs_of_processes_that_are_gone(store: Store) -> None:
     (store.scratch_dir / "half-written.part").write_bytes(b"x")
+    dead = store.scratch_dir.parent / "r-gonehost-1-deadbeef"  # a crashed run's: its lock is free
+    dead.mkdir()
+    (dead / ".owner").write_bytes(b"{}")
+    (dead / "cache-1.part").write_bytes(b"x")
+    sibling = ScratchSpace(store.scratch_dir.parent)  # a live one (its lock held)
+    sibling_dir = sibling.path
+    (sibling_dir / "cache-2.part").write_bytes(b"x")
     store.open(clean=False)
-    assert (store.scratch_dir / "half-written.part").exists()  # a --workers child keeps it
+    assert dead.exists()  # a --workers child sweeps nothing
     store.open(clean=True)
-    assert list(store.scratch_dir.iterdir()) == []
+    assert not dead.exists()
+    assert (sibling_dir / "cache-2.part").exists() and (store.scratch_dir / "half-written.part").exists()
+    sibling.release()
+    assert not sibling_dir.exists()
     assert store.area_dir("meta").is_dir()
 
 
@@ -139,6 +150,25 @@ def test_catalog_add_get_names_and_generation(make_catalog: Callable[[], Catalog
     assert catalog.names("c", "pypi") == frozenset({"a"})
     assert catalog.names("c", "conda") == frozenset() and catalog.names("other", "pypi") == frozenset()
     assert catalog.snapshot("c", "pypi").by_name["a"][0].path == "a-1.0.tar.gz"
+
+
+def test_catalog_reports_its_changes_and_takes_other_replicas(make_catalog: Callable[[], Catalog]) -> None:
+    """``watch`` hears every change this process commits (coordination.py publishes them);
+    ``changed`` is another replica's change arriving: the pair's generation moves, and it is
+    not reported again (no echo between replicas)."""
+    catalog = make_catalog()
+    seen: list[tuple[str, str]] = []
+    catalog.watch(lambda channel, ecosystem: seen.append((channel, ecosystem)))
+    catalog.add(_upload())
+    catalog.set_labels("c", "pypi", "a-1.0.tar.gz", ["main", "beta"])
+    catalog.remove("c", "pypi", ["a-1.0.tar.gz"])
+    assert seen == [("c", "pypi")] * 3
+    conda, pypi = catalog.generation("c", "conda"), catalog.generation("c", "pypi")
+    catalog.changed("c", "conda")
+    assert catalog.generation("c", "conda") != conda and catalog.generation("c", "pypi") == pypi
+    catalog.changed(None, None)  # anything may have changed (Redis came back)
+    assert catalog.generation("c", "pypi") != pypi
+    assert seen == [("c", "pypi")] * 3
 
 
 def test_catalog_refuses_a_taken_path_unless_replacing(make_catalog: Callable[[], Catalog]) -> None:

@@ -84,7 +84,7 @@ def snapshot(gate: Gate) -> dict[str, Any]:
     state: dict[str, Any] = {"uploads": stored_blobs(gate.server.storage, "uploads")}
     for path in INDEXES:
         state[path] = gate.get(path)
-    state["tmp"] = sorted(p.name for p in (gate.server.storage / "tmp").glob("uploads-*"))
+    state["tmp"] = sorted(p.name for p in (gate.server.storage / "tmp").rglob("uploads-*"))
     return state
 
 

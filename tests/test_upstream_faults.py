@@ -105,7 +105,7 @@ def wheel_path(upstream: UpstreamServer, name: str) -> Path:
 
 
 def tmp_parts(cg: Channelgate) -> list[Path]:
-    return sorted((cg.storage / "tmp").glob("cache-*.part"))
+    return sorted((cg.storage / "tmp").rglob("cache-*.part"))
 
 
 def wait_for_part(cg: Channelgate, size: int) -> Path:

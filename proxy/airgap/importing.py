@@ -21,9 +21,7 @@ import ctypes
 import hashlib
 import json
 import os
-import shutil
 import tarfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -61,8 +59,9 @@ class _Staged:
 
 def import_bundle(settings: Settings, bundle: Path, stream: TextIO | None = None) -> ImportReport:
     root = settings.storage_path
-    BlobStore(root).open(clean=False)
-    staging = root / "tmp" / f"import-{uuid.uuid4().hex}"
+    store = BlobStore(root)
+    store.open(clean=False)
+    staging = store.scratch_dir / "import"  # this process's own temp space (store/scratch.py)
     staging.mkdir()
     try:
         staged, manifest = _read(root, bundle, staging, stream)
@@ -71,7 +70,7 @@ def import_bundle(settings: Settings, bundle: Path, stream: TextIO | None = None
         _sync(staging)  # every staged byte on disk before anything points at it
         return _publish(root, staged, rows, package_rows, manifest)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        store.release()
 
 
 def _read(root: Path, bundle: Path, staging: Path, stream: TextIO | None) -> tuple[dict[str, _Staged], Manifest]:

@@ -2,7 +2,9 @@
 
 Layout under the storage root::
 
-    tmp/                       writes in progress (emptied at start: a crash leaves nothing servable)
+    tmp/r-<host>-<pid>-<id>/   writes in progress, one directory per process (scratch.py): a
+                               crash leaves nothing servable, and a start-up removes only the
+                               directories of processes that are gone
     uploads/sha256/ab/<hex>    hosted uploads
     cache/sha256/ab/<hex>      cached upstream artifacts
     cache/refs/<key digest>    alias -> sha256, for artifacts an upstream declares by another hash (CRAN's MD5)
@@ -19,7 +21,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Literal, Mapping
 
 from ..errors import InvalidInput, NotFound
+from .scratch import ScratchSpace
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class TempBlob:
     def __init__(self, store: "BlobStore", area: Area) -> None:
         self.store = store
         self.area = area
-        self.path = store.root / "tmp" / f"{area}-{uuid.uuid4().hex}.part"
+        self.path = store.scratch_dir / f"{area}-{uuid.uuid4().hex}.part"
         self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish/discard
         self._sha256 = hashlib.sha256()
         self._md5 = hashlib.md5(usedforsecurity=False)
@@ -131,10 +133,16 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._stamped: dict[str, float] = {}  # sha256 -> when this process last touched its stamp
+        self.scratch = ScratchSpace(root / "tmp")
 
     @property
     def scratch_dir(self) -> Path:
-        return self.root / "tmp"
+        """This process's own temp directory (never another replica's: scratch.py)."""
+        return self.scratch.path
+
+    def release(self) -> None:
+        """Remove this process's temp directory (at shutdown)."""
+        self.scratch.release()
 
     def area_dir(self, name: str) -> Path:
         if name not in ("meta",):
@@ -142,19 +150,12 @@ class BlobStore:
         return self.root / name
 
     def open(self, *, clean: bool = True) -> None:
-        """Create the layout and remove leftovers of a crash (partial writes never become blobs)."""
+        """Create the layout and remove the temp files of processes that are gone (partial
+        writes never become blobs; a sibling replica's writes in progress are left alone)."""
         for sub in ("tmp", "uploads/sha256", "cache/sha256", "cache/refs", "cache/used", "meta"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        if not clean:
-            return
-        leftovers = list((self.root / "tmp").iterdir())
-        for item in leftovers:
-            if item.is_dir():
-                shutil.rmtree(item, ignore_errors=True)
-            else:
-                item.unlink(missing_ok=True)
-        if leftovers:
-            log.info("removed %d partial file(s) left by an earlier run", len(leftovers))
+        if clean:
+            self.scratch.sweep()
 
     def temp(self, area: Area) -> TempBlob:
         return TempBlob(self, area)
@@ -211,14 +212,14 @@ class BlobStore:
         return self.find("cache", sha256)
 
     def set_ref(self, key: str, sha256: str) -> None:
-        atomic_write(self._ref_path(key), sha256.encode(), self.root / "tmp")
+        atomic_write(self._ref_path(key), sha256.encode(), self.scratch_dir)
 
     # -- provenance: which upstream a cached artifact came from (``channelgate cache``)
     def origin_path(self, sha256: str) -> Path:
         return self.root / "cache" / "origin" / sha256
 
     def set_origin(self, sha256: str, upstream: str) -> None:
-        atomic_write(self.origin_path(sha256), upstream.encode(), self.root / "tmp")
+        atomic_write(self.origin_path(sha256), upstream.encode(), self.scratch_dir)
 
     def origin(self, sha256: str) -> str | None:
         try:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from dataclasses import replace as _replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import Conflict
 from .packages import PackageTable
@@ -111,6 +111,7 @@ class SqliteCatalog:
         self._generation: dict[tuple[str, str], int] = {}
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
         self._epoch = 0  # bumps when another process (a --workers sibling) committed
+        self._watchers: list[Callable[[str, str], None]] = []
         self.packages = PackageTable(self._db, self._lock, self._bump)
         self._data_version = self._read_data_version()
 
@@ -136,8 +137,28 @@ class SqliteCatalog:
         return self._generation.get((channel.removesuffix(PUBLIC_VIEW), ecosystem), 0) + (self._epoch << 32)
 
     def _bump(self, channel: str, ecosystem: str) -> None:
+        """This process committed a change to (channel, ecosystem)."""
+        self._advance(channel, ecosystem)
+        for callback in self._watchers:
+            callback(channel, ecosystem)
+
+    def _advance(self, channel: str, ecosystem: str) -> None:
         key = (channel, ecosystem)
         self._generation[key] = self._generation.get(key, 0) + 1
+
+    def watch(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(channel, ecosystem)`` after each change this process commits
+        (coordination.py publishes it to the other replicas)."""
+        self._watchers.append(callback)
+
+    def changed(self, channel: str | None, ecosystem: str | None) -> None:
+        """Another replica changed (channel, ecosystem), or anything (None): re-read it."""
+        if channel is None or ecosystem is None:
+            self._epoch += 1
+            self._snapshots.clear()
+        else:
+            self._advance(channel, ecosystem)
+        self.packages.reload()
 
     def snapshot(self, channel: str, ecosystem: str) -> Snapshot:
         key = (channel, ecosystem)

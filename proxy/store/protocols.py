@@ -9,7 +9,7 @@ the directory it needs (``scratch_dir`` for work files, ``area_dir`` for the ind
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -62,7 +62,11 @@ class Store(Protocol):
 
     @property
     def scratch_dir(self) -> Path:
-        """Where work files go (emptied at start: nothing in it is ever served as-is)."""
+        """This process's own directory for work files (nothing in it is ever served as-is;
+        a start-up removes only those of processes that are gone: scratch.py)."""
+
+    def release(self) -> None:
+        """Remove this process's work files (at shutdown)."""
 
     def area_dir(self, name: str) -> Path:
         """The directory of a named area (e.g. ``meta``, the index cache's copies)."""
@@ -81,6 +85,14 @@ class Catalog(Protocol):
     def close(self) -> None: ...
 
     def generation(self, channel: str, ecosystem: str) -> int: ...
+
+    def watch(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(channel, ecosystem)`` after each change this process commits
+        (uploads, removals, labels, package settings): coordination.py tells other replicas."""
+
+    def changed(self, channel: str | None, ecosystem: str | None) -> None:
+        """Another replica changed (channel, ecosystem), or anything (None, None): the next
+        read re-reads it and ``generation`` moves (merged indexes are rebuilt)."""
 
     def snapshot(self, channel: str, ecosystem: str) -> "Snapshot": ...
 

@@ -1,0 +1,316 @@
+"""Two replicas sharing a store, a catalog and one Redis (issue 13 parts 3 and 6; DESIGN,
+"Scale-out on existing engines"): real ``channelgate serve`` processes, a real redis-server,
+a real upstream; the shared store is a filesystem on this host and the catalog is SQLite.
+
+- an upload through one replica is in the other's indexes (pub/sub), and pip and py-rattler
+  install it from the other;
+- 32 concurrent cold requests split across both: one upstream GET, every body correct;
+- kill -9 the replica that downloads: the other takes over, and the restarted one serves the
+  file without another upstream GET;
+- Redis stopped: warm and cold content is still served, readiness says "degraded" and names it.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import aiohttp
+import pytest
+import requests
+from aiohttp import web
+
+from fixtures import conda_pkgs as fx
+from fixtures.wheels import make_wheel, twine_fields, write_simple_index
+from harness import Channelgate, Policy, UpstreamServer, client_env, http, run
+from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
+
+EVENTS = "channelgate:events"
+BIG = "big_pkg-1.0-py3-none-any.whl"
+
+
+class Cluster:
+    """Two replicas of one policy: one storage.path, one catalog, one Redis."""
+
+    def __init__(self, tmp_path: Path, upstream: UpstreamServer, redis: RedisServer, **cache: Any) -> None:
+        self.policy = Policy({
+            "storage": {"path": str(tmp_path / "shared")},
+            "cache": {"backend": "redis", "redis_url": redis.url, **cache},
+            "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+            "groups": {"devs": ["alice"]},
+            "channels": {"internal": {"upstreams": ["pypi"], "read": ["group:devs"], "write": ["group:devs"]}},
+        })
+        self.token = self.policy.add_token("alice", ["all"])
+        self.a = Channelgate(tmp_path / "a", self.policy)
+        self.b = Channelgate(tmp_path / "b", self.policy)
+
+    def __enter__(self) -> "Cluster":
+        self.a.start()
+        self.b.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.a.stop()
+        self.b.stop()
+
+    def url(self, replica: Channelgate, path: str) -> str:
+        return f"{replica.url}/t/{self.token}/internal{path}"
+
+
+def metric(replica: Channelgate, name: str) -> float:
+    _, _, body = http("GET", f"{replica.url}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 30) -> None:
+    """Poll a server-side state that has no event of its own (a gauge, a file)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+
+
+@pytest.fixture()
+def events(redis_server: RedisServer) -> Iterator[Any]:  # noqa: F811
+    """A subscription to the replicas' event channel, made before any replica writes."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(EVENTS)
+    try:
+        yield pubsub
+    finally:
+        pubsub.close()
+        client.close()
+
+
+def await_change(pubsub: Any, channel: str, ecosystem: str, timeout: float = 10) -> dict[str, Any]:
+    """The catalog message a replica publishes once its change is committed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.5)
+        if message is None:
+            continue
+        event = json.loads(message["data"])
+        if event.get("kind") == "catalog" and (event["channel"], event["ecosystem"]) == (channel, ecosystem):
+            return dict(event)
+    raise TimeoutError(f"no change of {channel}/{ecosystem} was published")
+
+
+def post(url: str, path: Path, token: str, fields: dict[str, str] | None = None) -> requests.Response:
+    with open(path, "rb") as fh:
+        return requests.post(url, data=fields or {}, files={"content": (path.name, fh, "application/octet-stream")},
+                             headers={"Authorization": f"token {token}"}, timeout=60)
+
+
+async def test_an_upload_through_one_replica_is_in_the_others_indexes_and_installs_from_it(
+    tmp_path: Path, upstream_factory, redis_server: RedisServer, events: Any  # type: ignore[no-untyped-def]  # noqa: F811
+) -> None:
+    rattler = pytest.importorskip("rattler")
+    write_simple_index(tmp_path / "root", [])
+    with Cluster(tmp_path, upstream_factory(tmp_path / "root"), redis_server) as cg:
+        # B has built its merged indexes before the upload: they must not be served again
+        assert b"fresh-pkg" not in http("GET", cg.url(cg.b, "/simple/"))[2]
+        assert b"fresh-pkg" not in http("GET", cg.url(cg.b, "/noarch/repodata.json"))[2]
+        wheel = make_wheel(tmp_path / "d", "fresh-pkg", "1.0")
+        resp = post(f"{cg.a.url}/api/repo/internal", wheel, cg.token, twine_fields(wheel))
+        assert resp.status_code == 200, resp.text
+        await_change(events, "internal", "pypi")
+        status, _, page = http("GET", cg.url(cg.b, "/simple/fresh-pkg/"))
+        assert status == 200 and wheel.name.encode() in page
+        target = tmp_path / "pip-target"
+        done = run([sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir", "--index-url",
+                    cg.url(cg.b, "/simple/"), "--target", str(target), "fresh-pkg"], env=client_env(tmp_path / "h"))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (target / "fresh_pkg-1.0.dist-info").is_dir()
+
+        conda = fx.build_package(tmp_path / "c", fx.PkgSpec("fresh-tool", "2.0", "0"))
+        resp = post(f"{cg.a.url}/api/repo/internal", conda, cg.token)
+        assert resp.status_code == 201, resp.text
+        await_change(events, "internal", "conda")
+        gateway = rattler.Gateway(cache_dir=tmp_path / "rattler-cache")
+        records = await rattler.solve([rattler.Channel(cg.url(cg.b, ""))], ["fresh-tool"], gateway=gateway,
+                                      platforms=["linux-64", "noarch"], virtual_packages=[])
+        assert [(r.name.normalized, str(r.version)) for r in records] == [("fresh-tool", "2.0")]
+        await rattler.install(records, tmp_path / "env", cache_dir=tmp_path / "rattler-pkgs", show_progress=False,
+                              platform=rattler.Subdir("linux-64"))
+        assert (tmp_path / "env/share/fresh-tool/README.txt").read_text().startswith("fresh-tool 2.0")
+        assert records[0].url.startswith(cg.b.url)
+
+
+async def test_invalidation_reaches_a_catalog_that_cannot_see_the_write(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """Backend-independent: two catalogs that share nothing (two SQLite files) still hear of
+    each other's changes through Redis, so a catalog without its own change feed is covered."""
+    from proxy.coordination import Coordinator
+    from proxy.store.catalog import SqliteCatalog, Upload
+
+    first, second = SqliteCatalog(tmp_path / "one.sqlite3"), SqliteCatalog(tmp_path / "two.sqlite3")
+    heard = asyncio.Event()
+    seen: list[tuple[str | None, str | None]] = []
+
+    def changed(channel: str | None, ecosystem: str | None) -> None:
+        second.changed(channel, ecosystem)
+        seen.append((channel, ecosystem))
+        heard.set()
+
+    one, two = Coordinator(redis_server.url), Coordinator(redis_server.url)
+    try:
+        await one.start(first.changed)
+        await two.start(changed)
+        first.watch(one.changed_here)
+        before = second.generation("internal", "pypi")
+        await asyncio.to_thread(first.add, Upload("internal", "pypi", "x/x-1.whl", "x", "1", "x-1.whl", "0" * 64,
+                                                  "0" * 32, 1))  # a write from a worker thread, as uploads do
+        await asyncio.wait_for(heard.wait(), 10)
+        assert seen == [("internal", "pypi")]
+        assert second.generation("internal", "pypi") != before
+        assert second.generation("internal", "conda") == 0  # only the pair that changed
+    finally:
+        await one.close()
+        await two.close()
+        first.close()
+        second.close()
+
+
+def slow_big_file(data: bytes, release: threading.Event, *, stall_first_only: bool = False) -> Any:
+    """An upstream handler: the file in pieces; the first GET stalls before its last MiB
+    until ``release`` (with ``stall_first_only``, later GETs are served at once)."""
+    calls = {"n": 0}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls["n"] += 1
+        stall = calls["n"] == 1 or not stall_first_only
+        resp = web.StreamResponse(headers={"Content-Type": "application/zip"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        await resp.write(data[: -1024 * 1024])
+        if stall:
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+        await resp.write(data[-1024 * 1024 :])
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def big_world(tmp_path: Path, upstream_factory: Any) -> tuple[UpstreamServer, bytes]:
+    payload = os.urandom(3 * 1024 * 1024).hex()
+    wheel = make_wheel(tmp_path / "d", "big-pkg", "1.0", module_body=f"DATA = '{payload}'\n")
+    write_simple_index(tmp_path / "root", [wheel], fmt="html")
+    return upstream_factory(tmp_path / "root"), wheel.read_bytes()
+
+
+async def fetch_all(urls: list[str]) -> list[tuple[int, str]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def one(url: str) -> tuple[int, str]:
+            try:
+                async with session.get(url) as resp:
+                    return resp.status, hashlib.sha256(await resp.read()).hexdigest()
+            except aiohttp.ClientError:
+                return 0, "cut"  # the connection ended before a complete body
+
+        return list(await asyncio.gather(*(one(u) for u in urls)))
+
+
+async def test_32_cold_requests_across_two_replicas_make_one_upstream_get(
+    tmp_path: Path, upstream_factory, redis_server: RedisServer  # type: ignore[no-untyped-def]  # noqa: F811
+) -> None:
+    upstream, data = big_world(tmp_path, upstream_factory)
+    release = threading.Event()
+    upstream.overrides[f"/files/{BIG}"] = slow_big_file(data, release)
+    with Cluster(tmp_path, upstream, redis_server) as cg:
+        for replica in (cg.a, cg.b):  # each replica has the index (its file URLs) before the rush
+            assert http("GET", cg.url(replica, "/simple/big-pkg/"))[0] == 200
+        urls = [cg.url(cg.a if i % 2 else cg.b, f"/simple/big-pkg/{BIG}") for i in range(32)]
+        rush = asyncio.ensure_future(fetch_all(urls))
+        try:
+            # one replica downloads, the other waits for it: both states are visible in /metrics
+            await asyncio.to_thread(wait_until, lambda: upstream.calls_to(f"/files/{BIG}") == 1, "no download")
+            await asyncio.to_thread(wait_until, lambda: sum(metric(r, "channelgate_replica_waits") for r in (cg.a, cg.b))
+                                    == 1, "no replica waits for the other")
+        finally:
+            release.set()
+        answers = await rush
+    assert answers == [(200, hashlib.sha256(data).hexdigest())] * 32
+    assert upstream.calls_to(f"/files/{BIG}") == 1
+
+
+async def test_kill_9_the_downloading_replica_the_other_takes_over_and_nothing_is_fetched_again(
+    tmp_path: Path, upstream_factory, redis_server: RedisServer  # type: ignore[no-untyped-def]  # noqa: F811
+) -> None:
+    upstream, data = big_world(tmp_path, upstream_factory)
+    release = threading.Event()
+    upstream.overrides[f"/files/{BIG}"] = slow_big_file(data, release, stall_first_only=True)
+    digest = hashlib.sha256(data).hexdigest()
+    with Cluster(tmp_path, upstream, redis_server, download_lease=2) as cg:
+        try:
+            holder = asyncio.ensure_future(fetch_all([cg.url(cg.a, f"/simple/big-pkg/{BIG}")]))
+            await asyncio.to_thread(wait_until, lambda: upstream.calls_to(f"/files/{BIG}") == 1, "A never downloaded")
+            waiters = asyncio.ensure_future(fetch_all([cg.url(cg.b, f"/simple/big-pkg/{BIG}")] * 4))
+            await asyncio.to_thread(wait_until, lambda: metric(cg.b, "channelgate_replica_waits") == 1,
+                                    "B does not wait for A")
+            assert cg.a.proc is not None and cg.b.proc is not None
+            tmp = cg.a.storage / "tmp"  # each process's own directory is named after its pid
+            a_tmp = [p for p in tmp.iterdir() if p.name.startswith("r-") and f"-{cg.a.proc.pid}-" in p.name]
+            b_tmp = [p for p in tmp.iterdir() if p.name.startswith("r-") and f"-{cg.b.proc.pid}-" in p.name]
+            assert a_tmp and b_tmp
+            cg.a.proc.send_signal(signal.SIGKILL)  # mid-fill: its lease lapses, no message is sent
+            cg.a.proc.wait(10)
+            assert await waiters == [(200, digest)] * 4  # B took over once the lease lapsed
+            assert upstream.calls_to(f"/files/{BIG}") == 2
+            assert (await holder)[0][1] != digest  # A's own client was cut: never a wrong complete body
+        finally:
+            release.set()
+        cg.a.start()  # the restarted replica: the file is in the shared store
+        assert not any(p.exists() for p in a_tmp)  # the killed process's temp files were swept
+        assert all(p.exists() for p in b_tmp)  # the live sibling's were not
+        status, _, body = http("GET", cg.url(cg.a, f"/simple/big-pkg/{BIG}"))
+        assert status == 200 and hashlib.sha256(body).hexdigest() == digest
+        assert upstream.calls_to(f"/files/{BIG}") == 2
+
+
+async def test_with_redis_stopped_content_is_still_served_and_readiness_says_degraded(
+    tmp_path: Path, upstream_factory, redis_server: RedisServer  # type: ignore[no-untyped-def]  # noqa: F811
+) -> None:
+    wheels = [make_wheel(tmp_path / "d", name, "1.0") for name in ("warm-pkg", "cold-pkg")]
+    write_simple_index(tmp_path / "root", wheels)
+    upstream = upstream_factory(tmp_path / "root")
+    with Cluster(tmp_path, upstream, redis_server) as cg:
+        warm = cg.url(cg.a, f"/simple/warm-pkg/{wheels[0].name}")
+        assert http("GET", warm)[2] == wheels[0].read_bytes()
+        assert json.loads(http("GET", f"{cg.a.url}/api/ready")[2])["status"] == "ready"
+        redis_server.stop()
+        for replica in (cg.a, cg.b):
+            status, _, body = http("GET", cg.url(replica, f"/simple/warm-pkg/{wheels[0].name}"))
+            assert status == 200 and body == wheels[0].read_bytes()
+            # an index this replica never served asks the shared cache first: it falls back
+            status, _, page = http("GET", cg.url(replica, "/simple/cold-pkg/"))
+            assert status == 200 and wheels[1].name.encode() in page
+        status, _, body = http("GET", cg.url(cg.b, f"/simple/cold-pkg/{wheels[1].name}"))  # a cold file: local lease
+        assert status == 200 and body == wheels[1].read_bytes()
+        for replica in (cg.a, cg.b):
+            status, _, ready = http("GET", f"{replica.url}/api/ready")
+            report = json.loads(ready)
+            assert status == 200 and report["status"] == "degraded", report
+            assert report["checks"]["redis"].startswith("degraded"), report
+            assert report["checks"]["storage"] == "ok" and report["checks"]["catalog"] == "ok"
+            assert replica.log().count("Redis is unreachable") == 1  # logged once, not per request
+        redis_server.start()
+        for replica in (cg.a, cg.b):
+            await asyncio.to_thread(wait_until, lambda: json.loads(http("GET", f"{replica.url}/api/ready")[2])[
+                "status"] == "ready", "readiness never recovered")
+            assert replica.wait_log("Redis is back").count("Redis is back") == 1
