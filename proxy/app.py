@@ -127,7 +127,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         checks = UploadChecks(settings.limits.validation_workers)
         stack.callback(checks.close)
         metrics = Metrics()
-        upstream = Upstream(session, metrics)
+        upstream = Upstream(session, metrics, max_index_bytes=settings.limits.index_fetch_bytes)
         for listen in (settings.listen, settings.metrics_listen):  # index entries may never point here
             host, _, port = (listen or "").rpartition(":")
             if port.isdigit():

@@ -17,8 +17,9 @@ DESIGN, "Hostile input and faults": a download that fails for any reason (the up
 its deadline, a full disk, a temp file that vanished) ends every waiting client with an
 error at once; a client that goes away ends only its own stream. A HEAD on a file not
 stored yet is answered from the index (type, declared size, ``Accept-Ranges``) and starts
-no download; when the index declares no size, the download starts and the HEAD answers
-once the upstream's length is known (ranges.py: Range reads of cold files, issue 15).
+no download; when the index declares no size, one Range request for the first byte asks the
+upstream for it (``Upstream.probe_length``), and the HEAD answers without a length if the
+upstream states none (ranges.py: Range reads of cold files, issue 15).
 """
 from __future__ import annotations
 
@@ -131,6 +132,10 @@ class Artifacts:
         known = fetch.total if fetch is not None else None
         if request.method == "HEAD" and (spec.size is not None or known is not None):
             return await _head(request, spec, known)  # answered from the index: no download
+        if request.method == "HEAD" and fetch is None:  # no size declared: ask for one byte, not the file
+            self.upstream.check_up(spec.upstream)
+            size = await self.upstream.probe_length(spec.upstream, spec.url, what=spec.filename, hashed=spec.hashed)
+            return await _head(request, spec, size)
         if fetch is None:
             fetch = self._start(spec)
         partial = await self._partial(request, fetch)

@@ -5,8 +5,9 @@ Clients read a wheel's METADATA with Range requests (uv: a HEAD for the length a
 the index offers ``.metadata``). A cold file must not make them wait for the whole
 download:
 
-- HEAD answers the length with ``Accept-Ranges``: from the index when it declares the size
-  (artifacts.py), else once the upstream's headers arrive;
+- HEAD answers the length with ``Accept-Ranges``: from the index when it declares the size,
+  from a download under way once the upstream's headers arrive, else from a one-byte Range
+  request to the upstream (artifacts.py; never a download);
 - a Range within the bytes already written answers at once, 206, from the temp file;
 - a Range beyond them is one upstream Range request, relayed as 206, while the full
   download goes on (once) for the cache; an upstream that ignores Range makes us wait

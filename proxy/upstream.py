@@ -219,9 +219,10 @@ class IndexResponse:
 
 
 class Upstream:
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, *, max_index_bytes: int = 1 << 30) -> None:
         self.session = session
         self.metrics = metrics
+        self.max_index_bytes = max_index_bytes  # server.limits.index_fetch_mb
         self.own = OwnOrigins()
         self._down_until: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
@@ -291,7 +292,7 @@ class Upstream:
                 raise NotFound()
             if resp.status != 200:
                 raise UpstreamError(f"upstream {up.name} answered {resp.status}")
-            body = b"".join([chunk async for chunk in Body(resp, deadline)])
+            body = await self._bounded_body(up, resp, deadline)
             self._mark(up, True)
             return IndexResponse(
                 200,
@@ -300,6 +301,28 @@ class Upstream:
                 resp.headers.get("Last-Modified"),
                 resp.headers.get("Content-Type", ""),
             )
+
+    async def _bounded_body(self, up: UpstreamSettings, resp: aiohttp.ClientResponse, deadline: Deadline) -> bytes:
+        """The whole body of an index document, at most ``max_index_bytes`` (DESIGN "Hostile
+        input": no input may cost unbounded memory): a declared or actual size beyond it is
+        an UpstreamError naming the limit (the cache then serves its stale copy, if any)."""
+        cap = self.max_index_bytes
+
+        def too_large() -> UpstreamError:
+            log.warning("upstream %s sent an index document over server.limits.index_fetch_mb", up.name)
+            return UpstreamError(f"upstream {up.name} sent an index document larger than "
+                                 f"server.limits.index_fetch_mb ({cap / (1024 * 1024):g} MiB)")
+
+        if resp.content_length is not None and resp.content_length > cap:
+            raise too_large()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in Body(resp, deadline):
+            size += len(chunk)
+            if size > cap:
+                raise too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     @contextlib.asynccontextmanager
     async def _request(
@@ -379,6 +402,29 @@ class Upstream:
                 raise UpstreamError(f"upstream {up.name} sent a short range of {what}")
             self._mark(up, True)
             return bytes(body[: stop - start])
+
+    async def probe_length(self, up: UpstreamSettings, url: str, *, what: str, hashed: bool) -> int | None:
+        """A file's length without downloading it: one request for its first byte (RFC 9110
+        §14.2), read from ``Content-Range`` (206) or ``Content-Length`` (an upstream that
+        ignores Range answers 200: the connection is then closed, its body unread). None
+        when the upstream states neither."""
+        target = check_target(up, url, hashed=hashed, own=self.own, what=what)
+        self.check_up(up)
+        headers = {"Accept-Encoding": "identity", "Range": "bytes=0-0"}
+        async with self._request(up, url, target, headers) as (resp, _deadline):
+            if resp.status in (404, 410):
+                raise NotFound(f"{what} is not on the upstream")
+            total: int | None = None
+            if resp.status == 206:
+                match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                total = int(match.group(3)) if match is not None else None
+            elif resp.status == 200:
+                total = resp.content_length
+            else:
+                raise UpstreamError(f"upstream {up.name} answered {resp.status} for {what}")
+            resp.close()  # at most one byte of body is wanted: never read the rest
+            self._mark(up, True)
+            return total
 
     async def fetch_tail(self, up: UpstreamSettings, url: str, size: int, *, what: str, hashed: bool) -> tuple[int, bytes] | None:
         """The last ``size`` bytes of a file (a suffix Range, RFC 9110 §14.1.2) and the

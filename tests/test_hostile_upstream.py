@@ -101,7 +101,8 @@ def _repodata_elsewhere(root: Path, other: str, pkgs: list[Path], *, strip_hashe
 def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory) -> Any:  # type: ignore[no-untyped-def]
     base = tmp_path_factory.mktemp("hostile")
     root = base / "root"
-    wheels = {name: make_wheel(base / "d", name, "1.0") for name in ("abs-link", "base-href", "no-hash", "self-link", "size-pkg")}
+    wheels = {name: make_wheel(base / "d", name, "1.0")
+              for name in ("abs-link", "base-href", "no-hash", "self-link", "size-pkg", "no-size", "no-size-ranged")}
     write_simple_index(root / "pypi", list(wheels.values()), fmt="json")
     home = upstream_factory(root)
     other = upstream_factory(root)
@@ -123,6 +124,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory) -> Any:  #
         base=f"{files}/"), content_type="text/html")
     home.overrides["/pypi/simple/no-hash/"] = json_response({"meta": {"api-version": "1.1"}, "name": "no-hash", "files": [
         {"filename": wheels["no-hash"].name, "url": f"{files}/{wheels['no-hash'].name}", "hashes": {}}]})
+    for name in ("no-size", "no-size-ranged"):  # HTML pages: PEP 503 declares no sizes
+        wheel = wheels[name]
+        home.overrides[f"/pypi/simple/{name}/"] = (lambda w: lambda r: web.Response(body=html_page(
+            f'<a href="../../files/{w.name}#sha256={sha256_of(w)}">{w.name}</a>'), content_type="text/html"))(wheel)
+    ranged = wheels["no-size-ranged"]  # an upstream file host that honours Range (aiohttp's FileResponse)
+    home.overrides[f"/pypi/files/{ranged.name}"] = lambda r: web.FileResponse(ranged)
     policy = Policy({
         "upstreams": {
             "pypi": {"type": "pypi", "url": f"{home.url}/pypi/simple", "username": USER, "password": PASSWORD},
@@ -231,3 +238,18 @@ def test_head_on_a_cold_file_answers_from_the_index(world: World) -> None:
     assert world.home.calls_to(f"/pypi/files/{wheel.name}") == 0  # no download started
     assert sha256_of(wheel) not in stored_blobs(world.server.storage, "cache")
     world.server.wait_log(f'"HEAD /t/<redacted>/internal/simple/size-pkg/{wheel.name}" 200')
+
+
+@pytest.mark.parametrize("name", ["no-size", "no-size-ranged"])
+def test_head_on_a_cold_file_without_a_declared_size_asks_for_one_byte(world: World, name: str) -> None:
+    """An index that declares no size (a PEP 503 HTML page): the HEAD asks the upstream for
+    the first byte (its length in Content-Range, or Content-Length from an upstream that
+    ignores Range) and starts no download."""
+    wheel = world.wheels[name]
+    status, headers, body = world.get(f"/internal/simple/{name}/{wheel.name}", method="HEAD")
+    assert status == 200 and body == b""
+    assert int(headers["Content-Length"]) == wheel.stat().st_size and headers["Accept-Ranges"] == "bytes"
+    calls = [c for c in world.home.calls if c.path == f"/pypi/files/{wheel.name}"]
+    assert [c.headers.get("Range") for c in calls] == ["bytes=0-0"]  # one probe, no download
+    assert sha256_of(wheel) not in stored_blobs(world.server.storage, "cache")
+    world.server.wait_log(f'"HEAD /t/<redacted>/internal/simple/{name}/{wheel.name}" 200')

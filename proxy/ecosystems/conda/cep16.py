@@ -322,9 +322,10 @@ class ShardIndex:
         return urljoin(index_url, base)
 
 
-def parse_shard_index(body: bytes) -> ShardIndex:
-    """Parse an upstream's shard index; raises ``InvalidInput`` when malformed."""
-    doc = _unpack(_unzstd(body, MAX_INDEX_BYTES, "shard index"), "shard index")
+def parse_shard_index(body: bytes, *, limit: int = MAX_INDEX_BYTES) -> ShardIndex:
+    """Parse an upstream's shard index (at most ``limit`` decompressed bytes, and never more
+    than MAX_INDEX_BYTES); raises ``InvalidInput`` when malformed or too large."""
+    doc = _unpack(_unzstd(body, min(limit, MAX_INDEX_BYTES), "shard index"), "shard index")
     info = doc.get("info")
     raw_shards = doc.get("shards")
     if not isinstance(info, dict) or not isinstance(raw_shards, dict):
@@ -342,6 +343,7 @@ class Shard:
 
     records: list[CondaRecord] = field(repr=False)
     removed: tuple[str, ...] = ()
+    size: int = 0  # decompressed bytes: what reading it cost (repodata_from_shards' budget)
 
     def __iter__(self) -> Iterator[CondaRecord]:
         return iter(self.records)
@@ -359,14 +361,16 @@ def _unpack_record(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def parse_shard(body: bytes, *, expected_sha256: str | None = None) -> Shard:
-    """Parse an upstream shard into records; checks its hash when one is given.
+def parse_shard(body: bytes, *, expected_sha256: str | None = None, limit: int = MAX_SHARD_BYTES) -> Shard:
+    """Parse an upstream shard into records; checks its hash when one is given. At most
+    ``limit`` decompressed bytes (and never more than MAX_SHARD_BYTES) are read.
 
-    Raises ``InvalidInput`` on a hash mismatch or a malformed shard.
+    Raises ``InvalidInput`` on a hash mismatch, a malformed shard or one over the limit.
     """
     if expected_sha256 is not None and hashlib.sha256(body).hexdigest() != expected_sha256.lower():
         raise InvalidInput("shard content does not match its sha256")
-    doc = _unpack(_unzstd(body, MAX_SHARD_BYTES, "shard"), "shard")
+    data = _unzstd(body, min(limit, MAX_SHARD_BYTES), "shard")
+    doc = _unpack(data, "shard")
     records: list[CondaRecord] = []
     for section in ("packages", "packages.conda"):
         entries = doc.get(section) or {}
@@ -381,7 +385,7 @@ def parse_shard(body: bytes, *, expected_sha256: str | None = None) -> Shard:
             records.append((filename, name, dump_record(_unpack_record(record))))
     removed_raw = doc.get("removed") or []
     removed = tuple(r for r in removed_raw if isinstance(r, str)) if isinstance(removed_raw, list) else ()
-    return Shard(records=records, removed=removed)
+    return Shard(records=records, removed=removed, size=len(data))
 
 
 def check_shard_request(sha256_hex: str) -> str:

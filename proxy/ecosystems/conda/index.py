@@ -204,9 +204,11 @@ class CondaIndexes:
         return await self._flight.run(("parse", doc.digest), work)  # type: ignore[no-any-return]
 
     async def _parse_shards(self, up: UpstreamSettings, doc: Doc) -> Repodata:
-        index = await self._run(lambda: parse_shard_index(doc.read()))  # InvalidInput: an invalid document
+        limit = self.services.settings.limits.index_unpacked_bytes  # shards and their index, in all
+        index = await self._run(lambda: parse_shard_index(doc.read(), limit=limit))  # InvalidInput: invalid
         stored = await fetch_shards(self.services.index_cache, up, doc.url, index, self._known_shards)
-        return await self._run(repodata_from_shards, index, stored, self.tmp_dir)  # type: ignore[no-any-return]
+        return await self._run(  # type: ignore[no-any-return]
+            lambda: repodata_from_shards(index, stored, self.tmp_dir, limit=limit))
 
     # ------------------------------------------------------------------ merged subdir index
     def uploads(self, channel: str, label: str, subdir: str) -> list[Upload]:

@@ -30,7 +30,7 @@ from ...errors import InvalidInput, NotFound, UpstreamError
 from ...memo import Memo
 from ...settings import UpstreamSettings
 from .cep16 import ShardIndex, parse_shard
-from .sections import EXTENSIONS, REPODATA_VERSION, Repodata, SectionBuilder, SectionFiles
+from .sections import EXTENSIONS, MAX_DECOMPRESSED, REPODATA_VERSION, Repodata, SectionBuilder, SectionFiles
 
 SHARD_CONCURRENCY = 16  # shard requests in flight per upstream index build
 
@@ -94,19 +94,27 @@ async def fetch_shards(
     return [out[name] for name in names]
 
 
-def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workdir: Path) -> Repodata:
+def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workdir: Path, *,
+                         limit: int = MAX_DECOMPRESSED) -> Repodata:
     """The records of every shard as a ``Repodata`` whose sections live in ``workdir``
     (files removed when it is garbage-collected). Raises InvalidInput when a shard is not
-    valid (wrong hash, not zstd/msgpack), as parse.py does for invalid repodata."""
+    valid (wrong hash, not zstd/msgpack), as parse.py does for invalid repodata, and when
+    the shards decompress to more than ``limit`` bytes in all (``server.limits.index_unpacked_mb``,
+    the bound of a ``repodata.json.zst``: DESIGN "every decompression is bounded")."""
+    budget = limit
     with SectionFiles(workdir) as files:
         builders = {ext: SectionBuilder(ext, files.outputs[ext]) for ext in EXTENSIONS}
         name_ids: dict[str, int] = {}
         removed: set[str] = set()
         for stored in shards:
             try:
-                shard = parse_shard(Path(stored.body_path).read_bytes(), expected_sha256=stored.sha256)
+                shard = parse_shard(Path(stored.body_path).read_bytes(), expected_sha256=stored.sha256,
+                                    limit=budget)
             except InvalidInput as exc:
                 raise InvalidInput(f"shard of {stored.name!r}: {exc}") from None
+            budget -= shard.size
+            if budget < 0:  # pragma: no cover - parse_shard reads at most ``budget``
+                raise InvalidInput("the shards exceed the size limit")
             removed.update(shard.removed)
             per_ext: dict[str, tuple[list[bytes], list[int], list[bytes], list[int]]] = {
                 ext: ([], [], [], []) for ext in EXTENSIONS
