@@ -39,8 +39,8 @@ from .responses import SentFileResponse, http_status, keep_private
 from .settings import Settings, load_settings
 from .sources import Sources
 from .store.s3 import S3Store, open_store
-from .store.catalog import SqliteCatalog, public_view
-from .store.tokens import TokenStore
+from .store.backends import open_catalog
+from .store.catalog import public_view
 from .uploads import UploadChecks, delete_hosted, handle_upload
 from .upstream import Upstream
 
@@ -108,10 +108,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         stack.callback(store.release)
         if isinstance(store, S3Store):
             stack.push_async_callback(store.close)
-        catalog = SqliteCatalog.at(settings.storage_path)
-        stack.callback(catalog.close)
-        tokens = TokenStore(settings.storage_path / "accounts.sqlite3")
-        stack.callback(tokens.close)
+        catalog, tokens = await stack.enter_async_context(open_catalog(settings))
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),
             trust_env=False,
@@ -188,7 +185,7 @@ def reload_policy(services: Services, path: Path | None) -> list[str]:
             log.error("  %s", problem)
         return list(exc.problems)
     old = services.settings
-    for attr in ("storage_path", "listen", "cache_backend", "redis_url", "metadata_ttl", "negative_ttl", "offline", "metrics_listen"):
+    for attr in ("storage_path", "database_url", "listen", "cache_backend", "redis_url", "metadata_ttl", "negative_ttl", "offline", "metrics_listen"):
         if getattr(old, attr) != getattr(new, attr):
             log.warning("policy reload: %s changed; it takes effect after a restart", attr)
     services.live.swap(new)

@@ -203,8 +203,9 @@ def _serve_workers(settings: Settings, policy_path: Path | None, opts: ServeOpti
 
     BlobStore(settings.storage_path).open()
     # create the databases (and switch them to WAL) once, before the workers open them at the same time
-    SqliteCatalog.at(settings.storage_path).close()
-    TokenStore(settings.storage_path / "accounts.sqlite3").close()
+    if not settings.database_url:  # PostgreSQL: each worker migrates under an advisory lock
+        SqliteCatalog.at(settings.storage_path).close()
+        TokenStore(settings.storage_path / "accounts.sqlite3").close()
     metrics_dir = tempfile.mkdtemp(prefix="channelgate-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # before any worker imports prometheus-client
     opts = replace(opts, main_pid=os.getpid(), clean_tmp=False)

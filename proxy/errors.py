@@ -81,6 +81,13 @@ class StorageError(ChannelgateError):
     default_message = "storage error"
 
 
+class Unavailable(StorageError):
+    """A backend the server depends on (the database) does not answer: nothing was changed,
+    retry later (a 503)."""
+
+    default_message = "the database is unavailable; nothing was changed, retry later"
+
+
 class UpstreamError(ChannelgateError):
     """The upstream failed, or served bytes that do not match its own index."""
 

@@ -44,7 +44,7 @@ def _probe_storage(tmp_dir: Path) -> None:
 
 
 async def _probe_catalog(services: Services) -> None:
-    services.catalog.generation("", "")  # one query to the database (SQLite: a pragma)
+    await services.catalog.check()  # one query to the database (SQLite: a pragma)
 
 
 async def _check(name: str, probe: asyncio.Future[object] | asyncio.Task[object], problems: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from .errors import (
     PayloadTooLarge,
     TooManyRequests,
     Unauthorized,
+    Unavailable,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -43,6 +44,7 @@ HTTP_STATUS: dict[type[ChannelgateError], int] = {
     TooManyRequests: 429,
     UpstreamError: 502,
     NotReady: 503,
+    Unavailable: 503,
     UpstreamTimeout: 504,
 }
 

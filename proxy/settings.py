@@ -19,7 +19,7 @@ from .account_settings import AccountPolicy, read_accounts, read_users
 from .checked_yaml import Checker, parse_yaml
 from .errors import ConfigError
 from .filters import UpstreamFilter, build_filter
-from .storage_settings import S3Settings, read_storage
+from .storage_settings import S3Settings, read_database, read_storage
 from .token_settings import SCOPES as SCOPES
 from .token_settings import TokenEntry as TokenEntry
 from .token_settings import index_tokens, read_all_tokens
@@ -106,6 +106,7 @@ class Settings:
     storage_path: Path = Path("var")
     storage_backend: str = "filesystem"  # "filesystem" | "s3" (storage_settings.py)
     s3: S3Settings | None = None
+    database_url: str | None = field(default=None, repr=False)  # PostgreSQL (may hold a password); None: SQLite
     metadata_ttl: int = 600
     negative_ttl: int = 60
     cache_backend: str = "memory"  # "memory" | "redis"
@@ -213,6 +214,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     server = _read_server(ck, top.get("server"), base_dir)
     storage = read_storage(ck, top.get("storage"), base_dir)
     cache = _read_cache(ck, top.get("cache"))
+    database = read_database(ck, top.get("database"))
     offline = ck.typed(top.get("offline"), ("offline",), bool, False)
     upstreams = _read_upstreams(ck, top.get("upstreams"))
     users, passwords = read_users(ck, top.get("users"))
@@ -231,6 +233,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
         **server,
         **cache,
         **storage,
+        **database,
         offline=offline,
         upstreams=upstreams,
         groups=groups,
@@ -245,7 +248,7 @@ def parse_settings(text: str, *, source: Path | None = None) -> Settings:
     )
 
 
-TOP_LEVEL_KEYS = ("server", "storage", "cache", "offline", "upstreams", "groups", "users", "channels", "tokens",
+TOP_LEVEL_KEYS = ("server", "storage", "database", "cache", "offline", "upstreams", "groups", "users", "channels", "tokens",
                   "tokens_file", "accounts")
 
 

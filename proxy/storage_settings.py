@@ -44,6 +44,17 @@ def read_storage(ck: Checker, value: Any, base_dir: Path) -> dict[str, Any]:
     }
 
 
+def read_database(ck: Checker, value: Any) -> dict[str, Any]:
+    """``database``: ``url`` of a PostgreSQL database for the catalog, package settings and
+    user-made tokens (DESIGN "Scale-out on existing engines"); absent: SQLite in storage.path."""
+    database = ck.mapping(value, ("database",), {"url"})
+    url = ck.typed(database.get("url"), ("database", "url"), str, None)
+    if url is not None and not re.match(r"^postgres(ql)?://[^\s]*$", url):
+        ck.bad(("database", "url"), "must be a postgresql:// URL, e.g. postgresql://channelgate@db/channelgate")
+        url = None
+    return {"database_url": url}
+
+
 def _read_s3(ck: Checker, value: Any) -> S3Settings | None:
     path = ("storage", "s3")
     if value is None:
@@ -73,4 +84,4 @@ def _read_s3(ck: Checker, value: Any) -> S3Settings | None:
                       secret_access_key=text["secret_access_key"])
 
 
-__all__ = ["BACKENDS", "S3Settings", "read_storage"]
+__all__ = ["BACKENDS", "S3Settings", "read_database", "read_storage"]

@@ -239,7 +239,7 @@ async def publish(
         raise Conflict(_conflict_message(variants[0], path))
     stale = [u.path for u in variants if u.path != path]
     if stale:
-        services.catalog.remove(channel, ecosystem, stale)
+        await services.catalog.remove(channel, ecosystem, stale)
     upload = Upload(
         channel=channel,
         ecosystem=ecosystem,
@@ -255,7 +255,7 @@ async def publish(
         uploader=uploader,
         uploaded_at=uploaded_at if uploaded_at is not None else time.time(),
     )
-    services.catalog.add(upload, replace=replace)
+    await services.catalog.add(upload, replace=replace)
     services.metrics.uploads.labels(ecosystem).inc()
     return upload
 
@@ -320,6 +320,6 @@ async def delete_hosted(ctx: ChannelRequest) -> web.StreamResponse:
     upload = ctx.services.catalog.get(ctx.channel.name, ecosystem, path) if path else None
     if upload is None:
         raise NotFound("no uploaded file at this URL (files from upstreams cannot be deleted)")
-    ctx.services.catalog.remove(ctx.channel.name, ecosystem, [upload.path])
+    await ctx.services.catalog.remove(ctx.channel.name, ecosystem, [upload.path])
     audit("delete", ctx.principal, ctx.channel.name, upload.path, ecosystem=ecosystem)
     return web.json_response({"ok": True, "deleted": upload.path, "ecosystem": ecosystem})

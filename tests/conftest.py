@@ -13,6 +13,7 @@ from harness import Channelgate, Policy, UpstreamServer
 from secret_scan import SCAN
 
 if TYPE_CHECKING:
+    from pg_cluster import PgCluster
     from proxy.storage_settings import S3Settings
 
 
@@ -100,6 +101,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leaks:
         session.exitstatus = 1
         print("\nsecrets leaked after the last test of their module:\n" + "\n".join(leaks[:20]), file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator["PgCluster"]:
+    """A throwaway PostgreSQL cluster for the session (tests/pg_cluster.py). Outside CI, a
+    missing postgresql skips with the reason; CI installs it."""
+    from pg_cluster import PgCluster, missing_tools
+
+    reason = missing_tools()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: "PgCluster") -> str:
+    """The URL of a fresh database of its own for one test."""
+    return pg_cluster.new_database()
 
 
 @pytest.fixture(scope="session")

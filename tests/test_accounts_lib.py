@@ -83,22 +83,22 @@ def test_expiry_has_a_default_and_a_maximum() -> None:
         expiry(POLICY, 91 * 86400, 0.0)
 
 
-def test_tokens_are_stored_hashed_and_revocation_reaches_another_process(tmp_path: Path) -> None:
+async def test_tokens_are_stored_hashed_and_revocation_reaches_another_process(tmp_path: Path) -> None:
     now = [100.0]
     db = tmp_path / "accounts.sqlite3"
     here = TokenStore(db, clock=lambda: now[0])
     there = TokenStore(db, clock=lambda: now[0])  # another worker's connection
-    secret, record = make_token(here, POLICY, principal({"all"}), TokenRequest(name="laptop", scopes=("conda:download",)))
+    secret, record = await make_token(here, POLICY, principal({"all"}), TokenRequest(name="laptop", scopes=("conda:download",)))
     assert secret.startswith("cgt-") and record.sha256 == hash_token(secret)
     assert secret.encode() not in db.read_bytes() + (tmp_path / "accounts.sqlite3-wal").read_bytes()
     assert there.find(record.sha256) == record  # remembered by the other worker from now on
     with pytest.raises(Exception, match="already have a token named"):
-        make_token(here, POLICY, principal({"all"}), TokenRequest(name="laptop"))
-    here.remove("alice", "laptop")
+        await make_token(here, POLICY, principal({"all"}), TokenRequest(name="laptop"))
+    await here.remove("alice", "laptop")
     assert here.find(record.sha256) is None  # at once in the writing process
     now[0] += SYNC_INTERVAL
     assert there.find(record.sha256) is None  # within SYNC_INTERVAL everywhere else
-    here.revoke_policy_token("ab" * 32, "alice-ci")
+    await here.revoke_policy_token("ab" * 32, "alice-ci")
     now[0] += SYNC_INTERVAL
     assert there.is_revoked("ab" * 32)
 

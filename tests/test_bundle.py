@@ -3,6 +3,8 @@
 nothing visible — when tampered, truncated or not a bundle."""
 from __future__ import annotations
 
+import asyncio
+
 import dataclasses
 import io
 import json
@@ -302,8 +304,8 @@ def test_private_package_stays_private_after_import_and_since_carries_changed_se
         try:
             info = catalog.packages.get("pub", "pypi", "secret-pkg")
             assert info is not None
-            catalog.packages.put(dataclasses.replace(info, private=False))
-            catalog.packages.set_locked("pub", "frozen", False)
+            asyncio.run(catalog.packages.put(dataclasses.replace(info, private=False)))
+            asyncio.run(catalog.packages.set_locked("pub", "frozen", False))
         finally:
             catalog.close()
         increment = tmp_path / "increment.tar"

@@ -2,24 +2,30 @@
 
 Each backend is a fixture parameter: the S3 backend runs against moto's S3 server (a real
 HTTP S3 protocol, started once per session by conftest's ``s3_endpoint``); the PostgreSQL
-backend joins CATALOGS and must pass the same tests.
+catalog against a throwaway cluster (conftest's ``pg_cluster``), a fresh database per test.
+Changes made by another instance are awaited (``Catalog.wait_for``), never slept on.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from proxy.errors import Conflict, InvalidInput, NotFound
 from proxy.store.blobs import BlobStore, DigestMismatch
-from proxy.store.catalog import SqliteCatalog, Upload
+from proxy.settings import Settings
+from proxy.store.backends import open_catalog
+from proxy.store.catalog import Upload
 from proxy.store.protocols import Catalog, Store
 from proxy.store.scratch import ScratchSpace
 
 STORES = ("filesystem", "s3")
-CATALOGS: dict[str, Callable[[Path], Catalog]] = {"sqlite": SqliteCatalog.at}
+CATALOGS = ("sqlite", "postgresql")
+MakeCatalog = Callable[[], Awaitable[Catalog]]
+SEEN_WITHIN = 1.0  # seconds: DESIGN, "an upload through one is in every replica's indexes within 1 s"
 
 
 def _make_store(request: pytest.FixtureRequest, root: Path) -> Store:
@@ -40,18 +46,20 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await close()
 
 
-@pytest.fixture(params=sorted(CATALOGS))
-def make_catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Catalog]]:
-    opened: list[Catalog] = []
+@pytest.fixture(params=CATALOGS)
+async def make_catalog(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeCatalog]:
+    """Opens instances of one backend over one database (as --workers siblings or replicas do)."""
+    async with contextlib.AsyncExitStack() as stack:
+        settings = Settings(storage_path=tmp_path / "store")
+        if request.param == "postgresql":
+            settings = Settings(storage_path=tmp_path / "store", database_url=request.getfixturevalue("pg_url"))
+        settings.storage_path.mkdir()
 
-    def make() -> Catalog:
-        (tmp_path / "store").mkdir(exist_ok=True)
-        opened.append(CATALOGS[request.param](tmp_path / "store"))
-        return opened[-1]
+        async def make() -> Catalog:
+            catalog, _ = await stack.enter_async_context(open_catalog(settings))
+            return catalog
 
-    yield make
-    for catalog in opened:
-        catalog.close()
+        yield make
 
 
 def _upload(path: str = "a-1.0.tar.gz", name: str = "a", **kw: object) -> Upload:
@@ -138,11 +146,11 @@ def test_open_sweeps_only_the_scratch_dirs_of_processes_that_are_gone(store: Sto
 
 
 # --------------------------------------------------------------------------- Catalog
-def test_catalog_add_get_names_and_generation(make_catalog: Callable[[], Catalog]) -> None:
-    catalog = make_catalog()
+async def test_catalog_add_get_names_and_generation(make_catalog: MakeCatalog) -> None:
+    catalog = await make_catalog()
     before = catalog.generation("c", "pypi")
     fields = {"requires_python": ">=3.9", "nested": {"k": [1, "two"]}}
-    catalog.add(_upload(index_fields=fields))
+    await catalog.add(_upload(index_fields=fields))
     assert catalog.generation("c", "pypi") != before
     stored = catalog.get("c", "pypi", "a-1.0.tar.gz")
     assert stored == _upload(index_fields=fields, uploaded_at=catalog.list("c", "pypi")[0].uploaded_at)
@@ -152,16 +160,16 @@ def test_catalog_add_get_names_and_generation(make_catalog: Callable[[], Catalog
     assert catalog.snapshot("c", "pypi").by_name["a"][0].path == "a-1.0.tar.gz"
 
 
-def test_catalog_reports_its_changes_and_takes_other_replicas(make_catalog: Callable[[], Catalog]) -> None:
+async def test_catalog_reports_its_changes_and_takes_other_replicas(make_catalog: MakeCatalog) -> None:
     """``watch`` hears every change this process commits (coordination.py publishes them);
     ``changed`` is another replica's change arriving: the pair's generation moves, and it is
     not reported again (no echo between replicas)."""
-    catalog = make_catalog()
+    catalog = await make_catalog()
     seen: list[tuple[str, str]] = []
     catalog.watch(lambda channel, ecosystem: seen.append((channel, ecosystem)))
-    catalog.add(_upload())
-    catalog.set_labels("c", "pypi", "a-1.0.tar.gz", ["main", "beta"])
-    catalog.remove("c", "pypi", ["a-1.0.tar.gz"])
+    await catalog.add(_upload())
+    await catalog.set_labels("c", "pypi", "a-1.0.tar.gz", ["main", "beta"])
+    await catalog.remove("c", "pypi", ["a-1.0.tar.gz"])
     assert seen == [("c", "pypi")] * 3
     conda, pypi = catalog.generation("c", "conda"), catalog.generation("c", "pypi")
     catalog.changed("c", "conda")
@@ -171,55 +179,57 @@ def test_catalog_reports_its_changes_and_takes_other_replicas(make_catalog: Call
     assert seen == [("c", "pypi")] * 3
 
 
-def test_catalog_refuses_a_taken_path_unless_replacing(make_catalog: Callable[[], Catalog]) -> None:
-    catalog = make_catalog()
-    catalog.add(_upload(md5="1" * 32))
+async def test_catalog_refuses_a_taken_path_unless_replacing(make_catalog: MakeCatalog) -> None:
+    catalog = await make_catalog()
+    await catalog.add(_upload(md5="1" * 32))
     with pytest.raises(Conflict):
-        catalog.add(_upload(md5="2" * 32))
+        await catalog.add(_upload(md5="2" * 32))
     got = catalog.get("c", "pypi", "a-1.0.tar.gz")
     assert got is not None and got.md5 == "1" * 32
-    catalog.add(_upload(md5="3" * 32), replace=True)
+    await catalog.add(_upload(md5="3" * 32), replace=True)
     got = catalog.get("c", "pypi", "a-1.0.tar.gz")
     assert got is not None and got.md5 == "3" * 32
 
 
-def test_catalog_labels_remove_and_add_many(make_catalog: Callable[[], Catalog]) -> None:
-    catalog = make_catalog()
-    catalog.add(_upload())
-    catalog.set_labels("c", "pypi", "a-1.0.tar.gz", ["main", "dev", "dev"])
+async def test_catalog_labels_remove_and_add_many(make_catalog: MakeCatalog) -> None:
+    catalog = await make_catalog()
+    await catalog.add(_upload())
+    await catalog.set_labels("c", "pypi", "a-1.0.tar.gz", ["main", "dev", "dev"])
     got = catalog.get("c", "pypi", "a-1.0.tar.gz")
     assert got is not None and got.labels == ("dev", "main")
-    assert catalog.remove("c", "pypi", ["a-1.0.tar.gz", "missing"]) == 1
+    assert await catalog.remove("c", "pypi", ["a-1.0.tar.gz", "missing"]) == 1
     assert catalog.list("c", "pypi") == ()
     rows = [_upload(f"b-{i}.tar.gz", "b", uploaded_at=float(i + 1)) for i in range(3)]
-    assert catalog.add_many(rows) == 3
-    assert catalog.add_many(rows) == 0  # unchanged rows are left alone
+    assert await catalog.add_many(rows) == 3
+    assert await catalog.add_many(rows) == 0  # unchanged rows are left alone
     assert [u.path for u in catalog.list("c", "pypi")] == [r.path for r in rows]
 
 
-def test_catalog_sees_what_another_instance_committed(make_catalog: Callable[[], Catalog]) -> None:
+async def test_catalog_sees_what_another_instance_committed(make_catalog: MakeCatalog) -> None:
     """--workers siblings (and replicas) share the backend: a change made by one is seen by
     every other, and its generation moves so derived indexes are rebuilt."""
-    first, second = make_catalog(), make_catalog()
+    first, second = await make_catalog(), await make_catalog()
     seen = second.generation("c", "pypi")
     assert second.list("c", "pypi") == ()
-    first.add(_upload())
-    assert second.generation("c", "pypi") != seen
+    await first.add(_upload())
+    await second.wait_for(lambda: second.generation("c", "pypi") != seen, SEEN_WITHIN)
     assert [u.path for u in second.list("c", "pypi")] == ["a-1.0.tar.gz"]
 
 
-def test_catalog_public_view_hides_private_packages_but_keeps_their_names(make_catalog: Callable[[], Catalog]) -> None:
+async def test_catalog_public_view_hides_private_packages_but_keeps_their_names(make_catalog: MakeCatalog) -> None:
     """A private package is left out of the channel's public view, in this instance and in
     another one; its name stays in ``names``, so the merge rule still hides upstream versions."""
     from proxy.store.catalog import public_view
     from proxy.store.packages import PackageInfo
 
-    first, second = make_catalog(), make_catalog()
-    first.add(_upload())
-    first.add(_upload("b-1.0.tar.gz", "b"))
+    first, second = await make_catalog(), await make_catalog()
+    await first.add(_upload())
+    await first.add(_upload("b-1.0.tar.gz", "b"))
     before = first.generation("c", "pypi")
-    first.packages.put(PackageInfo("c", "pypi", "a", private=True, summary="hidden"))
+    await first.packages.put(PackageInfo("c", "pypi", "a", private=True, summary="hidden"))
     assert first.generation("c", "pypi") != before  # the public view's indexes are rebuilt
+    await second.wait_for(lambda: second.packages.has_private("c") and second.generation("c", "pypi") != before,
+                          SEEN_WITHIN)
     for catalog in (first, second):
         view = public_view("c")
         assert [u.name for u in catalog.list(view, "pypi")] == ["b"]
@@ -227,7 +237,8 @@ def test_catalog_public_view_hides_private_packages_but_keeps_their_names(make_c
         assert catalog.names(view, "pypi") == frozenset({"a", "b"})
         assert [u.name for u in catalog.list("c", "pypi")] == ["a", "b"]  # the channel itself is whole
         assert catalog.packages.has_private("c") and not catalog.packages.has_private("other")
-    first.packages.set_locked("c", "stable", True)
-    assert second.generation("c", "pypi") is not None and second.packages.locked_labels("c") == {"stable"}
-    first.packages.put(PackageInfo("c", "pypi", "a", private=False))
+    await first.packages.set_locked("c", "stable", True)
+    await second.wait_for(lambda: second.packages.locked_labels("c") == {"stable"}, SEEN_WITHIN)
+    await first.packages.put(PackageInfo("c", "pypi", "a", private=False))
+    await second.wait_for(lambda: not second.packages.has_private("c"), SEEN_WITHIN)
     assert [u.name for u in second.list(public_view("c"), "pypi")] == ["a", "b"]

@@ -21,7 +21,7 @@ from typing import Iterator, TextIO
 
 from ..settings import ECOSYSTEMS, Settings
 from ..store.blobs import BlobStore
-from ..store.catalog import SqliteCatalog
+from ..store.backends import catalog_reader
 from .bundle import IMPORTED, BundleError, Manifest
 from .progress import Progress
 
@@ -67,17 +67,12 @@ def usage(settings: Settings) -> Usage:
             continue
         owner = next((n for p, n in prefixes.items() if str(data.get("url", "")).startswith(p)), "(unknown upstream)")
         out.upstream_indexes[owner] = out.upstream_indexes.get(owner, 0) + size
-    db = root / "catalog.sqlite3"
-    catalog = SqliteCatalog(db) if db.exists() else None
-    try:
+    with catalog_reader(settings) as catalog:
         for channel, policy in settings.channels.items():
             hosted = sum(u.size for eco in ECOSYSTEMS for u in catalog.list(channel, eco)) if catalog else 0
             out.channel_uploads[channel] = hosted
             out.channels[channel] = hosted + sum(
                 out.upstream_artifacts.get(n, 0) + out.upstream_indexes.get(n, 0) for n in policy.upstreams)
-    finally:
-        if catalog is not None:
-            catalog.close()
     return out
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, TextIO, cast
 
 from ..settings import ECOSYSTEMS, Settings
-from ..store.catalog import SqliteCatalog
+from ..store.backends import catalog_reader
 from . import package_settings
 from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, PACKAGES, BundleError, Manifest, Member, store_members
 from .progress import Progress
@@ -48,11 +48,9 @@ def manifest_path(bundle: Path) -> Path:
 def _catalog_rows(settings: Settings, channels: list[str]) -> tuple[bytes, bytes, set[str]]:
     """The channels' catalog rows and package settings as JSON lines, and the upload blobs
     the rows name."""
-    db = settings.storage_path / "catalog.sqlite3"
-    if not db.exists():
-        return b"", b"", set()
-    catalog = SqliteCatalog(db)
-    try:
+    with catalog_reader(settings) as catalog:
+        if catalog is None:
+            return b"", b"", set()
         lines, blobs = [], set()
         for channel in channels:
             for ecosystem in ECOSYSTEMS:
@@ -65,8 +63,6 @@ def _catalog_rows(settings: Settings, channels: list[str]) -> tuple[bytes, bytes
                     if isinstance(extra, str):
                         blobs.add(extra)
         return "".join(line + "\n" for line in lines).encode(), package_settings.dump(catalog.packages, channels), blobs
-    finally:
-        catalog.close()
 
 
 def export_bundle(settings: Settings, out: Path, channels: list[str], since: Path | None,

@@ -17,6 +17,8 @@
 """
 from __future__ import annotations
 
+import asyncio
+
 import ctypes
 import hashlib
 import json
@@ -28,7 +30,8 @@ from typing import IO, Any, TextIO
 
 from ..settings import Settings
 from ..store.blobs import BlobStore, atomic_write
-from ..store.catalog import SqliteCatalog, Upload
+from ..store.backends import open_catalog
+from ..store.catalog import Upload
 from . import package_settings
 from .bundle import CATALOG, CONTENT_ADDRESSED, IMPORTED, MANIFEST, MEMBER_RE, PACKAGES, BundleError, Manifest
 from .progress import Progress
@@ -68,7 +71,7 @@ def import_bundle(settings: Settings, bundle: Path, stream: TextIO | None = None
         rows = _verify(root, staged, manifest)
         package_rows = _settings(staged, manifest)
         _sync(staging)  # every staged byte on disk before anything points at it
-        return _publish(root, staged, rows, package_rows, manifest)
+        return _publish(settings, staged, rows, package_rows, manifest)
     finally:
         store.release()
 
@@ -205,8 +208,9 @@ def _row(line: bytes, number: int) -> Upload:
     return Upload(**raw)
 
 
-def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload],
+def _publish(policy: Settings, staged: dict[str, _Staged], rows: list[Upload],
              settings: package_settings.PackageSettings | None, manifest: Manifest) -> ImportReport:
+    root = policy.storage_path
     report = ImportReport(channels=list(manifest.channels))
     order = sorted(staged, key=lambda n: (CONTENT_ADDRESSED.match(n) is None, n))  # content first
     for name in order:
@@ -223,14 +227,18 @@ def _publish(root: Path, staged: dict[str, _Staged], rows: list[Upload],
         report.bytes += item.size
     _remember(root, manifest)
     if rows or settings is not None:
-        catalog = SqliteCatalog.at(root)
-        try:
-            if settings is not None:  # before the rows: privacy holds from their first moment
-                report.settings = catalog.packages.apply(settings.packages, settings.locked)
-            report.rows = catalog.add_many(rows)
-        finally:
-            catalog.close()
+        report.settings, report.rows = asyncio.run(_record(policy, rows, settings))
     return report
+
+
+async def _record(policy: Settings, rows: list[Upload], settings: package_settings.PackageSettings | None) -> tuple[int, int]:
+    """Write the bundle's package settings, then its catalog rows, into the configured catalog
+    (SQLite in the store, or PostgreSQL): (settings changed, rows changed)."""
+    async with open_catalog(policy, listen=False) as (catalog, _):
+        changed = 0
+        if settings is not None:  # before the rows: privacy holds from their first moment
+            changed = await catalog.packages.apply(settings.packages, settings.locked)
+        return changed, await catalog.add_many(rows)
 
 
 def _remember(root: Path, manifest: Manifest) -> None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..settings import ECOSYSTEMS
-from ..store.packages import PackageInfo, PackageTable
+from ..store.packages import PackageInfo
+from ..store.protocols import Packages
 from .bundle import PACKAGES, BundleError
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -31,7 +32,7 @@ class PackageSettings:
     locked: dict[str, set[str]] = field(default_factory=dict)
 
 
-def dump(table: PackageTable, channels: list[str]) -> bytes:
+def dump(table: Packages, channels: list[str]) -> bytes:
     """The channels' package rows and locked labels as JSON lines, in a stable order (an
     unchanged state writes the same bytes, so ``--since`` leaves it out)."""
     lines = []

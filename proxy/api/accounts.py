@@ -100,7 +100,7 @@ async def _authentications(request: web.BaseRequest, route: Route, services: Ser
     if request.method == "POST" and not parts:
         creator = await services.guard.sign_in(request.headers, request.remote)
         req = _token_request(await json_body(request), request.remote)
-        secret, token = make_token(services.guard.tokens, settings.accounts, creator, req)
+        secret, token = await make_token(services.guard.tokens, settings.accounts, creator, req)
         audit("token-create", creator, "", token.name, scopes=" ".join(token.scopes))
         return web.json_response({"token": secret, **_token_json(token)})
     caller = principal_of(services, request, route)
@@ -118,11 +118,11 @@ async def _authentications(request: web.BaseRequest, route: Route, services: Ser
         raise BadRequest("tokens here belong to users, not organisations: drop --org")
     else:
         raise NotFound()
-    revoke_token(services, caller, name)
+    await revoke_token(services, caller, name)
     return web.json_response({}, status=201)
 
 
-def revoke_token(services: Services, caller: Principal, name: str) -> None:
+async def revoke_token(services: Services, caller: Principal, name: str) -> None:
     """Revoke one of the caller's user-made tokens (the API's and the web UI's one path)."""
     store = services.guard.tokens
     mine = next((t for t in store.of_user(caller.user) if t.name == name), None)
@@ -130,7 +130,7 @@ def revoke_token(services: Services, caller: Principal, name: str) -> None:
         raise NotFound(f"you have no token named {name!r}")
     if not may_manage(caller, mine):
         raise BadRequest(f"token {name!r} carries scopes this token lacks; revoke it with a password sign-in")
-    store.remove(caller.user, name)
+    await store.remove(caller.user, name)
     audit("token-revoke", caller, "", name)
 
 

@@ -169,7 +169,7 @@ def _attrs(payload: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def save_package(services: Services, principal: Principal, pkg: Package, payload: dict[str, Any]) -> list[PackageInfo]:
+async def save_package(services: Services, principal: Principal, pkg: Package, payload: dict[str, Any]) -> list[PackageInfo]:
     """Create or change a package's settings from an API payload: ``public`` and ``public_attrs``."""
     public = payload.get("public")
     if public is not None and not isinstance(public, bool):
@@ -182,7 +182,7 @@ def save_package(services: Services, principal: Principal, pkg: Package, payload
         info = services.catalog.packages.get(pkg.owner, ecosystem, name) or PackageInfo(pkg.owner, ecosystem, name)
         if public is not None:
             info = PackageInfo(**{**_fields(info), "private": not public})
-        saved.append(services.catalog.packages.put(info.with_metadata(values)))
+        saved.append(await services.catalog.packages.put(info.with_metadata(values)))
     change = "private" if public is False else ("public" if public else "metadata")
     audit(f"package-{change}", principal, pkg.owner, pkg.name)
     labels.indexes_changed(services, pkg.owner)
@@ -207,12 +207,12 @@ async def _package(request: web.BaseRequest, route: Route, services: Services) -
         payload = await json_body(request)
         if request.method == "PATCH" and not pkg.exists:
             raise NotFound(f"package {owner}/{name} does not exist")
-        save_package(services, principal, pkg, payload)
+        await save_package(services, principal, pkg, payload)
         return web.json_response(package_json(services, find_package(services, owner, owner, name)))
     if request.method == "DELETE":
-        labels.remove_uploads(services, principal, owner, pkg.uploads)
+        await labels.remove_uploads(services, principal, owner, pkg.uploads)
         for info in pkg.infos:
-            services.catalog.packages.delete(owner, info.ecosystem, info.name)
+            await services.catalog.packages.delete(owner, info.ecosystem, info.name)
         audit("package-remove", principal, owner, pkg.name)
         return web.json_response({}, status=201)
     raise MethodNotAllowed()
@@ -240,12 +240,12 @@ async def _release(request: web.BaseRequest, route: Route, services: Services) -
             info = info or PackageInfo(owner, ecosystem, key_name(ecosystem, pkg.name))
             fresh = {k: v for k, v in notes.items() if not getattr(info, k)}  # -s/-d fill empty package fields
             info = PackageInfo(**{**_fields(info), "releases": {**info.releases, version: notes}})
-            services.catalog.packages.put(info.with_metadata(fresh))
+            await services.catalog.packages.put(info.with_metadata(fresh))
         if notes:
             audit("release-metadata", principal, owner, f"{pkg.name}/{version}")
         return web.json_response(release_json(services, find_package(services, owner, owner, name, version), version))
     if request.method == "DELETE":
-        labels.remove_uploads(services, principal, owner, pkg.uploads)
+        await labels.remove_uploads(services, principal, owner, pkg.uploads)
         return web.json_response({}, status=201)
     raise MethodNotAllowed()
 
@@ -267,7 +267,7 @@ async def _dist(request: web.BaseRequest, route: Route, services: Services) -> w
     if request.method == "DELETE":
         principal = can_write(services, request, route, owner)
         upload = find_dist(services, owner, owner, name, version, basename)
-        labels.remove_uploads(services, principal, owner, [upload])
+        await labels.remove_uploads(services, principal, owner, [upload])
         return web.json_response(dist_json(services, upload, owner))
     raise MethodNotAllowed()
 

@@ -47,10 +47,10 @@ def check_unlocked(services: Services, owner: str, labels: tuple[str, ...] | lis
         raise Locked(f"label {hit[0]!r} of {owner} is locked (anaconda label --unlock {hit[0]})")
 
 
-def remove_uploads(services: Services, principal: Principal, owner: str, uploads: list[Upload]) -> None:
+async def remove_uploads(services: Services, principal: Principal, owner: str, uploads: list[Upload]) -> None:
     """Remove files of any ecosystem from a channel (its indexes drop them at once)."""
     for upload in uploads:
-        services.catalog.remove(owner, upload.ecosystem, [upload.path])
+        await services.catalog.remove(owner, upload.ecosystem, [upload.path])
         audit("delete", principal, owner, upload.path, ecosystem=upload.ecosystem)
     if uploads:
         indexes_changed(services, owner)
@@ -84,7 +84,7 @@ async def _channels(request: web.BaseRequest, route: Route, services: Services) 
                                   "is_locked": label in services.catalog.packages.locked_labels(owner)})
     principal = can_write(services, request, route, owner)
     if len(parts) == 3 and parts[2] == "lock" and request.method in ("POST", "DELETE"):
-        services.catalog.packages.set_locked(owner, label, request.method == "POST")
+        await services.catalog.packages.set_locked(owner, label, request.method == "POST")
         audit("label-lock" if request.method == "POST" else "label-unlock", principal, owner, label)
         return web.json_response({}, status=201)
     if len(parts) == 4 and parts[2] == "copy" and request.method == "POST":
@@ -92,7 +92,7 @@ async def _channels(request: web.BaseRequest, route: Route, services: Services) 
         check_unlocked(services, owner, [to_label])
         for upload in services.catalog.list(owner, "conda"):
             if label in upload.labels and to_label not in upload.labels:
-                services.catalog.set_labels(owner, "conda", upload.path, [*upload.labels, to_label])
+                await services.catalog.set_labels(owner, "conda", upload.path, [*upload.labels, to_label])
         audit("label-copy", principal, owner, f"{label}->{to_label}")
         indexes_changed(services, owner)
         return web.json_response({}, status=201)
@@ -120,7 +120,7 @@ async def _move(request: web.BaseRequest, services: Services, principal: Princip
     for upload in selected:
         check_unlocked(services, owner, [] if request.method == "POST" else list(upload.labels))
         new = set(upload.labels) | {label} if request.method == "POST" else set(upload.labels) - {label}
-        services.catalog.set_labels(owner, "conda", upload.path, sorted(new))
+        await services.catalog.set_labels(owner, "conda", upload.path, sorted(new))
         audit("label-add" if request.method == "POST" else "label-remove", principal, owner, upload.path,
               label=label)
     indexes_changed(services, owner)
@@ -166,12 +166,12 @@ async def _copy(request: web.BaseRequest, route: Route, services: Services) -> w
               and (u.ecosystem != "conda" or from_label in u.labels)]
     if not chosen:
         raise NotFound(f"no file of {owner}/{name}/{version} {basename} has label {from_label}")
-    copied = [c for c in (_copy_one(services, writer, u, target, to_label, request.method) for u in chosen) if c]
+    copied = [c for c in [await _copy_one(services, writer, u, target, to_label, request.method) for u in chosen] if c]
     indexes_changed(services, target)
     return web.json_response([dist_json(services, u, target) for u in copied])
 
 
-def _copy_one(services: Services, principal: Principal, upload: Upload, target: str, to_label: str,
+async def _copy_one(services: Services, principal: Principal, upload: Upload, target: str, to_label: str,
               method: str) -> Upload | None:
     """One file into the target channel (and label). The bytes are shared: the store keys
     them by sha256. POST refuses an existing file (409), PUT replaces it, PATCH skips it."""
@@ -181,7 +181,7 @@ def _copy_one(services: Services, principal: Principal, upload: Upload, target: 
             if method == "PATCH":
                 return None
             raise Conflict(f"{upload.path} already has label {to_label} in {target}")
-        services.catalog.set_labels(target, "conda", upload.path, [*existing.labels, to_label])
+        await services.catalog.set_labels(target, "conda", upload.path, [*existing.labels, to_label])
         audit("copy", principal, target, upload.path, source=upload.channel, label=to_label)
         return replace(existing, labels=(*existing.labels, to_label))
     if upload.ecosystem != "conda" and target == upload.channel:
@@ -192,7 +192,7 @@ def _copy_one(services: Services, principal: Principal, upload: Upload, target: 
         raise Conflict(f"{upload.path} already exists in {target}")
     labels = (to_label,) if upload.ecosystem == "conda" else (DEFAULT_LABEL,)
     copy = replace(upload, channel=target, labels=labels, uploader=principal.user)
-    services.catalog.add(copy, replace=existing is not None)
+    await services.catalog.add(copy, replace=existing is not None)
     audit("copy", principal, target, upload.path, source=upload.channel, label=to_label)
     return copy
 

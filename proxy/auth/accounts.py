@@ -25,7 +25,8 @@ from ..errors import BadRequest, Forbidden, TooManyRequests
 from ..account_settings import AccountPolicy
 from ..settings import SCOPES
 from ..token_settings import Scope
-from ..store.tokens import TokenStore, UserToken
+from ..store.protocols import Tokens
+from ..store.tokens import UserToken
 from .credentials import Principal, generate_token, hash_token
 
 # RFC 7914 parameters: N=2**15, r=8, p=1 costs 32 MiB and ~0.1 s, OWASP's floor for scrypt
@@ -140,8 +141,8 @@ def expiry(policy: AccountPolicy, max_age: float | None, now: float) -> float:
     return now + max_age
 
 
-def make_token(
-    store: TokenStore, policy: AccountPolicy, creator: Principal, req: TokenRequest
+async def make_token(
+    store: Tokens, policy: AccountPolicy, creator: Principal, req: TokenRequest
 ) -> tuple[str, UserToken]:
     """Make, store (hashed) and return a new token for the creator's user: (secret, record)."""
     name = req.name.strip()
@@ -155,7 +156,7 @@ def make_token(
         expires_at=expiry(policy, req.max_age, now), made_with=creator.token_name,
         hostname=req.hostname[:MAX_NAME], remote_addr=req.remote_addr,
     )
-    store.add(record, replace=req.replace)
+    await store.add(record, replace=req.replace)
     return secret, record
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import getpass
 import sys
@@ -10,8 +11,8 @@ import sys
 import yaml
 
 from ..audit import audit
-from ..settings import load_settings_or_report
-from ..store.tokens import TokenStore
+from ..settings import Settings, load_settings_or_report
+from ..store.backends import open_catalog
 from .accounts import hash_password
 
 
@@ -40,22 +41,24 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     settings = load_settings_or_report(args.config)
     if settings is None:
         return 2
-    store = TokenStore(settings.storage_path / "accounts.sqlite3")
-    try:
+    return asyncio.run(_token_list(settings))
+
+
+async def _token_list(settings: Settings) -> int:
+    async with open_catalog(settings, listen=False) as (_, store):
         revoked = store.revoked_policy_tokens()
-        today = dt.date.today()
-        rows = [("NAME", "USER", "KIND", "SCOPES", "EXPIRES", "STATE")]
-        for entry in settings.tokens:
-            state = "revoked" if entry.sha256 in revoked else (
-                "expired" if entry.expires is not None and today > entry.expires else "active")
-            rows.append((entry.name, entry.user, "policy", " ".join(sorted(entry.scopes)),
-                         entry.expires.isoformat() if entry.expires else "never", state))
-        for token in store.all():
-            expires = dt.datetime.fromtimestamp(token.expires_at, dt.timezone.utc)
-            rows.append((token.name, token.user, "user-made", " ".join(token.scopes),
-                         expires.strftime("%Y-%m-%d %H:%M"), "expired" if token.expired() else "active"))
-    finally:
-        store.close()
+        made = store.all()
+    today = dt.date.today()
+    rows = [("NAME", "USER", "KIND", "SCOPES", "EXPIRES", "STATE")]
+    for entry in settings.tokens:
+        state = "revoked" if entry.sha256 in revoked else (
+            "expired" if entry.expires is not None and today > entry.expires else "active")
+        rows.append((entry.name, entry.user, "policy", " ".join(sorted(entry.scopes)),
+                     entry.expires.isoformat() if entry.expires else "never", state))
+    for token in made:
+        expires = dt.datetime.fromtimestamp(token.expires_at, dt.timezone.utc)
+        rows.append((token.name, token.user, "user-made", " ".join(token.scopes),
+                     expires.strftime("%Y-%m-%d %H:%M"), "expired" if token.expired() else "active"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -64,30 +67,31 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     """Revoke a token by name: a user-made one is deleted, a policy one is refused from now on
-    (every worker within a second); remove its YAML entry at leisure."""
+    (every worker and replica within a second); remove its YAML entry at leisure."""
     settings = load_settings_or_report(args.config)
     if settings is None:
         return 2
-    store = TokenStore(settings.storage_path / "accounts.sqlite3")
-    try:
-        policy = [e for e in settings.tokens if e.name == args.name and (args.user is None or e.user == args.user)]
-        made = [t for t in store.all() if t.name == args.name and (args.user is None or t.user == args.user)]
+    return asyncio.run(_token_revoke(settings, args.name, args.user))
+
+
+async def _token_revoke(settings: Settings, name: str, user: str | None) -> int:
+    async with open_catalog(settings, listen=False) as (_, store):
+        policy = [e for e in settings.tokens if e.name == name and (user is None or e.user == user)]
+        made = [t for t in store.all() if t.name == name and (user is None or t.user == user)]
         if len(policy) + len(made) > 1:
             owners = sorted({e.user for e in policy} | {t.user for t in made})
-            print(f"several tokens are named {args.name!r} (users: {', '.join(owners)}); pass --user", file=sys.stderr)
+            print(f"several tokens are named {name!r} (users: {', '.join(owners)}); pass --user", file=sys.stderr)
             return 2
         if policy:
-            store.revoke_policy_token(policy[0].sha256, policy[0].name)
-            print(f"revoked policy token {args.name!r} of {policy[0].user}; remove its entry from the policy file")
+            await store.revoke_policy_token(policy[0].sha256, policy[0].name)
+            print(f"revoked policy token {name!r} of {policy[0].user}; remove its entry from the policy file")
         elif made:
-            store.remove(made[0].user, made[0].name)
-            print(f"revoked token {args.name!r} of {made[0].user}")
+            await store.remove(made[0].user, made[0].name)
+            print(f"revoked token {name!r} of {made[0].user}")
         else:
-            print(f"no token named {args.name!r}", file=sys.stderr)
+            print(f"no token named {name!r}", file=sys.stderr)
             return 1
-    finally:
-        store.close()
-    audit("token-revoke", None, "", args.name, owner=(policy or made)[0].user, by="channelgate-cli")
+    audit("token-revoke", None, "", name, owner=(policy or made)[0].user, by="channelgate-cli")
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..errors import Forbidden, Unauthorized
 from ..metrics import current_facts
-from ..store.tokens import TokenStore
+from ..store.protocols import Tokens
 from .accounts import FailureLimiter, check_password, limiter_keys
 from .credentials import (
     BASIC_MAGIC_PASSWORD,
@@ -34,7 +34,7 @@ PASSWORD_SCOPES = frozenset({Scope.ALL.value})  # a password is the user: every 
 
 
 class Guard:
-    def __init__(self, live: "LivePolicy", tokens: TokenStore) -> None:
+    def __init__(self, live: "LivePolicy", tokens: Tokens) -> None:
         self.live = live
         self.tokens = tokens
         self.limiter = FailureLimiter()

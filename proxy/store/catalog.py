@@ -7,6 +7,7 @@ derived (merged indexes).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -118,6 +119,18 @@ class SqliteCatalog:
     def close(self) -> None:
         self._db.close()
 
+    async def check(self) -> None:
+        self._read_data_version()  # one query to the database
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """SQLite notices other processes' commits when asked (data_version): ask every 10 ms."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._sync()
+                if predicate():
+                    return
+                await asyncio.sleep(0.01)
+
     def _read_data_version(self) -> int:
         with self._lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
@@ -197,7 +210,7 @@ class SqliteCatalog:
     def get(self, channel: str, ecosystem: str, path: str) -> Upload | None:
         return self.snapshot(channel, ecosystem).by_path.get(path)
 
-    def add(self, upload: Upload, *, replace: bool = False) -> None:
+    async def add(self, upload: Upload, *, replace: bool = False) -> None:
         """Record an upload. A file already at that path is a Conflict unless ``replace``."""
         if not upload.uploaded_at:
             upload = _replace(upload, uploaded_at=time.time())
@@ -217,7 +230,7 @@ class SqliteCatalog:
                 raise Conflict("File already exists") from None
         self._bump(upload.channel, upload.ecosystem)
 
-    def add_many(self, uploads: Iterable[Upload]) -> int:
+    async def add_many(self, uploads: Iterable[Upload]) -> int:
         """Insert or replace rows in one transaction (``channelgate import``): all become
         visible at once, or none. Rows equal to the stored ones are left alone; returns how
         many changed."""
@@ -244,7 +257,7 @@ class SqliteCatalog:
             self._bump(channel, ecosystem)
         return len(changed)
 
-    def remove(self, channel: str, ecosystem: str, paths: Iterable[str]) -> int:
+    async def remove(self, channel: str, ecosystem: str, paths: Iterable[str]) -> int:
         with self._lock:
             count = 0
             for path in paths:
@@ -255,7 +268,7 @@ class SqliteCatalog:
             self._bump(channel, ecosystem)
         return count
 
-    def set_labels(self, channel: str, ecosystem: str, path: str, labels: Iterable[str]) -> None:
+    async def set_labels(self, channel: str, ecosystem: str, path: str, labels: Iterable[str]) -> None:
         with self._lock:
             self._db.execute(
                 "UPDATE uploads SET labels=? WHERE channel=? AND ecosystem=? AND path=?",

@@ -59,25 +59,17 @@ class PackageInfo:
         return replace(self, **chosen)
 
 
-class PackageTable:
-    """Rows of ``packages`` and ``locked_labels``; the whole table is held in memory (one row per
-    package name) and read again when ``reload`` is called (the catalog's sync does)."""
+class PackageMirror:
+    """The reads of package settings, from memory: the whole table (one row per package name)
+    is held, and replaced by ``_load`` when the backend learns it changed."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, changed: Callable[[str, str], None]) -> None:
-        self._db = db
-        self._lock = lock
-        self._changed = changed
-        db.executescript(SCHEMA)
+    def __init__(self) -> None:
         self._rows: dict[tuple[str, str, str], PackageInfo] = {}
         self._private: dict[tuple[str, str], frozenset[str]] = {}
         self._locked: dict[str, frozenset[str]] = {}
-        self.reload()
 
-    def reload(self) -> None:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM packages").fetchall()
-            locks = self._db.execute("SELECT channel, label FROM locked_labels").fetchall()
-        self._rows = {(r[0], r[1], r[2]): _row(r) for r in rows}
+    def _load(self, rows: Iterable[PackageInfo], locks: Iterable[tuple[str, str]]) -> None:
+        self._rows = {(r.channel, r.ecosystem, r.name): r for r in rows}
         private: dict[tuple[str, str], set[str]] = {}
         for info in self._rows.values():
             if info.private:
@@ -87,6 +79,14 @@ class PackageTable:
         for channel, label in locks:
             locked.setdefault(channel, set()).add(label)
         self._locked = {k: frozenset(v) for k, v in locked.items()}
+
+    def changes(self, infos: Iterable[PackageInfo], locked: Mapping[str, Iterable[str]]) -> tuple[
+            list[PackageInfo], list[tuple[str, str]], list[tuple[str, str]]]:
+        """What ``apply`` would write: (changed rows, locks to add, locks to drop)."""
+        rows = [info for info in infos if self.get(info.channel, info.ecosystem, info.name) != info]
+        lock_add = [(c, label) for c, labels in locked.items() for label in set(labels) - self.locked_labels(c)]
+        lock_drop = [(c, label) for c, labels in locked.items() for label in self.locked_labels(c) - set(labels)]
+        return rows, lock_add, lock_drop
 
     # ------------------------------------------------------------------ reads
     def get(self, channel: str, ecosystem: str, name: str) -> PackageInfo | None:
@@ -104,8 +104,35 @@ class PackageTable:
     def locked_labels(self, channel: str) -> frozenset[str]:
         return self._locked.get(channel, frozenset())
 
+    def all(self) -> list[PackageInfo]:
+        return list(self._rows.values())
+
+    def all_locked(self) -> dict[str, frozenset[str]]:
+        """channel -> its locked labels (channels with none are left out)."""
+        return dict(self._locked)
+
+
+
+class PackageTable(PackageMirror):
+    """Package settings in the SQLite catalog's database (``packages``, ``locked_labels``);
+    ``reload`` reads them again (the catalog's sync does when another process wrote)."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, changed: Callable[[str, str], None]) -> None:
+        super().__init__()
+        self._db = db
+        self._lock = lock
+        self._changed = changed
+        db.executescript(SCHEMA)
+        self.reload()
+
+    def reload(self) -> None:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM packages").fetchall()
+            locks = self._db.execute("SELECT channel, label FROM locked_labels").fetchall()
+        self._load((_row(r) for r in rows), locks)
+
     # ------------------------------------------------------------------ writes
-    def put(self, info: PackageInfo) -> PackageInfo:
+    async def put(self, info: PackageInfo) -> PackageInfo:
         old = self.get(info.channel, info.ecosystem, info.name)
         if not info.created_at:
             info = replace(info, created_at=old.created_at if old else time.time())
@@ -116,7 +143,7 @@ class PackageTable:
             self._changed(info.channel, info.ecosystem)  # the public view's indexes change
         return info
 
-    def delete(self, channel: str, ecosystem: str, name: str) -> None:
+    async def delete(self, channel: str, ecosystem: str, name: str) -> None:
         old = self.get(channel, ecosystem, name)
         if old is None:
             return
@@ -126,14 +153,12 @@ class PackageTable:
         if old.private:
             self._changed(channel, ecosystem)
 
-    def apply(self, infos: Iterable[PackageInfo], locked: Mapping[str, Iterable[str]]) -> int:
+    async def apply(self, infos: Iterable[PackageInfo], locked: Mapping[str, Iterable[str]]) -> int:
         """``channelgate import``: the given rows (as they are, ``created_at`` too) and, for each
         channel of ``locked``, exactly those locked labels, in one transaction. Rows and locks
         equal to the stored ones are left alone (importing twice writes nothing); rows the
         bundle lacks are kept. Returns how many rows and locks changed."""
-        rows = [info for info in infos if self.get(info.channel, info.ecosystem, info.name) != info]
-        lock_add = [(c, label) for c, labels in locked.items() for label in set(labels) - self.locked_labels(c)]
-        lock_drop = [(c, label) for c, labels in locked.items() for label in self.locked_labels(c) - set(labels)]
+        rows, lock_add, lock_drop = self.changes(infos, locked)
         if not (rows or lock_add or lock_drop):
             return 0
         with self._lock:
@@ -151,7 +176,7 @@ class PackageTable:
             self._changed(channel, ecosystem)
         return len(rows) + len(lock_add) + len(lock_drop)
 
-    def set_locked(self, channel: str, label: str, locked: bool) -> None:
+    async def set_locked(self, channel: str, label: str, locked: bool) -> None:
         with self._lock:
             if locked:
                 self._db.execute("INSERT OR IGNORE INTO locked_labels VALUES (?,?)", (channel, label))

@@ -2,21 +2,22 @@
 (which channel holds which upload). conda-index's ``MinimalFS`` is the model: a handful of
 methods, so a second backend (S3, PostgreSQL) is a class, not a rewrite. Store backends:
 ``blobs.BlobStore`` (filesystem) and ``s3.S3Store`` (S3-compatible object stores); Catalog:
-``catalog.SqliteCatalog``. Contract tests (tests/test_store_contract.py) run over every backend.
+``catalog.SqliteCatalog`` and ``pg_catalog.PgCatalog`` (``backends.open_catalog`` picks one). Contract tests (tests/test_store_contract.py) run over every backend.
 
 Nothing outside ``store/`` builds a path under the store's root: it asks the Store for
 the directory it needs (``scratch_dir`` for work files, ``area_dir`` for the index cache).
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .packages import PackageTable
     from .blobs import Area, Blob, TempBlob
     from .catalog import Snapshot, Upload
+    from .packages import PackageInfo
+    from .tokens import UserToken
 
 
 class Store(Protocol):
@@ -72,6 +73,51 @@ class Store(Protocol):
         """The directory of a named area (e.g. ``meta``, the index cache's copies)."""
 
 
+class Packages(Protocol):
+    """Package settings (packages.py): reads from memory, writes awaited."""
+
+    def get(self, channel: str, ecosystem: str, name: str) -> "PackageInfo | None": ...
+
+    def of_channel(self, channel: str) -> list["PackageInfo"]: ...
+
+    def private_names(self, channel: str, ecosystem: str) -> frozenset[str]: ...
+
+    def has_private(self, channel: str) -> bool: ...
+
+    def locked_labels(self, channel: str) -> frozenset[str]: ...
+
+    async def put(self, info: "PackageInfo") -> "PackageInfo": ...
+
+    async def delete(self, channel: str, ecosystem: str, name: str) -> None: ...
+
+    async def apply(self, infos: Iterable["PackageInfo"], locked: Mapping[str, Iterable[str]]) -> int: ...
+
+    async def set_locked(self, channel: str, label: str, locked: bool) -> None: ...
+
+
+class Tokens(Protocol):
+    """User-made tokens and revocations of policy tokens (tokens.TokenStore, pg_tokens.PgTokenStore):
+    every read is on the request path and answered without a round trip."""
+
+    def close(self) -> None: ...
+
+    def find(self, digest: str) -> "UserToken | None": ...
+
+    def is_revoked(self, digest: str) -> bool: ...
+
+    def of_user(self, user: str) -> list["UserToken"]: ...
+
+    def all(self) -> list["UserToken"]: ...
+
+    def revoked_policy_tokens(self) -> dict[str, str]: ...
+
+    async def add(self, token: "UserToken", *, replace: bool = False) -> None: ...
+
+    async def remove(self, user: str, name: str) -> "UserToken | None": ...
+
+    async def revoke_policy_token(self, digest: str, name: str) -> None: ...
+
+
 class Catalog(Protocol):
     """Uploads by (channel, ecosystem, path), with labels; ``generation`` changes whenever a
     (channel, ecosystem) changes, in this process or another one sharing the backend.
@@ -80,9 +126,13 @@ class Catalog(Protocol):
     method also takes ``catalog.public_view(channel)``: that channel without its private
     packages, ``names`` still holding them (the merge rule counts them)."""
 
-    packages: "PackageTable"
+    @property
+    def packages(self) -> Packages: ...
 
     def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Readiness: raise when the database does not answer (the caller bounds the time)."""
 
     def generation(self, channel: str, ecosystem: str) -> int: ...
 
@@ -94,6 +144,10 @@ class Catalog(Protocol):
         """Another replica changed (channel, ecosystem), or anything (None, None): the next
         read re-reads it and ``generation`` moves (merged indexes are rebuilt)."""
 
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Return once ``predicate()`` holds, checking as changes from other instances arrive;
+        ``TimeoutError`` after ``timeout`` seconds (tests and tools; never on the request path)."""
+
     def snapshot(self, channel: str, ecosystem: str) -> "Snapshot": ...
 
     def list(self, channel: str, ecosystem: str) -> tuple["Upload", ...]: ...
@@ -102,14 +156,16 @@ class Catalog(Protocol):
 
     def get(self, channel: str, ecosystem: str, path: str) -> "Upload | None": ...
 
-    def add(self, upload: "Upload", *, replace: bool = False) -> None:
-        """Record an upload; ``Exists`` when the path is taken (unless ``replace``)."""
+    # Writes are coroutines: a networked backend (PostgreSQL) awaits its server, while reads
+    # stay synchronous and are served from memory (no round trip on the request path).
+    async def add(self, upload: "Upload", *, replace: bool = False) -> None:
+        """Record an upload; ``Conflict`` when the path is taken (unless ``replace``)."""
 
-    def add_many(self, uploads: Iterable["Upload"]) -> int: ...
+    async def add_many(self, uploads: Iterable["Upload"]) -> int: ...
 
-    def remove(self, channel: str, ecosystem: str, paths: Iterable[str]) -> int: ...
+    async def remove(self, channel: str, ecosystem: str, paths: Iterable[str]) -> int: ...
 
-    def set_labels(self, channel: str, ecosystem: str, path: str, labels: Iterable[str]) -> None: ...
+    async def set_labels(self, channel: str, ecosystem: str, path: str, labels: Iterable[str]) -> None: ...
 
 
-__all__ = ["Catalog", "Store"]
+__all__ = ["Catalog", "Packages", "Store", "Tokens"]

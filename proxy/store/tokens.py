@@ -129,7 +129,7 @@ class TokenStore:
         return {r[0]: r[1] for r in rows}
 
     # ------------------------------------------------------------------ writes
-    def add(self, token: UserToken, *, replace: bool = False) -> None:
+    async def add(self, token: UserToken, *, replace: bool = False) -> None:
         """Store a new token; a name the user already has is a Conflict unless ``replace``."""
         with self._lock:
             try:
@@ -150,7 +150,7 @@ class TokenStore:
                 raise
         self._changed()
 
-    def remove(self, user: str, name: str) -> UserToken | None:
+    async def remove(self, user: str, name: str) -> UserToken | None:
         """Revoke one user-made token; returns it, or None if the user has none of that name."""
         with self._lock:
             row = self._db.execute("SELECT * FROM user_tokens WHERE user=? AND name=?", (user, name)).fetchone()
@@ -160,7 +160,7 @@ class TokenStore:
         self._changed()
         return _row(row)
 
-    def revoke_policy_token(self, digest: str, name: str) -> None:
+    async def revoke_policy_token(self, digest: str, name: str) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO revoked_policy_tokens VALUES (?,?,?)", (digest, name, time.time())

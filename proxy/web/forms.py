@@ -205,10 +205,10 @@ async def tokens(ui: "WebUI", page: "Page") -> web.StreamResponse:
         form = await _post_form(page)
         try:
             if form_value(form, "action") == "revoke":
-                revoke_token(ui.services, page.principal, form_value(form, "name"))
+                await revoke_token(ui.services, page.principal, form_value(form, "name"))
                 page.flash(f"Token {form_value(form, 'name')} revoked.")
                 return redirect("/ui/tokens")
-            made = _make_token(ui, page, form)
+            made = await _make_token(ui, page, form)
         except ChannelgateError as exc:
             error, status = exc.message, (403 if http_status(exc) == 401 else http_status(exc))
     settings = ui.services.settings
@@ -219,7 +219,7 @@ async def tokens(ui: "WebUI", page: "Page") -> web.StreamResponse:
                      can_make=True, scopes=scopes, default_days=settings.accounts.token_days)
 
 
-def _make_token(ui: "WebUI", page: "Page", form: Mapping[str, Any]) -> dict[str, str]:
+async def _make_token(ui: "WebUI", page: "Page", form: Mapping[str, Any]) -> dict[str, str]:
     assert page.principal is not None
     data = cast("MultiDictProxy[Any]", form.get("_all"))
     scopes = tuple(v for v in data.getall("scope", []) if isinstance(v, str)) if data is not None else ()
@@ -229,7 +229,7 @@ def _make_token(ui: "WebUI", page: "Page", form: Mapping[str, Any]) -> dict[str,
         raise BadRequest("expiry must be a number of days") from None
     request = TokenRequest(name=form_value(form, "name"), scopes=scopes, max_age=days * DAY,
                            hostname="web UI", remote_addr=page.request.remote or "")
-    secret, token = make_token(ui.services.guard.tokens, ui.services.settings.accounts, page.principal, request)
+    secret, token = await make_token(ui.services.guard.tokens, ui.services.settings.accounts, page.principal, request)
     audit("token-create", page.principal, "", token.name, scopes=" ".join(token.scopes))
     return {"name": token.name, "secret": secret}
 
@@ -257,7 +257,7 @@ async def privacy(ui: "WebUI", page: "Page", channel: str, ecosystem: str, name:
         raise Forbidden("changing a package's privacy needs the admin role on this channel")
     private = form_value(form, "private") == "1"
     pkg = find_package(ui.services, channel, channel, view.name)
-    save_package(ui.services, page.principal, pkg,
-                 {"public": not private, "public_attrs": {"package_types": [TYPE_OF_ECOSYSTEM[ecosystem]]}})
+    await save_package(ui.services, page.principal, pkg,
+                       {"public": not private, "public_attrs": {"package_types": [TYPE_OF_ECOSYSTEM[ecosystem]]}})
     page.flash(f"{view.name} is now {'private: only readers of ' + channel + ' see it' if private else 'public'}.")
     return redirect(f"/ui/c/{quote(channel, safe='')}/{ecosystem}/{quote(view.name, safe='')}")
