@@ -34,6 +34,7 @@ from .control import PidFile, reload_servers, write_reload_status
 from .errors import ConfigError
 from .metrics import MULTIPROC_ENV, metrics_only_handler, worker_exited
 from .settings import SCOPES, Settings, load_settings, parse_settings
+from .store import migrate as migrate_command
 from .tls import reload_certificate, server_context
 
 log = logging.getLogger("proxy.cli")
@@ -371,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_token_create)
     account_commands.add_parsers(token_sub, sub, common)
     airgap_commands.add_parsers(sub)
+    migrate_command.add_parser(sub)
 
     reload = sub.add_parser("reload", help="reload the running server's policy (and TLS certificate)")
     reload.add_argument("--config", required=True, help="the policy file the server runs with")
