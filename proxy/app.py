@@ -104,11 +104,12 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
     the index cache, the ecosystems and the APIs. Each is closed, in reverse order, on exit
     (also when building a later one failed, and when closing an earlier one fails)."""
     async with contextlib.AsyncExitStack() as stack:
+        # the database first: a server that cannot reach it changes nothing on disk
+        catalog, tokens = await stack.enter_async_context(open_catalog(settings))
         store = open_store(settings, clean=clean_tmp)
         stack.callback(store.release)
         if isinstance(store, S3Store):
             stack.push_async_callback(store.close)
-        catalog, tokens = await stack.enter_async_context(open_catalog(settings))
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),
             trust_env=False,

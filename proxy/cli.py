@@ -31,7 +31,7 @@ from .auth.credentials import generate_token, hash_token
 from .auth.tokens_file import append_token_entry
 from .context import Services
 from .control import PidFile, reload_servers, write_reload_status
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .metrics import MULTIPROC_ENV, metrics_only_handler, worker_exited
 from .settings import SCOPES, Settings, load_settings, parse_settings
 from .store import migrate as migrate_command
@@ -152,6 +152,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _install_loop(args.event_loop)
         asyncio.run(_serve(settings, policy_path, opts))
         return 0
+    except (ConfigError, StorageError) as exc:  # a backend that cannot be opened: one line (DESIGN)
+        print(exc.problems[0] if isinstance(exc, ConfigError) else exc.message, file=sys.stderr)
+        return 1
     finally:
         pid_file.close()
 

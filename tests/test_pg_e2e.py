@@ -18,7 +18,7 @@ import requests
 
 from fixtures import conda_pkgs as fx
 from fixtures.wheels import make_wheel, twine_fields
-from harness import Channelgate, Policy, client_env, http, remember_secret, run, venv_bin
+from harness import Channelgate, Policy, client_env, free_port, http, remember_secret, run, venv_bin
 from proxy.auth.accounts import hash_password
 from proxy.auth.credentials import hash_token
 
@@ -151,3 +151,17 @@ def test_ready_reports_the_database_down_and_recovers(served: tuple[Channelgate,
     assert b"while-down" not in http("GET", f"{server.url}/t/{token}/internal/simple/")[2]
     assert _post_wheel(server, token, wheel) == 200  # writes work again once it is back
     assert b"while-down" in http("GET", f"{server.url}/t/{token}/internal/simple/")[2]
+
+
+def test_an_unreachable_database_is_one_line_at_start(tmp_path: Path) -> None:
+    """DESIGN "Hostile input and faults": a start-up problem is one clear line and a non-zero
+    exit; the database's password is never printed."""
+    config = tmp_path / "policy.yaml"
+    config.write_text(f"storage: {{path: {tmp_path / 'storage'}}}\n"
+                      f"database: {{url: 'postgresql://cg:not-to-be-shown@127.0.0.1:{free_port()}/cg'}}\n")
+    result = subprocess.run([sys.executable, "-m", "proxy", "serve", "--config", str(config), "--listen",
+                             f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("database: cannot open postgresql://cg@127.0.0.1:"), result.stderr
+    assert "not-to-be-shown" not in result.stderr + result.stdout

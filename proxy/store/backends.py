@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from .catalog import CATALOG_FILE, SqliteCatalog
 from .protocols import Catalog, Tokens
 from .tokens import TokenStore
@@ -22,9 +23,12 @@ async def open_catalog(settings: "Settings", *, listen: bool = True) -> AsyncIte
     """(catalog, tokens) of the configured backend, closed on exit. ``listen=False`` for a
     command that writes and exits (no notifications needed)."""
     if settings.database_url:
-        from .pg import PgBackend
-        from .pg_catalog import PgCatalog
-        from .pg_tokens import PgTokenStore
+        try:
+            from .pg import PgBackend
+            from .pg_catalog import PgCatalog
+            from .pg_tokens import PgTokenStore
+        except ImportError as exc:
+            raise ConfigError(["database.url needs the postgres extra (pip install 'channelgate[postgres]')"]) from exc
 
         db = await PgBackend.open(settings.database_url, listen=listen)
         try:

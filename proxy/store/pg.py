@@ -177,6 +177,8 @@ class PgBackend:
                 for reload in self._resync:
                     await reload()
                 log.warning("database: listening again; mirrors reloaded")
+                async with self.applied:
+                    self.applied.notify_all()
                 return
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, StorageError) as exc:
                 log.debug("database: reconnect failed (%s); retrying in %.1fs", exc, delay)
