@@ -38,6 +38,7 @@ async def open_catalog(settings: "Settings", *, listen: bool = True) -> AsyncIte
         finally:
             await db.close()
         return
+    settings.storage_path.mkdir(parents=True, exist_ok=True)
     catalog: Catalog = SqliteCatalog.at(settings.storage_path)
     try:
         tokens: Tokens = TokenStore(settings.storage_path / ACCOUNTS_FILE)

@@ -62,6 +62,7 @@ async def migrate_store(source: Path, settings: Settings, stream: TextIO) -> Mig
     finally:
         if isinstance(store, S3Store):
             await store.close()
+        store.release()
     return report
 
 
