@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import uuid
-from pathlib import Path
 
 from aiohttp import web
 
@@ -30,17 +27,6 @@ CHECK_TIMEOUT = 3.0  # seconds each readiness check may take
 
 def liveness() -> web.Response:
     return web.json_response({"status": "ok", "version": __version__, "time": time.time()})
-
-
-def _probe_storage(tmp_dir: Path) -> None:
-    probe = tmp_dir / f"ready-{uuid.uuid4().hex}"
-    try:
-        with open(probe, "wb") as fh:
-            fh.write(b"ready")
-            fh.flush()
-            os.fsync(fh.fileno())
-    finally:
-        probe.unlink(missing_ok=True)
 
 
 async def _probe_catalog(services: Services) -> None:
@@ -60,7 +46,7 @@ async def readiness(services: Services) -> web.Response:
     settings = services.settings
     problems: dict[str, str] = {}
     checks = {
-        "storage": asyncio.ensure_future(asyncio.to_thread(_probe_storage, services.store.scratch_dir)),
+        "storage": asyncio.ensure_future(asyncio.to_thread(services.store.probe)),
         "catalog": asyncio.ensure_future(_probe_catalog(services)),
     }
     await asyncio.gather(*(_check(name, task, problems) for name, task in checks.items()))  # type: ignore[arg-type]

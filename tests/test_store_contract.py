@@ -145,6 +145,26 @@ def test_open_sweeps_only_the_scratch_dirs_of_processes_that_are_gone(store: Sto
     assert store.area_dir("meta").is_dir()
 
 
+def test_a_secret_is_made_once_and_kept(store: Store) -> None:
+    made: list[bytes] = []
+
+    def make() -> bytes:
+        made.append(b"secret-%d" % len(made))
+        return made[-1]
+
+    first = store.secret("a-secret.key", make)
+    assert first == b"secret-0" and store.secret("a-secret.key", make) == first and len(made) == 1
+    assert store.secret("other.key", make) == b"secret-1"  # another name, another secret
+    with pytest.raises(ValueError):
+        store.secret("../escape", make)
+
+
+def test_probe_passes_on_a_writable_store_and_leaves_nothing(store: Store) -> None:
+    before = set(store.scratch_dir.iterdir())
+    store.probe()
+    assert set(store.scratch_dir.iterdir()) == before
+
+
 # --------------------------------------------------------------------------- Catalog
 async def test_catalog_add_get_names_and_generation(make_catalog: MakeCatalog) -> None:
     catalog = await make_catalog()

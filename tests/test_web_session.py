@@ -13,16 +13,18 @@ from cryptography.fernet import Fernet
 
 from proxy.errors import ConfigError
 from proxy.settings import parse_settings
+from proxy.store.blobs import BlobStore
 from proxy.web.session import KEY_FILE, Sessions, session_key
 
 
 def test_key_is_made_once_in_the_store_and_kept(tmp_path: Path) -> None:
-    first = session_key(None, tmp_path)
-    assert session_key(None, tmp_path) == first  # a restart (or a sibling worker) reads the same key
+    store = BlobStore(tmp_path)
+    first = session_key(None, store)
+    assert session_key(None, BlobStore(tmp_path)) == first  # a restart (or a sibling worker) reads the same key
     Fernet(first)  # a valid key
     assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
     configured = Fernet.generate_key().decode()
-    assert session_key(configured, tmp_path) == configured.encode()
+    assert session_key(configured, store) == configured.encode()
     assert [p.name for p in tmp_path.iterdir()] == [KEY_FILE]  # no temp file left
 
 

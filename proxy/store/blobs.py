@@ -21,11 +21,12 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal, Mapping
 
 from ..errors import InvalidInput, NotFound
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 Area = Literal["uploads", "cache"]
 AREAS: tuple[Area, ...] = ("uploads", "cache")
 CHUNK = 256 * 1024
+_SECRET_NAME = re.compile(r"[a-z][a-z0-9.-]*")  # a plain file name at the store's root
 USE_EVERY = 3600.0  # a blob's last-use stamp is touched at most this often (seconds) per process
 
 
@@ -148,6 +150,43 @@ class BlobStore:
         if name not in ("meta",):
             raise ValueError(f"no store area {name!r}")
         return self.root / name
+
+    def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The small secret ``name`` at the store's root, made once by ``make`` (mode 0600,
+        linked into place atomically, so sibling processes all read the first one made)."""
+        if not _SECRET_NAME.fullmatch(name):
+            raise ValueError(f"not a secret's name: {name!r}")
+        path = self.root / name
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        tmp = self.root / f".{name}.{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(make())
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # atomic, and refuses to replace a secret a sibling made first
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_bytes().strip()
+
+    def probe(self) -> None:
+        """Write, sync and remove a small file in this process's scratch directory; raises
+        OSError when the store cannot take a write now (readiness: health.py)."""
+        probe = self.scratch_dir / f"ready-{uuid.uuid4().hex}"
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"ready")
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
 
     def open(self, *, clean: bool = True) -> None:
         """Create the layout and remove the temp files of processes that are gone (partial

@@ -5,7 +5,8 @@ methods, so a second backend (S3, PostgreSQL) is a class, not a rewrite. Store b
 ``catalog.SqliteCatalog`` and ``pg_catalog.PgCatalog`` (``backends.open_catalog`` picks one). Contract tests (tests/test_store_contract.py) run over every backend.
 
 Nothing outside ``store/`` builds a path under the store's root: it asks the Store for
-the directory it needs (``scratch_dir`` for work files, ``area_dir`` for the index cache).
+the directory it needs (``scratch_dir`` for work files, ``area_dir`` for the index cache),
+for a kept secret (``secret``) or whether it can write (``probe``).
 """
 from __future__ import annotations
 
@@ -68,6 +69,13 @@ class Store(Protocol):
 
     def release(self) -> None:
         """Remove this process's work files (at shutdown)."""
+
+    def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """A small secret the store keeps (the web UI's session key): made once by ``make``,
+        never overwritten, the same for every process sharing the store."""
+
+    def probe(self) -> None:
+        """Raise (OSError) unless the store can take a write now (readiness)."""
 
     def area_dir(self, name: str) -> Path:
         """The directory of a named area (e.g. ``meta``, the index cache's copies)."""

@@ -2,24 +2,24 @@
 
 DESIGN "Web UI": the session is an encrypted cookie (aiohttp-session's EncryptedCookieStorage,
 cryptography's Fernet) whose key comes from ``server.session_key`` or is generated once in
-the store (``<storage>/ui-session.key``, mode 0600, created atomically so --workers siblings
-agree on it). The cookie is HttpOnly and SameSite=Lax, and Secure when the request came over
-TLS. Every form carries the session's CSRF token (OWASP "synchronizer token pattern").
+the store (``Store.secret``: ``<storage>/ui-session.key``, mode 0600, created atomically so
+--workers siblings agree on it). The cookie is HttpOnly and SameSite=Lax, and Secure when the
+request came over TLS. Every form carries the session's CSRF token (OWASP "synchronizer token pattern").
 Failed sign-ins are braked by the accounts layer (auth.accounts.FailureLimiter), as for the API.
 """
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
-import uuid
-from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 from aiohttp_session import Session
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
+
+if TYPE_CHECKING:
+    from ..store.protocols import Store
 
 COOKIE_NAME = "channelgate_session"
 SESSION_MAX_AGE = 12 * 3600  # seconds a sign-in lasts (Fernet's ttl check enforces it too)
@@ -27,29 +27,11 @@ KEY_FILE = "ui-session.key"
 CSRF_FIELD = "csrf"
 
 
-def session_key(configured: str | None, storage_path: Path) -> bytes:
+def session_key(configured: str | None, store: Store) -> bytes:
     """The Fernet key: the configured one, else the store's (made once, never overwritten)."""
     if configured:
         return configured.encode()
-    path = storage_path / KEY_FILE
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    tmp = storage_path / f".{KEY_FILE}.{uuid.uuid4().hex}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(Fernet.generate_key())
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)  # atomic, and refuses to replace a key a sibling made first
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_bytes().strip()
+    return store.secret(KEY_FILE, Fernet.generate_key)
 
 
 class Sessions:

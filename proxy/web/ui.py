@@ -72,7 +72,7 @@ class WebUI:
     def __init__(self, services: Services) -> None:
         self.services = services
         settings = services.settings
-        self.sessions = Sessions(session_key(settings.session_key, settings.storage_path))
+        self.sessions = Sessions(session_key(settings.session_key, services.store))
         self.names = Names(services)
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("proxy.web", "templates"),
