@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+import yaml
 
 from fixtures import conda_pkgs as fx
 from fixtures.wheels import make_wheel, twine_fields
@@ -49,6 +50,10 @@ def _anaconda(server: Channelgate, home: Path, *args: str, stdin: str = "") -> "
         (home / ".configured").touch()
     return subprocess.run([venv_bin("anaconda"), *args], env=env, input=stdin, capture_output=True, text=True,
                           timeout=180, start_new_session=True)
+
+
+def _cli(*args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=300)
 
 
 def _until(check: Callable[[], bool], timeout: float = 20.0) -> bool:
@@ -119,6 +124,35 @@ async def test_uploads_installs_and_user_tokens_live_in_postgresql(served: tuple
     stored = await _fetch(pg_url, 'SELECT "user", sha256, scopes FROM user_tokens WHERE name = $1', "ci-read")
     assert [(r[0], r[1], json.loads(r[2])) for r in stored] == [("alice", hash_token(made), ["conda:download"])]
     assert not list(server.storage.glob("*.sqlite3*"))
+
+    # channelgate token list/revoke work on PostgreSQL, and the running server hears the revocation
+    listed = _cli("token", "list", "--config", str(server.config))
+    assert "ci-read" in listed.stdout and "user-made" in listed.stdout and made not in listed.stdout, listed.stderr
+    assert _cli("token", "revoke", "ci-read", "--config", str(server.config)).returncode == 0
+    assert _until(lambda: http("GET", f"{server.url}/t/{made}/internal/noarch/repodata.json")[0] == 401, 5)
+
+
+async def test_export_from_postgresql_and_import_into_another(served: tuple[Channelgate, str], pg_cluster: Any,
+                                                              tmp_path: Path) -> None:
+    """Air-gap commands read and write the configured catalog: a bundle exported from a server
+    on PostgreSQL carries its uploads, and importing it into a store on another PostgreSQL
+    database puts the rows there (twice: nothing changes the second time)."""
+    server, token = served
+    wheel = make_wheel(tmp_path / "dists", "carried", "1.0")
+    assert _post_wheel(server, token, wheel) == 200
+    bundle = tmp_path / "bundle.tar"
+    exported = _cli("export", "--config", str(server.config), "--out", str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    other = pg_cluster.new_database()
+    config = tmp_path / "other.yaml"
+    config.write_text(yaml.safe_dump({**server.policy.data, "storage": {"path": str(tmp_path / "other")},
+                                      "database": {"url": other}}))
+    for _ in range(2):
+        imported = _cli("import", "--config", str(config), str(bundle))
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+    rows = await _fetch(other, "SELECT channel, filename FROM uploads")
+    assert [(r[0], r[1]) for r in rows] == [("internal", wheel.name)]
+    assert (await _fetch(other, "SELECT generation FROM generations"))[0][0] == 1  # the second import wrote nothing
 
 
 def _post_wheel(server: Channelgate, token: str, wheel: Path) -> int:
