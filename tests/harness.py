@@ -79,6 +79,13 @@ class UpstreamServer:
     def calls_to(self, suffix: str, method: str = "GET") -> int:
         return sum(1 for c in self.calls if c.method == method and c.path.endswith(suffix))
 
+    def app(self) -> web.Application:
+        """The upstream as an aiohttp Application: ``start`` serves it from its own thread;
+        in-process tests hand it to aiohttp's ``aiohttp_server`` instead."""
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
     def start(self, port: int = 0) -> "UpstreamServer":
         ready = threading.Event()
         errors: list[BaseException] = []
@@ -87,9 +94,7 @@ class UpstreamServer:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
+            self._runner = web.AppRunner(self.app(), access_log=None)
             try:
                 loop.run_until_complete(self._runner.setup())
                 site = web.TCPSite(self._runner, "127.0.0.1", port)
