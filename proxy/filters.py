@@ -1,8 +1,9 @@
 """Upstream filters: mirror rules applied on the way from an upstream to a merged index
 (DESIGN, "Air-gap", upstream filters; absent = everything).
 
-Pure functions over (ecosystem, name, version, license): each ecosystem calls ``select``
-where it takes an upstream's records into its merge, so indexes, files and ``seed`` all see
+Pure functions over (ecosystem, name, version, license), applied in one place: sources.py
+(``Sources.upstreams`` for names and subdirs, ``upstream_records`` for the rest), where every
+ecosystem takes an upstream's records into its merge, so indexes, files and ``seed`` all see
 the same filtered view. A filtered-out name is simply absent (a 404 "not found").
 
 Version specs are written in each ecosystem's own syntax:
@@ -21,7 +22,7 @@ import fnmatch
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion as InvalidPep440, Version
@@ -261,10 +262,5 @@ def build_filter(ecosystem: str, raw: Any) -> tuple[UpstreamFilter | None, list[
     return flt, problems
 
 
-def select(flt: UpstreamFilter | None, items: Sequence[T], **fields: Callable[[T], Any]) -> Sequence[T]:
-    """``flt.select`` when there is a filter; the items unchanged otherwise."""
-    return items if flt is None else flt.select(items, **fields)
-
-
 __all__ = ["FilterError", "Rule", "UpstreamFilter", "build_filter", "license_allowed", "parse_rule",
-           "select", "version_matcher"]
+           "version_matcher"]

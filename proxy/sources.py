@@ -7,13 +7,17 @@ ecosystem in order, each asked by the caller's ``fetch``; an upstream that has n
 request gets when no source had anything), and the merge rule decides before any
 upstream is asked whether upstreams may serve a name at all.
 
-Upstream filters (DESIGN, "Air-gap": subdirs, names) apply in ``Sources.upstreams``, the
-one place every walk takes its upstreams from: an upstream whose filter rules out the
-name or subdir asked for is not asked.
+Upstream filters (DESIGN, "Air-gap") are applied here and nowhere else: subdirs and names
+in ``Sources.upstreams``, the one place every walk takes its upstreams from (an upstream
+whose filter rules out the name or subdir asked for is not asked); version specs, licenses
+and latest N in ``upstream_records`` (``Walk.records``), through which every ecosystem takes
+an upstream's records into its merge. An ecosystem only says how its records are read
+(``Fields``: name, version, license). So the merged indexes, the files they list and what
+``channelgate seed`` resolves (through those indexes) all see one filtered view.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -27,6 +31,35 @@ from .settings import ChannelPolicy, Settings, UpstreamSettings
 from .store.protocols import Catalog, Store
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _no_license(_: object) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Fields(Generic[R]):
+    """How the upstream filters read one ecosystem's records (version specs are compared in
+    that ecosystem's own order: filters.py)."""
+
+    name: Callable[[R], str]
+    version: Callable[[R], str]
+    license: Callable[[R], "str | None"] = _no_license
+
+
+def upstream_allows(up: UpstreamSettings, name: str) -> bool:
+    """Whether ``up``'s filter can let any record of ``name`` through (names alone)."""
+    return up.filter is None or up.filter.allows_name(name)
+
+
+def upstream_records(up: UpstreamSettings, records: Sequence[R], fields: Fields[R]) -> Sequence[R]:
+    """The records of ``up`` its filter keeps (names, version specs, licenses, latest N), in
+    their order: the one place filters are applied to records. Pure: safe in a worker thread."""
+    flt = up.filter
+    if flt is None:
+        return records
+    return flt.select(records, name=fields.name, version=fields.version, license=fields.license)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +79,10 @@ class Walk(Generic[T]):
 
     def __bool__(self) -> bool:
         return bool(self.found)
+
+    def records(self, parse: Callable[[T], Sequence[R]], fields: Fields[R]) -> list[tuple[UpstreamSettings, Sequence[R]]]:
+        """Each upstream's records (``parse`` of its answer), as its filter keeps them."""
+        return [(f.upstream, upstream_records(f.upstream, parse(f.value), fields)) for f in self.found]
 
     def fingerprint(self, digest: Callable[[T], str]) -> tuple[tuple[str, str, str], ...]:
         """Identifies the inputs for memo keys: each upstream, its answer's digest and its filter."""
@@ -82,9 +119,9 @@ class Sources:
             up = ups.get(up_name)
             if up is None or up.type != ecosystem:
                 continue
-            flt = up.filter
-            if flt is not None and ((name is not None and not flt.allows_name(name))
-                                    or (subdir is not None and not flt.allows_subdir(subdir))):
+            if name is not None and not upstream_allows(up, name):
+                continue
+            if subdir is not None and up.filter is not None and not up.filter.allows_subdir(subdir):
                 continue
             out.append(up)
         return out

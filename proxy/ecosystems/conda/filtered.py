@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import orjson
 
-from ...filters import UpstreamFilter
+from ...settings import UpstreamSettings
+from ...sources import Fields, upstream_allows, upstream_records
 from .merge_plan import positions_of
 from .sections import EXTENSIONS, Repodata
 
 
-def filtered_positions(flt: UpstreamFilter | None, repodata: Repodata) -> dict[str, set[int]]:
-    """Per extension, the sorted positions that ``flt`` keeps out of the merge."""
+_Candidate = tuple[str, int, str, str, "str | None"]  # (ext, position, name, version, license)
+FIELDS: Fields[_Candidate] = Fields(name=lambda c: c[2], version=lambda c: c[3], license=lambda c: c[4])
+
+
+def filtered_positions(up: UpstreamSettings, repodata: Repodata) -> dict[str, set[int]]:
+    """Per extension, the sorted positions that ``up``'s filter keeps out of the merge (the
+    filter itself is applied by sources.py)."""
     out: dict[str, set[int]] = {ext: set() for ext in EXTENSIONS}
+    flt = up.filter
     if flt is None:
         return out
-    rejected = {nid for nid, name in enumerate(repodata.name_table) if not flt.allows_name(name)}
+    rejected = {nid for nid, name in enumerate(repodata.name_table) if not upstream_allows(up, name)}
     for ext in EXTENSIONS:
         out[ext].update(positions_of(repodata.sections[ext], rejected))
     if not flt.per_record:
         return out
-    candidates: list[tuple[str, int, str, str, str | None]] = []  # (ext, position, name, version, license)
+    candidates: list[_Candidate] = []
     for ext in EXTENSIONS:
         section = repodata.sections[ext]
         for s, _key, record in section.entries():
@@ -38,8 +45,7 @@ def filtered_positions(flt: UpstreamFilter | None, repodata: Repodata) -> dict[s
             license = data.get("license")
             candidates.append((ext, s, str(data.get("name", "")), str(data.get("version", "")),
                                license if isinstance(license, str) else None))
-    kept = {(c[0], c[1]) for c in flt.select(candidates, name=lambda c: c[2], version=lambda c: c[3],
-                                               license=lambda c: c[4])}
+    kept = {(c[0], c[1]) for c in upstream_records(up, candidates, FIELDS)}
     for ext, s, *_ in candidates:
         if (ext, s) not in kept:
             out[ext].add(s)

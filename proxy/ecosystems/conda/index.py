@@ -38,7 +38,7 @@ from ...memo import Memo, SingleFlight
 from ...merge import MergeRule
 from ...responses import etag_for
 from ...settings import ChannelPolicy, UpstreamSettings
-from ...sources import Walk
+from ...sources import Walk, upstream_allows
 from ...store.catalog import Upload
 from .cep16 import SHARD_INDEX_FILENAME, ShardSet, parse_shard_index
 from .channeldata import render_channeldata
@@ -361,7 +361,7 @@ class CondaIndexes:
             sources[ext], tables[ext], excluded[ext] = [section], [table], [[]]
         for up in ups:
             ids = up.repodata.name_ids(blocked)
-            filtered = filtered_positions(up.upstream.filter, up.repodata)
+            filtered = filtered_positions(up.upstream, up.repodata)
             for ext in EXTENSIONS:
                 section = up.repodata.sections[ext]
                 sources[ext].append(section)
@@ -444,7 +444,7 @@ class CondaIndexes:
                     continue
                 if not rule.upstream_may_serve(normalize(name)):
                     continue
-                if up.filter is not None and not up.filter.allows_name(name):
+                if not upstream_allows(up, name):
                     continue
                 # icons would be fetched from the upstream: links must point at channelgate
                 packages[name] = {k: v for k, v in entry.items() if k not in ("icon_url", "icon_hash")}

@@ -26,12 +26,11 @@ from ...artifacts import ArtifactSpec
 from ...cache import Doc
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import NotFound
-from ...filters import select
 from ...memo import Memo, SingleFlight
 from ...merge import merge
 from ...responses import etag_for, index_response
 from ...settings import UpstreamSettings
-from ...sources import Walk
+from ...sources import Fields, Walk, upstream_records
 from ...store.catalog import Upload
 from ...uploads import publish
 from .index import (
@@ -98,6 +97,10 @@ def upstream_relpath(entry: Mapping[str, str], tree: Tree) -> str:
     return f"{path}/{name}" if path else name
 
 
+FIELDS: Fields[Entry] = Fields(name=lambda e: e.get("Package", ""), version=lambda e: e.get("Version", ""),
+                               license=lambda e: e.get("License"))  # what the upstream filters read (sources.py)
+
+
 def build_view(
     key: tuple[object, ...],
     tree: Tree,
@@ -109,7 +112,8 @@ def build_view(
     """Merge one contrib folder (pure; runs in a worker thread)."""
     local = [Source(dict(u.index_fields.get("fields", {})), u.filename, upload=u) for u in uploads]
     remote = [
-        [Source(e, upstream_relpath(e, tree), upstream=up) for e in _filtered(up, entries) if e.get("Package")]
+        [Source(e, upstream_relpath(e, tree), upstream=up) for e in upstream_records(up, entries, FIELDS)
+         if e.get("Package")]
         for up, entries in upstream_entries
     ]
     merged = merge(local, remote, name=lambda s: s.package, key=lambda s: s.relpath,
@@ -125,12 +129,6 @@ def build_view(
     index = render_index([s.entry for s in latest], binary=tree != "source")
     etags = {name: etag_for(index.get(name)) for name in CONTENT_TYPES}
     return ContribView(key, latest, {s.relpath: s for s in merged}, archived, index, etags)
-
-
-def _filtered(up: UpstreamSettings, entries: Sequence[Entry]) -> Sequence[Entry]:
-    """The upstream's entries that pass its filter (one place: index, files and seed)."""
-    return select(up.filter, entries, name=lambda e: e.get("Package", ""), version=lambda e: e.get("Version", ""),
-                  license=lambda e: e.get("License"))
 
 
 class Cran:

@@ -19,11 +19,11 @@ from ...artifacts import ArtifactSpec
 from ...cache import Doc
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, Conflict, NotFound, UpstreamError
-from ...filters import select
 from ...memo import Memo
 from ...merge import MergeRule, merge
 from ...responses import etag_for, file_response, index_response
 from ...settings import ChannelPolicy, UpstreamSettings
+from ...sources import Fields, upstream_allows
 from ...store.catalog import Upload
 from ...uploads import publish
 from .wheel_metadata import TAIL, advertise_metadata, local_metadata, readable_metadata, remote_metadata
@@ -144,7 +144,7 @@ class PyPI:
                 up = f.upstream
                 for entry in self._parse(f.value, root=True):
                     name = normalize(entry.filename)
-                    if (up.filter is None or up.filter.allows_name(name)) and rule.upstream_may_serve(name):
+                    if upstream_allows(up, name) and rule.upstream_may_serve(name):
                         names.setdefault(name, up.name)  # (a private upload's name stays blocked)
             found = self._names.put(key, names)
         return key, found
@@ -181,8 +181,9 @@ class PyPI:
         if cached is not None:
             return cached
         local = [Source(_local_entry(u), upload=u) for u in uploads]
-        remote = [[Source(e, upstream=f.upstream) for e in self._filtered(f.upstream, project, self._parse(f.value))]
-                  for f in walk.found]
+        fields: Fields[FileEntry] = Fields(name=lambda e: project,
+                                           version=lambda e: version_from_filename(e.filename) or "")
+        remote = [[Source(e, upstream=up) for e in entries] for up, entries in walk.records(self._parse, fields)]
         if not uploads and not any(remote):
             raise NotFound(f"no project named {project!r}")  # every file filtered out: absent
         merged = merge(
@@ -191,12 +192,6 @@ class PyPI:
         )
         result = Project(project, tuple(s.entry for s in merged), {s.entry.filename: s for s in merged}, key)
         return self._projects.put(key, result)
-
-    @staticmethod
-    def _filtered(up: UpstreamSettings, project: str, entries: list[FileEntry]) -> Sequence[FileEntry]:
-        """The upstream's files that pass its filter (one place: index, files and seed)."""
-        return select(up.filter, entries, name=lambda e: project,
-                      version=lambda e: version_from_filename(e.filename) or "")
 
     async def _project_page(self, request: web.BaseRequest, ctx: ChannelRequest, project: str) -> web.StreamResponse:
         kind, content_type = self._negotiate(request.headers.get("Accept"))
