@@ -335,3 +335,79 @@ def test_malformed_or_foreign_package_settings_are_refused(line: bytes, problem:
     assert parse(good, ["pub"]).locked == {"pub": {"frozen"}}
     with pytest.raises(BundleError, match=problem):
         parse(good + b"\n" + line, ["pub"])
+
+
+def _rewrite(bundle: Path, out: Path, change) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of ``bundle`` whose members went through ``change(members) -> members``
+    (a list of (TarInfo, bytes)), written by Python's tarfile."""
+    with tarfile.open(bundle) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar]  # type: ignore[union-attr]
+    with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in change(members):
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return out
+
+
+def _link(members):  # type: ignore[no-untyped-def]
+    link = tarfile.TarInfo("cache/refs/" + "0" * 64)
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    return [(link, b"")] + members
+
+
+def _twice(members):  # type: ignore[no-untyped-def]
+    return [members[0]] + members
+
+
+def _manifest_first(members):  # type: ignore[no-untyped-def]
+    return [members[-1]] + members[:-1]
+
+
+def _version_2(members):  # type: ignore[no-untyped-def]
+    """The same bundle with its manifest in the version 2 layout (one indented document)."""
+    info, data = members[-1]
+    manifest = json.loads(data)
+    manifest["version"] = 2
+    old = json.dumps(manifest, indent=1).encode()
+    info.size = len(old)
+    return members[:-1] + [(info, old)]
+
+
+@pytest.mark.parametrize("change, problem", [
+    (_link, "not a regular file"), (_twice, "twice"), (_manifest_first, "not the last member"),
+])
+def test_a_link_a_member_twice_or_an_early_manifest_is_refused(
+    tmp_path: Path, host_a, upstream, capsys, change, problem  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "store"
+    config = config_for(tmp_path, _policy(upstream, storage))
+    bad = _rewrite(host_a["bundle"], tmp_path / "bad.tar", change)
+    done = cli_here(capsys, "import", "--config", config, str(bad))
+    assert done.returncode == 1 and problem in done.stderr, done.stderr
+    assert snapshot(storage) == {} and not any((storage / "tmp").iterdir())
+
+
+def test_a_bundle_with_a_version_2_manifest_still_imports(tmp_path: Path, host_a, upstream, capsys) -> None:  # type: ignore[no-untyped-def]
+    old = _rewrite(host_a["bundle"], tmp_path / "old.tar", _version_2)
+    storage = tmp_path / "store"
+    config = config_for(tmp_path, _policy(upstream, storage))
+    done = cli_here(capsys, "import", "--config", config, str(old))
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(host_a["bundle"]) as tar:
+        names = [n for n in tar.getnames() if n.startswith("cache/sha256/")]
+    assert names and all((storage / n).is_file() for n in names)
+
+
+def test_the_manifest_is_one_entry_a_line_and_still_one_json_document(host_a) -> None:  # type: ignore[no-untyped-def]
+    """Version 3: written and read as a stream (memory flat however many members)."""
+    from proxy.airgap.manifest import ManifestReader
+
+    path = Path(f"{host_a['bundle']}.manifest.json")
+    whole = json.loads(path.read_bytes())
+    lines = path.read_bytes().splitlines()
+    assert whole["version"] == 3 and len(lines) == 5 + len(whole["members"]) + len(whole["known"])
+    reader, fh = ManifestReader.open(path)
+    with fh:
+        entries = list(reader.entries())
+    assert {e.name: (e.sha256, e.size) for e in entries if e.member} == {
+        n: (m["sha256"], m["size"]) for n, m in whole["members"].items()}
+    assert {e.name: e.sha256 for e in entries if not e.member} == whole["known"]

@@ -13,6 +13,7 @@ as a stream. Its members are store paths, relative to ``storage.path``, and noth
     catalog/packages.jsonl           their package settings: privacy, metadata, locked labels
                                      (package_settings.py; since version 2)
     manifest.json                    last: format, channels, and the sha256 and size of every member
+                                     (manifest.py: one entry a line, streamed)
 
 ``manifest.json`` is written beside the bundle too (``BUNDLE.manifest.json``): ``--since``
 reads it to write only what the earlier bundle lacks. Its ``known`` map carries everything
@@ -21,15 +22,15 @@ the importing site holds after importing the chain, so increments chain.
 from __future__ import annotations
 
 import json
+import os
 import re
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 FORMAT = "channelgate-bundle"
-VERSION = 2  # 2: catalog/packages.jsonl (a version 1 importer would drop privacy: it refuses)
-READABLE = (1, 2)  # a version 1 bundle or manifest still imports, and still serves as a --since base
+VERSION = 3  # 2: catalog/packages.jsonl (a version 1 importer would drop privacy: it refuses);
+#              3: the manifest one entry a line, written and read as a stream (manifest.py)
+READABLE = (1, 2, 3)  # an older bundle or manifest still imports, and still serves as a --since base
 MANIFEST = "manifest.json"
 CATALOG = "catalog/uploads.jsonl"
 PACKAGES = "catalog/packages.jsonl"
@@ -46,115 +47,67 @@ class BundleError(Exception):
     """A bundle that cannot be imported (not a bundle, tampered, truncated, wrong version)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    sha256: str
-    size: int
-
-
-@dataclass
-class Manifest:
-    channels: list[str]
-    members: dict[str, Member] = field(default_factory=dict)
-    known: dict[str, str] = field(default_factory=dict)  # name -> sha256, this bundle and its bases
-    created: float = field(default_factory=time.time)
-    since: str | None = None
-
-    def to_bytes(self) -> bytes:
-        return json.dumps({
-            "format": FORMAT, "version": VERSION, "created": self.created, "channels": self.channels,
-            "since": self.since,
-            "members": {n: {"sha256": m.sha256, "size": m.size} for n, m in sorted(self.members.items())},
-            "known": dict(sorted(self.known.items())),
-        }, indent=1).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Manifest":
-        try:
-            raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise BundleError("the manifest is not JSON") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise BundleError("not a channelgate bundle manifest")
-        if raw.get("version") not in READABLE:
-            raise BundleError(f"bundle format version {raw.get('version')!r} is not supported (this is {VERSION})")
-        members: dict[str, Member] = {}
-        for name, entry in _mapping(raw.get("members")).items():
-            if not MEMBER_RE.match(name) or not isinstance(entry, dict):
-                raise BundleError(f"the manifest lists an unexpected member {name!r}")
-            sha, size = entry.get("sha256"), entry.get("size")
-            if not (isinstance(sha, str) and re.fullmatch(_HEX64, sha)) or not isinstance(size, int) or size < 0:
-                raise BundleError(f"the manifest entry of {name!r} is malformed")
-            members[name] = Member(sha, size)
-        known = {str(k): str(v) for k, v in _mapping(raw.get("known")).items()}
-        channels = [str(c) for c in raw.get("channels") or []]
-        return cls(channels, members, known, float(raw.get("created") or 0), raw.get("since"))
-
-    @classmethod
-    def read(cls, path: Path) -> "Manifest":
-        try:
-            return cls.from_bytes(path.read_bytes())
-        except OSError as exc:
-            raise BundleError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BundleError("the manifest is malformed")
-    return value
-
-
 def store_members(root: Path, uploads: set[str], upstreams: set[str],
-                  url_prefixes: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
+                  url_prefixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     """(member name, file) for what serving the exported channels needs, in a stable order:
     the ``uploads`` blobs (sha256s their catalog rows name), the cached artifacts of their
     ``upstreams`` (by the provenance in ``cache/origin``; an artifact cached before that was
     recorded goes along, as it may be needed), every alias, and the cached index documents
     of those upstreams (``url_prefixes``), with their bodies."""
     for name, path in _files(root, "uploads/sha256"):
-        if path.name in uploads:
+        if name[-64:] in uploads:
             yield name, path
     for name, path in _files(root, "cache/sha256"):
-        origin = _origin(root, path.name)
+        origin = _origin(root, name[-64:])
         if origin is None or origin in upstreams:
             yield name, path
             if origin is not None:
-                yield f"cache/origin/{path.name}", root / "cache" / "origin" / path.name
+                yield f"cache/origin/{name[-64:]}", f"{root}/cache/origin/{name[-64:]}"
     yield from _files(root, "cache/refs")
-    bodies: set[str] = set()
-    docs = root / "meta" / "docs"
-    for path in sorted(docs.glob("*.json")) if docs.is_dir() else ():
+    for name, path in _files(root, "meta/docs"):
         try:
-            descriptor = json.loads(path.read_bytes())
+            with open(path, "rb") as fh:
+                descriptor = json.loads(fh.read())
             digest, url = descriptor.get("digest"), str(descriptor.get("url", ""))
         except (OSError, ValueError, AttributeError):
             continue  # a damaged descriptor is not carried over
-        if not url.startswith(url_prefixes):
+        if not url.startswith(url_prefixes) or not (isinstance(digest, str) and re.fullmatch(_HEX64, digest)):
             continue
-        if isinstance(digest, str) and re.fullmatch(_HEX64, digest):
-            bodies.add(digest)
-            yield f"meta/docs/{path.name}", path
-    for digest in sorted(bodies):
-        body = root / "meta" / "bodies" / digest[:2] / digest
-        if body.is_file():
-            yield f"meta/bodies/{digest[:2]}/{digest}", body
+        body = f"meta/bodies/{digest[:2]}/{digest}"
+        if os.path.isfile(f"{root}/{body}"):  # (a body two descriptors share goes once: the ledger knows it)
+            yield body, f"{root}/{body}"
+            yield name, path
 
 
 def _origin(root: Path, sha256: str) -> str | None:
     try:
-        return (root / "cache" / "origin" / sha256).read_text().strip() or None
+        fd = os.open(f"{root}/cache/origin/{sha256}", os.O_RDONLY)
+    except OSError:
+        return None  # (no provenance recorded: the common case is one failed open, no more)
+    try:
+        return os.read(fd, 4096).decode().strip() or None
     except (OSError, UnicodeDecodeError):
         return None
+    finally:
+        os.close(fd)
 
 
-def _files(root: Path, area: str) -> Iterator[tuple[str, Path]]:
-    base = root / area
-    if not base.is_dir():
-        return
-    for path in sorted(base.rglob("*")):
-        if path.is_file():
-            name = path.relative_to(root).as_posix()
-            if MEMBER_RE.match(name):
-                yield name, path
+def _files(root: Path, area: str) -> Iterator[tuple[str, str]]:
+    """The files under ``root/area``, depth first in name order: one directory listed at a
+    time (os.scandir), so memory is one directory's names, not the store's. Plain strings
+    until the end: pathlib's parsing was most of the walk's cost."""
+    prefix = f"{root}/"
+    stack = [f"{root}/{area}"]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        for entry in reversed(entries):
+            if entry.is_file(follow_symlinks=False):
+                name = entry.path[len(prefix):]
+                if MEMBER_RE.match(name):
+                    yield name, entry.path

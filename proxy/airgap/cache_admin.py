@@ -22,7 +22,8 @@ from typing import Iterator, TextIO
 from ..settings import ECOSYSTEMS, Settings
 from ..store.blobs import BlobStore
 from ..store.backends import catalog_reader
-from .bundle import IMPORTED, BundleError, Manifest
+from .bundle import IMPORTED, BundleError
+from .manifest import ManifestReader
 from .progress import Progress
 
 CHUNK = 1 << 20
@@ -81,10 +82,12 @@ def protected(root: Path) -> set[str]:
     keep: set[str] = set()
     for path in (root / IMPORTED).glob("*.json") if (root / IMPORTED).is_dir() else ():
         try:
-            manifest = Manifest.read(path)
+            reader, fh = ManifestReader.open(path)
+            with fh:
+                keep.update(e.name.rsplit("/", 1)[-1] for e in reader.entries()
+                            if e.member and e.name.startswith("cache/sha256/"))
         except BundleError:
             continue
-        keep.update(name.rsplit("/", 1)[-1] for name in manifest.members if name.startswith("cache/sha256/"))
     return keep
 
 

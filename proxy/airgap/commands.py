@@ -20,13 +20,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     try:
-        manifest = export_bundle(settings, Path(args.out), list(args.channel), Path(args.since) if args.since else None)
+        done = export_bundle(settings, Path(args.out), list(args.channel), Path(args.since) if args.since else None)
     except BundleError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
-    size = sum(m.size for m in manifest.members.values())
-    print(f"wrote {args.out}: {len(manifest.members)} member(s), {human(size)} of content, "
-          f"channels {', '.join(manifest.channels) or '-'}; manifest {manifest_path(Path(args.out))}")
+    print(f"wrote {args.out}: {done.members} member(s), {human(done.bytes)} of content, "
+          f"channels {', '.join(done.channels) or '-'}; manifest {manifest_path(Path(args.out))}")
     return 0
 
 

@@ -1,10 +1,13 @@
 """``channelgate export``: the store's content for some channels as one streamed tar
-(DESIGN, "Air-gap"; the format is in bundle.py).
+(DESIGN, "Air-gap"; the format is in bundle.py, the manifest's layout in manifest.py).
 
-Memory stays flat: members are copied in CHUNK-sized reads, and the manifest holds one
-line per member. Content-addressed members are not read twice: their name is their sha256
-(``channelgate cache verify`` is what finds a file that rotted on disk). The bundle is
-written beside its final name and renamed when complete, so a crash leaves no half bundle.
+Memory stays flat however many members: the store is walked as a stream, every member goes
+to the bundle and its line to the manifest as it is met, and what ``--since`` must look up
+(the earlier bundles' names) sits in an on-disk ledger. Member data goes from file to file
+by sendfile(2), never through Python; headers are ustar.py's. Content-addressed members are
+not read at all: their name is their sha256 (``channelgate cache verify`` is what finds a
+file that rotted on disk). The bundle is written beside its final name and renamed when
+complete, so a crash leaves no half bundle.
 """
 from __future__ import annotations
 
@@ -12,169 +15,183 @@ import dataclasses
 import hashlib
 import json
 import os
-import tarfile
+import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, TextIO, cast
+from typing import Iterator, TextIO
 
 from ..settings import ECOSYSTEMS, Settings
+from ..store.blobs import BlobStore
 from ..store.backends import catalog_reader
-from . import package_settings
-from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, PACKAGES, BundleError, Manifest, Member, store_members
+from . import package_settings, ustar
+from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, PACKAGES, BundleError, store_members
+from .manifest import Ledger, ManifestReader, ManifestWriter
 from .progress import Progress
 
 CHUNK = 1 << 20
+SENDFILE = 64 * CHUNK
 
 
-class _Reader:
-    """A file read by tarfile: counts progress, and hashes unless the name already says."""
-
-    def __init__(self, fh: BinaryIO, hashing: bool, advance: Callable[[int], None]) -> None:
-        self.fh = fh
-        self.sha = hashlib.sha256() if hashing else None
-        self.advance = advance
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.fh.read(size)
-        if self.sha is not None:
-            self.sha.update(data)
-        self.advance(len(data))
-        return data
+@dataclass(frozen=True, slots=True)
+class Exported:
+    members: int
+    bytes: int
+    channels: list[str]
 
 
 def manifest_path(bundle: Path) -> Path:
     return bundle.with_name(bundle.name + ".manifest.json")
 
 
-def _catalog_rows(settings: Settings, channels: list[str]) -> tuple[bytes, bytes, set[str]]:
-    """The channels' catalog rows and package settings as JSON lines, and the upload blobs
-    the rows name."""
-    with catalog_reader(settings) as catalog:
+def _catalog_rows(settings: Settings, channels: list[str], rows_file: Path) -> tuple[bytes, set[str]]:
+    """Write the channels' catalog rows to ``rows_file`` as JSON lines; their package
+    settings, and the upload blobs the rows name."""
+    blobs: set[str] = set()
+    with open(rows_file, "w") as out, catalog_reader(settings) as catalog:
         if catalog is None:
-            return b"", b"", set()
-        lines, blobs = [], set()
+            return b"", blobs
         for channel in channels:
             for ecosystem in ECOSYSTEMS:
                 for upload in catalog.list(channel, ecosystem):
                     row = dataclasses.asdict(upload)
                     row["labels"], row["meta"] = list(upload.labels), dict(row.pop("index_fields"))  # bundle key stays "meta"
-                    lines.append(json.dumps(row, sort_keys=True))
+                    out.write(json.dumps(row, sort_keys=True) + "\n")
                     blobs.add(upload.sha256)
                     extra = upload.index_fields.get("metadata_sha256")
                     if isinstance(extra, str):
                         blobs.add(extra)
-        return "".join(line + "\n" for line in lines).encode(), package_settings.dump(catalog.packages, channels), blobs
+        return package_settings.dump(catalog.packages, channels), blobs
 
 
 def export_bundle(settings: Settings, out: Path, channels: list[str], since: Path | None,
-                  stream: TextIO | None = None) -> Manifest:
+                  stream: TextIO | None = None) -> Exported:
     unknown = [c for c in channels if c not in settings.channels]
     if unknown:
         raise BundleError(f"no such channel(s) in the policy: {', '.join(unknown)}")
     chosen = channels or sorted(settings.channels)
-    base = Manifest.read(since) if since is not None else None
-    known_before = base.known if base is not None else {}
-    rows, packages, upload_blobs = _catalog_rows(settings, chosen)
-    prefixes = tuple(
-        settings.upstreams[name].url + "/" for c in chosen for name in settings.channels[c].upstreams
-    )
-    root = settings.storage_path
-    upstreams = {name for c in chosen for name in settings.channels[c].upstreams}
-    members = list(store_members(root, upload_blobs, upstreams, prefixes))
-    manifest = Manifest(chosen, since=str(since) if since else None)
-    manifest.known = dict(known_before)
-    total = sum(path.stat().st_size for _, path in members) + len(rows) + len(packages)
+    store = BlobStore(settings.storage_path)
+    store.open(clean=False)
+    work = store.scratch_dir / f"export-{uuid.uuid4().hex}"  # this process's own temp space (scratch.py)
+    work.mkdir()
     part = out.with_name(out.name + ".part")
     try:
-        with open(part, "wb") as fh, Progress(f"export {out.name}", total, stream=stream) as progress:
-            # "w", not the "w|" stream mode: that one re-buffers every block through bytes
-            # concatenation (a quarter of tar's speed); ustar: every member name is short
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # 1 MiB reads (default 16 KiB)
-                for name, path in members:
-                    _add_file(tar, manifest, known_before, name, path, progress)
-                _add_bytes(tar, manifest, known_before, CATALOG, rows)
-                _add_bytes(tar, manifest, known_before, PACKAGES, packages)  # changed settings only
-                tar.addfile(_info(MANIFEST, len(data := manifest.to_bytes())), _BytesReader(data))
-        # no fsync: the bundle is verified member by member when imported, so a bundle that a
-        # power cut damaged is refused there; the rename keeps a crash from leaving a half
-        # bundle under the final name
-        os.replace(part, out)
+        ledger = Ledger(work / "ledger.sqlite3")
+        try:
+            _load_since(ledger, since)
+            packages, upload_blobs = _catalog_rows(settings, chosen, work / "rows.jsonl")
+            upstreams = {name for c in chosen for name in settings.channels[c].upstreams}
+            prefixes = tuple(settings.upstreams[name].url + "/" for name in sorted(upstreams))
+
+            def members() -> Iterator[tuple[str, str]]:
+                yield from store_members(settings.storage_path, upload_blobs, upstreams, prefixes)
+                yield CATALOG, str(work / "rows.jsonl")
+
+            total = sum(_size(path) for _, path in members()) + len(packages)
+            writer = ManifestWriter(work / MANIFEST, chosen, str(since) if since else None)
+            with open(part, "wb") as fh, Progress(f"export {out.name}", total, stream=stream) as progress:
+                bundle = _Bundle(fh.fileno(), progress)
+                for name, path in members():
+                    bundle.add_file(ledger, writer, name, path)
+                (work / "packages.jsonl").write_bytes(packages)  # (empty: the channels lock no label)
+                bundle.add_file(ledger, writer, PACKAGES, str(work / "packages.jsonl"))  # changed settings only
+                writer.known((name, sha) for name, sha, _, _ in ledger.items())
+                writer.close()
+                bundle.send(MANIFEST, str(work / MANIFEST), (work / MANIFEST).stat(), counted=False)
+                bundle.end()
+            # no fsync: the bundle is verified member by member when imported, so a bundle that a
+            # power cut damaged is refused there; the rename keeps a crash from leaving a half
+            # bundle under the final name
+            os.replace(part, out)
+            shutil.copyfile(work / MANIFEST, work / "copy")
+            os.replace(work / "copy", manifest_path(out))
+            return Exported(writer.members, writer.bytes, chosen)
+        finally:
+            ledger.close()
     finally:
         part.unlink(missing_ok=True)
-    manifest_path(out).write_bytes(manifest.to_bytes())
-    return manifest
+        store.release()
 
 
-def _info(name: str, size: int, mtime: float = 0) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o644, int(mtime)
-    return info
-
-
-def _add_file(tar: tarfile.TarFile, manifest: Manifest, known: dict[str, str], name: str, path: Path,
-              progress: Progress) -> None:
-    named = CONTENT_ADDRESSED.match(name)
-    try:
-        stat = path.stat()
-        if named is not None:
-            sha = named.group(1)
-        elif stat.st_size <= CHUNK:
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            sha = ""  # hashed while written
-        if sha and known.get(name) == sha:
-            progress.advance(stat.st_size)
-            return
-        with open(path, "rb") as fh:
-            info = _info(name, stat.st_size, stat.st_mtime)
-            if sha:
-                _send(tar, info, fh, progress)
-            else:
-                reader = _Reader(fh, True, progress.advance)
-                tar.addfile(info, reader)  # type: ignore[arg-type]
-                sha = reader.sha.hexdigest()  # type: ignore[union-attr]
-            tar.members.clear()  # type: ignore[attr-defined]  # TarFile keeps every header: memory stays flat
-    except FileNotFoundError:
-        return  # pruned meanwhile: not part of this bundle
-    manifest.members[name] = Member(sha, stat.st_size)
-    manifest.known[name] = sha
-
-
-def _send(tar: tarfile.TarFile, info: tarfile.TarInfo, source: BinaryIO, progress: Progress) -> None:
-    """A member whose hash is known: header by tarfile, data by sendfile(2) from file to
-    file (no copy through Python), then the block padding; tarfile's offset kept right."""
-    out = cast(BinaryIO, tar.fileobj)
-    header = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
-    out.write(header)
-    out.flush()
-    sent = 0
-    while sent < info.size:
-        n = os.sendfile(out.fileno(), source.fileno(), sent, min(info.size - sent, 64 * CHUNK))
-        if n == 0:
-            raise BundleError(f"{info.name} shrank while it was exported (the store is damaged)")
-        sent += n
-        progress.advance(n)
-    pad = -info.size % tarfile.BLOCKSIZE
-    out.write(tarfile.NUL * pad)
-    tar.offset += len(header) + info.size + pad  # type: ignore[attr-defined]
-
-
-def _add_bytes(tar: tarfile.TarFile, manifest: Manifest, known: dict[str, str], name: str, data: bytes) -> None:
-    sha = hashlib.sha256(data).hexdigest()
-    if known.get(name) == sha:
+def _load_since(ledger: Ledger, since: Path | None) -> None:
+    """What the importing site holds after the earlier bundles: their manifest's ``known``."""
+    if since is None:
         return
-    tar.addfile(_info(name, len(data)), _BytesReader(data))  # type: ignore[arg-type]
-    manifest.members[name] = Member(sha, len(data))
-    manifest.known[name] = sha
+    reader, fh = ManifestReader.open(since)
+    with fh:
+        for entry in reader.entries():
+            if not entry.member:
+                ledger.put(entry.name, entry.sha256)
 
 
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
-    def read(self, size: int = -1) -> bytes:
-        end = len(self.data) if size < 0 else self.pos + size
-        chunk = bytes(self.data[self.pos:end])
-        self.pos += len(chunk)
-        return chunk
+
+class _Bundle:
+    """The tar being written, on a raw file descriptor: a header and the data by sendfile."""
+
+    def __init__(self, fd: int, progress: Progress) -> None:
+        self.fd = fd
+        self.progress = progress
+        self.offset = 0
+
+    def add_file(self, ledger: Ledger, writer: ManifestWriter, name: str, path: str) -> None:
+        """Add ``path`` as ``name`` unless the earlier bundles carried the same content."""
+        named = CONTENT_ADDRESSED.match(name)
+        try:
+            stat = os.stat(path)
+            sha = named.group(1) if named is not None else _sha256(path)
+        except FileNotFoundError:
+            return  # pruned meanwhile: not part of this bundle
+        known = ledger.get(name)
+        if known is not None and known[0] == sha:
+            self.progress.advance(stat.st_size)
+            return
+        try:
+            self.send(name, path, stat)
+        except FileNotFoundError:
+            return
+        writer.member(name, sha, stat.st_size)
+        ledger.put(name, sha, stat.st_size)
+
+    def send(self, name: str, path: str, stat: os.stat_result, *, counted: bool = True) -> None:
+        """One member: header, data by sendfile, padding (``counted``: in the progress total)."""
+        size = stat.st_size
+        source = os.open(path, os.O_RDONLY)
+        try:
+            self._write(ustar.header(name, size, int(stat.st_mtime)))
+            sent = 0
+            while sent < size:
+                n = os.sendfile(self.fd, source, sent, min(size - sent, SENDFILE))
+                if n == 0:
+                    raise BundleError(f"{name} shrank while it was exported (the store is damaged)")
+                sent += n
+                if counted:
+                    self.progress.advance(n)
+            self.offset += size
+            self._write(b"\0" * ustar.padding(size))
+        finally:
+            os.close(source)
+
+    def end(self) -> None:
+        self._write(ustar.END)
+        self._write(b"\0" * (-self.offset % ustar.RECORD))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+            self.offset += n
+
+
+def _sha256(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
