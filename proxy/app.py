@@ -35,6 +35,7 @@ from .keys import GATEWAY, SERVICES
 from .logs import mask
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import REQUEST, Metrics, RequestFacts
+from .blob_response import BlobRedirect, BlobStreamResponse
 from .responses import SentFileResponse, http_status, keep_private
 from .settings import Settings, load_settings
 from .sources import Sources
@@ -262,7 +263,7 @@ class Gateway:
         response = await services.ecosystems[route.ecosystem].serve(request, ctx)
         if not shared:
             keep_private(response)
-        if isinstance(response, SentFileResponse) and response.hosted:
+        if isinstance(response, (SentFileResponse, BlobStreamResponse, BlobRedirect)) and response.hosted:
             services.metrics.cache_result("artifact", "hosted")
         return response
 

@@ -34,9 +34,9 @@ from aiohttp import web
 from .coordination import FAILED, Coordinator, Lease
 from .errors import ChannelgateError, NotFound, StorageError, UpstreamError
 from .ranges import serve_head, serve_range
-from .responses import file_response
+from .blob_response import abort, blob_response
 from .settings import UpstreamSettings
-from .store.blobs import DigestMismatch, TempBlob
+from .store.blobs import Blob, DigestMismatch, TempBlob
 from .store.protocols import Store
 from .upstream import Upstream, check_target
 
@@ -80,13 +80,14 @@ class Download:
     tmp: TempBlob
     written: int = 0
     total: int | None = None
-    path: Path | None = None  # set once verified and stored
+    sha256: str | None = None  # set once verified and published (by this replica or another)
+    path: Path | None = None  # then this machine's file of it, if it has one
     error: ChannelgateError | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def finished(self) -> bool:
-        return self.path is not None or self.error is not None
+        return self.sha256 is not None or self.error is not None
 
     def notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -111,19 +112,31 @@ class Artifacts:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def cached(self, spec: ArtifactSpec) -> Path | None:
+    async def blob_of(self, spec: ArtifactSpec) -> str | None:
+        """The sha256 the store would hold ``spec`` under (the declared one, or its alias),
+        published or not: ``blob_response`` and ``cached`` ask the store."""
         if "sha256" in spec.expect:
-            return self.store.find("cache", spec.expect["sha256"].lower())
-        return self.store.find_ref(spec.key)
+            return spec.expect["sha256"].lower()
+        return await self.store.ref(spec.key)
+
+    async def cached(self, spec: ArtifactSpec) -> str | None:
+        """The sha256 of ``spec``'s published blob, or None (no download)."""
+        sha256 = await self.blob_of(spec)
+        if sha256 is None:
+            return None
+        if self.store.local("cache", sha256) is not None or await self.store.stat("cache", sha256) is not None:
+            return sha256
+        return None
 
     async def serve(self, request: web.BaseRequest, spec: ArtifactSpec, *, offline: bool) -> web.StreamResponse:
         if spec.expect and not spec.hashed:
             raise UpstreamError(f"upstream {spec.upstream.name} declares a malformed hash for {spec.filename}")
-        path = self.cached(spec)
-        if path is not None:
+        sha256 = await self.blob_of(spec)
+        stored = await self._response(request, spec, sha256) if sha256 else None
+        if stored is not None and sha256 is not None:
             self.metrics.cache_result("artifact", "hit")
-            self.store.record_use(path.name)  # cache prune removes by last use
-            return file_response(path, spec.content_type, immutable=True)
+            self.store.record_use(sha256)  # cache prune removes by last use
+            return stored
         self.metrics.cache_result("artifact", "miss")
         if offline:
             raise NotFound(f"{spec.filename} is not in the cache and the server is offline")
@@ -145,9 +158,14 @@ class Artifacts:
             await fetch.changed()
         if fetch.error is not None:
             raise fetch.error
-        if fetch.path is not None:
-            return file_response(fetch.path, spec.content_type, immutable=True)
+        if fetch.sha256 is not None:
+            stored = await self._response(request, spec, fetch.sha256)
+            if stored is not None:
+                return stored
         return await self._tee(request, fetch)
+
+    async def _response(self, request: web.BaseRequest, spec: ArtifactSpec, sha256: str) -> web.StreamResponse | None:
+        return await blob_response(request, self.store, "cache", sha256, spec.content_type, hosted=False)
 
     def _start(self, spec: ArtifactSpec) -> Download:
         """A new download of ``spec`` (single flight: callers looked for one in progress)."""
@@ -159,20 +177,21 @@ class Artifacts:
         task.add_done_callback(self._tasks.discard)
         return fetch
 
-    async def stored(self, spec: ArtifactSpec) -> Path:
-        """The file in the store, downloaded and verified first if need be (single flight)."""
-        path = self.cached(spec)
-        if path is not None:
-            self.store.record_use(path.name)
-            return path
+    async def stored(self, spec: ArtifactSpec) -> str:
+        """The sha256 of the blob in the store, downloaded and verified first if need be
+        (single flight)."""
+        sha256 = await self.cached(spec)
+        if sha256 is not None:
+            self.store.record_use(sha256)
+            return sha256
         check_target(spec.upstream, spec.url, hashed=spec.hashed, own=self.upstream.own, what=spec.filename)
         fetch = self._inflight.get(spec.key) or self._start(spec)
         while not fetch.finished:
             await fetch.changed()
         if fetch.error is not None:
             raise fetch.error
-        assert fetch.path is not None
-        return fetch.path
+        assert fetch.sha256 is not None
+        return fetch.sha256
 
     async def _partial(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse | None:
         """HEAD and Range on a file being fetched, without waiting for it (ranges.py)."""
@@ -190,7 +209,7 @@ class Artifacts:
         try:
             lease = await self._claim(fetch)
             if lease is None:
-                return  # another replica published it (fetch.path is set)
+                return  # another replica published it (fetch.sha256 is set)
             async with self.upstream.stream(up, spec.url, what=spec.filename, hashed=spec.hashed) as body:
                 fetch.total = body.content_length
                 fetch.notify()  # HEAD and Range answers wait for the length (ranges.py)
@@ -201,7 +220,8 @@ class Artifacts:
                     fetch.notify()
             if fetch.total is not None and fetch.written != fetch.total:
                 raise UpstreamError(f"upstream {up.name} sent {fetch.written} of {fetch.total} bytes")
-            fetch.path = await self._publish(fetch)
+            blob = await self._publish(fetch)
+            fetch.path, fetch.sha256 = blob.path, blob.sha256
         except ChannelgateError as exc:
             fetch.error = exc
         except OSError as exc:  # the store: a full disk, a temp file that vanished, ...
@@ -217,16 +237,16 @@ class Artifacts:
             self.metrics.inflight_downloads.dec()
             if fetch.tmp.committed is None:
                 fetch.tmp.discard()
-            if fetch.path is None and fetch.error is None:  # no path may leave a waiter without an answer
+            if fetch.sha256 is None and fetch.error is None:  # no path may leave a waiter without an answer
                 fetch.error = UpstreamError(f"{spec.filename} could not be fetched")
             self._inflight.pop(spec.key, None)
             fetch.notify()
             if lease is not None:
-                await lease.release(ok=fetch.path is not None)
+                await lease.release(ok=fetch.sha256 is not None)
 
     async def _claim(self, fetch: Download) -> Lease | None:
         """The lease on this file across replicas (single flight, coordination.py), or None
-        once another replica published it to the shared store (then ``fetch.path`` is set).
+        once another replica published it to the shared store (then ``fetch.sha256`` is set).
         A holder that dies lets its lease lapse: then this replica takes the download over."""
         spec = fetch.spec
         while True:
@@ -234,8 +254,8 @@ class Artifacts:
             if lease is not None:
                 if lease.token is None:  # local coordination: the caller has just looked
                     return lease
-                path = await asyncio.to_thread(self.cached, spec)
-                if path is None:
+                sha256 = await self.cached(spec)
+                if sha256 is None:
                     return lease
                 await lease.release(ok=True)  # published between our look and the lease
             else:
@@ -244,15 +264,15 @@ class Artifacts:
                     outcome = await self.coordinator.wait(spec.key)
                 finally:
                     self.metrics.replica_waits.dec()
-                path = await asyncio.to_thread(self.cached, spec)
-                if path is None and outcome == FAILED:
+                sha256 = await self.cached(spec)
+                if sha256 is None and outcome == FAILED:
                     raise UpstreamError(f"{spec.filename} could not be fetched (another replica tried)")
-                if path is None:
+                if sha256 is None:
                     continue  # the lease lapsed (its holder died) or Redis went away: take over
-            fetch.path = path
+            fetch.sha256, fetch.path = sha256, self.store.local("cache", sha256)  # a local copy, if any
             return None
 
-    async def _publish(self, fetch: Download) -> Path:
+    async def _publish(self, fetch: Download) -> Blob:
         """Verify the download against the upstream index's hash, then move it into place."""
         spec = fetch.spec
         try:
@@ -267,9 +287,9 @@ class Artifacts:
                 "that does not match its index"
             ) from None
         if "sha256" not in spec.expect:
-            self.store.set_ref(spec.key, blob.sha256)
+            await asyncio.to_thread(self.store.set_ref, spec.key, blob.sha256)
         await asyncio.to_thread(self.store.set_origin, blob.sha256, spec.upstream.name)
-        return blob.path
+        return blob
 
     async def _tee(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse:
         """Stream a download in progress; the final byte waits for verification. A client
@@ -323,10 +343,3 @@ async def _head(request: web.BaseRequest, spec: ArtifactSpec, total: int | None)
     await resp.write_eof()
     return resp
 
-
-def abort(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
-    """Cut the connection so the client sees an incomplete body, never a wrong one."""
-    resp.force_close()
-    if request.transport is not None:
-        request.transport.close()
-    return resp

@@ -2,9 +2,10 @@
 
 - ``GET /api/health``: liveness. 200 while the process answers at all; a load balancer or
   orchestrator that sees it fail restarts the process.
-- ``GET /api/ready`` (or ``/api/health?ready``): readiness. 200 when the storage is writable
-  and the catalog answers; otherwise 503 with every failed check named, so traffic goes
-  elsewhere while the process is left running. With ``cache.backend: redis``, Redis being down
+- ``GET /api/ready`` (or ``/api/health?ready``): readiness. 200 when the storage is writable,
+  the catalog answers and the bucket answers HeadBucket (when ``storage.backend: s3``);
+  otherwise 503 with every failed check named, so traffic goes elsewhere while the process
+  is left running. With ``cache.backend: redis``, Redis being down
   is 200 with ``"status": "degraded"`` and ``checks.redis`` naming the failure: the replicas
   share one Redis, so a 503 would take every replica out of rotation at once, while each
   still serves correctly with local coordination (coordination.py).
@@ -49,6 +50,8 @@ async def readiness(services: Services) -> web.Response:
         "storage": asyncio.ensure_future(asyncio.to_thread(services.store.probe)),
         "catalog": asyncio.ensure_future(_probe_catalog(services)),
     }
+    if settings.storage_backend == "s3":  # HeadBucket (store/s3.py)
+        checks["s3"] = asyncio.ensure_future(services.store.ready())
     await asyncio.gather(*(_check(name, task, problems) for name, task in checks.items()))  # type: ignore[arg-type]
     results = {name: problems.get(name, "ok") for name in checks}
     if problems:

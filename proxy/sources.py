@@ -26,7 +26,7 @@ from aiohttp import web
 from .errors import ChannelgateError, NotFound, UpstreamError, UpstreamTimeout
 from .memo import Memo
 from .merge import MergeRule
-from .responses import file_response
+from .blob_response import blob_response
 from .settings import ChannelPolicy, Settings, UpstreamSettings
 from .store.protocols import Catalog, Store
 
@@ -165,9 +165,11 @@ class Sources:
                 break
         return Walk(tuple(found), failure)
 
-    def hosted_file(self, sha256: str | None, filename: str, content_type: str) -> web.FileResponse:
-        """An uploaded file (or an upload's companion blob) from the store."""
-        path = self.store.find("uploads", sha256) if sha256 else None
-        if path is None:
+    async def hosted_file(self, request: web.BaseRequest, sha256: str | None, filename: str,
+                          content_type: str) -> web.StreamResponse:
+        """An uploaded file (or an upload's companion blob) from the store (blob_response.py)."""
+        response = await blob_response(request, self.store, "uploads", sha256, content_type,
+                                       hosted=True) if sha256 else None
+        if response is None:
             raise NotFound(f"{filename} is not stored")
-        return file_response(path, content_type, immutable=False)
+        return response

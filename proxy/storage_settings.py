@@ -11,7 +11,12 @@ from typing import Any
 from .checked_yaml import Checker
 
 BACKENDS = ("filesystem", "s3")
-S3_KEYS = {"endpoint_url", "bucket", "prefix", "region", "access_key_id", "secret_access_key"}
+S3_KEYS = {"endpoint_url", "bucket", "prefix", "region", "access_key_id", "secret_access_key", "redirect",
+           "redirect_expires"}
+S3_TEXT_KEYS = S3_KEYS - {"redirect", "redirect_expires"}
+# a presigned URL lives at most 7 days (SigV4 query authentication); a download needs a few seconds
+MAX_REDIRECT_EXPIRES = 7 * 24 * 3600
+MIN_REDIRECT_EXPIRES = 10
 # S3 bucket naming rules (AWS "Bucket naming rules"): 3-63 lowercase letters, digits, '.', '-'
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -25,6 +30,9 @@ class S3Settings:
     # None: the standard AWS variables and files (botocore's credential chain)
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
+    # downloads answer 307 to a presigned GetObject URL valid this many seconds (issue 13)
+    redirect: bool = False
+    redirect_expires: int = 300
 
 
 def read_storage(ck: Checker, value: Any, base_dir: Path) -> dict[str, Any]:
@@ -63,7 +71,8 @@ def _read_s3(ck: Checker, value: Any) -> S3Settings | None:
     s3 = ck.mapping(value, path, S3_KEYS)
     if not isinstance(value, dict):
         return None
-    text = {key: ck.typed(s3.get(key), path + (key,), str, None) for key in sorted(S3_KEYS)}
+    text = {key: ck.typed(s3.get(key), path + (key,), str, None) for key in sorted(S3_TEXT_KEYS)}
+    redirect, expires = _read_redirect(ck, s3)
     bucket = text["bucket"]
     if bucket is None:
         ck.bad(path + ("bucket",), "is required")
@@ -81,7 +90,23 @@ def _read_s3(ck: Checker, value: Any) -> S3Settings | None:
         return None
     return S3Settings(bucket=bucket, endpoint_url=endpoint.rstrip("/") if endpoint else None, prefix=prefix,
                       region=text["region"] or "us-east-1", access_key_id=text["access_key_id"],
-                      secret_access_key=text["secret_access_key"])
+                      secret_access_key=text["secret_access_key"], redirect=redirect,
+                      redirect_expires=expires)
+
+
+def _read_redirect(ck: Checker, s3: dict[str, Any]) -> tuple[bool, int]:
+    """``redirect`` (bool) and ``redirect_expires`` (seconds a presigned URL is valid)."""
+    path = ("storage", "s3")
+    redirect = ck.typed(s3.get("redirect"), path + ("redirect",), bool, False)
+    expires = s3.get("redirect_expires", 300)
+    if isinstance(expires, bool) or not isinstance(expires, int) \
+            or not MIN_REDIRECT_EXPIRES <= expires <= MAX_REDIRECT_EXPIRES:
+        ck.bad(path + ("redirect_expires",), f"must be whole seconds from {MIN_REDIRECT_EXPIRES} to "
+               f"{MAX_REDIRECT_EXPIRES} (7 days, the longest a presigned URL lives), got {expires!r}")
+        expires = 300
+    elif not redirect and "redirect_expires" in s3:
+        ck.bad(path + ("redirect_expires",), "is only read with redirect: true")
+    return bool(redirect), int(expires)
 
 
 __all__ = ["BACKENDS", "S3Settings", "read_database", "read_storage"]

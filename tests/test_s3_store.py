@@ -43,7 +43,8 @@ async def test_a_large_blob_goes_up_in_parts_and_appears_only_when_whole(tmp_pat
         assert await reader.stat("cache", sha) == len(data)
         got = b"".join([c async for c in reader.stream("cache", sha, PART - 10, PART + 10)])
         assert got == data[PART - 10:PART + 10]
-        local = reader.find("cache", sha)  # the other replica's own copy, downloaded
+        assert reader.local("cache", sha) is None  # the request path never downloads a copy
+        local = reader.find("cache", sha)  # a command's copy (export): downloaded
         assert local is not None and local.read_bytes() == data and local.is_relative_to(tmp_path / "b")
         listed = _client(s3_settings).list_multipart_uploads(Bucket=s3_settings.bucket)
         assert listed.get("Uploads", []) == []  # nothing left half-done
@@ -86,6 +87,10 @@ storage:
     assert settings.s3 == S3Settings(bucket="channelgate", endpoint_url="http://minio:9000", prefix="cg/",
                                      region="eu-west-1")
     assert parse_settings("storage: {path: /x}").storage_backend == "filesystem"
+    redirecting = parse_settings("storage: {backend: s3, s3: {bucket: b-1, redirect: true, redirect_expires: 600}}")
+    assert redirecting.s3 is not None and redirecting.s3.redirect and redirecting.s3.redirect_expires == 600
+    assert parse_settings("storage: {backend: s3, s3: {bucket: b-1, redirect: true}}").s3 == S3Settings(
+        bucket="b-1", redirect=True, redirect_expires=300)
 
 
 @pytest.mark.parametrize(("storage", "named"), [
@@ -97,6 +102,11 @@ storage:
     ("{backend: s3, s3: {bucket: ok-bucket, access_key_id: AK}}", "storage.s3"),
     ("{backend: s3, s3: {bucket: ok-bucket, secret: x}}", "storage.s3.secret"),
     ("{s3: {bucket: ok-bucket}}", "storage.s3"),
+    ("{backend: s3, s3: {bucket: ok-bucket, redirect: 'yes'}}", "storage.s3.redirect"),
+    ("{backend: s3, s3: {bucket: ok-bucket, redirect: true, redirect_expires: 5}}", "storage.s3.redirect_expires"),
+    ("{backend: s3, s3: {bucket: ok-bucket, redirect: true, redirect_expires: 864000}}", "storage.s3.redirect_expires"),
+    ("{backend: s3, s3: {bucket: ok-bucket, redirect: true, redirect_expires: '5m'}}", "storage.s3.redirect_expires"),
+    ("{backend: s3, s3: {bucket: ok-bucket, redirect_expires: 60}}", "storage.s3.redirect_expires"),
 ])
 def test_bad_storage_settings_are_named(storage: str, named: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -107,7 +117,7 @@ def test_bad_storage_settings_are_named(storage: str, named: str) -> None:
 def test_a_server_on_s3_keeps_uploads_in_the_bucket_and_serves_them_from_it(
         tmp_path: Path, s3_settings: S3Settings, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
     """``storage.backend: s3``: twine's upload lands in the bucket; with this replica's local
-    copy gone, pip still installs it (read back from the bucket)."""
+    copy gone, pip still installs it (streamed from the bucket)."""
     import sys
 
     from fixtures.wheels import make_wheel
@@ -135,4 +145,4 @@ def test_a_server_on_s3_keeps_uploads_in_the_bucket_and_serves_them_from_it(
               env=client_env(tmp_path / "home-pip"))
     assert got.returncode == 0, got.stdout + got.stderr
     assert (target / "s3_lib" / "__init__.py").read_text() == "ORIGIN = 's3'\n"
-    assert local.read_bytes() == wheel.read_bytes()  # fetched back from the bucket
+    assert not local.exists()  # streamed from the bucket: no local copy first (test_s3_serving.py)

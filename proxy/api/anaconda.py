@@ -119,7 +119,7 @@ def _all_packages(services: Services, owner: str, principal: Principal | None) -
 async def _packages(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
     (owner,) = segments(route, 1)
     principal = can_read(services, request, route, owner)
-    return web.json_response([package_json(services, p) for p in _all_packages(services, owner, principal)])
+    return web.json_response([await package_json(services, p) for p in _all_packages(services, owner, principal)])
 
 
 async def _search(request: web.BaseRequest, route: Route, services: Services) -> web.StreamResponse:
@@ -136,7 +136,7 @@ async def _search(request: web.BaseRequest, route: Route, services: Services) ->
         for pkg in _all_packages(services, owner, principal):
             if query not in pkg.name.lower():
                 continue
-            doc = package_json(services, pkg)
+            doc = await package_json(services, pkg)
             if wanted_type and wanted_type not in doc["package_types"]:
                 continue
             if platform and platform not in doc["conda_platforms"]:
@@ -200,7 +200,7 @@ async def _package(request: web.BaseRequest, route: Route, services: Services) -
         pkg = find_package(services, catalog_key(services, owner, principal), owner, name)
         if not pkg.exists:
             raise NotFound(f"package {owner}/{name} does not exist")
-        return web.json_response(package_json(services, pkg))
+        return web.json_response(await package_json(services, pkg))
     principal = can_write(services, request, route, owner)
     pkg = find_package(services, owner, owner, name)
     if request.method in ("POST", "PATCH"):
@@ -208,7 +208,7 @@ async def _package(request: web.BaseRequest, route: Route, services: Services) -
         if request.method == "PATCH" and not pkg.exists:
             raise NotFound(f"package {owner}/{name} does not exist")
         await save_package(services, principal, pkg, payload)
-        return web.json_response(package_json(services, find_package(services, owner, owner, name)))
+        return web.json_response(await package_json(services, find_package(services, owner, owner, name)))
     if request.method == "DELETE":
         await labels.remove_uploads(services, principal, owner, pkg.uploads)
         for info in pkg.infos:
@@ -225,7 +225,7 @@ async def _release(request: web.BaseRequest, route: Route, services: Services) -
         pkg = find_package(services, catalog_key(services, owner, principal), owner, name, version)
         if not pkg.uploads:
             raise NotFound(f"release {owner}/{name}/{version} does not exist")
-        return web.json_response(release_json(services, pkg, version))
+        return web.json_response(await release_json(services, pkg, version))
     principal = can_write(services, request, route, owner)
     pkg = find_package(services, owner, owner, name, version)
     if request.method in ("POST", "PATCH"):
@@ -243,7 +243,7 @@ async def _release(request: web.BaseRequest, route: Route, services: Services) -
             await services.catalog.packages.put(info.with_metadata(fresh))
         if notes:
             audit("release-metadata", principal, owner, f"{pkg.name}/{version}")
-        return web.json_response(release_json(services, find_package(services, owner, owner, name, version), version))
+        return web.json_response(await release_json(services, find_package(services, owner, owner, name, version), version))
     if request.method == "DELETE":
         await labels.remove_uploads(services, principal, owner, pkg.uploads)
         return web.json_response({}, status=201)
@@ -278,7 +278,7 @@ async def _download(request: web.BaseRequest, route: Route, services: Services) 
     owner, name, version, basename = segments(route, 4, rest=True)
     principal = can_read(services, request, route, owner)
     upload = find_dist(services, catalog_key(services, owner, principal), owner, name, version, basename)
-    return services.sources.hosted_file(upload.sha256, upload.filename, "application/octet-stream")
+    return await services.sources.hosted_file(request, upload.sha256, upload.filename, "application/octet-stream")
 
 
 __all__ = ["api_handlers", "PACKAGE_TYPE", "save_package"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..auth.credentials import Principal
+from ..blob_response import read_blob
 from ..auth.policy import Action, sees_private
 from ..context import Services
 from ..ecosystems.conda.index import normalize as conda_name
@@ -117,7 +118,7 @@ def basename_of(upload: Upload) -> str:
     return upload.path if upload.ecosystem == "conda" else upload.filename
 
 
-def file_metadata(services: Services, upload: Upload) -> dict[str, str]:
+async def file_metadata(services: Services, upload: Upload) -> dict[str, str]:
     """summary, description, license and home from the file's own metadata, where it has any."""
     entry = upload.index_fields
     if upload.ecosystem == "cran":
@@ -127,18 +128,18 @@ def file_metadata(services: Services, upload: Upload) -> dict[str, str]:
     if upload.ecosystem == "conda":
         return {"license": str(entry.get("license") or "")}
     sha = entry.get("metadata_sha256")
-    path = services.store.find("uploads", sha) if isinstance(sha, str) else None
-    if path is None or path.stat().st_size > 1024 * 1024:
+    data = await read_blob(services.store, "uploads", sha, 1024 * 1024) if isinstance(sha, str) else None
+    if data is None:
         return {}
-    headers = email.parser.BytesHeaderParser().parsebytes(path.read_bytes())
+    headers = email.parser.BytesHeaderParser().parsebytes(data)
     home = headers.get("Home-page") or next(
         (v.split(",", 1)[1].strip() for v in headers.get_all("Project-URL") or [] if "," in v), "")
     return {"summary": headers.get("Summary") or "", "license": headers.get("License") or "", "home": home}
 
 
-def metadata(services: Services, pkg: Package) -> dict[str, str]:
+async def metadata(services: Services, pkg: Package) -> dict[str, str]:
     """Settings made through the API first, then the newest file's own metadata."""
-    derived = file_metadata(services, pkg.uploads[-1]) if pkg.uploads else {}
+    derived = await file_metadata(services, pkg.uploads[-1]) if pkg.uploads else {}
     return {f: pkg.setting(f) or derived.get(f, "") for f in ("summary", "description", "license", "home")}
 
 
@@ -175,10 +176,10 @@ def dist_json(services: Services, upload: Upload, owner: str) -> dict[str, Any]:
     }
 
 
-def package_json(services: Services, pkg: Package) -> dict[str, Any]:
+async def package_json(services: Services, pkg: Package) -> dict[str, Any]:
     owner, uploads = pkg.owner, pkg.uploads
     vers = versions(uploads)
-    meta = metadata(services, pkg)
+    meta = await metadata(services, pkg)
     created = min([i.created_at for i in pkg.infos] + [u.uploaded_at for u in uploads] or [0.0])
     modified = max([u.uploaded_at for u in uploads] or [created])
     return {
@@ -206,13 +207,13 @@ def package_json(services: Services, pkg: Package) -> dict[str, Any]:
     }
 
 
-def release_json(services: Services, pkg: Package, version: str) -> dict[str, Any]:
+async def release_json(services: Services, pkg: Package, version: str) -> dict[str, Any]:
     notes = next((dict(i.releases[version]) for i in pkg.infos if version in i.releases), {})
     return {
         "name": pkg.name,
         "version": version,
         "full_name": f"{pkg.owner}/{pkg.name}/{version}",
-        "public_attrs": {"description": notes.get("description") or metadata(services, pkg)["description"],
+        "public_attrs": {"description": notes.get("description") or (await metadata(services, pkg))["description"],
                          "summary": notes.get("summary", "")},
         "distributions": [dist_json(services, u, pkg.owner) for u in pkg.uploads if u.version == version],
     }

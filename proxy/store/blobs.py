@@ -239,16 +239,32 @@ class BlobStore:
         path = self.blob_path(area, sha256)
         return path if path.is_file() else None
 
+    def local(self, area: Area, sha256: str) -> Path | None:
+        """The published blob's file (this backend has nothing but local files)."""
+        return BlobStore.find(self, area, sha256)
+
+    async def presigned_url(self, area: Area, sha256: str) -> str | None:
+        return None  # files are served by this server (sendfile)
+
+    async def ready(self) -> None:
+        return None  # nothing remote: health.py probes the path itself
+
     # -- aliases: another declared hash (or a URL) -> sha256 of a cached blob
     def _ref_path(self, key: str) -> Path:
         return self.root / "cache" / "refs" / hashlib.sha256(key.encode()).hexdigest()
 
     def find_ref(self, key: str) -> Path | None:
+        sha256 = self._local_ref(key)
+        return self.find("cache", sha256) if sha256 else None
+
+    def _local_ref(self, key: str) -> str | None:
         try:
-            sha256 = self._ref_path(key).read_text().strip()
-        except FileNotFoundError:
+            return self._ref_path(key).read_text().strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
             return None
-        return self.find("cache", sha256)
+
+    async def ref(self, key: str) -> str | None:
+        return self._local_ref(key)  # one small local read, as cheap as the stat that follows
 
     def set_ref(self, key: str, sha256: str) -> None:
         atomic_write(self._ref_path(key), sha256.encode(), self.scratch_dir)

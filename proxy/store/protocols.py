@@ -32,7 +32,12 @@ class Store(Protocol):
         """A blob being written: ``write``, then ``commit(expect)`` verifies and publishes it."""
 
     def find(self, area: "Area", sha256: str) -> Path | None:
-        """The published blob, or None."""
+        """The published blob as a local file, or None. A remote backend may download it
+        first: commands only. The request path uses ``local``, ``stat`` and ``stream``."""
+
+    def local(self, area: "Area", sha256: str) -> Path | None:
+        """A file on this machine holding the published blob, or None, without asking a
+        remote backend (filesystem: the blob; S3: this replica's copy). Served by sendfile."""
 
     async def put_bytes(self, area: "Area", data: bytes) -> "Blob":
         """Publish small bytes (a metadata file) at once."""
@@ -44,14 +49,22 @@ class Store(Protocol):
                chunk_size: int = ...) -> AsyncIterator[bytes]:
         """Bytes ``[start, end)`` of a published blob, streamed; ``NotFound`` when absent."""
 
+    async def presigned_url(self, area: "Area", sha256: str) -> str | None:
+        """A short-lived URL a client may GET the blob from directly, when the backend offers
+        them and the policy asks for them (``storage.s3.redirect``); else None."""
+
     def find_ref(self, key: str) -> Path | None:
-        """The cached blob an alias points at, or None."""
+        """The cached blob an alias points at, or None (may download: commands only)."""
+
+    async def ref(self, key: str) -> str | None:
+        """The sha256 an alias points at, or None (the request path's ``find_ref``: whether
+        that blob is published is for ``local``/``stat`` to say)."""
 
     def set_ref(self, key: str, sha256: str) -> None:
-        """Point an alias at a cached blob."""
+        """Point an alias at a cached blob (blocking: call it off the loop)."""
 
     def set_origin(self, sha256: str, upstream: str) -> None:
-        """Record which upstream a cached blob came from."""
+        """Record which upstream a cached blob came from (blocking: call it off the loop)."""
 
     def origin(self, sha256: str) -> str | None:
         """The upstream a cached blob came from, if recorded."""
@@ -61,6 +74,10 @@ class Store(Protocol):
 
     def last_used(self, sha256: str) -> float | None:
         """When a cached blob was last served (epoch seconds), if recorded."""
+
+    async def ready(self) -> None:
+        """Readiness of a remote backend: ``StorageError`` naming the problem, in bounded time
+        (the local path has its own probe in health.py)."""
 
     @property
     def scratch_dir(self) -> Path:

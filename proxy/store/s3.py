@@ -14,14 +14,18 @@ multipart upload (CreateMultipartUpload, UploadPart..., CompleteMultipartUpload)
 CompleteMultipartUpload are atomic), so a crash mid-upload leaves nothing servable; a failed
 multipart upload is aborted. Reads stream with HTTP ranges (GetObject ``Range``).
 
-The Store protocol's ``find`` answers a local path: this backend keeps per-replica copies of
-the blobs it wrote or read under ``storage.path`` and downloads a missing one (streamed to a
-temp file, then renamed). ``stat`` and ``stream`` always ask the bucket.
+Reads on the request path never block the loop: ``stat``, ``stream`` (GetObject with
+``Range``), ``ref`` and ``presigned_url`` use aiobotocore's client; ``local`` answers only
+this replica's own copies (the blobs it wrote), served by sendfile; a replica that never
+saw a blob streams it straight from the bucket (blob_response.py) and keeps no copy.
+``storage.s3.redirect`` answers downloads with a presigned GetObject URL instead.
+
+``find``/``find_ref`` (the commands': export, cache admin) download a missing blob to this
+replica's copies with botocore's synchronous client, which aiobotocore depends on; so do
+``set_ref``/``set_origin``, which the request path calls off the loop.
 
 aiobotocore is the client: it runs on aiohttp (already the server's HTTP stack), and speaks
-every S3-compatible service (MinIO, Ceph, R2, moto). The few small synchronous operations the
-protocol has (aliases, provenance, ``find``'s download) use botocore's client, which
-aiobotocore depends on.
+every S3-compatible service (MinIO, Ceph, R2, moto).
 """
 from __future__ import annotations
 
@@ -37,13 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, NotFound, StorageError
 from ..storage_settings import S3Settings
-from .blobs import CHUNK, Area, BlobStore, TempBlob
+from .blobs import CHUNK, Area, BlobStore, TempBlob, atomic_write
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
+READY_TIMEOUT = 2.5  # seconds for HeadBucket; health.py gives each check 3
 PART_SIZE = 8 * 1024 * 1024  # S3 parts are >= 5 MiB except the last (AWS "Multipart upload limits")
 
 
@@ -84,7 +89,9 @@ class S3Store(BlobStore):
             from aiobotocore.session import get_session
 
             self._stack = contextlib.AsyncExitStack()
-            config = AioConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 3})
+            # SigV4 everywhere, presigned URLs too (botocore presigns SigV2 for some regions otherwise)
+            config = AioConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
+                               signature_version="s3v4")
             self._client = await self._stack.enter_async_context(
                 get_session().create_client("s3", config=config, **self._client_args()))
             self._client_loop = loop
@@ -206,6 +213,47 @@ class S3Store(BlobStore):
             part.unlink(missing_ok=True)
         return local
 
+    async def presigned_url(self, area: Area, sha256: str) -> str | None:
+        """With ``storage.s3.redirect``: a GetObject URL signed for ``redirect_expires`` seconds
+        (SigV4 query authentication; computed locally, no request to the service)."""
+        if not self.settings.redirect:
+            return None
+        client = await self._aio()
+        url: str = await client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.settings.bucket, "Key": self.key(area, sha256)},
+            ExpiresIn=self.settings.redirect_expires)
+        return url
+
+    async def _aget_object(self, key: str) -> Any:
+        """The object's GET response (async client), or None when the bucket has no such key."""
+        try:
+            return await (await self._aio()).get_object(Bucket=self.settings.bucket, Key=key)
+        except Exception as exc:
+            if _missing(exc):
+                return None
+            raise StorageError("the object store failed") from exc
+
+    async def ready(self) -> None:
+        """HeadBucket within READY_TIMEOUT: the service answers, the bucket exists and these
+        credentials may use it; else a StorageError naming the bucket and what is wrong."""
+        from botocore.exceptions import ClientError
+
+        where = f"bucket {self.settings.bucket!r} at {self.settings.endpoint_url or 'AWS S3'}"
+        try:
+            await asyncio.wait_for(self._head_bucket(), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise StorageError(f"{where}: no answer within {READY_TIMEOUT:g}s") from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            problem = {"404": "does not exist", "NoSuchBucket": "does not exist",
+                       "403": "refuses these credentials", "AccessDenied": "refuses these credentials"}
+            raise StorageError(f"{where}: {problem.get(code, f'error {code}')}") from None
+        except Exception as exc:  # the service cannot be reached (connection refused, DNS, TLS)
+            raise StorageError(f"{where}: unreachable ({type(exc).__name__})") from None
+
+    async def _head_bucket(self) -> None:
+        await (await self._aio()).head_bucket(Bucket=self.settings.bucket)
+
     # -- aliases and provenance: small objects in the bucket
     def _get_object(self, key: str) -> Any:
         """The object's GET response, or None when the bucket has no such key."""
@@ -229,11 +277,31 @@ class S3Store(BlobStore):
         self._sync().put_object(Bucket=self.settings.bucket, Key=key, Body=text.encode())
 
     def find_ref(self, key: str) -> Path | None:
-        sha256 = self._get_text(self._ref_key(key))
+        sha256 = self._local_ref(key) or self._get_text(self._ref_key(key))
         return self.find("cache", sha256) if sha256 else None
+
+    async def ref(self, key: str) -> str | None:
+        """The alias from this replica's copy, else from the bucket (then kept: an alias
+        never changes, it names content)."""
+        sha256 = self._local_ref(key)
+        if sha256 is not None:
+            return sha256
+        response = await self._aget_object(self._ref_key(key))
+        if response is None:
+            return None
+        async with response["Body"] as body:
+            data = await body.read(4096)
+        try:
+            sha256 = bytes(data).decode().strip() or None
+        except UnicodeDecodeError:
+            return None
+        if sha256 is not None:
+            await asyncio.to_thread(atomic_write, self._ref_path(key), sha256.encode(), self.scratch_dir)
+        return sha256
 
     def set_ref(self, key: str, sha256: str) -> None:
         self._put_text(self._ref_key(key), sha256)
+        super().set_ref(key, sha256)  # this replica's copy
 
     def set_origin(self, sha256: str, upstream: str) -> None:
         self._put_text(self._origin_key(sha256), upstream)

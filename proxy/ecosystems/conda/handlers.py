@@ -126,7 +126,7 @@ class Conda:
         channel = ctx.channel
         upload = self.services.catalog.get(channel.name, "conda", f"{subdir}/{filename}")
         if upload is not None and label in upload.labels:
-            return self.services.sources.hosted_file(upload.sha256, filename, PACKAGE_CONTENT_TYPE)
+            return await self.services.sources.hosted_file(request, upload.sha256, filename, PACKAGE_CONTENT_TYPE)
         name = package_name_of(filename)
         rule = self.services.sources.rule(channel, "conda", normalize)
         if label != DEFAULT_LABEL or name is None or not rule.upstream_may_serve(normalize(name)):

@@ -207,13 +207,13 @@ class Cran:
     def _hosted(self, ctx: ChannelRequest, path: str) -> Upload | None:
         return self.services.catalog.get(ctx.channel.name, "cran", path)
 
-    def _serve_upload(self, upload: Upload, tree: Tree) -> web.StreamResponse:
-        return self.services.sources.hosted_file(upload.sha256, upload.filename, FILE_TYPES[tree])
+    async def _serve_upload(self, request: web.BaseRequest, upload: Upload, tree: Tree) -> web.StreamResponse:
+        return await self.services.sources.hosted_file(request, upload.sha256, upload.filename, FILE_TYPES[tree])
 
     async def _file(self, request: web.BaseRequest, ctx: ChannelRequest, cp: CranPath) -> web.StreamResponse:
         upload = self._hosted(ctx, f"{cp.contrib_dir}/{cp.name}")
         if upload is not None:  # any uploaded version, current or superseded
-            return self._serve_upload(upload, cp.tree)
+            return await self._serve_upload(request, upload, cp.tree)
         view = await self.view(ctx, cp.contrib_dir, cp.tree)
         source = view.files.get(cp.name)
         if source is None or source.upstream is None:
@@ -232,7 +232,7 @@ class Cran:
     async def _archive_file(self, request: web.BaseRequest, ctx: ChannelRequest, cp: CranPath) -> web.StreamResponse:
         upload = self._hosted(ctx, f"src/contrib/{cp.filename}")
         if upload is not None and upload.name == cp.package:
-            return self._serve_upload(upload, "source")
+            return await self._serve_upload(request, upload, "source")
 
         def fetch(up: UpstreamSettings) -> Awaitable[web.StreamResponse]:
             # CRAN's archive has no index with checksums: the file is cached by its URL.

@@ -21,7 +21,8 @@ from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, Conflict, NotFound, UpstreamError
 from ...memo import Memo
 from ...merge import MergeRule, merge
-from ...responses import etag_for, file_response, index_response
+from ...blob_response import blob_response
+from ...responses import etag_for, index_response
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...sources import Fields, upstream_allows
 from ...store.catalog import Upload
@@ -214,11 +215,11 @@ class PyPI:
         if source.upload is not None:
             sha = source.upload.index_fields.get("metadata_sha256") if metadata else source.upload.sha256
             content_type = "text/plain; charset=utf-8" if metadata else _content_type(filename)
-            return self.services.sources.hosted_file(sha, filename, content_type)
+            return await self.services.sources.hosted_file(request, sha, filename, content_type)
         assert source.upstream is not None
         entry = source.entry
         if metadata and not entry.has_metadata and readable_metadata(entry):
-            return await self._wheel_metadata(ctx, source.upstream, entry, filename)
+            return await self._wheel_metadata(request, ctx, source.upstream, entry, filename)
         if metadata:
             if not entry.has_metadata:
                 raise NotFound(f"the upstream offers no metadata file for {dist_name}")
@@ -237,30 +238,51 @@ class PyPI:
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
     async def _wheel_metadata(
-        self, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, filename: str
+        self, request: web.BaseRequest, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, filename: str
     ) -> web.StreamResponse:
         """METADATA read out of the wheel (wheel_metadata.py), cached by the wheel's hash,
         served as the PEP 658 file advertised for it (``data-core-metadata="true"``)."""
         store, key = self.services.store, f"wheel-metadata:sha256:{entry.hashes['sha256'].lower()}"
-        path = store.find_ref(key)
-        if path is None:
-            data: bytes | None
-            spec = ArtifactSpec(upstream=up, url=entry.url, expect={"sha256": entry.hashes["sha256"]},
-                                filename=entry.filename, size=entry.size)
-            wheel = self.services.artifacts.cached(spec)
-            if wheel is not None:
-                data = await asyncio.to_thread(local_metadata, wheel, entry.filename)
-            elif ctx.settings.offline:
-                raise NotFound(f"{filename} is not in the cache and the server is offline")
-            else:
-                data = await self._remote_metadata(spec)
-            if data is None:  # the upstream serves no byte ranges: the whole wheel, once, for the cache
-                wheel = await self.services.artifacts.stored(spec)
-                data = await asyncio.to_thread(local_metadata, wheel, entry.filename)
-            blob = await store.put_bytes("cache", data)
-            store.set_ref(key, blob.sha256)
-            path = blob.path
-        return file_response(path, "text/plain; charset=utf-8", immutable=True)
+        known = await store.ref(key)
+        served = await blob_response(request, store, "cache", known, "text/plain; charset=utf-8",
+                                     hosted=False) if known else None
+        if served is not None:
+            return served
+        data: bytes | None
+        spec = ArtifactSpec(upstream=up, url=entry.url, expect={"sha256": entry.hashes["sha256"]},
+                            filename=entry.filename, size=entry.size)
+        wheel = await self.services.artifacts.cached(spec)
+        if wheel is not None:
+            data = await self._stored_metadata(wheel, entry.filename)
+        elif ctx.settings.offline:
+            raise NotFound(f"{filename} is not in the cache and the server is offline")
+        else:
+            data = await self._remote_metadata(spec)
+        if data is None:  # the upstream serves no byte ranges: the whole wheel, once, for the cache
+            wheel = await self.services.artifacts.stored(spec)
+            data = await self._stored_metadata(wheel, entry.filename)
+        blob = await store.put_bytes("cache", data)
+        await asyncio.to_thread(store.set_ref, key, blob.sha256)
+        served = await blob_response(request, store, "cache", blob.sha256, "text/plain; charset=utf-8", hosted=False)
+        if served is None:
+            raise NotFound(f"{filename} is not stored")
+        return served
+
+    async def _stored_metadata(self, sha256: str, filename: str) -> bytes:
+        """METADATA of a stored wheel: from this machine's file, else by ranges of the store's blob."""
+        store = self.services.store
+        local = store.local("cache", sha256)
+        if local is not None:
+            return await asyncio.to_thread(local_metadata, local, filename)
+        size = await store.stat("cache", sha256)
+        if size is None:
+            raise NotFound(f"{filename} is not stored")
+
+        async def fetch(start: int, stop: int) -> bytes:
+            return b"".join([chunk async for chunk in store.stream("cache", sha256, start, stop)])
+
+        tail_start = max(0, size - TAIL)
+        return await remote_metadata(filename, tail_start, await fetch(tail_start, size), fetch)
 
     async def _remote_metadata(self, spec: ArtifactSpec) -> bytes | None:
         """METADATA by Range requests; None when the upstream does not honour them."""
