@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from .responses import file_response, not_modified
 from .store.blobs import Area
@@ -31,9 +32,47 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 class BlobStreamResponse(web.StreamResponse):
-    """A blob streamed from the Store. ``hosted``: an upload (not an upstream artifact)."""
+    """Bytes ``[start, stop)`` of a blob, streamed from the Store when aiohttp sends the
+    response (like FileResponse: the handler returns it unsent, so the Gateway may still mark
+    it private). ``hosted``: an upload (not an upstream artifact)."""
 
     hosted = False
+
+    def __init__(self, store: Store, area: Area, sha256: str, start: int, stop: int, *, status: int,
+                 headers: dict[str, str]) -> None:
+        super().__init__(status=status, headers=headers)
+        self._blob = (store, area, sha256)
+        self._first, self._stop = start, stop
+        self.content_length = stop - start
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared or request.method == "HEAD" or self._stop == self._first:
+            return await super().prepare(request)
+        store, area, sha256 = self._blob
+        chunks = store.stream(area, sha256, self._first, self._stop)
+        sent, want = 0, self._stop - self._first
+        try:
+            chunk = await anext(chunks, b"")  # the blob gone since ``stat``: fails before any header
+            writer = await super().prepare(request)
+            while chunk:
+                sent += len(chunk)
+                await self.write(chunk)
+                chunk = await anext(chunks, b"")
+        except ConnectionError:  # the client left (aiohttp's ClientConnectionResetError included)
+            log.debug("a client left during %s", sha256)
+            return self._payload_writer
+        except Exception:  # the store failed: the client must see a cut body, never a wrong one
+            log.exception("the store failed while streaming %s/%s", area, sha256)
+            abort(request, self)
+            return self._payload_writer
+        finally:
+            close = getattr(chunks, "aclose", None)  # an async generator: end its GetObject now
+            if close is not None:
+                await close()
+        if sent != want:
+            log.error("the store sent %d of %d bytes of %s/%s", sent, want, area, sha256)
+            abort(request, self)
+        return writer
 
 
 class BlobRedirect(web.Response):
@@ -96,41 +135,12 @@ async def _stream(request: web.BaseRequest, store: Store, area: Area, sha256: st
         span = _span(request, etag, size)
     except ValueError:
         return web.Response(status=416, headers={"Content-Range": f"bytes */{size}", "ETag": etag})
-    start, stop = span if span is not None else (0, size)
-    resp = BlobStreamResponse(status=206 if span is not None else 200, headers=headers)
-    resp.hosted = hosted
     if span is not None:
-        resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    resp.content_length = stop - start
-    if request.method == "HEAD" or stop == start:
-        await resp.prepare(request)
-        await resp.write_eof()
-        return resp
-    chunks = store.stream(area, sha256, start, stop)
-    try:
-        first = await anext(chunks, b"")  # a blob gone since ``stat``: NotFound, before any header
-        await resp.prepare(request)
-        sent = len(first)
-        await resp.write(first)
-        async for chunk in chunks:
-            sent += len(chunk)
-            await resp.write(chunk)
-    except ConnectionError:  # the client left (aiohttp's ClientConnectionResetError included)
-        log.debug("a client left during %s", sha256)
-        return resp
-    except Exception:
-        if not resp.prepared:
-            raise
-        log.exception("the store failed while streaming %s/%s", area, sha256)
-        return abort(request, resp)
-    finally:
-        close = getattr(chunks, "aclose", None)  # an async generator: end its GetObject now
-        if close is not None:
-            await close()
-    if sent != stop - start:  # the store sent less than it declared: the client must see a cut body
-        log.error("the store sent %d of %d bytes of %s/%s", sent, stop - start, area, sha256)
-        return abort(request, resp)
-    await resp.write_eof()
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
+    start, stop = span if span is not None else (0, size)
+    resp = BlobStreamResponse(store, area, sha256, start, stop, status=206 if span is not None else 200,
+                              headers=headers)
+    resp.hosted = hosted
     return resp
 
 

@@ -82,6 +82,7 @@ def test_a_replica_without_a_copy_streams_an_upload_from_the_bucket(
         status, headers, body = http("GET", url)
         assert status == 200 and body == data
         assert headers["Content-Length"] == str(len(data)) and headers["Accept-Ranges"] == "bytes"
+        assert headers["Cache-Control"] == "private"  # a private channel's file: no shared cache may keep it
         etag = headers["ETag"]
         assert etag == f'"{sha}"'  # the content's hash: the same answer on every replica
         assert relay.gets(sha), "the body came from the bucket"

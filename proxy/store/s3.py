@@ -61,6 +61,15 @@ def _missing(exc: Exception) -> bool:
     return code in ("404", "NoSuchKey", "NotFound")
 
 
+def _load_models(session: Any) -> None:
+    """Load botocore's S3 service model and endpoint rules into the session's cache, so that
+    ``create_client`` (a coroutine that reads them synchronously) barely blocks the loop."""
+    loader = session.get_component("data_loader")
+    for kind in ("service-2", "endpoint-rule-set-1"):
+        loader.load_service_model("s3", kind)
+    session.get_component("endpoint_resolver")
+
+
 class S3Store(BlobStore):
     """The S3 backend of the Store protocol (protocols.py); local files only under ``root``."""
 
@@ -72,6 +81,7 @@ class S3Store(BlobStore):
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._sync_client: Any = None
+        self._client_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     # -- clients
     def _client_args(self) -> dict[str, Any]:
@@ -82,19 +92,27 @@ class S3Store(BlobStore):
         return args
 
     async def _aio(self) -> Any:
-        """The aiobotocore client of the running loop (made on first use)."""
+        """The aiobotocore client of the running loop (made once, on first use: concurrent
+        first requests share one)."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            from aiobotocore.config import AioConfig
-            from aiobotocore.session import get_session
+        if self._client is not None and self._client_loop is loop:
+            return self._client
+        if self._client_lock is None or self._client_lock[0] is not loop:
+            self._client_lock = (loop, asyncio.Lock())
+        async with self._client_lock[1]:
+            if self._client is None or self._client_loop is not loop:
+                from aiobotocore.config import AioConfig
+                from aiobotocore.session import get_session
 
-            self._stack = contextlib.AsyncExitStack()
-            # SigV4 everywhere, presigned URLs too (botocore presigns SigV2 for some regions otherwise)
-            config = AioConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
-                               signature_version="s3v4")
-            self._client = await self._stack.enter_async_context(
-                get_session().create_client("s3", config=config, **self._client_args()))
-            self._client_loop = loop
+                session = get_session()
+                await asyncio.to_thread(_load_models, session)  # ~0.5 s of JSON, not on the loop
+                self._stack = contextlib.AsyncExitStack()
+                # SigV4 everywhere, presigned URLs too (botocore presigns SigV2 for some regions otherwise)
+                config = AioConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
+                                   signature_version="s3v4")
+                self._client = await self._stack.enter_async_context(
+                    session.create_client("s3", config=config, **self._client_args()))
+                self._client_loop = loop
         return self._client
 
     def _sync(self) -> Any:

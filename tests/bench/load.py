@@ -165,13 +165,14 @@ def redact(url: str) -> str:
 
 
 # --------------------------------------------------------------------------- curl (throughput)
-async def parallel_curl(url: str, *, clients: int, size: int) -> float:
+async def parallel_curl(url: str, *, clients: int, size: int, follow: bool = False) -> float:
     """``clients`` curl processes download ``url`` at once; returns the wall time (s) from
-    starting them to the last one finishing. Each must get HTTP 200 and ``size`` bytes."""
+    starting them to the last one finishing. Each must get HTTP 200 and ``size`` bytes
+    (``follow``: after redirects, curl -L)."""
     curl = shutil.which("curl")
     if not curl:
         raise Unavailable("curl is not installed")
-    cmd = [curl, "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url]
+    cmd = [curl, "-s", *(["-L"] if follow else []), "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url]
     start = time.monotonic()
     procs = [await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(clients)]
     outs = await asyncio.gather(*(p.communicate() for p in procs))
