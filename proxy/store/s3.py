@@ -67,7 +67,6 @@ def _load_models(session: Any) -> None:
     loader = session.get_component("data_loader")
     for kind in ("service-2", "endpoint-rule-set-1"):
         loader.load_service_model("s3", kind)
-    session.get_component("endpoint_resolver")
 
 
 class S3Store(BlobStore):
