@@ -1,8 +1,12 @@
 """Seed CRAN needs: the Depends/Imports/LinkingTo closure of the packages named, read from
 the channel's merged ``PACKAGES`` (what ``install.packages(dependencies = NA)`` follows),
 minus R itself and its base and recommended packages, which every R installation has.
-Optionally the binaries of the closure for an R x.y (``bin/windows/contrib/<x.y>``,
-``bin/macosx/big-sur-arm64/contrib/<x.y>``, ``bin/macosx/big-sur-x86_64/contrib/<x.y>``)."""
+Optionally the binaries of the closure for an R x.y, from the folder R's ``contrib.url``
+gives for that R's default binary type (utils/R/packages.R: ``bin/<windows|macosx[/<subtype>]>/
+contrib/<x.y>``): ``windows`` -> ``bin/windows/contrib/<x.y>``; ``macos`` (arm64, type
+``mac.binary.big-sur-arm64``) -> ``bin/macosx/big-sur-arm64/contrib/<x.y>``; ``macos-x86_64``
+-> ``bin/macosx/big-sur-x86_64/contrib/<x.y>`` from R 4.3, and before it (type ``mac.binary``,
+the high-sierra builds) ``bin/macosx/contrib/<x.y>``."""
 from __future__ import annotations
 
 import re
@@ -22,6 +26,16 @@ DEPENDENCY_FIELDS = ("Depends", "Imports", "LinkingTo")
 BINARY_DIRS = {"windows": ("bin/windows/contrib/{r}", "windows"),
                "macos": ("bin/macosx/big-sur-arm64/contrib/{r}", "macos"),
                "macos-x86_64": ("bin/macosx/big-sur-x86_64/contrib/{r}", "macos")}
+LEGACY_MAC = "bin/macosx/contrib/{r}"  # macos-x86_64 before R 4.3
+
+
+def binary_dir(kind: str, r_version: str) -> tuple[str, str]:
+    """(contrib folder, file tree) of ``kind`` binaries for R ``r_version`` (x.y)."""
+    pattern, tree = BINARY_DIRS[kind]
+    major, minor = (int(p) for p in r_version.split(".")[:2])
+    if kind == "macos-x86_64" and (major, minor) < (4, 3):
+        pattern = LEGACY_MAC
+    return pattern.format(r=r_version), tree
 
 
 def dependencies(entry: dict[str, str]) -> list[str]:
@@ -62,8 +76,7 @@ async def resolve(run: SeedRun, needs: CranNeeds) -> list[Want]:
         queue.extend((dep, name) for dep in dependencies(entry))
     wants = [_want(f"src/contrib/{upstream_relpath(e, 'source')}", e) for e in closure.values()]
     for kind in needs.binaries:
-        pattern, tree = BINARY_DIRS[kind]
-        contrib_dir = pattern.format(r=needs.r_version)
+        contrib_dir, tree = binary_dir(kind, needs.r_version)
         try:
             binaries = await _index(run, contrib_dir)
         except LookupError as exc:
