@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 from urllib.parse import quote
 
@@ -27,6 +29,7 @@ from ...settings import ChannelPolicy, UpstreamSettings
 from ...sources import Fields, upstream_allows
 from ...store.catalog import Upload
 from ...uploads import publish
+from .prefetch import Prefetch, newest_wheels
 from .wheel_metadata import TAIL, advertise_metadata, local_metadata, readable_metadata, remote_metadata
 from .dist import inspect_distribution, release_file_key, require_fields, same_release_file
 from .simple import (
@@ -86,6 +89,19 @@ def _local_entry(upload: Upload) -> FileEntry:
     )
 
 
+def _metadata_spec(up: UpstreamSettings, entry: FileEntry) -> ArtifactSpec:
+    """The upstream's PEP 658 file of ``entry`` (one spec for clients and fetches ahead: one key)."""
+    expect = entry.core_metadata if isinstance(entry.core_metadata, Mapping) else {}
+    return ArtifactSpec(
+        upstream=up,
+        url=entry.url + ".metadata",
+        expect={k: v for k, v in expect.items() if k in HASH_ALGORITHMS},
+        filename=entry.filename + ".metadata",
+        content_type="text/plain; charset=utf-8",
+        size=None,
+    )
+
+
 def _link(entry: FileEntry) -> str:
     return quote(entry.filename, safe="+!~*'()@,;=")
 
@@ -99,9 +115,11 @@ class PyPI:
         self._names: Memo[tuple[object, ...], dict[str, str]] = Memo(16)
         # Accept headers repeat (one per client version): negotiate each string once
         self._negotiate = functools.lru_cache(maxsize=256)(negotiate)
+        self._ahead = Prefetch()  # what a resolver asks next, fetched ahead (prefetch.py)
 
     async def close(self) -> None:
-        """Nothing runs in the background here: every task belongs to a request."""
+        """Stop the fetches ahead of clients (every other task belongs to a request)."""
+        await self._ahead.close()
 
     # ------------------------------------------------------------------ GET
     async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
@@ -203,6 +221,7 @@ class PyPI:
             render = render_project_json if kind == "json" else render_project_html
             body = render(project, [advertise_metadata(e) for e in merged.files], _link)
             page = self._pages.put(page_key, (body, etag_for(body)))
+            self._fetch_ahead(ctx, merged)
         return index_response(request, page[0], content_type, etag=page[1], vary="Accept")
 
     async def _file(self, request: web.BaseRequest, ctx: ChannelRequest, project: str, filename: str) -> web.StreamResponse:
@@ -223,19 +242,32 @@ class PyPI:
         if metadata:
             if not entry.has_metadata:
                 raise NotFound(f"the upstream offers no metadata file for {dist_name}")
-            expect = entry.core_metadata if isinstance(entry.core_metadata, Mapping) else {}
-            url, content_type = entry.url + ".metadata", "text/plain; charset=utf-8"
+            spec = _metadata_spec(source.upstream, entry)
         else:
-            expect, url, content_type = entry.hashes, entry.url, _content_type(filename)
-        spec = ArtifactSpec(
-            upstream=source.upstream,
-            url=url,
-            expect={k: v for k, v in expect.items() if k in HASH_ALGORITHMS},
-            filename=filename,
-            content_type=content_type,
-            size=None if metadata else entry.size,
-        )
+            spec = ArtifactSpec(
+                upstream=source.upstream,
+                url=entry.url,
+                expect={k: v for k, v in entry.hashes.items() if k in HASH_ALGORITHMS},
+                filename=filename,
+                content_type=_content_type(filename),
+                size=entry.size,
+            )
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
+
+    def _fetch_ahead(self, ctx: ChannelRequest, merged: Project) -> None:
+        """A page rendered for the first time: its newest version's upstream ``.metadata``
+        and then its dependencies' pages, fetched ahead of the client (prefetch.py)."""
+        if ctx.settings.offline:
+            return
+        upstream_of = {name: s.upstream for name, s in merged.sources.items() if s.upstream is not None}
+        wheels = newest_wheels(e for e in merged.files if e.filename in upstream_of)
+        if not wheels:
+            return
+
+        def fetch(entry: FileEntry) -> Awaitable[Path]:
+            return self.services.artifacts.stored(_metadata_spec(upstream_of[entry.filename], entry))
+
+        self._ahead.start(self._ahead.metadata_then_pages(wheels, fetch, lambda name: self.project(ctx, name)))
 
     async def _wheel_metadata(
         self, request: web.BaseRequest, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, filename: str
