@@ -75,8 +75,9 @@ async def resolve(run: SeedRun, needs: CranNeeds) -> list[Want]:
         closure[name] = entry
         queue.extend((dep, name) for dep in dependencies(entry))
     wants = [_want(f"src/contrib/{upstream_relpath(e, 'source')}", e) for e in closure.values()]
-    for kind in needs.binaries:
-        contrib_dir, tree = binary_dir(kind, needs.r_version)
+    r_version = needs.r_version or ""  # (seedfile.py: binaries need r_version)
+    for kind in needs.binaries if r_version else ():
+        contrib_dir, tree = binary_dir(kind, r_version)
         try:
             binaries = await _index(run, contrib_dir)
         except LookupError as exc:
