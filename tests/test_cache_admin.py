@@ -135,3 +135,35 @@ def test_verify_reports_every_mismatch(tmp_path: Path, upstream: UpstreamServer,
     assert main(["cache", "verify", "--config", str(server.config)]) == 1
     out = capsys.readouterr().out
     assert "1 mismatch(es)" in out and f"MISMATCH {rotten.relative_to(server.storage).as_posix()}" in out
+
+
+def test_cache_and_prune_go_through_the_store_on_s3(tmp_path: Path, s3_settings, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``storage.backend: s3``: the bucket's blobs are what ``cache`` counts and ``prune``
+    removes (with their provenance), not this replica's local copies."""
+    import asyncio
+
+    from proxy.store.s3 import S3Store
+
+    policy = Policy({"channels": {"c": {"public": True}}})
+    policy.data["storage"] = {"path": str(tmp_path / "cg" / "storage"), "backend": "s3", "s3": {
+        "endpoint_url": s3_settings.endpoint_url, "bucket": s3_settings.bucket, "prefix": s3_settings.prefix,
+        "region": s3_settings.region, "access_key_id": "testing", "secret_access_key": "testing"}}
+    gate = Channelgate(tmp_path / "cg", policy)
+    gate.write_policy()
+    store = S3Store(tmp_path / "replica", s3_settings)  # another replica wrote them
+    store.open()
+    blobs = [asyncio.run(store.put_bytes("cache", f"artifact {n}".encode() * 100)) for n in range(2)]
+    for blob in blobs:
+        store.set_origin(blob.sha256, "pypi")
+    upload = asyncio.run(store.put_bytes("uploads", b"hosted"))
+    from proxy.airgap.cache_admin import usage
+    from proxy.settings import load_settings
+
+    assert usage(load_settings(gate.config)).upstream_artifacts == {"pypi": sum(b.size for b in blobs)}
+    assert main(["cache", "prune", "--config", str(gate.config), "--max-size", str(blobs[1].size)]) == 0
+    assert "removed 1 cached artifact(s)" in capsys.readouterr().out
+    left = {b.sha256 for b in store.blobs("cache")}
+    assert len(left) == 1 and left <= {b.sha256 for b in blobs}
+    gone = next(b.sha256 for b in blobs if b.sha256 not in left)
+    assert store.origin(gone) is None
+    assert [b.sha256 for b in store.blobs("uploads")] == [upload.sha256]

@@ -121,6 +121,23 @@ async def test_a_blob_streams_whole_and_by_byte_range(store: Store) -> None:
         await _read(store, hashlib.sha256(b"never stored").hexdigest())
 
 
+async def test_blobs_lists_what_is_published_and_remove_takes_it_with_its_provenance(store: Store) -> None:
+    """``channelgate cache`` lists and prunes through these, on every backend."""
+    cached = [await store.put_bytes("cache", f"artifact {n}".encode()) for n in range(3)]
+    upload = await store.put_bytes("uploads", b"an upload")
+    for blob in cached:
+        store.set_origin(blob.sha256, "pypi")
+    listed = {b.sha256: b for b in store.blobs("cache")}
+    assert set(listed) == {b.sha256 for b in cached}
+    assert all(listed[b.sha256].size == b.size and listed[b.sha256].mtime > 0 for b in cached)
+    assert [b.sha256 for b in store.blobs("uploads")] == [upload.sha256]
+    store.remove("cache", cached[0].sha256)
+    assert {b.sha256 for b in store.blobs("cache")} == {b.sha256 for b in cached[1:]}
+    assert await store.stat("cache", cached[0].sha256) is None and store.find("cache", cached[0].sha256) is None
+    assert store.origin(cached[0].sha256) is None and store.origin(cached[1].sha256) == "pypi"
+    assert await store.stat("uploads", upload.sha256) == upload.size
+
+
 def test_a_malformed_digest_is_invalid_input(store: Store) -> None:
     with pytest.raises(InvalidInput):
         store.find("uploads", "../../etc/passwd")

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from ..settings import ECOSYSTEMS, Settings
-from ..store.blobs import BlobStore
+from ..store.protocols import Store
+from ..store.s3 import open_store
 from ..store.backends import catalog_reader
 from .bundle import IMPORTED, BundleError
 from .manifest import ManifestReader
@@ -51,18 +52,23 @@ class Usage:
     channels: dict[str, int] = field(default_factory=dict)
 
 
+def _store(settings: Settings) -> Store:
+    """The configured Store (filesystem or S3): blobs are listed and removed through it."""
+    return open_store(settings, clean=False)
+
+
 def usage(settings: Settings) -> Usage:
-    root = settings.storage_path
-    store = BlobStore(root)
+    store = _store(settings)
     out = Usage()
-    for path in _blobs(root, "cache/sha256"):
-        name = store.origin(path.name) or "(unknown upstream)"
-        out.upstream_artifacts[name] = out.upstream_artifacts.get(name, 0) + path.stat().st_size
+    for blob in store.blobs("cache"):
+        name = store.origin(blob.sha256) or "(unknown upstream)"
+        out.upstream_artifacts[name] = out.upstream_artifacts.get(name, 0) + blob.size
     prefixes = {up.url + "/": name for name, up in settings.upstreams.items()}
-    for doc in (root / "meta" / "docs").glob("*.json") if (root / "meta" / "docs").is_dir() else ():
+    meta = store.area_dir("meta")
+    for doc in (meta / "docs").glob("*.json") if (meta / "docs").is_dir() else ():
         try:
             data = json.loads(doc.read_bytes())
-            body = root / "meta" / "bodies" / data["digest"][:2] / data["digest"]
+            body = meta / "bodies" / data["digest"][:2] / data["digest"]
             size = body.stat().st_size
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -94,28 +100,24 @@ def protected(root: Path) -> set[str]:
 def prune(settings: Settings, *, older_than_days: float | None, max_size: int | None) -> tuple[int, int]:
     """Remove cached artifacts unused for ``older_than_days`` and/or, least recently used
     first, down to a total size; (files, bytes) removed."""
-    root = settings.storage_path
-    store = BlobStore(root)
-    keep = protected(root)
+    store = _store(settings)
+    keep = protected(settings.storage_path)
     entries = []
     total = 0
-    for path in _blobs(root, "cache/sha256"):
-        stat = path.stat()
-        total += stat.st_size
-        if path.name not in keep:
-            used = max(stat.st_mtime, store.last_used(path.name) or 0.0)  # a fetch is a use
-            entries.append((used, stat.st_size, path))
+    for blob in store.blobs("cache"):
+        total += blob.size
+        if blob.sha256 not in keep:
+            used = max(blob.mtime, store.last_used(blob.sha256) or 0.0)  # a fetch is a use
+            entries.append((used, blob.size, blob.sha256))
     entries.sort()
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     removed = freed = 0
-    for used, size, path in entries:  # least recently used first
+    for used, size, sha256 in entries:  # least recently used first
         old = cutoff is not None and used < cutoff
         over = max_size is not None and total > max_size
         if not old and not over:
             break  # nothing later was used longer ago, and the size fits
-        path.unlink(missing_ok=True)
-        store.origin_path(path.name).unlink(missing_ok=True)
-        store.used_path(path.name).unlink(missing_ok=True)
+        store.remove("cache", sha256)
         total -= size
         removed += 1
         freed += size

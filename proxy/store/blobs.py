@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal, Mapping
 
 from ..errors import InvalidInput, NotFound
@@ -48,6 +48,15 @@ class Blob:
     blake2_256: str
     size: int
     path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A published blob as a listing shows it: ``mtime`` is when it was published."""
+
+    sha256: str
+    size: int
+    mtime: float
 
 
 class DigestMismatch(Exception):
@@ -315,6 +324,27 @@ class BlobStore:
         except OSError:
             return None
 
+    # -- listing and removal (``channelgate cache``: commands only, blocking)
+    def blobs(self, area: Area) -> Iterator[Listed]:
+        """Every published blob of ``area``: one two-hex-digit directory listed at a time."""
+        base = self.root / area / "sha256"
+        try:
+            folders = sorted(e.path for e in os.scandir(base) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return
+        for folder in folders:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if len(entry.name) == 64 and entry.is_file(follow_symlinks=False):
+                        stat = entry.stat()
+                        yield Listed(entry.name, stat.st_size, stat.st_mtime)
+
+    def remove(self, area: Area, sha256: str) -> None:
+        self.blob_path(area, sha256).unlink(missing_ok=True)
+        if area == "cache":
+            self.origin_path(sha256).unlink(missing_ok=True)
+            self.used_path(sha256).unlink(missing_ok=True)
+
     async def put_bytes(self, area: Area, data: bytes) -> Blob:
         async with self.temp(area) as tmp:
             tmp.write(data)
@@ -332,4 +362,4 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["Area", "Blob", "BlobStore", "DigestMismatch", "TempBlob", "atomic_write"]
+__all__ = ["Area", "Blob", "BlobStore", "DigestMismatch", "Listed", "TempBlob", "atomic_write"]

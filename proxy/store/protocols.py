@@ -10,12 +10,12 @@ for a kept secret (``secret``) or whether it can write (``probe``).
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .blobs import Area, Blob, TempBlob
+    from .blobs import Area, Blob, Listed, TempBlob
     from .catalog import Snapshot, Upload
     from .packages import PackageInfo
     from .tokens import UserToken
@@ -71,6 +71,13 @@ class Store(Protocol):
 
     def record_use(self, sha256: str) -> None:
         """Note that a cached blob was served (cheap: at most one stamp per blob per hour)."""
+
+    def blobs(self, area: "Area") -> Iterator["Listed"]:
+        """Every published blob of ``area`` in the shared backend, streamed (commands only:
+        ``channelgate cache``)."""
+
+    def remove(self, area: "Area", sha256: str) -> None:
+        """Remove a published blob, its provenance and its use stamp (``cache prune``)."""
 
     def last_used(self, sha256: str) -> float | None:
         """When a cached blob was last served (epoch seconds), if recorded."""

@@ -35,13 +35,13 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, NotFound, StorageError
 from ..storage_settings import S3Settings
-from .blobs import CHUNK, Area, BlobStore, TempBlob, atomic_write
+from .blobs import CHUNK, Area, BlobStore, Listed, TempBlob, atomic_write
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -325,6 +325,31 @@ class S3Store(BlobStore):
 
     def origin(self, sha256: str) -> str | None:
         return self._get_text(self._origin_key(sha256))
+
+    # -- listing and removal (``channelgate cache``): the bucket's, not this replica's copies
+    def blobs(self, area: Area) -> Iterator[Listed]:
+        prefix = f"{self.settings.prefix}{area}/sha256/"
+        try:
+            pages = self._sync().get_paginator("list_objects_v2").paginate(Bucket=self.settings.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    sha256 = str(obj["Key"])[len(prefix) + 3:]
+                    if len(sha256) == 64:
+                        yield Listed(sha256, int(obj["Size"]), obj["LastModified"].timestamp())
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError("the object store failed to list blobs") from exc
+
+    def remove(self, area: Area, sha256: str) -> None:
+        client, bucket = self._sync(), self.settings.bucket
+        try:
+            client.delete_object(Bucket=bucket, Key=self.key(area, sha256))
+            if area == "cache":
+                client.delete_object(Bucket=bucket, Key=self._origin_key(sha256))
+        except Exception as exc:
+            raise StorageError("the object store refused the removal") from exc
+        super().remove(area, sha256)  # this replica's copy and stamp
 
 
 
