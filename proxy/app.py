@@ -19,6 +19,7 @@ from aiocache import SimpleMemoryCache
 from aiohttp import web
 
 from . import __version__, routing
+from .answers import ReadyAnswers
 from .api import accounts, anaconda
 from .artifacts import Artifacts
 from .auth.guard import Guard
@@ -33,6 +34,7 @@ from .errors import ChannelgateError, ConfigError, MethodNotAllowed, NotFound
 from .health import liveness, readiness
 from .keys import GATEWAY, SERVICES
 from .logs import mask
+from .memo import Memo
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import REQUEST, Metrics, RequestFacts
 from .blob_response import BlobRedirect, BlobStreamResponse
@@ -204,6 +206,8 @@ class Gateway:
         self.ui = _web_ui(services)  # None without the ``ui`` extra installed
         # with server.metrics_listen, /metrics is only there (a restart changes it, not a reload)
         self.metrics_here = services.settings.metrics_listen is None
+        self.answers = ReadyAnswers()  # warm index answers, whole (answers.py)
+        self._routes: Memo[str, routing.Route] = Memo(4096)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         # aiohttp serves each request in its own task: the facts are this request's alone
@@ -234,7 +238,9 @@ class Gateway:
             return await self.ui.handle(request)
         if path == "/" and request.method in ("GET", "HEAD"):  # a browser at the root: the web UI
             return web.Response(status=302, headers={"Location": "/ui/"})
-        route = routing.parse(path)
+        route = self._routes.get(path)
+        if route is None:  # (paths repeat: one per client and token; a bad one raises every time)
+            route = self._routes.put(path, routing.parse(path))
         if route.kind == "api":
             facts.ecosystem = "api"
             return await self._api(request, route)
@@ -260,11 +266,28 @@ class Gateway:
             return await delete_hosted(ctx)
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed()
+        return await self._read(request, ctx, shared, facts)
+
+    async def _read(self, request: web.BaseRequest, ctx: ChannelRequest, shared: bool, facts: RequestFacts) -> web.StreamResponse:
+        """GET/HEAD, authorised: a ready answer when nothing it was built from changed
+        (answers.py), else the ecosystem's."""
+        services, route = self.services, ctx.route
+        # keyed by what the caller may see (the view, private or not), never by who asks
+        key = (route.channel, route.rest, ctx.channel.name, shared, request.headers.get("Accept"))
+        stamp = (services.settings, services.catalog.generation(ctx.channel.name, route.ecosystem))
+        ready = self.answers.answer(request, key, stamp)
+        if ready is not None:
+            cache = self.answers.cache_result(key)
+            if cache != "-":
+                services.metrics.cache_result("index", cache)  # type: ignore[arg-type]
+            return ready
         response = await services.ecosystems[route.ecosystem].serve(request, ctx)
         if not shared:
             keep_private(response)
         if isinstance(response, (SentFileResponse, BlobStreamResponse, BlobRedirect)) and response.hosted:
             services.metrics.cache_result("artifact", "hosted")
+        elif request.method == "GET":
+            self.answers.keep(key, stamp, response, facts)
         return response
 
     async def _api(self, request: web.BaseRequest, route: routing.Route) -> web.StreamResponse:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 
 from .errors import NotFound, UpstreamError, UpstreamTimeout
-from .metrics import Metrics
+from .metrics import Metrics, current_facts
 from .memo import SingleFlight
 from .settings import UpstreamSettings
 from .store.blobs import atomic_write
@@ -105,11 +105,16 @@ class MetadataCache:
         unreachable and nothing is cached. ``hashed``: the caller checks the body against a
         hash the upstream's index declared (CEP-16 shards), so it may live on another origin."""
         known = self._l1.get((url, accept))
+        facts = current_facts()
         if known is not None and time.time() < known[1]:
             self.metrics.cache_result("index", "hit")  # a remembered 404 is a hit too
+            if facts is not None:
+                facts.read_fresh(known[1])
             if known[0] is None:
                 raise NotFound()
             return known[0]
+        if facts is not None:  # beyond L1: the answer is not kept whole (answers.py)
+            facts.volatile = True
         key = self.key(url, accept)
         entry = await self.aio.get(key)
         if entry is not None:

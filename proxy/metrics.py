@@ -44,6 +44,15 @@ class RequestFacts:
     token: str = "-"  # the token's *name* from the policy or catalog, never the secret
     cache: str = "-"
     _file: bool = False
+    # answers.py: until when the upstream documents this answer read stay fresh, and whether
+    # anything else made it provisional (then it is not kept as a ready answer)
+    fresh_until: float = float("inf")
+    volatile: bool = False
+
+    def read_fresh(self, until: float) -> None:
+        """The answer read an upstream document that this process knows fresh until ``until``."""
+        if until < self.fresh_until:
+            self.fresh_until = until
 
     def saw(self, kind: str, result: str) -> None:
         """A file request reports its file's result; an index request its most telling lookup."""
@@ -60,6 +69,14 @@ def current_facts() -> RequestFacts | None:
     return REQUEST.get()
 
 
+def provisional() -> None:
+    """The current request's answer may change without its inputs changing (e.g. a previous
+    index served while the new one builds): never keep it as a ready answer (answers.py)."""
+    facts = REQUEST.get()
+    if facts is not None:
+        facts.volatile = True
+
+
 class Metrics:
     """The metric families. ``multiprocess_dir`` is where prometheus-client's multiprocess
     mode keeps the workers' values (set by the --workers parent; None: one process)."""
@@ -71,6 +88,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self._children: dict[tuple[int, tuple[object, ...]], Any] = {}
+        self._pending: dict[tuple[Any, tuple[object, ...]], float] = {}
         self.requests = Counter(
             "channelgate_requests", "HTTP requests answered, by ecosystem and status", ["ecosystem", "status"], registry=reg
         )
@@ -113,9 +131,25 @@ class Metrics:
             child = self._children[key] = family.labels(*(str(v) for v in labels))
         return child
 
+    def _count(self, family: Any, labels: tuple[object, ...], amount: float = 1) -> None:
+        """A counter increment. One process: added up here and handed to prometheus-client
+        when scraped (``render``), since its inc() takes a lock and costs more than a warm
+        request's own work; under --workers every worker's values must be in the shared
+        files for a sibling's scrape, so it is counted there at once."""
+        if self.multiprocess_dir is not None:
+            self._child(family, *labels).inc(amount)
+            return
+        key = (family, labels)
+        self._pending[key] = self._pending.get(key, 0) + amount
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for (family, labels), amount in pending.items():
+            self._child(family, *labels).inc(amount)
+
     def cache_result(self, kind: CacheKind, result: CacheResult) -> None:
         """The one place cache outcomes are counted; also marks the current request."""
-        self._child(self.cache, kind, result).inc()
+        self._count(self.cache, (kind, result))
         facts = REQUEST.get()
         if facts is not None:
             facts.saw(kind, result)
@@ -125,15 +159,16 @@ class Metrics:
         self._child(self.upstream_seconds, upstream).observe(seconds)
 
     def request_done(self, ecosystem: str, status: int, sent: int) -> None:
-        self._child(self.requests, ecosystem, status).inc()
+        self._count(self.requests, (ecosystem, status))
         if sent:
-            self._child(self.sent_bytes, ecosystem).inc(sent)
+            self._count(self.sent_bytes, (ecosystem,), sent)
 
     # ------------------------------------------------------------------ exposition
     def render(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        self._flush()
         registry: CollectorRegistry = self.registry
         if self.multiprocess_dir is not None:
             registry = CollectorRegistry()

@@ -95,7 +95,11 @@ def index_response(
     if not_modified(request, etag):
         return web.Response(status=304, headers=headers)
     headers["Content-Type"] = content_type
-    return web.Response(body=body, headers=headers)
+    return IndexResponse(body=body, headers=headers)
+
+
+class IndexResponse(web.Response):
+    """A whole index answer (``index_response``): what answers.py may keep and replay."""
 
 
 def keep_private(response: web.StreamResponse) -> None:

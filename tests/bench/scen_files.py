@@ -7,6 +7,7 @@ through the authenticated channel URL; nginx serves the upstream's own copy of t
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -91,6 +92,12 @@ async def artifact(bench: Bench) -> list[Row]:
     nginx1 = start_nginx(bench.stack, bench.workdir, root, workers="1")
     nginx_auto = start_nginx(bench.stack, bench.workdir, root, workers="auto")
     urls = {"ours": url, "nginx": nginx1.url + art.url_path, "nginx_auto": nginx_auto.url + art.url_path}
+    # The cold fetch has just written 256 MiB that the kernel flushes to disk in the next
+    # seconds (and the generator wrote nginx's copy): flush both now, then read each file once
+    # (page cache warm for every peer), so no round competes with writeback.
+    await asyncio.to_thread(os.sync)
+    for target in urls.values():
+        await parallel_curl(target, clients=1, size=art.size)
     through: dict[str, list[float]] = {name: [] for name in urls}
     for _ in range(s.rounds):
         for name, target in urls.items():

@@ -26,6 +26,7 @@ from ...artifacts import ArtifactSpec
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import NotFound
 from ...memo import Memo
+from ...metrics import provisional
 from ...responses import INDEX_MAX_AGE, index_response, not_modified
 from ...store.catalog import Upload
 from .cep16 import SHARD_INDEX_FILENAME, check_shard_request, package_name_of
@@ -95,6 +96,7 @@ class Conda:
             wait = 0.0 if request.method == "HEAD" else SLOW_RENDERING_WAIT
             owner, path = await self.indexes.slow_file(ctx.channel.name, label, index, kind, wait)
             if owner is not index:  # the previous build's, while this one's is compressed
+                provisional()
                 etag, index = owner.etag(kind), owner
                 if not_modified(request, etag):
                     return _not_modified(etag)

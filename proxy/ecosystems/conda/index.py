@@ -35,6 +35,7 @@ from ...cache import Doc
 from ...context import Services
 from ...errors import InvalidInput, NotFound, NotReady, UpstreamError
 from ...memo import Memo, SingleFlight
+from ...metrics import provisional
 from ...merge import MergeRule
 from ...responses import etag_for
 from ...settings import ChannelPolicy, UpstreamSettings
@@ -251,12 +252,14 @@ class CondaIndexes:
             return current
         background = current is not None and current.key.same_local(key)  # only an upstream changed
         if background and slot.failed[0] == key and time.monotonic() - slot.failed[1] < BUILD_RETRY:
+            provisional()  # not what the inputs make: never kept as a ready answer
             return current
         uploads, seq = slot.uploads, next(slot.requests)
         task = self._flight.start(
             ("build", channel.name, label, subdir, key), lambda: self._build(slot, key, subdir, uploads, docs, seq)
         )
         if background:
+            provisional()
             return current  # stale-while-revalidate: the new index builds meanwhile
         return await asyncio.shield(task)  # type: ignore[no-any-return]
 

@@ -1,0 +1,208 @@
+"""Ready answers (proxy/answers.py): a warm index answer is kept whole and replayed, yet an
+upload, a private mark or a policy reload reaches the very next request, one caller's view
+never reaches another, and every request is still authorised, logged and counted.
+
+In-process (create_app + aiohttp's test client): no real client is needed to read an index.
+Real .conda packages are uploaded through the HTTP API.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from proxy.answers import ReadyAnswers
+from proxy.app import create_app
+from proxy.auth.credentials import generate_token, hash_token
+from proxy.keys import GATEWAY, SERVICES
+from proxy.metrics import RequestFacts
+from proxy.responses import IndexResponse
+from proxy.settings import parse_settings
+from proxy.store.packages import PackageInfo
+from harness import Channelgate, Policy
+from tests.bench.common import upload_conda
+from tests.bench.data import conda_packages
+
+INDEX = "linux-64/repodata.json"
+
+
+def _settings(tmp_path: Path, *, public: bool) -> tuple[Any, str, str]:
+    reader, writer = generate_token(), generate_token()
+    text = (
+        f"storage: {{path: {tmp_path / 'storage'}}}\n"
+        "groups: {devs: [alice], uploaders: [bob]}\n"
+        f"channels: {{team: {{public: {str(public).lower()}, read: [group:devs, group:uploaders], write: [group:uploaders]}}}}\n"
+        "tokens:\n"
+        f"  - {{name: r, user: alice, sha256: 'sha256:{hash_token(reader)}', scopes: [conda:download]}}\n"
+        f"  - {{name: w, user: bob, sha256: 'sha256:{hash_token(writer)}', scopes: [conda:download, api:write]}}\n"
+    )
+    return parse_settings(text), reader, writer
+
+
+async def _upload(client: Any, token: str, path: Path) -> None:
+    form = aiohttp.FormData()
+    form.add_field("content", path.read_bytes(), filename=path.name, content_type="application/octet-stream")
+    resp = await client.post("/api/repo/team", data=form, headers={"Authorization": f"token {token}"})
+    assert resp.status in (200, 201), await resp.text()
+
+
+async def _names(resp: aiohttp.ClientResponse) -> set[str]:
+    assert resp.status == 200, await resp.text()
+    doc = orjson.loads(await resp.read())
+    return {r["name"] for part in ("packages", "packages.conda") for r in doc.get(part, {}).values()}
+
+
+async def test_an_upload_reaches_the_next_request_of_a_kept_answer(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings, reader, writer = _settings(tmp_path, public=False)
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    first, second = conda_packages(tmp_path / "pkgs", ["ready-a", "ready-b"])
+    await _upload(client, writer, first)
+    url = f"/t/{reader}/team/{INDEX}"
+    answers = app[GATEWAY].answers
+
+    one = await client.get(url)
+    assert await _names(one) == {"ready-a"}
+    assert len(answers) == 1  # kept whole
+    two = await client.get(url)
+    assert await _names(two) == {"ready-a"} and two.headers["ETag"] == one.headers["ETag"]
+    assert two.headers["Cache-Control"].startswith("private")  # a non-public channel's answer, replayed too
+
+    # a conditional request is answered 304 from the kept answer (RFC 9110 §13.1.2)
+    cond = await client.get(url, headers={"If-None-Match": one.headers["ETag"]})
+    assert cond.status == 304 and cond.headers["ETag"] == one.headers["ETag"] and not await cond.read()
+
+    await _upload(client, writer, second)
+    three = await client.get(url)
+    assert await _names(three) == {"ready-a", "ready-b"}  # the catalog generation moved on
+    assert three.headers["ETag"] != one.headers["ETag"]
+    stale = await client.get(url, headers={"If-None-Match": one.headers["ETag"]})
+    assert stale.status == 200 and await _names(stale) == {"ready-a", "ready-b"}
+
+    # authorisation still runs on every request: no token, a wrong token, are refused
+    assert (await client.get(f"/team/{INDEX}")).status == 401
+    assert (await client.get(f"/t/{generate_token()}/team/{INDEX}")).status == 401
+
+
+async def test_one_callers_view_never_reaches_another(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A public channel with a private package: anonymous callers get the public view, a
+    reader the whole channel; each view is kept apart, in either order."""
+    settings, reader, writer = _settings(tmp_path, public=True)
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    for pkg in conda_packages(tmp_path / "pkgs", ["open-pkg", "secret-pkg"]):
+        await _upload(client, writer, pkg)
+    catalog = app[SERVICES].catalog
+    await catalog.packages.put(PackageInfo(channel="team", ecosystem="conda", name="secret-pkg", private=True))
+
+    for _ in range(2):  # the second round is served from the kept answers
+        anonymous = await client.get(f"/team/{INDEX}")
+        assert await _names(anonymous) == {"open-pkg"}
+        member = await client.get(f"/t/{reader}/team/{INDEX}")
+        assert await _names(member) == {"open-pkg", "secret-pkg"}
+        assert member.headers["Cache-Control"].startswith("private")  # a shared cache must not replay it
+        assert member.headers["ETag"] != anonymous.headers["ETag"]
+    assert len(app[GATEWAY].answers) == 2
+
+    # the package made public again: the next anonymous request sees it
+    await catalog.packages.put(PackageInfo(channel="team", ecosystem="conda", name="secret-pkg", private=False))
+    assert await _names(await client.get(f"/team/{INDEX}")) == {"open-pkg", "secret-pkg"}
+
+
+async def test_kept_answers_are_logged_and_counted(tmp_path: Path) -> None:
+    """A real ``channelgate serve``: its access log and /metrics see every replayed answer."""
+    policy = Policy({"groups": {"devs": ["alice"]}, "channels": {"team": {"read": ["group:devs"], "write": ["group:devs"]}}})
+    token = policy.add_token("alice", ["conda:download", "api:write"])
+    server = Channelgate(tmp_path / "cg", policy).start()
+    try:
+        await upload_conda(server.url, token, conda_packages(tmp_path / "pkgs", ["counted"])[0], channel="team")
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):
+                async with session.get(f"{server.url}/t/{token}/team/{INDEX}") as resp:
+                    assert resp.status == 200
+            async with session.get(f"{server.url}/metrics") as resp:
+                metrics = await resp.text()
+        assert 'channelgate_requests_total{ecosystem="conda",status="200"} 5.0' in metrics
+        log = server.wait_log(f"/t/<redacted>/team/{INDEX}")
+        lines = [line for line in server.wait_log("ecosystem=metrics").splitlines() if f"/team/{INDEX}" in line]
+        assert len(lines) == 5 and all(" 200 " in line and "user=alice" in line for line in lines), log[-2000:]
+    finally:
+        server.stop()
+
+
+async def test_a_policy_reload_drops_kept_answers(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings, reader, writer = _settings(tmp_path, public=False)
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    await _upload(client, writer, conda_packages(tmp_path / "pkgs", ["reloaded"])[0])
+    url = f"/t/{reader}/team/{INDEX}"
+    assert (await client.get(url)).status == 200 and len(app[GATEWAY].answers) == 1
+    # the reader loses the read role: the kept answer must not outlive the policy
+    text = (f"storage: {{path: {tmp_path / 'storage'}}}\n"
+            "groups: {uploaders: [bob], others: [alice]}\n"
+            "channels: {team: {read: [group:uploaders], write: [group:uploaders]}}\n"
+            f"tokens: [{{name: r, user: alice, sha256: 'sha256:{hash_token(reader)}', scopes: [conda:download]}}]\n")
+    app[SERVICES].live.swap(parse_settings(text))
+    assert (await client.get(url)).status == 403
+
+
+# --------------------------------------------------------------------------- what is kept
+def _answer(body: bytes = b"{}") -> IndexResponse:
+    return IndexResponse(body=body, headers={"ETag": '"e"', "Content-Type": "application/json"})
+
+
+def _request(**headers: str) -> web.Request:
+    return make_mocked_request("GET", "/x", headers=headers)
+
+
+def test_only_answers_built_from_checked_inputs_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = ReadyAnswers()
+    stamp = (object(), 1)
+    volatile = RequestFacts()
+    volatile.volatile = True  # e.g. an index lookup past L1, a previous index while one builds
+    answers.keep("volatile", stamp, _answer(), volatile)
+    expired = RequestFacts(fresh_until=time.time() - 1)
+    answers.keep("expired", stamp, _answer(), expired)
+    answers.keep("file", stamp, web.Response(body=b"{}", headers={"ETag": '"e"'}), RequestFacts())
+    assert len(answers) == 0
+
+    facts = RequestFacts()
+    facts.read_fresh(time.time() + 0.05)
+    assert facts.fresh_until < math.inf
+    answers.keep("fresh", stamp, _answer(b"kept"), facts)
+    hit = answers.answer(_request(), "fresh", stamp)
+    assert hit is not None and hit.body == b"kept"
+    assert answers.answer(_request(), "fresh", (stamp[0], 2)) is None  # catalog moved: dropped
+    assert len(answers) == 0
+
+    answers.keep("fresh", stamp, _answer(b"kept"), facts)
+    assert answers.answer(_request(), "fresh", (object(), 1)) is None  # another policy object
+    answers.keep("fresh", stamp, _answer(b"kept"), facts)
+    later = time.time() + 0.05
+    monkeypatch.setattr(time, "time", lambda: later)  # the upstream document it read is no longer fresh
+    assert answers.answer(_request(), "fresh", stamp) is None
+
+
+def test_kept_answers_are_bounded_in_bytes() -> None:
+    answers = ReadyAnswers(max_bytes=1000)
+    stamp = (object(), 1)
+    for n in range(5):
+        answers.keep(n, stamp, _answer(bytes(300)), RequestFacts())
+    assert answers.bytes <= 1000 and len(answers) == 3
+    assert answers.answer(_request(), 0, stamp) is None and answers.answer(_request(), 4, stamp) is not None
+
+
+@pytest.mark.parametrize("header", ['"e"', 'W/"e"', '"x", "e"', "*"])
+def test_a_kept_answer_answers_conditional_requests(header: str) -> None:
+    answers = ReadyAnswers()
+    stamp = (object(), 1)
+    answers.keep("k", stamp, _answer(), RequestFacts())
+    hit = answers.answer(_request(**{"If-None-Match": header}), "k", stamp)
+    assert hit is not None and hit.status == 304 and hit.headers["ETag"] == '"e"'
