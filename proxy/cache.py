@@ -32,6 +32,7 @@ from .store.blobs import atomic_write
 from .upstream import Upstream, redact_url
 
 log = logging.getLogger(__name__)
+OFF_LOOP_HASH = 1 << 20  # bodies larger than this are hashed on a thread (hashlib releases the GIL)
 
 ERROR_RETRY = 30  # seconds a stale copy is served without retrying a failing upstream
 
@@ -173,7 +174,10 @@ class MetadataCache:
         if resp.status == 304 and stored is not None:
             doc = replace(stored, fetched_at=now)
         else:
-            digest = hashlib.sha256(resp.body).hexdigest()
+            if len(resp.body) > OFF_LOOP_HASH:  # a 50 MB repodata: ~0.2 s that would stall every client
+                digest = await asyncio.to_thread(lambda: hashlib.sha256(resp.body).hexdigest())
+            else:
+                digest = hashlib.sha256(resp.body).hexdigest()
             body_path = self.body_path(digest)
             if not body_path.exists():
                 await asyncio.to_thread(atomic_write, body_path, resp.body, self.tmp_dir)

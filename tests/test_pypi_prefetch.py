@@ -1,8 +1,8 @@
 """Fetching ahead of a cold resolve (issue 15, resolve.uv_meta): once a client reads a
 project page, the upstream PEP 658 metadata of its newest wheels, then the pages of the
-dependencies that metadata names, are fetched before the client asks; the client's own
-requests then cost no further upstream request. Bounded: never a wheel, never an older
-version, never an extra's dependencies, never a second level."""
+dependencies that metadata names and their newest metadata, are fetched before the client
+asks; the client's own requests then cost no further upstream request. Bounded: never a
+wheel, never an older version, never an extra's dependencies, never a second level."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,19 +51,21 @@ def test_a_page_fetches_its_newest_metadata_and_the_dependency_pages_ahead(
 
     status, _, _ = http("GET", f"{server.url}/mirror/simple/app/")
     assert status == 200
-    server.wait_log(f"GET {upstream.url}/simple/dep/")  # fetched ahead, nobody asked yet
+    server.wait_log(f"GET {upstream.url}/files/dep-1.0-py3-none-any.whl.metadata")  # fetched ahead
     assert upstream.calls_to("/files/app-2.0-py3-none-any.whl.metadata") == 1
     status, _, body = http("GET", f"{server.url}/mirror/simple/app/app-2.0-py3-none-any.whl.metadata")
     assert status == 200 and b"Requires-Dist: dep>=1" in body
+    assert upstream.calls_to("/simple/deeper/") == 0  # two levels ahead: not before a client reads dep
     status, _, body = http("GET", f"{server.url}/mirror/simple/dep/")
     assert status == 200 and b"dep-1.0-py3-none-any.whl" in body
-    server.wait_log(f"GET {upstream.url}/files/dep-1.0-py3-none-any.whl.metadata")  # the page a client read
+    status, _, body = http("GET", f"{server.url}/mirror/simple/dep/dep-1.0-py3-none-any.whl.metadata")
+    assert status == 200 and b"Requires-Dist: deeper" in body
     # the client's own requests were served from what was fetched ahead
     assert upstream.calls_to("/files/app-2.0-py3-none-any.whl.metadata") == 1
     assert upstream.calls_to("/simple/dep/") == 1
+    assert upstream.calls_to("/files/dep-1.0-py3-none-any.whl.metadata") == 1
     # bounded: no wheel, no older version, no extra's dependency, nothing two levels ahead
     assert not [c for c in upstream.calls if c.path.endswith(".whl")]
     assert upstream.calls_to("/files/app-1.0-py3-none-any.whl.metadata") == 0
     assert upstream.calls_to("/simple/old-dep/") == 0 and upstream.calls_to("/simple/tests-only/") == 0
-    server.wait_log(f"GET {upstream.url}/simple/deeper/")  # dep's metadata names it: its page, no more
-    assert upstream.calls_to("/files/deeper-1.0-py3-none-any.whl.metadata") == 0
+    server.wait_log(f"GET {upstream.url}/files/deeper-1.0-py3-none-any.whl.metadata")  # a client read dep's page

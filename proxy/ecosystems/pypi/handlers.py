@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 from urllib.parse import quote
 
@@ -29,7 +27,7 @@ from ...settings import ChannelPolicy, UpstreamSettings
 from ...sources import Fields, upstream_allows
 from ...store.catalog import Upload
 from ...uploads import publish
-from .prefetch import Prefetch, newest_wheels
+from .prefetch import MAX_METADATA_READ, Prefetch, newest_wheels
 from .wheel_metadata import TAIL, advertise_metadata, local_metadata, readable_metadata, remote_metadata
 from .dist import inspect_distribution, release_file_key, require_fields, same_release_file
 from .simple import (
@@ -254,9 +252,10 @@ class PyPI:
             )
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
-    def _fetch_ahead(self, ctx: ChannelRequest, merged: Project) -> None:
-        """A page rendered for the first time: its newest version's upstream ``.metadata``
-        and then its dependencies' pages, fetched ahead of the client (prefetch.py)."""
+    def _fetch_ahead(self, ctx: ChannelRequest, merged: Project, *, follow: bool = True) -> None:
+        """A page rendered for the first time: its newest version's upstream ``.metadata``,
+        then (``follow``) its dependencies' pages and their newest ``.metadata``, fetched
+        ahead of the client (prefetch.py)."""
         if ctx.settings.offline:
             return
         upstream_of = {name: s.upstream for name, s in merged.sources.items() if s.upstream is not None}
@@ -264,10 +263,15 @@ class PyPI:
         if not wheels:
             return
 
-        def fetch(entry: FileEntry) -> Awaitable[Path]:
-            return self.services.artifacts.stored(_metadata_spec(upstream_of[entry.filename], entry))
+        async def fetch(entry: FileEntry) -> bytes:
+            sha256 = await self.services.artifacts.stored(_metadata_spec(upstream_of[entry.filename], entry))
+            chunks = [c async for c in self.services.store.stream("cache", sha256, 0, MAX_METADATA_READ)]
+            return b"".join(chunks)
 
-        self._ahead.start(self._ahead.metadata_then_pages(wheels, fetch, lambda name: self.project(ctx, name)))
+        async def page(name: str) -> None:
+            self._fetch_ahead(ctx, await self.project(ctx, name), follow=False)
+
+        self._ahead.start(self._ahead.metadata_then_pages(wheels, fetch, page if follow else None))
 
     async def _wheel_metadata(
         self, request: web.BaseRequest, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, filename: str

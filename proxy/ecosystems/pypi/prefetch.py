@@ -6,13 +6,13 @@ proxy each step is an upstream round trip on the resolver's critical path, after
 resolver's own. So when a project page is first rendered, the upstream ``.metadata`` files of
 its newest version's wheels (at most ``METADATA_AHEAD``) are fetched in the background; once
 one is stored, the pages of the dependencies it names (``Requires-Dist`` lines without an
-``extra`` marker, at most ``PAGES_AHEAD``) are fetched too. The client's own requests then
-join those fetches (single flight) or find them cached.
+``extra`` marker, at most ``PAGES_AHEAD``) and their newest ``.metadata`` are fetched too.
+The client's own requests then join those fetches (single flight) or find them cached.
 
-Bounded on purpose: only upstream ``.metadata`` files (never a wheel, never Range reads),
-only from a page a client asked for, and one level deep (a page fetched ahead prefetches
-nothing until a client asks for it). A failure here is only logged: the client's own
-request will meet it and answer for it.
+Bounded on purpose: only upstream ``.metadata`` files and pages (never a wheel, never Range
+reads), only from a page a client asked for, and one dependency level deep (what is fetched
+ahead of a dependency starts nothing more until a client asks for its page). A failure
+here is only logged: the client's own request will meet it and answer for it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from pathlib import Path
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -85,17 +84,18 @@ class Prefetch:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.debug("fetch ahead failed: %s", task.exception())
+            log.debug("fetch ahead failed: %r", task.exception())
 
-    async def metadata_then_pages(self, wheels: list[FileEntry], fetch: Callable[[FileEntry], Awaitable[Path]],
-                                  page: Callable[[str], Awaitable[object]]) -> None:
-        """Fetch each wheel's ``.metadata`` (``fetch``: the stored file), then the pages of
-        the dependencies the first one names (``page``: a project by normalised name)."""
-        paths = await asyncio.gather(*(fetch(w) for w in wheels), return_exceptions=True)
-        stored = next((p for p in paths if isinstance(p, Path)), None)
-        if stored is None:
+    async def metadata_then_pages(self, wheels: list[FileEntry], fetch: Callable[[FileEntry], Awaitable[bytes]],
+                                  page: Callable[[str], Awaitable[object]] | None) -> None:
+        """Fetch each wheel's ``.metadata`` (``fetch``: its first MAX_METADATA_READ bytes,
+        once stored), then, with ``page`` (a project by normalised name), the pages of the
+        dependencies the first one names."""
+        bodies = await asyncio.gather(*(fetch(w) for w in wheels), return_exceptions=True)
+        body = next((b for b in bodies if isinstance(b, bytes)), None)
+        if body is None or page is None:
             return
-        text = await asyncio.to_thread(_read_text, stored)
+        text = body.decode("utf-8", "replace")
         await asyncio.gather(*(page(name) for name in dependencies(text)), return_exceptions=True)
 
     async def close(self) -> None:
@@ -104,9 +104,4 @@ class Prefetch:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _read_text(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return fh.read(MAX_METADATA_READ).decode("utf-8", "replace")
-
-
-__all__ = ["METADATA_AHEAD", "PAGES_AHEAD", "Prefetch", "dependencies", "newest_wheels"]
+__all__ = ["MAX_METADATA_READ", "METADATA_AHEAD", "PAGES_AHEAD", "Prefetch", "dependencies", "newest_wheels"]
