@@ -9,13 +9,14 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[fast,ui]'
+# the scale-out engines' clients too (S3, Redis, PostgreSQL): config/docker-compose.yml's scale profile
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[fast,ui,s3,redis,postgres]'
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/channelgate --create-home channelgate \
     && mkdir -p /etc/channelgate
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels 'channelgate[ui]' uvloop && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'channelgate[ui,s3,redis,postgres]' uvloop && rm -rf /wheels
 COPY config/example.yaml /etc/channelgate/example.yaml
 # the default policy: storage under the volume, by absolute path
 COPY config/docker.yaml /etc/channelgate/channelgate.yaml

@@ -61,3 +61,17 @@ def test_grafana_dashboard_queries_only_series_the_server_exposes() -> None:
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("by status", "hit ratio", "upstream latency", "upstream errors", "bytes out"):
         assert topic in titles
+
+
+def test_compose_scale_profile_names_every_engine_and_its_policy_holds_no_secret() -> None:
+    """The scale profile (README "Scaling out"): both replicas share PostgreSQL, S3 and Redis;
+    passwords come from the compose file's environment, never from the mounted policy."""
+    compose = yaml.safe_load((CONFIG / "docker-compose.yml").read_text())
+    replica = compose["services"]["replica-1"]
+    policy_file = next(v.split(":")[0] for v in replica["volumes"] if v.endswith("/etc/channelgate/channelgate.yaml:ro"))
+    settings = load_settings(CONFIG / policy_file)
+    assert settings.database_url is not None and "@postgres:" in settings.database_url
+    assert settings.storage_backend == "s3" and settings.cache_backend == "redis"
+    database = compose["services"]["postgres"]["environment"]
+    assert replica["environment"]["PGPASSWORD"] == database["POSTGRES_PASSWORD"]
+    assert database["POSTGRES_PASSWORD"] not in (CONFIG / policy_file).read_text()
