@@ -279,3 +279,13 @@ async def test_catalog_public_view_hides_private_packages_but_keeps_their_names(
     await first.packages.put(PackageInfo("c", "pypi", "a", private=False))
     await second.wait_for(lambda: not second.packages.has_private("c"), SEEN_WITHIN)
     assert [u.name for u in second.list(public_view("c"), "pypi")] == ["a", "b"]
+
+
+async def test_catalog_lists_by_upload_time_then_path_bytes(make_catalog: MakeCatalog) -> None:
+    """Both backends list a pair in one order (indexes are built from it): upload time, then the
+    path's bytes (upper case before lower, whatever the database's locale)."""
+    catalog = await make_catalog()
+    rows = [_upload(path, path[0], uploaded_at=at) for path, at in
+            (("b-1.tar.gz", 5.0), ("a-1.tar.gz", 5.0), ("B-1.tar.gz", 5.0), ("z-1.tar.gz", 1.0))]
+    await catalog.add_many(rows)
+    assert [u.path for u in catalog.list("c", "pypi")] == ["z-1.tar.gz", "B-1.tar.gz", "a-1.tar.gz", "b-1.tar.gz"]

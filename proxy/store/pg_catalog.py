@@ -25,6 +25,8 @@ _COLUMNS = ("channel, ecosystem, path, name, version, filename, sha256, md5, siz
 _INSERT = f"INSERT INTO uploads ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
 _UPSERT = _INSERT + " ON CONFLICT (channel, ecosystem, path) DO UPDATE SET " + ", ".join(
     f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", ")[3:])
+# byte order of paths, as SQLite sorts them: the same uploads list in the same order on either backend
+_ORDER = 'ORDER BY uploaded_at, path COLLATE "C"'
 _BUMP = ("INSERT INTO generations VALUES ($1, $2, 1) ON CONFLICT (channel, ecosystem) "
          "DO UPDATE SET generation = generations.generation + 1 RETURNING generation")
 _PACKAGE_UPSERT = ("INSERT INTO packages VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (channel, ecosystem, name) "
@@ -71,7 +73,7 @@ class PgCatalog:
     async def load_all(self) -> None:
         async with self._db.snapshot() as conn:
             gens = await conn.fetch("SELECT channel, ecosystem, generation FROM generations")
-            rows = await conn.fetch(f"SELECT {_COLUMNS} FROM uploads ORDER BY uploaded_at, path")
+            rows = await conn.fetch(f"SELECT {_COLUMNS} FROM uploads {_ORDER}")
         grouped: dict[tuple[str, str], list[Upload]] = {}
         for row in rows:
             upload = _row_to_upload(tuple(row))
@@ -87,7 +89,7 @@ class PgCatalog:
             gen = await conn.fetchval("SELECT generation FROM generations WHERE channel=$1 AND ecosystem=$2",
                                       channel, ecosystem)
             rows = await conn.fetch(f"SELECT {_COLUMNS} FROM uploads WHERE channel=$1 AND ecosystem=$2 "
-                                    "ORDER BY uploaded_at, path", channel, ecosystem)
+                                    + _ORDER, channel, ecosystem)
         held = self._snapshots.get((channel, ecosystem))
         if held is None or int(gen or 0) >= held.generation:
             self._snapshots[(channel, ecosystem)] = Snapshot.build(int(gen or 0), tuple(_row_to_upload(tuple(r)) for r in rows))
