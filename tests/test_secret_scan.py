@@ -72,8 +72,7 @@ def test_a_leaking_test_fails(tmp_path: Path) -> None:
 
     tests = Path(__file__).resolve().parent
     (tmp_path / "conftest.py").write_text(
-        "import importlib.util, sys\n"
-        f"sys.path.insert(0, {str(tests)!r})\n"
+        "import importlib.util\n"
         f"spec = importlib.util.spec_from_file_location('suite_conftest', {str(tests / 'conftest.py')!r})\n"
         "suite = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(suite)\n"
         "secret_scan, pytest_configure = suite.secret_scan, suite.pytest_configure\n"
@@ -84,7 +83,8 @@ def test_a_leaking_test_fails(tmp_path: Path) -> None:
         "    SCAN.received('GET /page', b'<p>cgt-LeakedOnPurpose123456789</p>')\n\n"
         "def test_clean():\n    SCAN.received('GET /page', b'<p>nothing here</p>')\n"
     )
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "-o", f"pythonpath={tests}", str(tmp_path)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 1, result.stdout
     assert "2 passed, 1 error" in result.stdout and "secrets leaked" in result.stdout, result.stdout
