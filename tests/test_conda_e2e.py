@@ -36,8 +36,11 @@ class World:
         """The channel URL a client would configure (conda's channel_alias or Anaconda Server form)."""
         return channel_url(self.server, form, token, channel)
 
-    def get(self, path: str, token: str = "", **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
-        return http("GET", self.channel(token or self.tokens["reader"]) + path, **kwargs)
+    def get(self, path: str, token: str = "", channel: str = "internal", **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+        return http("GET", self.channel(token or self.tokens["reader"], channel) + path, **kwargs)
+
+
+OWN_CHANNELS = ("empty", "hosted", "upload-rules", "labels", "anaconda-label", "anaconda-rules", "anaconda-move")
 
 
 def post_package(world: World, path: Path, token: str, *, channel: str = "internal", filename: str | None = None,
@@ -108,7 +111,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory, channelgat
                 "write": ["group:devs"],
             },
             "mirror": {"public": True, "upstreams": ["conda-forge", "based"]},
-            "hosted": {"read": ["group:readers"], "write": ["group:devs"]},
+            # a test that uploads does so into a channel of its own, so no test sees another's uploads
+            **{name: {"read": ["group:readers"], "write": ["group:devs"]} for name in OWN_CHANNELS},
         },
     })
     tokens = {
@@ -188,7 +192,7 @@ def test_current_repodata_and_channeldata(world: World) -> None:
 
 def test_missing_subdir_is_404_but_noarch_always_exists(world: World) -> None:
     assert world.get("/osx-arm64/repodata.json")[0] == 404
-    status, _, body = http("GET", world.channel(world.tokens["reader"], "hosted") + "/noarch/repodata.json")
+    status, _, body = http("GET", world.channel(world.tokens["reader"], "empty") + "/noarch/repodata.json")
     assert status == 200 and files_of(json.loads(body)) == set()
     assert world.get("/noarch/no-such-file-1.0-0.conda")[0] == 404
     assert world.get("/Not_A_Subdir/repodata.json")[0] == 404
@@ -326,16 +330,17 @@ def test_squatter_file_is_not_served(world: World) -> None:
 
 # --------------------------------------------------------------------------- uploads (curl form)
 def test_upload_rules(world: World) -> None:
+    ch = "upload-rules"  # its own channel: no other test sees these uploads
     pkg = fx.build_package(world.pkgs / "rules", Spec("rules-demo", "0.1", "0"))
-    assert post_package(world, pkg, "cgt-" + "x" * 43).status_code == 401
-    assert post_package(world, pkg, world.tokens["reader"]).status_code == 403
-    ok = post_package(world, pkg, world.tokens["writer"])
+    assert post_package(world, pkg, "cgt-" + "x" * 43, channel=ch).status_code == 401
+    assert post_package(world, pkg, world.tokens["reader"], channel=ch).status_code == 403
+    ok = post_package(world, pkg, world.tokens["writer"], channel=ch)
     assert ok.status_code == 201, ok.text
     assert ok.json()["basename"] == "noarch/rules-demo-0.1-0.conda" and ok.json()["labels"] == ["main"]
-    dup = post_package(world, pkg, world.tokens["writer"])
+    dup = post_package(world, pkg, world.tokens["writer"], channel=ch)
     assert dup.status_code == 409 and "already exists" in dup.json()["error"]
-    assert "rules-demo-0.1-0.conda" in repodata(world)["packages.conda"]
-    status, _, body = world.get("/noarch/rules-demo-0.1-0.conda")
+    assert "rules-demo-0.1-0.conda" in repodata(world, channel=ch)["packages.conda"]
+    status, _, body = world.get("/noarch/rules-demo-0.1-0.conda", channel=ch)
     assert status == 200 and body == pkg.read_bytes()
 
 
@@ -353,15 +358,16 @@ def test_bad_uploads_are_400_and_store_nothing(world: World, kind: str) -> None:
 
 
 def test_labels(world: World) -> None:
+    ch = "labels"  # its own channel: no other test sees these uploads
     pkg = fx.build_package(world.pkgs / "labels", Spec("labelled", "2.0", "0"))
-    resp = post_package(world, pkg, world.tokens["writer"], fields={"label": "dev"})
+    resp = post_package(world, pkg, world.tokens["writer"], fields={"label": "dev"}, channel=ch)
     assert resp.status_code == 201 and resp.json()["labels"] == ["dev"]
-    assert "labelled-2.0-0.conda" not in repodata(world)["packages.conda"]
-    status, _, body = world.get("/label/dev/noarch/repodata.json")
+    assert "labelled-2.0-0.conda" not in repodata(world, channel=ch)["packages.conda"]
+    status, _, body = world.get("/label/dev/noarch/repodata.json", channel=ch)
     assert status == 200 and set(json.loads(body)["packages.conda"]) == {"labelled-2.0-0.conda"}
-    assert world.get("/label/dev/noarch/labelled-2.0-0.conda")[0] == 200
-    assert world.get("/noarch/labelled-2.0-0.conda")[0] == 404
-    assert world.get("/label/nothing-here/noarch/repodata.json")[0] == 200  # an empty label is empty
+    assert world.get("/label/dev/noarch/labelled-2.0-0.conda", channel=ch)[0] == 200
+    assert world.get("/noarch/labelled-2.0-0.conda", channel=ch)[0] == 404
+    assert world.get("/label/nothing-here/noarch/repodata.json", channel=ch)[0] == 200  # an empty label is empty
 
 
 # --------------------------------------------------------------------------- authorisation
@@ -399,52 +405,55 @@ def anaconda_home(world: World) -> Path:
 
 
 def test_anaconda_upload_with_label_and_force(world: World, anaconda_home: Path) -> None:
+    ch = "anaconda-label"  # its own channel: no other test sees these uploads
     token = world.tokens["writer"]
     pkg = fx.build_package(world.pkgs / "anaconda", Spec("ana-pkg", "1.2", "h1_0", subdir="linux-64",
                                                        depends=("upstream-dep",)))
-    result = anaconda(world, anaconda_home, "-t", token, "upload", "-u", "internal", "--label", "staging", str(pkg))
+    result = anaconda(world, anaconda_home, "-t", token, "upload", "-u", ch, "--label", "staging", str(pkg))
     assert result.returncode == 0, result.stdout + result.stderr
-    status, _, body = world.get("/label/staging/linux-64/repodata.json")
+    status, _, body = world.get("/label/staging/linux-64/repodata.json", channel=ch)
     assert status == 200 and "ana-pkg-1.2-h1_0.conda" in json.loads(body)["packages.conda"]
-    assert "ana-pkg-1.2-h1_0.conda" not in repodata(world, "linux-64")["packages.conda"]
-    assert world.get("/label/staging/linux-64/ana-pkg-1.2-h1_0.conda")[2] == pkg.read_bytes()
+    assert world.get("/linux-64/repodata.json", channel=ch)[0] == 404  # not in main: main has no linux-64 package
+    assert world.get("/label/staging/linux-64/ana-pkg-1.2-h1_0.conda", channel=ch)[2] == pkg.read_bytes()
 
-    again = anaconda(world, anaconda_home, "-t", token, "upload", "-u", "internal", "--label", "staging", str(pkg))
+    again = anaconda(world, anaconda_home, "-t", token, "upload", "-u", ch, "--label", "staging", str(pkg))
     assert again.returncode != 0 and "already exists" in again.stdout + again.stderr
-    forced = anaconda(world, anaconda_home, "-t", token, "upload", "-u", "internal", "--force", str(pkg))
+    forced = anaconda(world, anaconda_home, "-t", token, "upload", "-u", ch, "--force", str(pkg))
     assert forced.returncode == 0, forced.stdout + forced.stderr
-    assert "ana-pkg-1.2-h1_0.conda" in repodata(world, "linux-64")["packages.conda"]  # now in main
+    assert "ana-pkg-1.2-h1_0.conda" in repodata(world, "linux-64", channel=ch)["packages.conda"]  # now in main
 
 
 def test_anaconda_upload_rules(world: World, anaconda_home: Path) -> None:
+    ch = "anaconda-rules"  # its own channel: no other test sees these uploads
     pkg = fx.build_package(world.pkgs / "anaconda-rules", Spec("ana-denied", "0.1", "0"))
-    wrong = anaconda(world, anaconda_home, "-t", "cgt-" + "y" * 40, "upload", "-u", "internal", str(pkg))
+    wrong = anaconda(world, anaconda_home, "-t", "cgt-" + "y" * 40, "upload", "-u", ch, str(pkg))
     assert wrong.returncode != 0
-    reader = anaconda(world, anaconda_home, "-t", world.tokens["reader"], "upload", "-u", "internal", str(pkg))
+    reader = anaconda(world, anaconda_home, "-t", world.tokens["reader"], "upload", "-u", ch, str(pkg))
     assert reader.returncode != 0
-    assert "ana-denied-0.1-0.conda" not in repodata(world)["packages.conda"]
+    assert "ana-denied-0.1-0.conda" not in repodata(world, channel=ch)["packages.conda"]
     bad = fx.make_malformed(world.pkgs / "anaconda-bad", "dotdot_member")
     before = stored_blobs(world.server.storage, "uploads")
-    result = anaconda(world, anaconda_home, "-t", world.tokens["writer"], "upload", "-u", "internal", str(bad.path))
+    result = anaconda(world, anaconda_home, "-t", world.tokens["writer"], "upload", "-u", ch, str(bad.path))
     assert result.returncode != 0
     assert stored_blobs(world.server.storage, "uploads") == before
 
 
 def test_anaconda_move_and_remove(world: World, anaconda_home: Path) -> None:
+    ch = "anaconda-move"  # its own channel: no other test sees these uploads
     token = world.tokens["writer"]
     pkg = fx.build_package(world.pkgs / "anaconda-move", Spec("ana-move", "3.0", "0"))
-    assert anaconda(world, anaconda_home, "-t", token, "upload", "-u", "internal", "--label", "beta",
+    assert anaconda(world, anaconda_home, "-t", token, "upload", "-u", ch, "--label", "beta",
                     str(pkg)).returncode == 0
     moved = anaconda(world, anaconda_home, "-t", token, "move", "--from-label", "beta", "--to-label", "main",
-                     "internal/ana-move/3.0")
+                     f"{ch}/ana-move/3.0")
     assert moved.returncode == 0, moved.stdout + moved.stderr
-    assert "ana-move-3.0-0.conda" in repodata(world)["packages.conda"]
-    assert world.get("/label/beta/noarch/repodata.json")[2].find(b"ana-move") == -1
-    shown = anaconda(world, anaconda_home, "-t", token, "show", "internal/ana-move")
+    assert "ana-move-3.0-0.conda" in repodata(world, channel=ch)["packages.conda"]
+    assert world.get("/label/beta/noarch/repodata.json", channel=ch)[2].find(b"ana-move") == -1
+    shown = anaconda(world, anaconda_home, "-t", token, "show", f"{ch}/ana-move")
     assert shown.returncode == 0 and "3.0" in shown.stdout + shown.stderr
-    removed = anaconda(world, anaconda_home, "-t", token, "remove", "-f", "internal/ana-move/3.0/noarch/ana-move-3.0-0.conda")
+    removed = anaconda(world, anaconda_home, "-t", token, "remove", "-f", f"{ch}/ana-move/3.0/noarch/ana-move-3.0-0.conda")
     assert removed.returncode == 0, removed.stdout + removed.stderr
-    assert "ana-move-3.0-0.conda" not in repodata(world)["packages.conda"]
+    assert "ana-move-3.0-0.conda" not in repodata(world, channel=ch)["packages.conda"]
 
 
 def test_no_upload_temp_files_left(world: World) -> None:

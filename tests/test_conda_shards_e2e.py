@@ -34,15 +34,17 @@ class World:
     writer: str
     upstream_pkgs: list[Path]
     noarch_hashes: dict[str, str]
+    refresh_hashes: dict[str, str]  # the "refresh" upstream's noarch shards (a test changes them)
+    refresh_pkgs: list[Path]
 
-    def channel(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}/t/{self.token}/internal"
+    def channel(self, channel: str = "internal") -> str:
+        return f"http://127.0.0.1:{self.server.port}/t/{self.token}/{channel}"
 
-    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
-        return http("GET", self.channel() + path)
+    def get(self, path: str, channel: str = "internal") -> tuple[int, dict[str, str], bytes]:
+        return http("GET", self.channel(channel) + path)
 
-    def repodata(self, subdir: str = "noarch") -> Any:
-        status, _, body = self.get(f"/{subdir}/repodata.json")
+    def repodata(self, subdir: str = "noarch", channel: str = "internal") -> Any:
+        status, _, body = self.get(f"/{subdir}/repodata.json", channel)
         assert status == 200, body
         return json.loads(body)
 
@@ -72,14 +74,20 @@ def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory, channelgat
     both = [fx.build_package(pkgs / "both", Spec("both-pkg", "1.0", "0"))]
     fx.write_sharded_channel(root / "both", both)  # offers shards and repodata.json
     fx.write_channel(root / "both", both)
+    # an upstream a test changes: its own packages, so none of its shards is another upstream's
+    refresh_pkgs = [fx.build_package(pkgs / "refresh", Spec(name, version, "0"))
+                    for name, version in (("refresh-dep", "1.0"), ("refresh-dep", "2.0"), ("refresh-other", "0.5"))]
+    refresh = fx.write_sharded_channel(root / "refresh", refresh_pkgs)["noarch"]
     upstream = upstream_factory(root)
     policy = Policy({
         "cache": {"metadata_ttl": 0},  # revalidate the shard index on every request
         "upstreams": {"sharded": {"type": "conda", "url": f"{upstream.url}/sharded"},
-                      "both": {"type": "conda", "url": f"{upstream.url}/both"}},
+                      "both": {"type": "conda", "url": f"{upstream.url}/both"},
+                      "refresh": {"type": "conda", "url": f"{upstream.url}/refresh"}},
         "groups": {"devs": ["alice"], "readers": ["bob"]},
         "channels": {"internal": {"upstreams": ["sharded"], "read": ["group:readers"], "write": ["group:devs"]},
-                     "both": {"public": True, "upstreams": ["both"]}},
+                     "both": {"public": True, "upstreams": ["both"]},
+                     "refresh": {"upstreams": ["refresh"], "read": ["group:readers"]}},
     })
     token = policy.add_token("bob", ["conda:download"])
     writer = policy.add_token("alice", ["api:write", "conda:download"])
@@ -94,7 +102,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory, channelgat
                                  files={"content": (path.name, fh, "application/octet-stream")},
                                  headers={"Authorization": f"token {writer}"}, timeout=60)
         assert resp.status_code == 201, resp.text
-    return World(base, upstream, server, token, writer, noarch, hashes["noarch"])
+    return World(base, upstream, server, token, writer, noarch, hashes["noarch"], refresh, refresh_pkgs)
 
 
 def shard_path(digest: str) -> str:
@@ -202,22 +210,28 @@ def test_a_private_channel_answers_cache_control_private(world: World) -> None:
 
 
 def test_refresh_fetches_only_changed_shards(world: World) -> None:
-    """Runs last: it changes the upstream. A new shard-dep version changes one shard."""
-    assert world.get("/noarch/repodata.json")[0] == 200
-    before = {name: world.upstream.calls_to(shard_path(d)) for name, d in world.noarch_hashes.items()}
+    """A new refresh-dep version changes one shard, and only that shard is fetched again. The
+    test changes an upstream of its own ("refresh"), so no other test sees the change."""
+    def shard(digest: str) -> str:
+        return f"/refresh/noarch/shards/{digest}.msgpack.zst"
+
+    def refreshed() -> Any:
+        return world.repodata(channel="refresh")["packages.conda"]
+
+    assert "refresh-dep-2.0-0.conda" in refreshed()
+    before = {name: world.upstream.calls_to(shard(d)) for name, d in world.refresh_hashes.items()}
     assert set(before.values()) == {1}
-    newer = fx.build_package(world.base / "pkgs" / "noarch", Spec("shard-dep", "3.0", "0"))
-    hashes = fx.write_sharded_channel(world.upstream.root / "sharded", [*world.upstream_pkgs, newer],
-                                      **NOARCH_LAYOUT)
-    changed = {name for name in hashes["noarch"] if hashes["noarch"][name] != world.noarch_hashes[name]}
-    assert changed == {"shard-dep"}
+    newer = fx.build_package(world.base / "pkgs" / "refresh", Spec("refresh-dep", "3.0", "0"))
+    hashes = fx.write_sharded_channel(world.upstream.root / "refresh", [*world.refresh_pkgs, newer])
+    changed = {name for name in hashes["noarch"] if hashes["noarch"][name] != world.refresh_hashes[name]}
+    assert changed == {"refresh-dep"}
     deadline = time.monotonic() + 30
-    while "shard-dep-3.0-0.conda" not in world.repodata()["packages.conda"]:  # served stale while it rebuilds
+    while "refresh-dep-3.0-0.conda" not in refreshed():  # served stale while it rebuilds
         assert time.monotonic() < deadline, "the refreshed index never appeared"
         time.sleep(0.1)
-    assert world.upstream.calls_to(shard_path(hashes["noarch"]["shard-dep"])) == 1
-    for name, digest in world.noarch_hashes.items():  # unchanged shards: not fetched again
-        assert world.upstream.calls_to(shard_path(digest)) == 1, name
+    assert world.upstream.calls_to(shard(hashes["noarch"]["refresh-dep"])) == 1
+    for name, digest in world.refresh_hashes.items():  # unchanged shards: not fetched again
+        assert world.upstream.calls_to(shard(digest)) == 1, name
     for _ in range(3):  # further requests refetch no shard at all
-        assert "shard-dep-3.0-0.conda" in world.repodata()["packages.conda"]
-    assert sum(1 for c in world.upstream.calls if c.path.startswith("/sharded-shards/")) == len(world.noarch_hashes) + 1
+        assert "refresh-dep-3.0-0.conda" in refreshed()
+    assert sum(1 for c in world.upstream.calls if c.path.startswith("/refresh/noarch/shards/")) == len(world.refresh_hashes) + 1
