@@ -379,18 +379,27 @@ class Upstream:
         self._mark(up, True)
 
     # ------------------------------------------------------------------ byte ranges
+    @contextlib.asynccontextmanager
+    async def _ranged(
+        self, up: UpstreamSettings, url: str, byte_range: str, *, what: str, hashed: bool
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, Deadline]]:
+        """One GET with ``Range: <byte_range>`` (RFC 9110 §14.2) to an upstream that is not
+        backed off; 404 or 410 is NotFound. What a 200 or 206 means is the caller's."""
+        target = check_target(up, url, hashed=hashed, own=self.own, what=what)
+        self.check_up(up)
+        headers = {"Accept-Encoding": "identity", "Range": byte_range}
+        async with self._request(up, url, target, headers) as (resp, deadline):
+            if resp.status in (404, 410):
+                raise NotFound(f"{what} is not on the upstream")
+            yield resp, deadline
+
     async def fetch_range(
         self, up: UpstreamSettings, url: str, start: int, stop: int, *, what: str, hashed: bool
     ) -> bytes | None:
         """Bytes ``[start, stop)`` of a file by a Range request (RFC 9110 §14.2); None when
         the upstream does not honour it (a 200, or a 206 for other bytes). At most about
         ``stop - start`` bytes are read."""
-        target = check_target(up, url, hashed=hashed, own=self.own, what=what)
-        self.check_up(up)
-        headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{stop - 1}"}
-        async with self._request(up, url, target, headers) as (resp, deadline):
-            if resp.status in (404, 410):
-                raise NotFound(f"{what} is not on the upstream")
+        async with self._ranged(up, url, f"bytes={start}-{stop - 1}", what=what, hashed=hashed) as (resp, deadline):
             if resp.status != 206 or not resp.headers.get("Content-Range", "").startswith(f"bytes {start}-{stop - 1}/"):
                 return None
             body = bytearray()
@@ -408,12 +417,7 @@ class Upstream:
         §14.2), read from ``Content-Range`` (206) or ``Content-Length`` (an upstream that
         ignores Range answers 200: the connection is then closed, its body unread). None
         when the upstream states neither."""
-        target = check_target(up, url, hashed=hashed, own=self.own, what=what)
-        self.check_up(up)
-        headers = {"Accept-Encoding": "identity", "Range": "bytes=0-0"}
-        async with self._request(up, url, target, headers) as (resp, _deadline):
-            if resp.status in (404, 410):
-                raise NotFound(f"{what} is not on the upstream")
+        async with self._ranged(up, url, "bytes=0-0", what=what, hashed=hashed) as (resp, _deadline):
             total: int | None = None
             if resp.status == 206:
                 match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
@@ -429,12 +433,7 @@ class Upstream:
     async def fetch_tail(self, up: UpstreamSettings, url: str, size: int, *, what: str, hashed: bool) -> tuple[int, bytes] | None:
         """The last ``size`` bytes of a file (a suffix Range, RFC 9110 §14.1.2) and the
         offset of their first byte; None when the upstream does not honour it."""
-        target = check_target(up, url, hashed=hashed, own=self.own, what=what)
-        self.check_up(up)
-        headers = {"Accept-Encoding": "identity", "Range": f"bytes=-{size}"}
-        async with self._request(up, url, target, headers) as (resp, deadline):
-            if resp.status in (404, 410):
-                raise NotFound(f"{what} is not on the upstream")
+        async with self._ranged(up, url, f"bytes=-{size}", what=what, hashed=hashed) as (resp, deadline):
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if resp.status != 206 or match is None:
                 return None
