@@ -91,11 +91,35 @@ class Snapshot:
             frozenset(by_name),
         )
 
+    def without(self, hidden: frozenset[str]) -> "Snapshot":
+        """A channel's public view: the uploads of ``hidden`` (private) names left out, while
+        ``names`` stays whole, so the merge rule keeps hiding upstream versions of a private
+        name (DESIGN "Accounts")."""
+        kept = Snapshot.build(self.generation, tuple(u for u in self.uploads if u.name not in hidden))
+        return _replace(kept, names=self.names)
+
+
+class SnapshotReads:
+    """The Catalog protocol's ``list``, ``names`` and ``get``, answered from ``snapshot``:
+    written once for every backend."""
+
+    def snapshot(self, channel: str, ecosystem: str) -> Snapshot:
+        raise NotImplementedError
+
+    def list(self, channel: str, ecosystem: str) -> tuple[Upload, ...]:
+        return self.snapshot(channel, ecosystem).uploads
+
+    def names(self, channel: str, ecosystem: str) -> frozenset[str]:
+        return self.snapshot(channel, ecosystem).names
+
+    def get(self, channel: str, ecosystem: str, path: str) -> Upload | None:
+        return self.snapshot(channel, ecosystem).by_path.get(path)
+
 
 CATALOG_FILE = "catalog.sqlite3"
 
 
-class SqliteCatalog:
+class SqliteCatalog(SnapshotReads):
     """The SQLite backend of the Catalog protocol (protocols.py)."""
 
     @classmethod
@@ -199,19 +223,9 @@ class SqliteCatalog:
         hidden = self.packages.private_names(view.removesuffix(PUBLIC_VIEW), ecosystem)
         if not hidden:
             return base
-        snap = Snapshot.build(base.generation, tuple(u for u in base.uploads if u.name not in hidden))
-        snap = _replace(snap, names=base.names)
+        snap = base.without(hidden)
         self._snapshots[(view, ecosystem)] = snap
         return snap
-
-    def list(self, channel: str, ecosystem: str) -> tuple[Upload, ...]:
-        return self.snapshot(channel, ecosystem).uploads
-
-    def names(self, channel: str, ecosystem: str) -> frozenset[str]:
-        return self.snapshot(channel, ecosystem).names
-
-    def get(self, channel: str, ecosystem: str, path: str) -> Upload | None:
-        return self.snapshot(channel, ecosystem).by_path.get(path)
 
     async def add(self, upload: Upload, *, replace: bool = False) -> None:
         """Record an upload. A file already at that path is a Conflict unless ``replace``."""

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from ..errors import Conflict
-from .catalog import PUBLIC_VIEW, Snapshot, Upload, _row_to_upload
+from .catalog import PUBLIC_VIEW, Snapshot, SnapshotReads, Upload, _row_to_upload
 from .packages import PackageInfo, PackageMirror, _row
 from .packages import _values as _package_values
 from .pg import PgBackend
@@ -40,7 +40,7 @@ def _upload_values(u: Upload) -> tuple[Any, ...]:
             json.dumps(list(u.labels)), json.dumps(dict(u.index_fields), sort_keys=True), u.uploader, u.uploaded_at)
 
 
-class PgCatalog:
+class PgCatalog(SnapshotReads):
     """Catalog over PostgreSQL; build it with ``await PgCatalog.open(backend)``."""
 
     def __init__(self, db: PgBackend) -> None:
@@ -146,19 +146,9 @@ class PgCatalog:
         held = self._views.get((view, ecosystem))
         if held is not None and held.generation == base.generation:  # emptied when package settings reload
             return held
-        snap = Snapshot.build(base.generation, tuple(u for u in base.uploads if u.name not in hidden))
-        snap = _replace(snap, names=base.names)
+        snap = base.without(hidden)
         self._views[(view, ecosystem)] = snap
         return snap
-
-    def list(self, channel: str, ecosystem: str) -> tuple[Upload, ...]:
-        return self.snapshot(channel, ecosystem).uploads
-
-    def names(self, channel: str, ecosystem: str) -> frozenset[str]:
-        return self.snapshot(channel, ecosystem).names
-
-    def get(self, channel: str, ecosystem: str, path: str) -> Upload | None:
-        return self.snapshot(channel, ecosystem).by_path.get(path)
 
     # ------------------------------------------------------------------ writes
     @staticmethod
