@@ -79,6 +79,18 @@ def create_app(settings: Settings, *, clean_tmp: bool = True) -> web.Application
     return app
 
 
+def _make_upstream(settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> Upstream:
+    """The upstream client, told this server's own addresses: an index entry may never point
+    at them (DESIGN's cross-origin rule)."""
+    upstream = Upstream(session, metrics, max_index_bytes=settings.limits.index_fetch_bytes)
+    for listen in (settings.listen, settings.metrics_listen):
+        host, _, port = (listen or "").rpartition(":")
+        if port.isdigit():
+            upstream.own.add_listen(host or "0.0.0.0", int(port))
+    upstream.own.add_url(settings.public_url)
+    return upstream
+
+
 def _make_aiocache(settings: Settings, coordinator: Coordinator) -> FreshnessCache:
     """Where index freshness lives: Redis, shared by the replicas (falling back to this
     process's memory while Redis is down: coordination.py), or this process's memory."""
@@ -128,12 +140,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         checks = UploadChecks(settings.limits.validation_workers)
         stack.callback(checks.close)
         metrics = Metrics()
-        upstream = Upstream(session, metrics, max_index_bytes=settings.limits.index_fetch_bytes)
-        for listen in (settings.listen, settings.metrics_listen):  # index entries may never point here
-            host, _, port = (listen or "").rpartition(":")
-            if port.isdigit():
-                upstream.own.add_listen(host or "0.0.0.0", int(port))
-        upstream.own.add_url(settings.public_url)
+        upstream = _make_upstream(settings, session, metrics)
         artifacts = Artifacts(upstream, store, coordinator)
         stack.push_async_callback(artifacts.close)
         index_cache = MetadataCache(

@@ -57,6 +57,25 @@ def channelgate_factory() -> Iterator[Callable[[Path, Policy], Channelgate]]:
         proc.stop()
 
 
+# --------------------------------------------------------------------------- run order
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reverse-order", action="store_true",
+                     help="run each module's tests in reverse order (no test may depend on another having run)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --reverse-order, each module's tests run last to first (modules keep their order,
+    so module-scoped servers still start once): a test that needs another's uploads, or is
+    broken by them, fails. Module-scoped worlds stay shared; what a test writes goes into a
+    channel of its own."""
+    if not config.getoption("--reverse-order"):
+        return
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    items[:] = [item for group in modules.values() for item in reversed(group)]
+
+
 # --------------------------------------------------------------------------- the secret scan
 def pytest_configure(config: pytest.Config) -> None:
     """Record every response body the tests' HTTP clients read (secret_scan.py)."""
