@@ -411,3 +411,32 @@ def test_the_manifest_is_one_entry_a_line_and_still_one_json_document(host_a) ->
     assert {e.name: (e.sha256, e.size) for e in entries if e.member} == {
         n: (m["sha256"], m["size"]) for n, m in whole["members"].items()}
     assert {e.name: e.sha256 for e in entries if not e.member} == whole["known"]
+
+
+def test_export_reads_an_s3_store_from_the_bucket(tmp_path: Path, s3_settings, upstream, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``storage.backend: s3``: export asks the Store, so what another replica put in the
+    bucket (artifacts, their provenance, aliases) is in the bundle, and imports elsewhere."""
+    import asyncio
+    import hashlib
+
+    from proxy.store.s3 import S3Store
+
+    policy = _policy(upstream, tmp_path / "a" / "storage")
+    policy.data["storage"] = {"path": str(tmp_path / "a" / "storage"), "backend": "s3", "s3": {
+        "endpoint_url": s3_settings.endpoint_url, "bucket": s3_settings.bucket, "prefix": s3_settings.prefix,
+        "region": s3_settings.region, "access_key_id": "testing", "secret_access_key": "testing"}}
+    replica = S3Store(tmp_path / "replica", s3_settings)
+    replica.open()
+    blob = asyncio.run(replica.put_bytes("cache", b"a cached artifact" * 50))
+    replica.set_origin(blob.sha256, "pypi")
+    replica.set_ref("md5:0123", blob.sha256)
+    bundle = tmp_path / "s3.tar"
+    done = cli_here(capsys, "export", "--config", config_for(tmp_path / "a", policy), "--out", str(bundle))
+    assert done.returncode == 0, done.stderr
+    storage = tmp_path / "b" / "store"
+    assert cli_here(capsys, "import", "--config", config_for(tmp_path / "b", _policy(upstream, storage)),
+                    str(bundle)).returncode == 0
+    sha = blob.sha256
+    assert (storage / "cache" / "sha256" / sha[:2] / sha).read_bytes() == b"a cached artifact" * 50
+    assert (storage / "cache" / "origin" / sha).read_text() == "pypi"
+    assert (storage / "cache" / "refs" / hashlib.sha256(b"md5:0123").hexdigest()).read_text() == sha

@@ -25,7 +25,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from ..store.protocols import Store
 
 FORMAT = "channelgate-bundle"
 VERSION = 3  # 2: catalog/packages.jsonl (a version 1 importer would drop privacy: it refuses);
@@ -47,24 +50,31 @@ class BundleError(Exception):
     """A bundle that cannot be imported (not a bundle, tampered, truncated, wrong version)."""
 
 
-def store_members(root: Path, uploads: set[str], upstreams: set[str],
-                  url_prefixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
-    """(member name, file) for what serving the exported channels needs, in a stable order:
-    the ``uploads`` blobs (sha256s their catalog rows name), the cached artifacts of their
-    ``upstreams`` (by the provenance in ``cache/origin``; an artifact cached before that was
-    recorded goes along, as it may be needed), every alias, and the cached index documents
-    of those upstreams (``url_prefixes``), with their bodies."""
-    for name, path in _files(root, "uploads/sha256"):
-        if name[-64:] in uploads:
-            yield name, path
-    for name, path in _files(root, "cache/sha256"):
-        origin = _origin(root, name[-64:])
+def store_members(store: "Store", uploads: set[str], upstreams: set[str],
+                  url_prefixes: tuple[str, ...]) -> Iterator[tuple[str, str | bytes]]:
+    """(member name, local file or the member's bytes) for what serving the exported channels
+    needs, asked of the Store (filesystem or S3: a blob only the bucket holds is fetched to
+    this replica's copy first): the ``uploads`` blobs (sha256s their catalog rows name), the
+    cached artifacts of their ``upstreams`` (by provenance; an artifact cached before that
+    was recorded goes along, as it may be needed), every alias, and the cached index
+    documents of those upstreams (``url_prefixes``), with their bodies."""
+    for sha256 in sorted(uploads):
+        upload = store.find("uploads", sha256)
+        if upload is not None:
+            yield f"uploads/sha256/{sha256[:2]}/{sha256}", str(upload)
+    for blob in store.blobs("cache"):
+        origin = store.origin(blob.sha256)
         if origin is None or origin in upstreams:
-            yield name, path
+            cached = store.find("cache", blob.sha256)
+            if cached is None:
+                continue  # pruned meanwhile
+            yield f"cache/sha256/{blob.sha256[:2]}/{blob.sha256}", str(cached)
             if origin is not None:
-                yield f"cache/origin/{name[-64:]}", f"{root}/cache/origin/{name[-64:]}"
-    yield from _files(root, "cache/refs")
-    for name, path in _files(root, "meta/docs"):
+                yield f"cache/origin/{blob.sha256}", origin.encode()
+    for digest, sha256 in store.refs():
+        yield f"cache/refs/{digest}", sha256.encode()
+    meta = store.area_dir("meta")
+    for name, path in _files(meta.parent, "meta/docs"):
         try:
             with open(path, "rb") as fh:
                 descriptor = json.loads(fh.read())
@@ -73,23 +83,10 @@ def store_members(root: Path, uploads: set[str], upstreams: set[str],
             continue  # a damaged descriptor is not carried over
         if not url.startswith(url_prefixes) or not (isinstance(digest, str) and re.fullmatch(_HEX64, digest)):
             continue
-        body = f"meta/bodies/{digest[:2]}/{digest}"
-        if os.path.isfile(f"{root}/{body}"):  # (a body two descriptors share goes once: the ledger knows it)
-            yield body, f"{root}/{body}"
+        body = f"{meta}/bodies/{digest[:2]}/{digest}"
+        if os.path.isfile(body):  # (a body two descriptors share goes once: the ledger knows it)
+            yield f"meta/bodies/{digest[:2]}/{digest}", body
             yield name, path
-
-
-def _origin(root: Path, sha256: str) -> str | None:
-    try:
-        fd = os.open(f"{root}/cache/origin/{sha256}", os.O_RDONLY)
-    except OSError:
-        return None  # (no provenance recorded: the common case is one failed open, no more)
-    try:
-        return os.read(fd, 4096).decode().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def _files(root: Path, area: str) -> Iterator[tuple[str, str]]:

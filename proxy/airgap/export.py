@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from ..settings import ECOSYSTEMS, Settings
-from ..store.blobs import BlobStore
+from ..store.s3 import open_store
 from ..store.backends import catalog_reader
 from . import package_settings, ustar
 from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, PACKAGES, BundleError, store_members
@@ -70,8 +70,7 @@ def export_bundle(settings: Settings, out: Path, channels: list[str], since: Pat
     if unknown:
         raise BundleError(f"no such channel(s) in the policy: {', '.join(unknown)}")
     chosen = channels or sorted(settings.channels)
-    store = BlobStore(settings.storage_path)
-    store.open(clean=False)
+    store = open_store(settings, clean=False)  # filesystem or S3 (storage.backend)
     work = store.scratch_dir / f"export-{uuid.uuid4().hex}"  # this process's own temp space (scratch.py)
     work.mkdir()
     part = out.with_name(out.name + ".part")
@@ -83,8 +82,8 @@ def export_bundle(settings: Settings, out: Path, channels: list[str], since: Pat
             upstreams = {name for c in chosen for name in settings.channels[c].upstreams}
             prefixes = tuple(settings.upstreams[name].url + "/" for name in sorted(upstreams))
 
-            def members() -> Iterator[tuple[str, str]]:
-                yield from store_members(settings.storage_path, upload_blobs, upstreams, prefixes)
+            def members() -> Iterator[tuple[str, str | bytes]]:
+                yield from store_members(store, upload_blobs, upstreams, prefixes)
                 yield CATALOG, str(work / "rows.jsonl")
 
             total = sum(_size(path) for _, path in members()) + len(packages)
@@ -124,7 +123,9 @@ def _load_since(ledger: Ledger, since: Path | None) -> None:
                 ledger.put(entry.name, entry.sha256)
 
 
-def _size(path: str) -> int:
+def _size(path: str | bytes) -> int:
+    if isinstance(path, bytes):
+        return len(path)
     try:
         return os.stat(path).st_size
     except FileNotFoundError:
@@ -139,8 +140,12 @@ class _Bundle:
         self.progress = progress
         self.offset = 0
 
-    def add_file(self, ledger: Ledger, writer: ManifestWriter, name: str, path: str) -> None:
-        """Add ``path`` as ``name`` unless the earlier bundles carried the same content."""
+    def add_file(self, ledger: Ledger, writer: ManifestWriter, name: str, path: str | bytes) -> None:
+        """Add ``path`` (or these bytes) as ``name`` unless the earlier bundles carried the
+        same content."""
+        if isinstance(path, bytes):
+            self.add_bytes(ledger, writer, name, path)
+            return
         named = CONTENT_ADDRESSED.match(name)
         try:
             stat = os.stat(path)
@@ -157,6 +162,15 @@ class _Bundle:
             return
         writer.member(name, sha, stat.st_size)
         ledger.put(name, sha, stat.st_size)
+
+    def add_bytes(self, ledger: Ledger, writer: ManifestWriter, name: str, data: bytes) -> None:
+        sha = hashlib.sha256(data).hexdigest()
+        known = ledger.get(name)
+        if known is None or known[0] != sha:
+            self._write(ustar.header(name, len(data)) + data + b"\0" * ustar.padding(len(data)))
+            writer.member(name, sha, len(data))
+            ledger.put(name, sha, len(data))
+        self.progress.advance(len(data))
 
     def send(self, name: str, path: str, stat: os.stat_result, *, counted: bool = True) -> None:
         """One member: header, data by sendfile, padding (``counted``: in the progress total)."""

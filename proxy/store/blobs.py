@@ -339,6 +339,20 @@ class BlobStore:
                         stat = entry.stat()
                         yield Listed(entry.name, stat.st_size, stat.st_mtime)
 
+    def refs(self) -> Iterator[tuple[str, str]]:
+        base = self.root / "cache" / "refs"
+        try:
+            names = sorted(e.name for e in os.scandir(base) if len(e.name) == 64)
+        except FileNotFoundError:
+            return
+        for name in names:
+            try:
+                sha256 = (base / name).read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if len(sha256) == 64:
+                yield name, sha256
+
     def remove(self, area: Area, sha256: str) -> None:
         self.blob_path(area, sha256).unlink(missing_ok=True)
         if area == "cache":

@@ -76,6 +76,9 @@ class Store(Protocol):
         """Every published blob of ``area`` in the shared backend, streamed (commands only:
         ``channelgate cache``)."""
 
+    def refs(self) -> Iterator[tuple[str, str]]:
+        """Every alias as (digest of its key, sha256), streamed (commands only: export)."""
+
     def remove(self, area: "Area", sha256: str) -> None:
         """Remove a published blob, its provenance and its use stamp (``cache prune``)."""
 

@@ -341,6 +341,20 @@ class S3Store(BlobStore):
         except Exception as exc:
             raise StorageError("the object store failed to list blobs") from exc
 
+    def refs(self) -> Iterator[tuple[str, str]]:
+        prefix = f"{self.settings.prefix}cache/refs/"
+        try:
+            pages = self._sync().get_paginator("list_objects_v2").paginate(Bucket=self.settings.bucket, Prefix=prefix)
+            keys = (str(obj["Key"]) for page in pages for obj in page.get("Contents", ()))
+            for key in keys:
+                sha256 = self._get_text(key)
+                if len(key) - len(prefix) == 64 and sha256 is not None and len(sha256) == 64:
+                    yield key[len(prefix):], sha256
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError("the object store failed to list aliases") from exc
+
     def remove(self, area: Area, sha256: str) -> None:
         client, bucket = self._sync(), self.settings.bucket
         try:
