@@ -2,6 +2,7 @@
 real servers the tests run themselves)."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -9,15 +10,14 @@ from typing import Iterator
 
 import pytest
 
-from conftest import require_tool
-from harness import free_port
-
 
 class RedisServer:
     def __init__(self, binary: str, workdir: Path) -> None:
         self.binary = binary
         self.workdir = workdir
-        self.port = free_port()
+        with socket.socket() as s:  # a free port (harness.free_port; this module serves tests/bench too)
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,6 +49,8 @@ class RedisServer:
 @pytest.fixture()
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own (skipped outside CI when redis-server is missing)."""
+    from conftest import require_tool
+
     binary = require_tool("redis-server")
     pytest.importorskip("redis", reason="the redis extra is in the test extras")
     server = RedisServer(binary, tmp_path).start()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from . import scen_bundle, scen_files, scen_index, scen_repodata, scen_resolve, scen_s3, scen_ui
+from . import scen_bundle, scen_files, scen_index, scen_replicas, scen_repodata, scen_resolve, scen_s3, scen_ui
 from .common import FULL, QUICK, Bench, Figure, Scenario, Sizes, Skip
 from .procs import Reaper, Unavailable
 from .report import Row, machine_description, markdown_table, text_table, write_json
@@ -39,6 +39,7 @@ SCENARIOS: dict[str, tuple[Scenario, list[Figure]]] = {
     "ui_channel": (scen_ui.ui_channel, list(scen_ui.FIGURES.values())),
     "resolve": (scen_resolve.resolve, list(scen_resolve.FIGURES.values())),
     "s3": (scen_s3.s3, list(scen_s3.FIGURES.values())),
+    "replicas": (scen_replicas.replicas, list(scen_replicas.FIGURES.values())),
 }
 
 
