@@ -119,10 +119,15 @@ class MetadataCache:
         key = self.key(url, accept)
         entry = await self.aio.get(key)
         if entry is not None:
-            self.metrics.cache_result("index", "hit")
             if entry.get("missing"):
+                self.metrics.cache_result("index", "hit")
                 raise NotFound()
-            return self._doc(entry)
+            shared = self._doc(entry)
+            # a replica with a disk of its own may lack the body another replica fetched
+            # (Redis shares freshness, not bodies): then it fetches its own copy below
+            if Path(shared.body_path).exists():
+                self.metrics.cache_result("index", "hit")
+                return shared
         stored = self._load(key)
         if self.offline:
             self.metrics.cache_result("index", "miss" if stored is None else "hit")

@@ -120,8 +120,8 @@ class Coordinator:
     # -- Redis health: log once when it goes, once when it comes back
     def _failed(self, exc: BaseException) -> None:
         if self._down is None:
-            log.warning("Redis is unreachable (%s): coordinating locally until it is back",
-                        type(exc).__name__ + (f": {exc}" if str(exc) else ""))
+            log.warning("Redis is unreachable, coordinating locally until it is back: %s",
+                        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         self._down = f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
 
     def _ok(self) -> None:
@@ -161,6 +161,8 @@ class Coordinator:
             asyncio.run_coroutine_threadsafe(self._publish(message), self._loop)
 
     async def _publish(self, message: str) -> None:
+        if not self.up:
+            return  # other replicas re-read everything once their subscription is back
         try:
             await self._call("publish", EVENTS, message)
         except _Down:
@@ -224,7 +226,7 @@ class Coordinator:
     async def acquire(self, key: str) -> Lease | None:
         """The lease on ``key``, or None while another process holds it. Without Redis (or
         while it is down) the lease is granted at once: single flight is then per process."""
-        if self._client is None:
+        if self._client is None or not self.up:  # while Redis is down, the listener watches for its return
             return Lease(self, key, None)
         token = f"{self.me}:{uuid.uuid4().hex}"
         try:
@@ -236,6 +238,8 @@ class Coordinator:
     async def wait(self, key: str) -> str:
         """Until the holder of ``key``'s lease finishes: PUBLISHED, FAILED, LAPSED (the lease
         is gone without a word: take over) or DOWN (Redis went away: coordinate locally)."""
+        if not self.up:
+            return DOWN
         event, outcomes = self._waiters.setdefault(key, (asyncio.Event(), []))
         delay = 0.05
         try:

@@ -12,6 +12,7 @@ a real upstream; the shared store is a filesystem on this host and the catalog i
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import os
@@ -37,9 +38,11 @@ BIG = "big_pkg-1.0-py3-none-any.whl"
 
 
 class Cluster:
-    """Two replicas of one policy: one storage.path, one catalog, one Redis."""
+    """Two replicas of one policy: one storage.path (one catalog), one Redis. With ``s3``, each
+    replica has a storage.path of its own, as on two hosts, and the blobs are in one bucket."""
 
-    def __init__(self, tmp_path: Path, upstream: UpstreamServer, redis: RedisServer, **cache: Any) -> None:
+    def __init__(self, tmp_path: Path, upstream: UpstreamServer, redis: RedisServer, *, s3: Any = None,
+                 **cache: Any) -> None:
         self.policy = Policy({
             "storage": {"path": str(tmp_path / "shared")},
             "cache": {"backend": "redis", "redis_url": redis.url, **cache},
@@ -48,8 +51,14 @@ class Cluster:
             "channels": {"internal": {"upstreams": ["pypi"], "read": ["group:devs"], "write": ["group:devs"]}},
         })
         self.token = self.policy.add_token("alice", ["all"])
-        self.a = Channelgate(tmp_path / "a", self.policy)
-        self.b = Channelgate(tmp_path / "b", self.policy)
+        policies = [self.policy, Policy(copy.deepcopy(self.policy.data))]
+        if s3 is not None:
+            for name, policy in zip("ab", policies):
+                policy.data["storage"] = {"path": str(tmp_path / name / "storage"), "backend": "s3", "s3": {
+                    "endpoint_url": s3.endpoint_url, "bucket": s3.bucket, "prefix": s3.prefix, "region": s3.region,
+                    "access_key_id": "testing", "secret_access_key": "testing"}}
+        self.a = Channelgate(tmp_path / "a", policies[0])
+        self.b = Channelgate(tmp_path / "b", policies[1])
 
     def __enter__(self) -> "Cluster":
         self.a.start()
@@ -226,13 +235,17 @@ async def fetch_all(urls: list[str]) -> list[tuple[int, str]]:
         return list(await asyncio.gather(*(one(u) for u in urls)))
 
 
+@pytest.mark.parametrize("store", ["filesystem", "s3"])
 async def test_32_cold_requests_across_two_replicas_make_one_upstream_get(
-    tmp_path: Path, upstream_factory, redis_server: RedisServer  # type: ignore[no-untyped-def]  # noqa: F811
+    tmp_path: Path, upstream_factory, redis_server: RedisServer, store: str, request  # type: ignore[no-untyped-def]  # noqa: F811
 ) -> None:
+    """``s3``: the replicas share nothing but the bucket and Redis (moto's S3 server): the
+    waiting replica reads the file from the bucket once the other published it."""
+    s3 = request.getfixturevalue("s3_settings") if store == "s3" else None
     upstream, data = big_world(tmp_path, upstream_factory)
     release = threading.Event()
     upstream.overrides[f"/files/{BIG}"] = slow_big_file(data, release)
-    with Cluster(tmp_path, upstream, redis_server) as cg:
+    with Cluster(tmp_path, upstream, redis_server, s3=s3) as cg:
         for replica in (cg.a, cg.b):  # each replica has the index (its file URLs) before the rush
             assert http("GET", cg.url(replica, "/simple/big-pkg/"))[0] == 200
         urls = [cg.url(cg.a if i % 2 else cg.b, f"/simple/big-pkg/{BIG}") for i in range(32)]
@@ -247,6 +260,11 @@ async def test_32_cold_requests_across_two_replicas_make_one_upstream_get(
         answers = await rush
     assert answers == [(200, hashlib.sha256(data).hexdigest())] * 32
     assert upstream.calls_to(f"/files/{BIG}") == 1
+    if s3 is not None:  # both replicas have their own copy now, read from the one bucket
+        assert cg.a.storage != cg.b.storage
+        sha = hashlib.sha256(data).hexdigest()
+        for replica in (cg.a, cg.b):
+            assert (replica.storage / "cache" / "sha256" / sha[:2] / sha).read_bytes() == data
 
 
 async def test_kill_9_the_downloading_replica_the_other_takes_over_and_nothing_is_fetched_again(
