@@ -75,3 +75,32 @@ def test_compose_scale_profile_names_every_engine_and_its_policy_holds_no_secret
     database = compose["services"]["postgres"]["environment"]
     assert replica["environment"]["PGPASSWORD"] == database["POSTGRES_PASSWORD"]
     assert database["POSTGRES_PASSWORD"] not in (CONFIG / policy_file).read_text()
+
+
+def test_compose_scale_profile_is_two_replicas_on_the_shared_engines_behind_one_port() -> None:
+    """config/docker-compose.yml's `scale` profile (README, "Scaling out"): the policy both
+    replicas mount is one channelgate accepts, and it points at the services the file runs."""
+    compose = yaml.safe_load((CONFIG / "docker-compose.yml").read_text())
+    services = compose["services"]
+    replicas = [services["replica-1"], services["replica-2"]]
+    policies, volumes = set(), set()
+    for replica in replicas:
+        assert replica["profiles"] == ["scale"]
+        mounts = dict(v.split(":")[:2] for v in replica["volumes"])
+        policies.add(next(src for src, dst in mounts.items() if dst == "/etc/channelgate/channelgate.yaml"))
+        volumes.add(next(src for src, dst in mounts.items() if dst == "/var/lib/channelgate"))
+        assert {"redis", "postgres", "minio-bucket"} <= set(replica["depends_on"])
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD"} <= set(replica["environment"])
+        assert replica["image"] == services["channelgate"]["image"]  # the image with the s3, redis, postgres extras
+    assert len(policies) == 1 and len(volumes) == 2 and volumes <= set(compose["volumes"])  # own disks
+    settings = load_settings(CONFIG / policies.pop())
+    assert settings.storage_backend == "s3" and settings.s3 is not None
+    assert settings.s3.endpoint_url == "http://minio:9000" and settings.s3.access_key_id is None  # from the env
+    assert settings.database_url is not None and "@postgres:" in settings.database_url
+    assert ":" not in settings.database_url.split("//", 1)[1].split("@", 1)[0]  # no password in the policy
+    assert settings.cache_backend == "redis" and settings.redis_url == "redis://redis:6379/0"
+    nginx = compose["configs"]["gateway"]["content"]
+    assert "server replica-1:8080" in nginx and "server replica-2:8080" in nginx
+    listen = re.search(r"listen (\d+);", nginx)
+    assert listen and services["gateway"]["ports"] == [f"{listen.group(1)}:{listen.group(1)}"]
+    assert "s3/channelgate" in " ".join(services["minio-bucket"]["entrypoint"]) and settings.s3.bucket == "channelgate"

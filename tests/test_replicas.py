@@ -1,6 +1,7 @@
 """Two replicas sharing a store, a catalog and one Redis (issue 13 parts 3 and 6; DESIGN,
 "Scale-out on existing engines"): real ``channelgate serve`` processes, a real redis-server,
-a real upstream; the shared store is a filesystem on this host and the catalog is SQLite.
+a real PostgreSQL (the shared catalog), a real upstream; the shared store is moto's S3 server
+(each replica on a storage.path of its own, as on two hosts) or one filesystem on this host.
 
 - an upload through one replica is in the other's indexes (pub/sub), and pip and py-rattler
   install it from the other;
@@ -38,13 +39,15 @@ BIG = "big_pkg-1.0-py3-none-any.whl"
 
 
 class Cluster:
-    """Two replicas of one policy: one storage.path (one catalog), one Redis. With ``s3``, each
-    replica has a storage.path of its own, as on two hosts, and the blobs are in one bucket."""
+    """Two replicas of one policy: one PostgreSQL catalog, one Redis, one storage.path. With
+    ``s3``, each replica has a storage.path of its own, as on two hosts, and the blobs are in
+    one bucket: the replicas share nothing but the engines."""
 
-    def __init__(self, tmp_path: Path, upstream: UpstreamServer, redis: RedisServer, *, s3: Any = None,
-                 **cache: Any) -> None:
+    def __init__(self, tmp_path: Path, upstream: UpstreamServer, redis: RedisServer, database: str, *,
+                 s3: Any = None, **cache: Any) -> None:
         self.policy = Policy({
             "storage": {"path": str(tmp_path / "shared")},
+            "database": {"url": database},
             "cache": {"backend": "redis", "redis_url": redis.url, **cache},
             "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
             "groups": {"devs": ["alice"]},
@@ -125,11 +128,11 @@ def post(url: str, path: Path, token: str, fields: dict[str, str] | None = None)
 
 
 async def test_an_upload_through_one_replica_is_in_the_others_indexes_and_installs_from_it(
-    tmp_path: Path, upstream_factory, redis_server: RedisServer, events: Any  # type: ignore[no-untyped-def]  # noqa: F811
+    tmp_path: Path, upstream_factory, redis_server: RedisServer, events: Any, pg_url: str, s3_settings: Any  # type: ignore[no-untyped-def]  # noqa: F811
 ) -> None:
     rattler = pytest.importorskip("rattler")
     write_simple_index(tmp_path / "root", [])
-    with Cluster(tmp_path, upstream_factory(tmp_path / "root"), redis_server) as cg:
+    with Cluster(tmp_path, upstream_factory(tmp_path / "root"), redis_server, pg_url, s3=s3_settings) as cg:
         # B has built its merged indexes before the upload: they must not be served again
         assert b"fresh-pkg" not in http("GET", cg.url(cg.b, "/simple/"))[2]
         assert b"fresh-pkg" not in http("GET", cg.url(cg.b, "/noarch/repodata.json"))[2]
@@ -168,13 +171,11 @@ async def test_invalidation_reaches_a_catalog_that_cannot_see_the_write(
     from proxy.store.catalog import SqliteCatalog, Upload
 
     first, second = SqliteCatalog(tmp_path / "one.sqlite3"), SqliteCatalog(tmp_path / "two.sqlite3")
-    heard = asyncio.Event()
-    seen: list[tuple[str | None, str | None]] = []
+    heard: asyncio.Queue[tuple[str | None, str | None]] = asyncio.Queue()
 
     def changed(channel: str | None, ecosystem: str | None) -> None:
         second.changed(channel, ecosystem)
-        seen.append((channel, ecosystem))
-        heard.set()
+        heard.put_nowait((channel, ecosystem))
 
     one, two = Coordinator(redis_server.url), Coordinator(redis_server.url)
     try:
@@ -182,12 +183,13 @@ async def test_invalidation_reaches_a_catalog_that_cannot_see_the_write(
         await two.start(changed)
         first.watch(one.changed_here)
         before = second.generation("internal", "pypi")
-        await asyncio.to_thread(first.add, Upload("internal", "pypi", "x/x-1.whl", "x", "1", "x-1.whl", "0" * 64,
-                                                  "0" * 32, 1))  # a write from a worker thread, as uploads do
-        await asyncio.wait_for(heard.wait(), 10)
-        assert seen == [("internal", "pypi")]
+        await first.add(Upload("internal", "pypi", "x/x-1.whl", "x", "1", "x-1.whl", "0" * 64, "0" * 32, 1))
+        assert await asyncio.wait_for(heard.get(), 10) == ("internal", "pypi")
         assert second.generation("internal", "pypi") != before
         assert second.generation("internal", "conda") == 0  # only the pair that changed
+        # a change committed on a worker thread is published all the same
+        await asyncio.to_thread(one.changed_here, "internal", "cran")
+        assert await asyncio.wait_for(heard.get(), 10) == ("internal", "cran")
     finally:
         await one.close()
         await two.close()
@@ -237,7 +239,7 @@ async def fetch_all(urls: list[str]) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("store", ["filesystem", "s3"])
 async def test_32_cold_requests_across_two_replicas_make_one_upstream_get(
-    tmp_path: Path, upstream_factory, redis_server: RedisServer, store: str, request  # type: ignore[no-untyped-def]  # noqa: F811
+    tmp_path: Path, upstream_factory, redis_server: RedisServer, pg_url: str, store: str, request  # type: ignore[no-untyped-def]  # noqa: F811
 ) -> None:
     """``s3``: the replicas share nothing but the bucket and Redis (moto's S3 server): the
     waiting replica reads the file from the bucket once the other published it."""
@@ -245,7 +247,7 @@ async def test_32_cold_requests_across_two_replicas_make_one_upstream_get(
     upstream, data = big_world(tmp_path, upstream_factory)
     release = threading.Event()
     upstream.overrides[f"/files/{BIG}"] = slow_big_file(data, release)
-    with Cluster(tmp_path, upstream, redis_server, s3=s3) as cg:
+    with Cluster(tmp_path, upstream, redis_server, pg_url, s3=s3) as cg:
         for replica in (cg.a, cg.b):  # each replica has the index (its file URLs) before the rush
             assert http("GET", cg.url(replica, "/simple/big-pkg/"))[0] == 200
         urls = [cg.url(cg.a if i % 2 else cg.b, f"/simple/big-pkg/{BIG}") for i in range(32)]
@@ -268,13 +270,13 @@ async def test_32_cold_requests_across_two_replicas_make_one_upstream_get(
 
 
 async def test_kill_9_the_downloading_replica_the_other_takes_over_and_nothing_is_fetched_again(
-    tmp_path: Path, upstream_factory, redis_server: RedisServer  # type: ignore[no-untyped-def]  # noqa: F811
+    tmp_path: Path, upstream_factory, redis_server: RedisServer, pg_url: str  # type: ignore[no-untyped-def]  # noqa: F811
 ) -> None:
     upstream, data = big_world(tmp_path, upstream_factory)
     release = threading.Event()
     upstream.overrides[f"/files/{BIG}"] = slow_big_file(data, release, stall_first_only=True)
     digest = hashlib.sha256(data).hexdigest()
-    with Cluster(tmp_path, upstream, redis_server, download_lease=2) as cg:
+    with Cluster(tmp_path, upstream, redis_server, pg_url, download_lease=2) as cg:
         try:
             holder = asyncio.ensure_future(fetch_all([cg.url(cg.a, f"/simple/big-pkg/{BIG}")]))
             await asyncio.to_thread(wait_until, lambda: upstream.calls_to(f"/files/{BIG}") == 1, "A never downloaded")
@@ -302,12 +304,12 @@ async def test_kill_9_the_downloading_replica_the_other_takes_over_and_nothing_i
 
 
 async def test_with_redis_stopped_content_is_still_served_and_readiness_says_degraded(
-    tmp_path: Path, upstream_factory, redis_server: RedisServer  # type: ignore[no-untyped-def]  # noqa: F811
+    tmp_path: Path, upstream_factory, redis_server: RedisServer, pg_url: str  # type: ignore[no-untyped-def]  # noqa: F811
 ) -> None:
     wheels = [make_wheel(tmp_path / "d", name, "1.0") for name in ("warm-pkg", "cold-pkg")]
     write_simple_index(tmp_path / "root", wheels)
     upstream = upstream_factory(tmp_path / "root")
-    with Cluster(tmp_path, upstream, redis_server) as cg:
+    with Cluster(tmp_path, upstream, redis_server, pg_url) as cg:
         warm = cg.url(cg.a, f"/simple/warm-pkg/{wheels[0].name}")
         assert http("GET", warm)[2] == wheels[0].read_bytes()
         assert json.loads(http("GET", f"{cg.a.url}/api/ready")[2])["status"] == "ready"
