@@ -440,3 +440,26 @@ def test_export_reads_an_s3_store_from_the_bucket(tmp_path: Path, s3_settings, u
     assert (storage / "cache" / "sha256" / sha[:2] / sha).read_bytes() == b"a cached artifact" * 50
     assert (storage / "cache" / "origin" / sha).read_text() == "pypi"
     assert (storage / "cache" / "refs" / hashlib.sha256(b"md5:0123").hexdigest()).read_text() == sha
+
+
+def test_import_publishes_into_an_s3_store_and_twice_changes_nothing(tmp_path: Path, host_a, upstream, s3_settings, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``storage.backend: s3``: import goes through the Store, so the blobs land in the bucket
+    (the shared store every replica serves from), provenance and aliases too."""
+    import botocore.session
+
+    policy = _policy(upstream, tmp_path / "b" / "storage", offline=True)
+    policy.data["storage"] = {"path": str(tmp_path / "b" / "storage"), "backend": "s3", "s3": {
+        "endpoint_url": s3_settings.endpoint_url, "bucket": s3_settings.bucket, "prefix": s3_settings.prefix,
+        "region": s3_settings.region, "access_key_id": "testing", "secret_access_key": "testing"}}
+    config = config_for(tmp_path / "b", policy)
+    done = cli_here(capsys, "import", "--config", config, str(host_a["bundle"]))
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(host_a["bundle"]) as tar:
+        blobs = [n for n in tar.getnames() if n.startswith(("uploads/sha256/", "cache/sha256/", "cache/origin/"))]
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=s3_settings.endpoint_url,
+        aws_access_key_id="testing", aws_secret_access_key="testing")
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket=s3_settings.bucket).get("Contents", ())}
+    assert blobs and {f"{s3_settings.prefix}{n}" for n in blobs} <= listed
+    again = cli_here(capsys, "import", "--config", config, str(host_a["bundle"]))
+    assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout + again.stderr

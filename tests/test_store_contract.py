@@ -138,6 +138,21 @@ async def test_blobs_lists_what_is_published_and_remove_takes_it_with_its_proven
     assert await store.stat("uploads", upload.sha256) == upload.size
 
 
+async def test_adopt_publishes_a_verified_file_once_and_aliases_are_set_by_digest(store: Store) -> None:
+    """What ``channelgate import`` publishes through, on every backend."""
+    data = b"an imported artifact"
+    sha = hashlib.sha256(data).hexdigest()
+    staged = store.scratch_dir / "staged"
+    staged.write_bytes(data)
+    assert await store.adopt("cache", staged, sha) is True
+    assert await store.stat("cache", sha) == len(data) and not staged.exists()
+    staged.write_bytes(data)
+    assert await store.adopt("cache", staged, sha) is False and staged.exists()  # held already: left alone
+    digest = hashlib.sha256(b"md5:abc").hexdigest()
+    assert store.set_alias(digest, sha) is True and store.set_alias(digest, sha) is False
+    assert dict(store.refs()) == {digest: sha} and await store.ref("md5:abc") == sha
+
+
 def test_a_malformed_digest_is_invalid_input(store: Store) -> None:
     with pytest.raises(InvalidInput):
         store.find("uploads", "../../etc/passwd")

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..settings import Settings
-from ..store.blobs import BlobStore
+from ..store.protocols import Store
+from ..store.s3 import open_store
 from ..store.backends import open_catalog
 from ..store.catalog import Upload
 from . import package_settings, ustar
@@ -59,27 +60,25 @@ class ImportReport:
 
 
 def import_bundle(settings: Settings, bundle: Path, stream: TextIO | None = None) -> ImportReport:
-    root = settings.storage_path
-    store = BlobStore(root)
-    store.open(clean=False)
+    store = open_store(settings, clean=False)  # filesystem or S3 (storage.backend)
     staging = store.scratch_dir / "import"  # this process's own temp space (store/scratch.py)
     staging.mkdir()
     try:
         ledger = Ledger(staging / "ledger.sqlite3")
         try:
-            manifest = _read(root, bundle, staging, ledger, stream)
+            manifest = _read(store, bundle, staging, ledger, stream)
             header = _verify(ledger, manifest)
-            rows = _rows(root, ledger)
+            rows = _rows(store, ledger)
             package_rows = _settings(ledger, header)
             sync_filesystem(staging)  # every staged byte on disk before anything points at it
-            return _publish(settings, ledger, rows, package_rows, header, manifest)
+            return _publish(settings, store, ledger, rows, package_rows, header, manifest)
         finally:
             ledger.close()
     finally:
         store.release()
 
 
-def _read(root: Path, bundle: Path, staging: Path, ledger: Ledger, stream: TextIO | None) -> Path:
+def _read(store: Store, bundle: Path, staging: Path, ledger: Ledger, stream: TextIO | None) -> Path:
     """Stage every member, recording it in the ledger; the staged manifest's path."""
     from .progress import Progress
 
@@ -107,7 +106,7 @@ def _read(root: Path, bundle: Path, staging: Path, ledger: Ledger, stream: TextI
                     raise BundleError(f"{name} is truncated")
                 if manifest is not None:
                     raise BundleError("the manifest is not the last member")
-                target = _target(root, staging, name, progress.items)
+                target = _target(store, staging, name, progress.items)
                 job = pool.submit(stage, fd, data, length, target)
                 if name == MANIFEST:
                     manifest = target
@@ -126,15 +125,26 @@ def _read(root: Path, bundle: Path, staging: Path, ledger: Ledger, stream: TextI
     return manifest
 
 
-def _target(root: Path, staging: Path, name: str, n: int) -> Path | None:
-    """Where a member is staged: None when only hashed (content the store holds already)."""
+def _target(store: Store, staging: Path, name: str, n: int) -> Path | None:
+    """Where a member is staged: None when only hashed (content this host holds already)."""
     if name == MANIFEST:
         return staging / MANIFEST
     if not MEMBER_RE.match(name):
         raise BundleError(f"the bundle holds {name!r}, which no store has")
-    if CONTENT_ADDRESSED.match(name) is not None and os.path.isfile(f"{root}/{name}"):
+    if CONTENT_ADDRESSED.match(name) is not None and _local(store, name) is not None:
         return None  # (a name held twice is refused when recorded)
     return staging / f"{n:08d}"
+
+
+def _local(store: Store, name: str) -> Path | None:
+    """The file on this host holding a content-addressed member, without asking a remote
+    backend (blobs: ``Store.local``; index bodies: the store's ``meta`` area)."""
+    area, _, rest = name.partition("/")
+    sha256 = rest[-64:]
+    if area == "meta":
+        path = store.area_dir("meta") / "bodies" / sha256[:2] / sha256
+        return path if path.is_file() else None
+    return store.local("uploads" if area == "uploads" else "cache", sha256)
 
 
 def _record(ledger: Ledger, name: str, job: Future[Staged]) -> None:
@@ -173,7 +183,7 @@ def _verify(ledger: Ledger, manifest: Path) -> Header:
     return reader.header
 
 
-def _rows(root: Path, ledger: Ledger) -> list[Upload]:
+def _rows(store: Store, ledger: Ledger) -> list[Upload]:
     found = ledger.get(CATALOG)
     if found is None or found[2] is None:
         return []
@@ -185,7 +195,7 @@ def _rows(root: Path, ledger: Ledger) -> list[Upload]:
         for sha in (row.sha256, row.index_fields.get("metadata_sha256")):
             if isinstance(sha, str):
                 name = f"uploads/sha256/{sha[:2]}/{sha}"
-                if ledger.get(name) is None and not (root / name).is_file():
+                if ledger.get(name) is None and store.find("uploads", sha) is None:
                     raise BundleError(f"catalog row {row.channel}/{row.path} names a file the bundle does not carry")
     return rows
 
@@ -217,26 +227,72 @@ def _row(line: bytes, number: int) -> Upload:
     return Upload(**raw)
 
 
-def _publish(policy: Settings, ledger: Ledger, rows: list[Upload],
+def _publish(policy: Settings, store: Store, ledger: Ledger, rows: list[Upload],
              settings: package_settings.PackageSettings | None, header: Header, manifest: Path) -> ImportReport:
-    root = policy.storage_path
     report = ImportReport(channels=list(header.channels))
-    for content in (True, False):  # content first, then what points at it
-        for name, sha, size, staged in ledger.items():
-            if (CONTENT_ADDRESSED.match(name) is not None) != content or name in (CATALOG, PACKAGES):
-                continue
-            final = root / name
-            if staged is None or (final.is_file() and _same(final, sha, size)):
-                report.unchanged += 1
-                continue
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
+    asyncio.run(_content(store, ledger, report))  # content first, then what points at it
+    for name, sha, size, staged in ledger.items():
+        if CONTENT_ADDRESSED.match(name) is not None or name in (CATALOG, PACKAGES) or staged is None:
+            continue
+        if _point(store, name, Path(staged), sha, size):
             report.files += 1
             report.bytes += size
-    _remember(root, manifest)
+        else:
+            report.unchanged += 1
+    _remember(policy.storage_path, manifest)
     if rows or settings is not None:
         report.settings, report.rows = asyncio.run(_catalog(policy, rows, settings))
     return report
+
+
+async def _content(store: Store, ledger: Ledger, report: ImportReport) -> None:
+    """Publish the content-addressed members: blobs through the Store (a rename on the
+    filesystem, an upload to S3), index bodies into the store's ``meta`` area."""
+    try:
+        for name, sha, size, staged in ledger.items():
+            if CONTENT_ADDRESSED.match(name) is None:
+                continue
+            if staged is None:
+                report.unchanged += 1
+                continue
+            area = name.partition("/")[0]
+            if area == "meta":
+                final = store.area_dir("meta") / "bodies" / sha[:2] / sha
+                new = not final.is_file()
+                if new:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staged, final)
+            else:
+                new = await store.adopt("uploads" if area == "uploads" else "cache", Path(staged), sha)
+            if new:
+                report.files += 1
+                report.bytes += size
+            else:
+                report.unchanged += 1
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            await close()
+
+
+def _point(store: Store, name: str, staged: Path, sha256: str, size: int) -> bool:
+    """Publish what points at content (provenance, an alias, an index descriptor) unless the
+    store holds the same already; whether it changed."""
+    area, _, rest = name.rpartition("/")
+    if area == "cache/origin":
+        upstream = staged.read_text().strip()
+        if store.origin(rest) == upstream:
+            return False
+        store.set_origin(rest, upstream)
+        return True
+    if area == "cache/refs":
+        return store.set_alias(rest, staged.read_text().strip())
+    final = store.area_dir("meta") / "docs" / rest  # meta/docs/<key>.json
+    if final.is_file() and _same(final, sha256, size):
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, final)
+    return True
 
 
 async def _catalog(policy: Settings, rows: list[Upload],

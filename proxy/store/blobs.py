@@ -339,6 +339,24 @@ class BlobStore:
                         stat = entry.stat()
                         yield Listed(entry.name, stat.st_size, stat.st_mtime)
 
+    async def adopt(self, area: Area, path: Path, sha256: str) -> bool:
+        final = self.blob_path(area, sha256)
+        if final.is_file():
+            return False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, final)
+        return True
+
+    def set_alias(self, digest: str, sha256: str) -> bool:
+        path = self.root / "cache" / "refs" / digest
+        try:
+            if path.read_text().strip() == sha256:
+                return False
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        atomic_write(path, sha256.encode(), self.scratch_dir)
+        return True
+
     def refs(self) -> Iterator[tuple[str, str]]:
         base = self.root / "cache" / "refs"
         try:

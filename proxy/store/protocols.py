@@ -76,6 +76,15 @@ class Store(Protocol):
         """Every published blob of ``area`` in the shared backend, streamed (commands only:
         ``channelgate cache``)."""
 
+    async def adopt(self, area: "Area", path: Path, sha256: str) -> bool:
+        """Publish a file whose sha256 the caller verified (``channelgate import``): moved
+        into place (filesystem) or uploaded, then kept as this replica's copy (S3). False,
+        and the file left alone, when the store holds that blob already."""
+
+    def set_alias(self, digest: str, sha256: str) -> bool:
+        """Point the alias whose key has this digest at a cached blob (import carries key
+        digests, not keys); whether it changed."""
+
     def refs(self) -> Iterator[tuple[str, str]]:
         """Every alias as (digest of its key, sha256), streamed (commands only: export)."""
 

@@ -341,6 +341,30 @@ class S3Store(BlobStore):
         except Exception as exc:
             raise StorageError("the object store failed to list blobs") from exc
 
+    async def adopt(self, area: Area, path: Path, sha256: str) -> bool:
+        if await self.stat(area, sha256) is not None:
+            return False
+        key = self.key(area, sha256)
+        try:
+            if path.stat().st_size > self.part_size:
+                await self._multipart(path, key)
+            else:
+                data = await asyncio.to_thread(path.read_bytes)
+                await (await self._aio()).put_object(Bucket=self.settings.bucket, Key=key, Body=data)
+        except Exception as exc:
+            log.error("S3 upload of %s failed: %s", key, exc)
+            raise StorageError("the object store refused the write") from exc
+        await super().adopt(area, path, sha256)  # this replica's copy
+        return True
+
+    def set_alias(self, digest: str, sha256: str) -> bool:
+        key = f"{self.settings.prefix}cache/refs/{digest}"
+        if self._get_text(key) == sha256:
+            return False
+        self._put_text(key, sha256)
+        super().set_alias(digest, sha256)
+        return True
+
     def refs(self) -> Iterator[tuple[str, str]]:
         prefix = f"{self.settings.prefix}cache/refs/"
         try:
