@@ -31,6 +31,7 @@ FORMATS = ("text", "json")
 # attributes every LogRecord has; anything else on a record came from ``extra=``
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _NO_FACTS = RequestFacts()
+PATH_MEMO = 4096  # masked paths remembered by an AccessSink
 
 _PATH_TOKEN = re.compile(r"/t/[^/\s\"'?]+")
 _PATTERNS = (
@@ -125,6 +126,7 @@ class AccessSink:
         self.delay = delay
         self.max_lines = max_lines
         self._lines: list[str] = []
+        self.paths: dict[str, str] = {}  # request path -> as logged (AccessLogger)
         self._scheduled: asyncio.TimerHandle | None = None
         self._stamp_second = -1
         self._stamp = ""
@@ -197,13 +199,20 @@ class AccessLogger(AbstractAccessLogger):
     """Access log without query strings or credentials; ``logger`` is an AccessSink."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        path = request.path
-        if "/t/" in path:
-            path = _PATH_TOKEN.sub("/t/<redacted>", path)
-        if "cgt-" in path:
-            path = mask(path)
-        path = escape_path(path)
-        self.logger.record(request, response, time, path)  # type: ignore[attr-defined]
+        sink: AccessSink = self.logger  # type: ignore[assignment]
+        raw = request.path
+        path = sink.paths.get(raw)  # paths repeat (one per client and token): masked once
+        if path is None:
+            path = raw
+            if "/t/" in path:
+                path = _PATH_TOKEN.sub("/t/<redacted>", path)
+            if "cgt-" in path:
+                path = mask(path)
+            path = escape_path(path)
+            if len(sink.paths) >= PATH_MEMO:
+                sink.paths.clear()
+            sink.paths[raw] = path
+        sink.record(request, response, time, path)
 
     @property
     def enabled(self) -> bool:

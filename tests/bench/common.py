@@ -50,7 +50,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    wrk_seconds=10, wrk_warmup=2, connections=64, page_versions=100, conda_records=5000,
+    wrk_seconds=4, wrk_warmup=1, wrk_rounds=3, connections=64, page_versions=100, conda_records=5000,
     artifact=256 * MiB, parallel=8, cold=64 * MiB, cold_clients=64, cold_seconds=2.0,
     big_records=465_000, stream=1024 * MiB, rounds=3,
 )
