@@ -1,5 +1,5 @@
-"""Two replicas sharing one store, one catalog and one Redis (issue 13, DESIGN "Scale-out on
-existing engines"):
+"""Two replicas sharing one store (a filesystem on this host), one PostgreSQL catalog and one
+Redis (issue 13, DESIGN "Scale-out on existing engines"):
 
 - a cold artifact asked of both replicas at once (half the clients on each): upstream GETs
   (the Redis lease makes it one) and correct bodies;
@@ -14,6 +14,7 @@ import time
 
 import orjson
 
+from tests.pg_cluster import PgCluster, missing_tools
 from tests.redis_server import RedisServer
 
 from .common import Bench, Figure, MiB, bench_policy, channel_url, median, unzstd, upload_conda
@@ -30,7 +31,6 @@ FIGURES = {
     "visible": Figure("replicas.upload_visible_ms", "upload through replica A: until replica B's index lists it",
                       "ms", "< 1000 ms", lambda ours, peer, ratio: ours < 1000),
 }
-UPLOADS = 5
 
 
 def _redis(bench: Bench) -> RedisServer:
@@ -40,6 +40,16 @@ def _redis(bench: Bench) -> RedisServer:
     server = RedisServer(binary, bench.dir("redis")).start()
     bench.stack.callback(server.stop)
     return server
+
+
+def _postgres(bench: Bench) -> str:
+    """A throwaway PostgreSQL cluster (tests/pg_cluster.py); the URL of a fresh database."""
+    reason = missing_tools()
+    if reason is not None:
+        raise Unavailable(reason)
+    cluster = PgCluster().start()
+    bench.stack.callback(cluster.stop)
+    return cluster.new_database()
 
 
 async def _listed(url: str, name: str) -> bool:
@@ -69,6 +79,7 @@ async def replicas(bench: Bench) -> list[Row]:
     policy, reader, writer = bench_policy({"pypi": {"type": "pypi", "url": f"{up.url}/simple"}})
     policy.data["storage"] = {"path": str(bench.dir("shared"))}
     policy.data["cache"] = {"backend": "redis", "redis_url": redis.url}
+    policy.data["database"] = {"url": _postgres(bench)}
     a, b = bench.channelgate("a", policy), bench.channelgate("b", policy)
     urls = [f"{channel_url(r.url, reader)}/simple/bench-cold2/{art.filename}" for r in (a, b)]
     for url in urls:  # each replica knows the file's URL and hash before the rush
@@ -84,10 +95,11 @@ async def replicas(bench: Bench) -> list[Row]:
     index = {r: f"{channel_url(r.url, reader)}/noarch/repodata.json.zst" for r in (a, b)}
     for url in index.values():  # both replicas have built their merged index before any upload
         await _listed(url, "-")
-    names = [f"bench-visible-{i}" for i in range(UPLOADS * 2)]
+    uploads = 2 * s.rounds  # 2 in a --quick run, 6 in a full one
+    names = [f"bench-visible-{i}" for i in range(uploads * 2)]
     packages = conda_packages(bench.dir("pkgs"), names, subdir="noarch")
     other, same = [], []
-    for i in range(UPLOADS):
+    for i in range(uploads):
         await upload_conda(a.url, writer, packages[2 * i])
         other.append(await _until_listed(index[b], names[2 * i]))
         await upload_conda(a.url, writer, packages[2 * i + 1])
@@ -99,6 +111,6 @@ async def replicas(bench: Bench) -> list[Row]:
         FIGURES["bodies"].row(correct, s.cold_clients, peer_name="clients",
                               note="; ".join(errors) if errors else "status 200, size and sha256 checked per client"),
         FIGURES["visible"].row(ms_other, ms_same, peer_name="same replica",
-                               note=f"median of {UPLOADS} conda uploads, from the upload's answer to the first "
+                               note=f"median of {uploads} conda uploads, from the upload's answer to the first "
                                     f"repodata.json.zst that lists it (max {max(other) * 1000:.0f} ms)"),
     ]
