@@ -270,6 +270,9 @@ class Artifacts:
                 if sha256 is None:
                     continue  # the lease lapsed (its holder died) or Redis went away: take over
             fetch.sha256, fetch.path = sha256, self.store.local("cache", sha256)  # a local copy, if any
+            size = await self.store.stat("cache", sha256)
+            if size is not None:  # what HEAD and Range answers on this fetch read (ranges.py)
+                fetch.total = fetch.written = size
             return None
 
     async def _publish(self, fetch: Download) -> Blob:

@@ -257,10 +257,15 @@ async def test_32_cold_requests_across_two_replicas_make_one_upstream_get(
             await asyncio.to_thread(wait_until, lambda: upstream.calls_to(f"/files/{BIG}") == 1, "no download")
             await asyncio.to_thread(wait_until, lambda: sum(metric(r, "channelgate_replica_waits") for r in (cg.a, cg.b))
                                     == 1, "no replica waits for the other")
+            # a HEAD on the waiting replica (the simple page declares no size) gets the length
+            waiting = cg.a if metric(cg.a, "channelgate_replica_waits") else cg.b
+            head = asyncio.ensure_future(asyncio.to_thread(http, "HEAD", cg.url(waiting, f"/simple/big-pkg/{BIG}")))
         finally:
             release.set()
         answers = await rush
+        status, headers, _ = await head
     assert answers == [(200, hashlib.sha256(data).hexdigest())] * 32
+    assert status == 200 and int(headers["Content-Length"]) == len(data)
     assert upstream.calls_to(f"/files/{BIG}") == 1
     if s3 is not None:  # the replicas share no disk: the one copy is the bucket's
         import botocore.session
