@@ -87,6 +87,9 @@ class Unavailable(StorageError):
 
     default_message = "the database is unavailable; nothing was changed, retry later"
 
+    def __init__(self, message: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
 
 class UpstreamError(ChannelgateError):
     """The upstream failed, or served bytes that do not match its own index."""

@@ -157,9 +157,12 @@ async def test_export_from_postgresql_and_import_into_another(served: tuple[Chan
 
 def _post_wheel(server: Channelgate, token: str, wheel: Path) -> int:
     with open(wheel, "rb") as fh:
-        return requests.post(f"{server.url}/api/repo/internal", data=twine_fields(wheel),
-                             files={"content": (wheel.name, fh, "application/octet-stream")},
-                             auth=(token, "x-auth-token"), timeout=60).status_code
+        response = requests.post(f"{server.url}/api/repo/internal", data=twine_fields(wheel),
+                                 files={"content": (wheel.name, fh, "application/octet-stream")},
+                                 auth=(token, "x-auth-token"), timeout=60)
+    if response.status_code == 503:  # the database is down: the client is told when to retry
+        assert response.headers["Retry-After"] == "5" and "database" in response.json()["error"]
+    return response.status_code
 
 
 def test_ready_reports_the_database_down_and_recovers(served: tuple[Channelgate, str], pg_url: str,
