@@ -201,15 +201,12 @@ def _serve_workers(settings: Settings, policy_path: Path | None, opts: ServeOpti
     writes to one prometheus-client multiprocess directory, so any worker's /metrics (or
     the shared metrics_listen socket) answers the sum.
     """
+    from .store.backends import create_sqlite_files
     from .store.blobs import BlobStore
-    from .store.catalog import SqliteCatalog
-    from .store.tokens import TokenStore
 
     BlobStore(settings.storage_path).open()
-    # create the databases (and switch them to WAL) once, before the workers open them at the same time
     if not settings.database_url:  # PostgreSQL: each worker migrates under an advisory lock
-        SqliteCatalog.at(settings.storage_path).close()
-        TokenStore(settings.storage_path / "accounts.sqlite3").close()
+        create_sqlite_files(settings.storage_path)
     metrics_dir = tempfile.mkdtemp(prefix="channelgate-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # before any worker imports prometheus-client
     opts = replace(opts, main_pid=os.getpid(), clean_tmp=False)

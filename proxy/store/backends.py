@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -16,6 +17,13 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 ACCOUNTS_FILE = "accounts.sqlite3"
+
+
+def create_sqlite_files(storage_root: Path) -> None:
+    """Create the SQLite catalog and token store (and switch them to WAL) once, before
+    --workers processes open them at the same time."""
+    SqliteCatalog.at(storage_root).close()
+    TokenStore(storage_root / ACCOUNTS_FILE).close()
 
 
 @contextlib.asynccontextmanager
@@ -73,4 +81,4 @@ def catalog_reader(settings: "Settings") -> Iterator[Catalog | None]:
             runner.run(stack.aclose())
 
 
-__all__ = ["ACCOUNTS_FILE", "catalog_reader", "open_catalog"]
+__all__ = ["ACCOUNTS_FILE", "catalog_reader", "create_sqlite_files", "open_catalog"]
