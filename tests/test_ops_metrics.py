@@ -42,8 +42,9 @@ class World:
     private_wheel: Path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory) -> Any:  # type: ignore[no-untyped-def]
+    """A server of each test's own: the metrics test counts every request since start."""
     base = tmp_path_factory.mktemp("ops")
     root = base / "upstream"
     dists = base / "dists"
@@ -182,20 +183,20 @@ async def test_metrics_agree_with_real_traffic(world: World) -> None:
 
 
 def test_every_log_line_is_json_with_the_operator_fields(world: World) -> None:
-    status, _, _ = http("GET", f"{world.server.url}/api/repo/internal/simple/acme-lib/",
+    status, _, _ = http("GET", f"{world.server.url}/api/repo/internal/simple/upstream-dep/",
                         headers={"Authorization": f"Bearer {world.tokens['reader']}"})
-    assert status == 200
+    assert status == 200  # fetched from the upstream: an upstream line too
     # the JSON API authenticates on its own path: its access line names the user too
     status, _, _ = http("GET", f"{world.server.url}/api/user", headers={"Authorization": f"token {world.tokens['writer']}"})
     assert status == 200
-    world.server.wait_log("/simple/acme-lib/")
+    world.server.wait_log("/simple/upstream-dep/")
     world.server.wait_log('"path":"/api/user"')
     entries = json_lines(world)  # raises if any line is not JSON
     assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
     access = [e for e in entries if e["logger"] == "access"]
     for entry in access:
         assert {"user", "token", "channel", "ecosystem", "status", "bytes", "duration", "cache", "path"} <= entry.keys()
-    mine = [e for e in access if e["path"] == "/api/repo/internal/simple/acme-lib/"]
+    mine = [e for e in access if e["path"] == "/api/repo/internal/simple/upstream-dep/"]
     assert mine and mine[-1]["user"] == "bob" and mine[-1]["token"] == "bob-laptop"
     assert mine[-1]["channel"] == "internal" and mine[-1]["ecosystem"] == "pypi"
     api = [e for e in access if e["path"] == "/api/user"]

@@ -98,6 +98,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     upstream = RecordingUpstream(root).start()
     policy = Policy({
         "cache": {"metadata_ttl": 600},
+        # the property tests send hundreds of bogus tokens from one address on purpose: the
+        # sign-in brake (tested in test_anaconda_accounts) must not turn a later test's answers into 429s
+        "accounts": {"max_failures": 1_000_000},
         "upstreams": {"pypi": {"type": "pypi", "url": upstream.url + PYPI},
                       "conda": {"type": "conda", "url": upstream.url + CONDA},
                       "cran": {"type": "cran", "url": upstream.url + CRAN}},
