@@ -40,7 +40,7 @@ def s3_storage(path: Path, settings: S3Settings, endpoint: str, **extra: Any) ->
 def hosted_world(tmp_path: Path, settings: S3Settings, relay: S3Relay, **s3: Any) -> tuple[Channelgate, str, Policy]:
     policy = Policy({"channels": {"internal": {"read": ["user:alice"], "write": ["user:alice"]}},
                      "users": ["alice", "mallory"]})
-    token = policy.add_token("alice", ["api:write", "pypi:download", "conda:download"])
+    token = policy.add_token("alice", ["api:write", "pypi:download", "conda:download", "cran:download"])
     policy.data["storage"] = s3_storage(tmp_path / "cg" / "storage", settings, relay.url, **s3)
     return Channelgate(tmp_path / "cg", policy).start(), token, policy
 
@@ -244,6 +244,34 @@ async def test_redirect_sends_rattler_to_the_bucket(tmp_path: Path, s3_settings:
         assert (target / "share/bucket-tool/README.txt").read_text().startswith("bucket-tool 1.0")
         assert len(relay.gets(sha)) == 1, "rattler read the package from the bucket"
         server.wait_log(f'/internal/noarch/{pkg.name}" 307')
+    finally:
+        server.stop()
+
+
+def test_redirect_sends_r_to_the_bucket(tmp_path: Path, s3_settings: S3Settings, relay: S3Relay) -> None:
+    """R's install.packages (libcurl) follows the 307: the source tarball comes from the bucket."""
+    from conftest import require_tool
+    from fixtures.cran_pkgs import build_source_package
+
+    require_tool("R")
+    rscript = require_tool("Rscript")
+    server, token, _ = hosted_world(tmp_path, s3_settings, relay, redirect=True)
+    try:
+        pkg = build_source_package(tmp_path / "rpkgs", "bucketr", "1.0")
+        with open(pkg.path, "rb") as fh:
+            resp = requests.post(f"{server.url}/api/repo/internal", data={"filetype": "cran_source_package"},
+                                 files={"content": (pkg.filename, fh)}, headers={"X-Auth": token}, timeout=60)
+        assert resp.status_code in (200, 201), resp.text
+        sha = hashlib.sha256(pkg.path.read_bytes()).hexdigest()
+        lib = tmp_path / "rlib"
+        lib.mkdir()
+        code = (f'options(repos = c(CG = "{channel_url(server, "alias", token)}")); '
+                f'install.packages("bucketr", lib = "{lib}", type = "source"); '
+                f'cat(as.character(packageVersion("bucketr", lib.loc = "{lib}")))')
+        got = run([rscript, "--vanilla", "-e", code], env=client_env(tmp_path / "home-r"), timeout=300)
+        assert got.returncode == 0 and got.stdout.endswith("1.0"), got.stdout + got.stderr
+        assert len(relay.gets(sha)) == 1, "R read the tarball from the bucket"
+        server.wait_log(f'/src/contrib/{pkg.filename}" 307')
     finally:
         server.stop()
 
