@@ -108,7 +108,8 @@ def run_scenario(name: str, workdir: Path, sizes: Sizes, say: Callable[[str], No
             rows = [f.unmeasured("ERROR", f"{type(exc).__name__}: {exc}") for f in figures]
     have = {r.name for r in rows}
     rows += [f.unmeasured("ERROR", "the scenario returned no row for this figure") for f in figures if f.name not in have]
-    return rows
+    order = {f.name: i for i, f in enumerate(figures)}  # the table (and --list) in the figures' order
+    return sorted(rows, key=lambda r: order.get(r.name, len(order)))
 
 
 def main(argv: list[str] | None = None) -> int:
