@@ -144,14 +144,14 @@ async def big_repodata(bench: Bench) -> list[Row]:
                  f"{raw / 1e6:.1f} MB raw / {repodata.zst_size / 1e6:.1f} MB zst; served zst {len(body) / 1e6:.1f} MB")
     return [
         FIGURES["first"].row(first, note=size_note),
-        FIGURES["shared"].row(max(shared), first, peer_name="1 channel",
-                              note="first merged repodata.json.zst per channel (s): "
-                                   + ", ".join(f"{t:.2f}" for t in shared)),
         FIGURES["warm"].row(median(warm), median(peer), peer_name="nginx",
                             note=f"median of {len(warm)} whole-body GETs by curl; first byte after "
                                  f"{ttfb[0]:.1f} ms (nginx {ttfb[1]:.1f} ms)"),
         FIGURES["rss"].row(hwm / MiB, raw / MiB, peer_name="raw upstream",
                            note=f"VmHWM of the server after all of the above; VmRSS now {status_now['VmRSS'] / MiB:.0f} MiB"),
+        FIGURES["shared"].row(max(shared), first, peer_name="1 channel",
+                              note="first merged repodata.json.zst per channel (s): "
+                                   + ", ".join(f"{t:.2f}" for t in shared)),
         FIGURES["bz2"].row(bz2_answer, note=f"HTTP {bz2_status}; the .bz2 was ready {bz2_ready:.1f} s after that "
                                             f"first request (HEAD polled every 0.25 s)"),
         FIGURES["upload"].row(visible, note=f"from the upload's 2xx (the POST itself took {upload_time:.3f} s) "
