@@ -117,9 +117,14 @@ end
 
 
 def _wrk_script() -> str:
+    """The hook's file, shared by concurrent runs: written whole, then renamed into place."""
     path = Path(tempfile.gettempdir()) / "channelgate-bench-wrk-done.lua"
     if not path.exists() or path.read_text() != _WRK_DONE:
-        path.write_text(_WRK_DONE)
+        fd, tmp = tempfile.mkstemp(prefix=".wrk-done-", suffix=".lua", dir=path.parent)
+        with open(fd, "w") as fh:
+            fh.write(_WRK_DONE)
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(path)
     return str(path)
 
 
