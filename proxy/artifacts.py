@@ -137,11 +137,13 @@ class Artifacts:
             self.metrics.cache_result("artifact", "hit")
             self.store.record_use(sha256)  # cache prune removes by last use
             return stored
-        self.metrics.cache_result("artifact", "miss")
+        fetch = self._inflight.get(spec.key)
+        # "miss": this request goes upstream (one per download started); "joined": it waits on
+        # a download another request, or a fetch ahead, already started (single flight)
+        self.metrics.cache_result("artifact", "joined" if fetch is not None else "miss")
         if offline:
             raise NotFound(f"{spec.filename} is not in the cache and the server is offline")
         check_target(spec.upstream, spec.url, hashed=spec.hashed, own=self.upstream.own, what=spec.filename)
-        fetch = self._inflight.get(spec.key)
         known = fetch.total if fetch is not None else None
         if request.method == "HEAD" and (spec.size is not None or known is not None):
             return await _head(request, spec, known)  # answered from the index: no download
@@ -185,7 +187,10 @@ class Artifacts:
             self.store.record_use(sha256)
             return sha256
         check_target(spec.upstream, spec.url, hashed=spec.hashed, own=self.upstream.own, what=spec.filename)
-        fetch = self._inflight.get(spec.key) or self._start(spec)
+        fetch = self._inflight.get(spec.key)
+        if fetch is None:
+            self.metrics.cache_result("artifact", "miss")
+            fetch = self._start(spec)
         while not fetch.finished:
             await fetch.changed()
         if fetch.error is not None:

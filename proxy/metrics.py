@@ -31,8 +31,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 CacheKind = Literal["index", "artifact"]
-CacheResult = Literal["hit", "miss", "stale", "hosted"]
-_RESULT_RANK = {"-": 0, "hosted": 1, "hit": 2, "stale": 3, "miss": 4}
+CacheResult = Literal["hit", "miss", "joined", "stale", "hosted"]
+_RESULT_RANK = {"-": 0, "hosted": 1, "hit": 2, "stale": 3, "joined": 4, "miss": 5}
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 

@@ -160,10 +160,14 @@ async def test_metrics_agree_with_real_traffic(world: World) -> None:
         assert total(samples, "channelgate_upstream_requests_total", upstream=name) == calls, name
         assert total(samples, "channelgate_upstream_seconds_count", upstream=name) == calls, name
 
-    # cache results: every artifact miss is one upstream download; the second pip install hit
+    # cache results: every artifact miss is one upstream download (whether a client or the
+    # PyPI fetch ahead started it; a client that waited on one is "joined"); the second pip
+    # install hit
     downloads = sum(1 for c in world.upstream.calls if is_artifact(c.path))
     assert downloads >= 3  # a wheel, conda packages and an R source package
     assert total(samples, "channelgate_cache_total", kind="artifact", result="miss") == downloads
+    joined = [e for e in lines if e["cache"] == "joined"]
+    assert total(samples, "channelgate_cache_total", kind="artifact", result="joined") == len(joined)
     assert total(samples, "channelgate_cache_total", kind="artifact", result="hit") == sum(
         1 for e in lines if e["cache"] == "hit" and is_artifact(e["path"])) >= 1
     hosted = [e["path"] for e in lines if e["cache"] == "hosted"]

@@ -17,6 +17,7 @@ here is only logged: the client's own request will meet it and answer for it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -77,7 +78,10 @@ class Prefetch:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def start(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
+        # an empty context: what the fetch ahead does is no request's doing (its cache results
+        # and freshness must not mark the access line, or the ready answer, of the page that
+        # started it)
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
