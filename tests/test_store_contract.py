@@ -191,6 +191,23 @@ def test_a_secret_is_made_once_and_kept(store: Store) -> None:
         store.secret("../escape", make)
 
 
+async def test_a_secret_is_the_same_for_every_replica(store: Store, tmp_path: Path) -> None:
+    """Replicas share the backend, not a disk: a sibling on another storage.path (S3) or on
+    the shared volume (filesystem) reads the secret the first one made (the UI's session key:
+    a cookie one replica signed must open on every other)."""
+    sibling: Store = BlobStore(store.root)  # type: ignore[attr-defined]
+    if type(store).__name__ == "S3Store":
+        from proxy.store.s3 import S3Store
+
+        sibling = S3Store(tmp_path / "another-replica", store.settings)  # type: ignore[attr-defined]
+        sibling.open()
+    first = store.secret("session.key", lambda: b"made-by-the-first")
+    assert sibling.secret("session.key", lambda: b"made-by-the-sibling") == first == b"made-by-the-first"
+    close = getattr(sibling, "close", None)
+    if close is not None:
+        await close()
+
+
 def test_probe_passes_on_a_writable_store_and_leaves_nothing(store: Store) -> None:
     before = set(store.scratch_dir.iterdir())
     store.probe()

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Area = Literal["uploads", "cache"]
 AREAS: tuple[Area, ...] = ("uploads", "cache")
 CHUNK = 256 * 1024
-_SECRET_NAME = re.compile(r"[a-z][a-z0-9.-]*")  # a plain file name at the store's root
+SECRET_NAME = re.compile(r"[a-z][a-z0-9.-]*")  # a plain file name at the store's root
 USE_EVERY = 3600.0  # a blob's last-use stamp is touched at most this often (seconds) per process
 
 
@@ -163,7 +163,7 @@ class BlobStore:
     def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
         """The small secret ``name`` at the store's root, made once by ``make`` (mode 0600,
         linked into place atomically, so sibling processes all read the first one made)."""
-        if not _SECRET_NAME.fullmatch(name):
+        if not SECRET_NAME.fullmatch(name):
             raise ValueError(f"not a secret's name: {name!r}")
         path = self.root / name
         try:
@@ -394,4 +394,4 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["Area", "Blob", "BlobStore", "DigestMismatch", "Listed", "TempBlob", "atomic_write"]
+__all__ = ["Area", "Blob", "BlobStore", "DigestMismatch", "Listed", "SECRET_NAME", "TempBlob", "atomic_write"]

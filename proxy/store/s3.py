@@ -35,13 +35,13 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, NotFound, StorageError
 from ..storage_settings import S3Settings
-from .blobs import CHUNK, Area, BlobStore, Listed, TempBlob, atomic_write
+from .blobs import CHUNK, SECRET_NAME, Area, BlobStore, Listed, TempBlob, atomic_write
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -59,6 +59,16 @@ def _missing(exc: Exception) -> bool:
         return False
     code = str(exc.response.get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    """A conditional write lost: the key exists (412), or another write of it is under way (409)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def _load_models(session: Any) -> None:
@@ -325,6 +335,26 @@ class S3Store(BlobStore):
 
     def origin(self, sha256: str) -> str | None:
         return self._get_text(self._origin_key(sha256))
+
+    def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The small secret ``name``, kept in the bucket (``<prefix>secrets/<name>``) so every
+        replica reads the same one whatever its ``storage.path``: written once with a
+        conditional PUT (``If-None-Match: *``), and a replica that loses that race reads the
+        winner's."""
+        if not SECRET_NAME.fullmatch(name):
+            raise ValueError(f"not a secret's name: {name!r}")
+        key = f"{self.settings.prefix}secrets/{name}"
+        kept = self._get_object(key)
+        if kept is None:
+            try:
+                self._sync().put_object(Bucket=self.settings.bucket, Key=key, Body=make(), IfNoneMatch="*")
+            except Exception as exc:
+                if not _precondition_failed(exc):
+                    raise StorageError("the object store failed") from exc
+            kept = self._get_object(key)
+            if kept is None:
+                raise StorageError(f"the object store lost {key} just written")
+        return bytes(kept["Body"].read(4096)).strip()
 
     # -- listing and removal (``channelgate cache``): the bucket's, not this replica's copies
     def blobs(self, area: Area) -> Iterator[Listed]:
