@@ -212,7 +212,7 @@ class SqliteCatalog(SnapshotReads):
             rows = self._db.execute(
                 "SELECT * FROM uploads WHERE channel=? AND ecosystem=? ORDER BY uploaded_at, path", key
             ).fetchall()
-        snap = Snapshot.build(gen, tuple(_row_to_upload(r) for r in rows))
+        snap = Snapshot.build(gen, tuple(upload_from_row(r) for r in rows))
         self._snapshots[key] = snap
         return snap
 
@@ -294,7 +294,7 @@ class SqliteCatalog(SnapshotReads):
         self._bump(channel, ecosystem)
 
 
-def _row_to_upload(row: tuple[Any, ...]) -> Upload:
+def upload_from_row(row: tuple[Any, ...]) -> Upload:
     (channel, ecosystem, path, name, version, filename, sha256, md5, size, labels, meta, uploader, at) = row
     return Upload(
         channel=channel, ecosystem=ecosystem, path=path, name=name, version=version, filename=filename,

@@ -24,7 +24,7 @@ from ..errors import ChannelgateError
 from ..settings import Settings, load_settings_or_report
 from .backends import ACCOUNTS_FILE, open_catalog
 from .blobs import AREAS, CHUNK, Area, BlobStore, DigestMismatch
-from .catalog import CATALOG_FILE, SqliteCatalog, Upload, _row_to_upload
+from .catalog import CATALOG_FILE, SqliteCatalog, Upload, upload_from_row
 from .protocols import Catalog, Store, Tokens
 from .s3 import S3Store, open_store
 from .tokens import TokenStore
@@ -75,7 +75,7 @@ async def _copy_catalog(source: Path, target: Catalog, report: MigrateReport, st
         packages, locked = old.packages.all(), old.packages.all_locked()
         db = sqlite3.connect(f"file:{source / CATALOG_FILE}?mode=ro", uri=True)
         try:
-            rows = [_row_to_upload(r) for r in db.execute("SELECT * FROM uploads ORDER BY uploaded_at, path")]
+            rows = [upload_from_row(r) for r in db.execute("SELECT * FROM uploads ORDER BY uploaded_at, path")]
         finally:
             db.close()
     finally:

@@ -129,7 +129,7 @@ class PackageTable(PackageMirror):
         with self._lock:
             rows = self._db.execute("SELECT * FROM packages").fetchall()
             locks = self._db.execute("SELECT channel, label FROM locked_labels").fetchall()
-        self._load((_row(r) for r in rows), locks)
+        self._load((package_from_row(r) for r in rows), locks)
 
     # ------------------------------------------------------------------ writes
     async def put(self, info: PackageInfo) -> PackageInfo:
@@ -137,7 +137,7 @@ class PackageTable(PackageMirror):
         if not info.created_at:
             info = replace(info, created_at=old.created_at if old else time.time())
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)", _values(info))
+            self._db.execute("INSERT OR REPLACE INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)", package_values(info))
         self.reload()
         if old is None or old.private != info.private:
             self._changed(info.channel, info.ecosystem)  # the public view's indexes change
@@ -164,7 +164,7 @@ class PackageTable(PackageMirror):
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR REPLACE INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)", [_values(i) for i in rows])
+                self._db.executemany("INSERT OR REPLACE INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)", [package_values(i) for i in rows])
                 self._db.executemany("INSERT OR IGNORE INTO locked_labels VALUES (?,?)", lock_add)
                 self._db.executemany("DELETE FROM locked_labels WHERE channel=? AND label=?", lock_drop)
             except BaseException:
@@ -185,12 +185,12 @@ class PackageTable(PackageMirror):
         self.reload()
 
 
-def _values(info: PackageInfo) -> tuple[Any, ...]:
+def package_values(info: PackageInfo) -> tuple[Any, ...]:
     return (info.channel, info.ecosystem, info.name, int(info.private), info.summary, info.description,
             info.license, info.home, json.dumps(dict(info.releases), sort_keys=True), info.created_at)
 
 
-def _row(row: tuple[Any, ...]) -> PackageInfo:
+def package_from_row(row: tuple[Any, ...]) -> PackageInfo:
     channel, ecosystem, name, private, summary, description, license_, home, releases, created = row
     return PackageInfo(
         channel=channel, ecosystem=ecosystem, name=name, private=bool(private), summary=summary,

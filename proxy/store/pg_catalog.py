@@ -15,9 +15,8 @@ from typing import Any
 import asyncpg
 
 from ..errors import Conflict
-from .catalog import PUBLIC_VIEW, Snapshot, SnapshotReads, Upload, _row_to_upload
-from .packages import PackageInfo, PackageMirror, _row
-from .packages import _values as _package_values
+from .catalog import PUBLIC_VIEW, Snapshot, SnapshotReads, Upload, upload_from_row
+from .packages import PackageInfo, PackageMirror, package_from_row, package_values
 from .pg import PgBackend
 
 _COLUMNS = ("channel, ecosystem, path, name, version, filename, sha256, md5, size, labels, meta, uploader, "
@@ -76,7 +75,7 @@ class PgCatalog(SnapshotReads):
             rows = await conn.fetch(f"SELECT {_COLUMNS} FROM uploads {_ORDER}")
         grouped: dict[tuple[str, str], list[Upload]] = {}
         for row in rows:
-            upload = _row_to_upload(tuple(row))
+            upload = upload_from_row(tuple(row))
             grouped.setdefault((upload.channel, upload.ecosystem), []).append(upload)
         self._snapshots = {(g[0], g[1]): Snapshot.build(int(g[2]), tuple(grouped.get((g[0], g[1]), ())))
                            for g in gens}
@@ -92,7 +91,7 @@ class PgCatalog(SnapshotReads):
                                     + _ORDER, channel, ecosystem)
         held = self._snapshots.get((channel, ecosystem))
         if held is None or int(gen or 0) >= held.generation:
-            self._snapshots[(channel, ecosystem)] = Snapshot.build(int(gen or 0), tuple(_row_to_upload(tuple(r)) for r in rows))
+            self._snapshots[(channel, ecosystem)] = Snapshot.build(int(gen or 0), tuple(upload_from_row(tuple(r)) for r in rows))
 
     async def _on_uploads(self, message: dict[str, Any]) -> None:
         key = (str(message["c"]), str(message["e"]))
@@ -212,7 +211,7 @@ class PgPackageTable(PackageMirror):
         async with self._db.snapshot() as conn:
             rows = await conn.fetch("SELECT * FROM packages")
             locks = await conn.fetch("SELECT channel, label FROM locked_labels")
-        self._load((_row(tuple(r)) for r in rows), [(r[0], r[1]) for r in locks])
+        self._load((package_from_row(tuple(r)) for r in rows), [(r[0], r[1]) for r in locks])
         self._catalog._views = {}
 
     async def _write(self, pairs: Iterable[tuple[str, str]], sql: str, args: Iterable[tuple[Any, ...]]) -> None:
@@ -265,7 +264,7 @@ class PgPackageTable(PackageMirror):
 
 
 def _pg_values(info: PackageInfo) -> tuple[Any, ...]:
-    values = _package_values(info)
+    values = package_values(info)
     return (*values[:3], bool(values[3]), *values[4:])
 
 

@@ -16,7 +16,7 @@ import asyncpg
 
 from ..errors import Conflict
 from .pg import PgBackend
-from .tokens import UserToken, _row
+from .tokens import UserToken, token_from_row
 
 _COLUMNS = '"user", name, sha256, scopes, created_at, expires_at, made_with, hostname, remote_addr'
 
@@ -44,7 +44,7 @@ class PgTokenStore:
         async with self._db.snapshot() as conn:
             rows = await conn.fetch(f"SELECT {_COLUMNS} FROM user_tokens ORDER BY \"user\", created_at")
             revoked = await conn.fetch("SELECT sha256, name FROM revoked_policy_tokens")
-        tokens = [_row(tuple(r)) for r in rows]
+        tokens = [token_from_row(tuple(r)) for r in rows]
         self._by_digest = {t.sha256: t for t in tokens}
         self._revoked = {str(r[0]): str(r[1]) for r in revoked}
 
@@ -91,7 +91,7 @@ class PgTokenStore:
                 return None
             await PgBackend.notify(conn, "tokens")
         await self.reload()
-        return _row(tuple(row))
+        return token_from_row(tuple(row))
 
     async def revoke_policy_token(self, digest: str, name: str) -> None:
         async with self._db.transaction() as conn:

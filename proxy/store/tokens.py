@@ -102,7 +102,7 @@ class TokenStore:
             return self._memo[digest]
         with self._lock:
             row = self._db.execute("SELECT * FROM user_tokens WHERE sha256=?", (digest,)).fetchone()
-        token = _row(row) if row else None
+        token = token_from_row(row) if row else None
         if token is not None:  # unknown digests are never remembered: guesses cannot grow the memo
             self._memo[digest] = token
         return token
@@ -115,12 +115,12 @@ class TokenStore:
     def of_user(self, user: str) -> list[UserToken]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM user_tokens WHERE user=? ORDER BY created_at", (user,)).fetchall()
-        return [_row(r) for r in rows]
+        return [token_from_row(r) for r in rows]
 
     def all(self) -> list[UserToken]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM user_tokens ORDER BY user, created_at").fetchall()
-        return [_row(r) for r in rows]
+        return [token_from_row(r) for r in rows]
 
     def revoked_policy_tokens(self) -> dict[str, str]:
         """digest -> name of every revoked policy token."""
@@ -158,7 +158,7 @@ class TokenStore:
                 return None
             self._db.execute("DELETE FROM user_tokens WHERE user=? AND name=?", (user, name))
         self._changed()
-        return _row(row)
+        return token_from_row(row)
 
     async def revoke_policy_token(self, digest: str, name: str) -> None:
         with self._lock:
@@ -168,7 +168,7 @@ class TokenStore:
         self._changed()
 
 
-def _row(row: tuple[object, ...]) -> UserToken:
+def token_from_row(row: tuple[object, ...]) -> UserToken:
     user, name, sha256, scopes, created, expires, made_with, hostname, remote = row
     return UserToken(
         user=str(user), name=str(name), sha256=str(sha256), scopes=tuple(json.loads(str(scopes))),
