@@ -89,10 +89,16 @@ def test_cran_macos_binaries_are_seeded_exported_and_served_offline(tmp_path: Pa
             build_source_package(b / "s2", "midb", "1.0"),
             build_source_package(b / "s3", "loner", "1.0")]
     binaries = {}
+    # each tree's builds name their own platform, as CRAN's do, so no two trees hold the same
+    # bytes (identical files would be one content-addressed blob, fetched once or twice
+    # depending on which download finished first)
+    platforms = {"big-sur-arm64": "aarch64-apple-darwin20", "big-sur-x86_64": "x86_64-apple-darwin20",
+                 "": "x86_64-apple-darwin17.0"}
     for r_type, subtype in trees.items():
         for name in ("topa", "midb", "loner"):
             built = build_macos_binary(b / f"{subtype or 'legacy'}-{name}", name, "1.0", r_version=f"{minor}.0",
-                                       subtype=subtype or None, imports=["midb"] if name == "topa" else ())
+                                       platform=platforms[subtype], subtype=subtype or None,
+                                       imports=["midb"] if name == "topa" else ())
             assert built.repo_dir == _contrib(r_type)  # the fixture lays it out where R looks
             pkgs.append(built)
             binaries[(r_type, name)] = built.path.read_bytes()
