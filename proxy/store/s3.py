@@ -344,6 +344,15 @@ class S3Store(BlobStore):
         if not SECRET_NAME.fullmatch(name):
             raise ValueError(f"not a secret's name: {name!r}")
         key = f"{self.settings.prefix}secrets/{name}"
+        try:
+            return self._shared_secret(key, make)
+        except StorageError as exc:
+            # the bucket is down at start: serve with this replica's own secret (readiness says
+            # 503 for the bucket meanwhile, so the balancer sends nobody here), shared once restarted
+            log.warning("secret %s kept on this replica only: %s", name, exc.__cause__ or exc)
+            return super().secret(name, make)
+
+    def _shared_secret(self, key: str, make: Callable[[], bytes]) -> bytes:
         kept = self._get_object(key)
         if kept is None:
             try:
