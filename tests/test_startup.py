@@ -112,9 +112,9 @@ def test_a_missing_tokens_file_fails_check_serve_and_reload(tmp_path: Path) -> N
 BIG = "big_pkg-1.0-py3-none-any.whl"
 
 
-async def test_a_second_serve_on_a_busy_port_leaves_the_first_download_intact(
-    tmp_path: Path, upstream_factory  # type: ignore[no-untyped-def]
-) -> None:
+def _held_download(tmp_path: Path, upstream_factory):  # type: ignore[no-untyped-def]
+    """An upstream whose ~8 MiB wheel ``BIG`` sends all but its last MiB, then waits for
+    ``release``: (upstream, the wheel's bytes, release)."""
     payload = base64.b64encode(os.urandom(6 * 1024 * 1024)).decode()
     wheel = make_wheel(tmp_path / "d", "big-pkg", "1.0", module_body=f"DATA = '{payload}'\n")
     write_simple_index(tmp_path / "root", [wheel], fmt="html")
@@ -133,6 +133,13 @@ async def test_a_second_serve_on_a_busy_port_leaves_the_first_download_intact(
         return resp
 
     upstream.overrides[f"/files/{BIG}"] = slow
+    return upstream, data, release
+
+
+async def test_a_second_serve_on_a_busy_port_leaves_the_first_download_intact(
+    tmp_path: Path, upstream_factory  # type: ignore[no-untyped-def]
+) -> None:
+    upstream, data, release = _held_download(tmp_path, upstream_factory)
     policy = Policy(
         {
             "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
@@ -169,24 +176,7 @@ async def test_a_replica_starting_on_the_same_storage_leaves_a_download_in_progr
 ) -> None:
     """Issue 13 part 4: a second replica sharing storage.path starts (and sweeps tmp/) while the
     first is mid-download; the first's temp file survives and its client gets every byte."""
-    payload = base64.b64encode(os.urandom(6 * 1024 * 1024)).decode()
-    wheel = make_wheel(tmp_path / "d", "big-pkg", "1.0", module_body=f"DATA = '{payload}'\n")
-    write_simple_index(tmp_path / "root", [wheel], fmt="html")
-    upstream = upstream_factory(tmp_path / "root")
-    data = wheel.read_bytes()
-    release = threading.Event()
-
-    async def slow(request: web.Request) -> web.StreamResponse:  # all but the last MiB, then wait
-        resp = web.StreamResponse(headers={"Content-Type": "application/zip"})
-        resp.content_length = len(data)
-        await resp.prepare(request)
-        await resp.write(data[: -1024 * 1024])
-        await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
-        await resp.write(data[-1024 * 1024 :])
-        await resp.write_eof()
-        return resp
-
-    upstream.overrides[f"/files/{BIG}"] = slow
+    upstream, data, release = _held_download(tmp_path, upstream_factory)
     policy = Policy(
         {
             "storage": {"path": str(tmp_path / "shared")},
