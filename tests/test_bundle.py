@@ -463,3 +463,59 @@ def test_import_publishes_into_an_s3_store_and_twice_changes_nothing(tmp_path: P
     assert blobs and {f"{s3_settings.prefix}{n}" for n in blobs} <= listed
     again = cli_here(capsys, "import", "--config", config, str(host_a["bundle"]))
     assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout + again.stderr
+
+
+def test_an_import_through_one_replica_is_known_to_another_sharing_the_store(
+    tmp_path: Path, host_a, upstream, s3_settings, pg_url: str, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    """Two replicas on one bucket and one PostgreSQL catalog, each with a storage.path of its
+    own: the imported-bundle list is in the bucket, so replica B's prune keeps what A's
+    import brought, and B importing the same bundle changes nothing shared."""
+    import botocore.session
+
+    def replica(name: str) -> str:
+        policy = _policy(upstream, tmp_path / name / "storage", offline=True, database={"url": pg_url})
+        policy.data["storage"] = {"path": str(tmp_path / name / "storage"), "backend": "s3", "s3": {
+            "endpoint_url": s3_settings.endpoint_url, "bucket": s3_settings.bucket, "prefix": s3_settings.prefix,
+            "region": s3_settings.region, "access_key_id": "testing", "secret_access_key": "testing"}}
+        return config_for(tmp_path / name, policy)
+
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=s3_settings.endpoint_url,
+        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def bucket() -> dict[str, tuple[str, object]]:
+        listed = client.list_objects_v2(Bucket=s3_settings.bucket).get("Contents", ())
+        return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed}
+
+    def rows() -> list[tuple[str, ...]]:
+        from proxy.settings import load_settings
+        from proxy.store.backends import catalog_reader
+
+        with catalog_reader(load_settings(Path(config_b))) as catalog:
+            assert catalog is not None
+            return sorted((u.path, u.sha256) for u in catalog.list("internal", "pypi"))
+
+    config_a, config_b = replica("a"), replica("b")
+    first = cli_here(capsys, "import", "--config", config_a, str(host_a["bundle"]))
+    assert first.returncode == 0 and "published" in first.stdout, first.stdout + first.stderr
+    imported = [k for k in bucket() if k.startswith(f"{s3_settings.prefix}airgap/imported/")]
+    assert len(imported) == 1
+    with tarfile.open(host_a["bundle"]) as tar:
+        cached = {f"{s3_settings.prefix}{n}" for n in tar.getnames() if n.startswith("cache/sha256/")}
+    assert cached and cached <= set(bucket())
+    # replica B never saw the import, yet its prune keeps every file the bundle brought
+    assert cli_here(capsys, "cache", "prune", "--config", config_b, "--max-size", "0").returncode == 0
+    assert cached <= set(bucket())
+    before, catalog_before = bucket(), rows()
+    assert catalog_before
+    again = cli_here(capsys, "import", "--config", config_b, str(host_a["bundle"]))
+    assert again.returncode == 0, again.stderr
+    assert "the shared store is unchanged (imported before" in again.stdout, again.stdout
+    assert bucket() == before and rows() == catalog_before
+    # B got its own copies of the bundle's index documents (per replica with S3); a third
+    # import through B changes nothing at all
+    assert list((tmp_path / "b" / "storage" / "meta" / "docs").glob("*.json"))
+    third = cli_here(capsys, "import", "--config", config_b, str(host_a["bundle"]))
+    assert third.returncode == 0 and "nothing changed" in third.stdout, third.stdout
+    assert bucket() == before

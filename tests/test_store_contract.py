@@ -208,6 +208,33 @@ async def test_a_secret_is_the_same_for_every_replica(store: Store, tmp_path: Pa
         await close()
 
 
+async def test_an_imported_bundles_manifest_is_kept_once_and_seen_by_every_replica(store: Store, tmp_path: Path) -> None:
+    """``channelgate import`` keeps each bundle's manifest through the Store: a sibling on
+    another storage.path (S3) or on the shared volume (filesystem) lists it, and keeping it
+    again (a second import, through any replica) answers False."""
+    sibling: Store = BlobStore(store.root)  # type: ignore[attr-defined]
+    if type(store).__name__ == "S3Store":
+        from proxy.store.s3 import S3Store
+
+        sibling = S3Store(tmp_path / "another-replica", store.settings)  # type: ignore[attr-defined]
+        sibling.open()
+    body = b'{"format": "channelgate-bundle"}\n'
+    sha = hashlib.sha256(body).hexdigest()
+    assert [p.read_bytes() for p in sibling.imported()] == []
+    manifest = store.scratch_dir / "manifest.json"
+    manifest.write_bytes(body)
+    assert await store.keep_imported(sha, manifest) is True
+    again = sibling.scratch_dir / "manifest.json"
+    again.write_bytes(body)
+    assert await sibling.keep_imported(sha, again) is False
+    assert [p.read_bytes() for p in sibling.imported()] == [body]
+    with pytest.raises(InvalidInput):
+        await store.keep_imported("../../etc", again)
+    close = getattr(sibling, "close", None)
+    if close is not None:
+        await close()
+
+
 def test_probe_passes_on_a_writable_store_and_leaves_nothing(store: Store) -> None:
     before = set(store.scratch_dir.iterdir())
     store.probe()

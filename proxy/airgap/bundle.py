@@ -37,7 +37,6 @@ READABLE = (1, 2, 3)  # an older bundle or manifest still imports, and still ser
 MANIFEST = "manifest.json"
 CATALOG = "catalog/uploads.jsonl"
 PACKAGES = "catalog/packages.jsonl"
-IMPORTED = "airgap/imported"  # in the store: the manifests of imported bundles
 _HEX64 = "[0-9a-f]{64}"
 MEMBER_RE = re.compile(
     rf"^(?:(?:uploads|cache)/sha256/[0-9a-f]{{2}}/{_HEX64}|cache/(?:refs|origin)/{_HEX64}|meta/bodies/[0-9a-f]{{2}}/{_HEX64}"

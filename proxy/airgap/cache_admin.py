@@ -6,7 +6,8 @@
   least recently used first: last use is the later of the fetch and the last time the server
   served it (the store's use stamps, touched at most once an hour). Never an upload, never an index document (an
   offline site's indexes), never a file that an imported bundle brought (their manifests
-  are kept in ``airgap/imported/``): an air-gapped site could not fetch it again.
+  are kept through the Store: ``airgap/imported/`` in the store or the bucket): an
+  air-gapped site could not fetch it again.
 - ``cache verify``: re-hashes every content-addressed file and reports each mismatch.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..settings import ECOSYSTEMS, Settings
 from ..store.protocols import Store
 from ..store.s3 import open_store
 from ..store.backends import catalog_reader
-from .bundle import IMPORTED, BundleError
+from .bundle import BundleError
 from .manifest import ManifestReader
 from .progress import Progress
 
@@ -83,10 +84,11 @@ def usage(settings: Settings) -> Usage:
     return out
 
 
-def protected(root: Path) -> set[str]:
-    """sha256s of the cached artifacts imported bundles brought."""
+def protected(store: Store) -> set[str]:
+    """sha256s of the cached artifacts imported bundles brought (their manifests are kept
+    through the Store: with S3, in the bucket, whichever replica imported them)."""
     keep: set[str] = set()
-    for path in (root / IMPORTED).glob("*.json") if (root / IMPORTED).is_dir() else ():
+    for path in store.imported():
         try:
             reader, fh = ManifestReader.open(path)
             with fh:
@@ -101,7 +103,7 @@ def prune(settings: Settings, *, older_than_days: float | None, max_size: int | 
     """Remove cached artifacts unused for ``older_than_days`` and/or, least recently used
     first, down to a total size; (files, bytes) removed."""
     store = _store(settings)
-    keep = protected(settings.storage_path)
+    keep = protected(store)
     entries = []
     total = 0
     for blob in store.blobs("cache"):

@@ -40,11 +40,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"import refused, nothing was published: {exc}", file=sys.stderr)
         return 1
-    if report.files == 0 and report.rows == 0 and report.settings == 0:
-        print(f"{args.bundle}: verified; everything in it was already stored (nothing changed)")
+    before = " (imported before: the store knows its manifest)" if report.imported_before else ""
+    if not report.changed_shared and report.index_copies == 0:
+        print(f"{args.bundle}: verified; everything in it was already stored (nothing changed){before}")
+    elif not report.changed_shared:
+        print(f"{args.bundle}: verified; the shared store is unchanged{before}; copied {report.index_copies} "
+              f"index document(s) into this host's index cache")
     else:
-        print(f"{args.bundle}: verified and published {report.files} new file(s), {human(report.bytes)}, "
-              f"{report.rows} catalog row(s), {report.settings} package setting(s); {report.unchanged} already stored")
+        print(f"{args.bundle}: verified and published {report.files} new file(s), {report.index_copies} index "
+              f"document(s), {human(report.bytes)}, {report.rows} catalog row(s), {report.settings} package "
+              f"setting(s); {report.unchanged} already stored")
     return 0
 
 

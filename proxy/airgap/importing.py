@@ -14,10 +14,13 @@
    published and the staging directory is removed (tampered, truncated, wrong format).
 3. Publish, content before what points at it: blobs and index bodies (renames into their
    content-addressed places, so an incomplete one is never visible), then aliases and
-   descriptors, then the package settings (privacy first: a private package's files never
-   show publicly, not even for a moment; a lock set replaces the site's for each carried
-   channel), then every catalog row in one SQLite transaction. What is stored already
-   is left alone, so importing a bundle twice changes nothing.
+   descriptors, then the manifest is kept through the Store (S3: in the bucket, so every
+   replica knows the bundle and ``cache prune`` anywhere keeps its files), then the package
+   settings (privacy first: a private package's files never show publicly, not even for a
+   moment; a lock set replaces the site's for each carried channel), then every catalog row
+   in one transaction. What is stored already is left alone, so importing a bundle twice
+   changes nothing. Index documents go to this host's index cache (``meta/``, per replica
+   with S3): importing a bundle through a second replica gives it its own copies.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from ..store.s3 import open_store
 from ..store.backends import open_catalog
 from ..store.catalog import Upload
 from . import package_settings, ustar
-from .bundle import CATALOG, CONTENT_ADDRESSED, IMPORTED, MANIFEST, MEMBER_RE, PACKAGES, BundleError
+from .bundle import CATALOG, CONTENT_ADDRESSED, MANIFEST, MEMBER_RE, PACKAGES, BundleError
 from .manifest import Header, Ledger, ManifestReader
 from .staging import Staged, stage, sync_filesystem
 
@@ -56,7 +59,14 @@ class ImportReport:
     unchanged: int = 0
     rows: int = 0
     settings: int = 0  # package rows and label locks changed
+    index_copies: int = 0  # index documents newly placed in this host's index cache (meta/)
+    imported_before: bool = False  # the store (shared by every replica) knew this bundle already
     channels: list[str] = field(default_factory=list)
+
+    @property
+    def changed_shared(self) -> bool:
+        """Whether anything changed in what every replica sharing the store sees."""
+        return bool(self.files or self.rows or self.settings)
 
 
 def import_bundle(settings: Settings, bundle: Path, stream: TextIO | None = None) -> ImportReport:
@@ -230,24 +240,17 @@ def _row(line: bytes, number: int) -> Upload:
 def _publish(policy: Settings, store: Store, ledger: Ledger, rows: list[Upload],
              settings: package_settings.PackageSettings | None, header: Header, manifest: Path) -> ImportReport:
     report = ImportReport(channels=list(header.channels))
-    asyncio.run(_content(store, ledger, report))  # content first, then what points at it
-    for name, sha, size, staged in ledger.items():
-        if CONTENT_ADDRESSED.match(name) is not None or name in (CATALOG, PACKAGES) or staged is None:
-            continue
-        if _point(store, name, Path(staged), sha, size):
-            report.files += 1
-            report.bytes += size
-        else:
-            report.unchanged += 1
-    _remember(policy.storage_path, manifest)
+    asyncio.run(_content(store, ledger, manifest, report))  # content first, then what points at it
     if rows or settings is not None:
         report.settings, report.rows = asyncio.run(_catalog(policy, rows, settings))
     return report
 
 
-async def _content(store: Store, ledger: Ledger, report: ImportReport) -> None:
-    """Publish the content-addressed members: blobs through the Store (a rename on the
-    filesystem, an upload to S3), index bodies into the store's ``meta`` area."""
+async def _content(store: Store, ledger: Ledger, manifest: Path, report: ImportReport) -> None:
+    """Publish the content-addressed members (blobs through the Store: a rename on the
+    filesystem, an upload to S3; index bodies into this host's ``meta`` area), then what
+    points at them, then keep the manifest through the Store, where every replica sees it
+    (``cache prune`` keeps what it lists; a second import anywhere is known as one)."""
     try:
         for name, sha, size, staged in ledger.items():
             if CONTENT_ADDRESSED.match(name) is None:
@@ -258,26 +261,49 @@ async def _content(store: Store, ledger: Ledger, report: ImportReport) -> None:
             area = name.partition("/")[0]
             if area == "meta":
                 final = store.area_dir("meta") / "bodies" / sha[:2] / sha
-                new = not final.is_file()
-                if new:
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(staged, final)
-            else:
-                new = await store.adopt("uploads" if area == "uploads" else "cache", Path(staged), sha)
-            if new:
+                _place(Path(staged), final, size, report, present=final.is_file())
+                continue
+            if await store.adopt("uploads" if area == "uploads" else "cache", Path(staged), sha):
                 report.files += 1
                 report.bytes += size
             else:
                 report.unchanged += 1
+        _pointers(store, ledger, report)
+        report.imported_before = not await store.keep_imported(_sha256_of(manifest), manifest)
     finally:
         close = getattr(store, "close", None)
         if close is not None:
             await close()
 
 
-def _point(store: Store, name: str, staged: Path, sha256: str, size: int) -> bool:
-    """Publish what points at content (provenance, an alias, an index descriptor) unless the
-    store holds the same already; whether it changed."""
+def _pointers(store: Store, ledger: Ledger, report: ImportReport) -> None:
+    for name, sha, size, staged in ledger.items():
+        if CONTENT_ADDRESSED.match(name) is not None or name in (CATALOG, PACKAGES) or staged is None:
+            continue
+        if name.startswith("meta/docs/"):  # this host's index cache
+            final = store.area_dir("meta") / "docs" / name.rpartition("/")[2]  # meta/docs/<key>.json
+            _place(Path(staged), final, size, report, present=final.is_file() and _same(final, sha, size))
+        elif _point(store, name, Path(staged)):
+            report.files += 1
+            report.bytes += size
+        else:
+            report.unchanged += 1
+
+
+def _place(staged: Path, final: Path, size: int, report: ImportReport, *, present: bool) -> None:
+    """Rename a staged index document into this host's index cache unless it holds it."""
+    if present:
+        report.unchanged += 1
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, final)
+    report.index_copies += 1
+    report.bytes += size
+
+
+def _point(store: Store, name: str, staged: Path) -> bool:
+    """Publish what points at content (provenance, an alias) unless the store holds the
+    same already; whether it changed."""
     area, _, rest = name.rpartition("/")
     if area == "cache/origin":
         upstream = staged.read_text().strip()
@@ -285,14 +311,7 @@ def _point(store: Store, name: str, staged: Path, sha256: str, size: int) -> boo
             return False
         store.set_origin(rest, upstream)
         return True
-    if area == "cache/refs":
-        return store.set_alias(rest, staged.read_text().strip())
-    final = store.area_dir("meta") / "docs" / rest  # meta/docs/<key>.json
-    if final.is_file() and _same(final, sha256, size):
-        return False
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staged, final)
-    return True
+    return store.set_alias(rest, staged.read_text().strip())  # cache/refs/<digest>
 
 
 async def _catalog(policy: Settings, rows: list[Upload],
@@ -306,19 +325,12 @@ async def _catalog(policy: Settings, rows: list[Upload],
         return changed, await catalog.add_many(rows)
 
 
-def _remember(root: Path, manifest: Path) -> None:
-    """Keep the manifest in the store (``airgap/imported/``): ``cache prune`` never removes a
-    file an imported bundle brought, since an air-gapped site cannot fetch it again."""
+def _sha256_of(path: Path) -> str:
     sha = hashlib.sha256()
-    with open(manifest, "rb") as fh:
+    with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             sha.update(chunk)
-    path = root / IMPORTED / f"{sha.hexdigest()}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(manifest, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(manifest, path)
+    return sha.hexdigest()
 
 
 def _same(path: Path, sha256: str, size: int) -> bool:

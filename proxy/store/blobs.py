@@ -11,6 +11,7 @@ Layout under the storage root::
     cache/origin/<sha256>      the name of the upstream a cached artifact came from (channelgate cache)
     cache/used/<sha256>        empty; its mtime is when the cached artifact was last served
     meta/                      cached upstream index documents (see cache.py)
+    airgap/imported/<sha256>.json  manifests of imported bundles (``channelgate import``; prune keeps their files)
 
 A blob is written to ``tmp/`` while its digests are computed, fsynced, checked against the
 digests its source declared, and only then renamed into place (rename is atomic on POSIX).
@@ -38,6 +39,7 @@ Area = Literal["uploads", "cache"]
 AREAS: tuple[Area, ...] = ("uploads", "cache")
 CHUNK = 256 * 1024
 SECRET_NAME = re.compile(r"[a-z][a-z0-9.-]*")  # a plain file name at the store's root
+IMPORTED = "airgap/imported"  # the manifests of imported bundles, named by their sha256
 USE_EVERY = 3600.0  # a blob's last-use stamp is touched at most this often (seconds) per process
 
 
@@ -130,6 +132,11 @@ class TempBlob:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _sync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _close_synced(fh) -> None:  # type: ignore[no-untyped-def]
@@ -371,6 +378,26 @@ class BlobStore:
             if len(sha256) == 64:
                 yield name, sha256
 
+    async def keep_imported(self, sha256: str, manifest: Path) -> bool:
+        """Move an imported bundle's manifest (a file in this store's scratch space) to
+        ``airgap/imported/<sha256>.json``, fsynced first; False when kept already."""
+        self.blob_path("cache", sha256)  # validates the digest
+        final = self.root / IMPORTED / f"{sha256}.json"
+        if final.exists():
+            return False
+        await asyncio.to_thread(_sync_file, manifest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(manifest, final)
+        return True
+
+    def imported(self) -> Iterator[Path]:
+        base = self.root / IMPORTED
+        try:
+            names = sorted(e.name for e in os.scandir(base) if e.name.endswith(".json"))
+        except FileNotFoundError:
+            return
+        yield from (base / name for name in names)
+
     def remove(self, area: Area, sha256: str) -> None:
         self.blob_path(area, sha256).unlink(missing_ok=True)
         if area == "cache":
@@ -394,4 +421,4 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["Area", "Blob", "BlobStore", "DigestMismatch", "Listed", "SECRET_NAME", "TempBlob", "atomic_write"]
+__all__ = ["Area", "Blob", "BlobStore", "DigestMismatch", "IMPORTED", "Listed", "SECRET_NAME", "TempBlob", "atomic_write"]

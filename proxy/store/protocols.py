@@ -88,6 +88,15 @@ class Store(Protocol):
     def refs(self) -> Iterator[tuple[str, str]]:
         """Every alias as (digest of its key, sha256), streamed (commands only: export)."""
 
+    async def keep_imported(self, sha256: str, manifest: Path) -> bool:
+        """Keep the manifest of an imported bundle (``sha256`` of its bytes) where every
+        process sharing the store sees it (filesystem: the store; S3: the bucket), durably;
+        False when it is kept already (the bundle was imported before, by any replica)."""
+
+    def imported(self) -> Iterator[Path]:
+        """Every kept manifest of an imported bundle, each as a local file readable until the
+        next one is yielded (a remote backend fetches each into scratch space first)."""
+
     def remove(self, area: "Area", sha256: str) -> None:
         """Remove a published blob, its provenance and its use stamp (``cache prune``)."""
 

@@ -6,6 +6,7 @@ Blobs, aliases and provenance live in one bucket, shared by every replica::
     <prefix>cache/sha256/ab/<hex>      cached upstream artifacts
     <prefix>cache/refs/<key digest>    alias -> sha256
     <prefix>cache/origin/<sha256>      the upstream a cached artifact came from
+    <prefix>airgap/imported/<sha256>.json  manifests of imported bundles (shared: prune keeps their files)
 
 Writes go to a local temp file first (``storage.path``/tmp) while the digests are computed,
 are verified against what the source declared, and only then uploaded: a single PUT, or a
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, NotFound, StorageError
 from ..storage_settings import S3Settings
-from .blobs import CHUNK, SECRET_NAME, Area, BlobStore, Listed, TempBlob, atomic_write
+from .blobs import CHUNK, IMPORTED, SECRET_NAME, Area, BlobStore, Listed, TempBlob, atomic_write
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -418,6 +419,51 @@ class S3Store(BlobStore):
         except Exception as exc:
             raise StorageError("the object store failed to list aliases") from exc
 
+    async def keep_imported(self, sha256: str, manifest: Path) -> bool:
+        """In the bucket, so a bundle imported through any replica is known to all (a second
+        import is a no-op there, and no replica's prune removes what it brought)."""
+        self.blob_path("cache", sha256)  # validates the digest
+        key = f"{self.settings.prefix}{IMPORTED}/{sha256}.json"
+        client = await self._aio()
+        try:
+            await client.head_object(Bucket=self.settings.bucket, Key=key)
+            return False
+        except Exception as exc:
+            if not _missing(exc):
+                raise StorageError("the object store failed") from exc
+        try:
+            if manifest.stat().st_size > self.part_size:
+                await self._multipart(manifest, key)
+            else:
+                data = await asyncio.to_thread(manifest.read_bytes)
+                await client.put_object(Bucket=self.settings.bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise StorageError("the object store refused the write") from exc
+        return True
+
+    def imported(self) -> Iterator[Path]:
+        """The bucket's manifests, each fetched to scratch space in turn, then any this
+        replica kept locally before they were shared (stores imported into by older versions)."""
+        prefix = f"{self.settings.prefix}{IMPORTED}/"
+        try:
+            pages = self._sync().get_paginator("list_objects_v2").paginate(Bucket=self.settings.bucket, Prefix=prefix)
+            keys = [str(obj["Key"]) for page in pages for obj in page.get("Contents", ())]
+        except Exception as exc:
+            raise StorageError("the object store failed to list imported bundles") from exc
+        for key in keys:
+            response = self._get_object(key)
+            if response is None:
+                continue
+            part = self.scratch_dir / f"imported-{uuid.uuid4().hex}.json"
+            try:
+                with open(part, "wb") as fh:
+                    for chunk in response["Body"].iter_chunks(CHUNK):
+                        fh.write(chunk)
+                yield part
+            finally:
+                part.unlink(missing_ok=True)
+        yield from super().imported()
+
     def remove(self, area: Area, sha256: str) -> None:
         client, bucket = self._sync(), self.settings.bucket
         try:
@@ -427,8 +473,6 @@ class S3Store(BlobStore):
         except Exception as exc:
             raise StorageError("the object store refused the removal") from exc
         super().remove(area, sha256)  # this replica's copy and stamp
-
-
 
 
 def open_store(settings: "Settings", *, clean: bool = True) -> BlobStore:
