@@ -58,6 +58,12 @@ class PayloadTooLarge(ChannelgateError):
     default_message = "upload too large"
 
 
+class RequestTimeout(ChannelgateError):
+    """A request body that stalled or took too long (``server.limits.body_*``): nothing was kept."""
+
+    default_message = "the request body was not received in time"
+
+
 class Locked(ChannelgateError):
     default_message = "locked"
 

@@ -186,21 +186,22 @@ def worker_exited(pid: int) -> None:
 
 
 class CountingServer(web.Server):
-    """aiohttp's low-level server, counting open client connections in ``metrics``."""
+    """aiohttp's low-level server, counting open client connections in ``metrics`` (if given)."""
 
-    def __init__(self, handler: Any, *, metrics: Metrics, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, metrics: Metrics | None, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self._metrics = metrics
+        self._metrics = metrics  # None: a listener whose connections are not clients' (metrics_listen)
         self._counted: set[object] = set()
 
     def connection_made(self, handler: Any, transport: Any) -> None:
         super().connection_made(handler, transport)
-        self._counted.add(handler)
-        self._metrics.open_connections.inc()
+        if self._metrics is not None:
+            self._counted.add(handler)
+            self._metrics.open_connections.inc()
 
     def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
-        if handler in self._counted:
+        if self._metrics is not None and handler in self._counted:
             self._counted.discard(handler)
             self._metrics.open_connections.dec()
 

@@ -8,6 +8,12 @@ DESIGN "Hostile input and faults":
 - connections that send no complete request are closed after ``header_timeout``; idle
   keep-alive connections after ``keepalive_timeout``; beyond ``max_connections`` a new
   connection gets a 503 and is closed at once, so file descriptors never run out;
+- no input may cost unbounded time: a request body (an upload) that sends nothing for
+  ``body_idle_timeout`` while the server waits for it, or is not whole ``body_deadline`` after
+  its head, fails the handler's read with ``RequestTimeout`` (a 408 naming the limit; the
+  upload's temp file is discarded by its reader) and the connection is closed after that answer;
+- the metrics listener (``server.metrics_listen``) is the same guarded server, so it has the
+  same protections;
 - accept errors (EMFILE...) and refused connections are logged at a bounded rate;
 - aiohttp's own 400 pages echo the malformed request line or header (a token included):
   ours name only the kind of error.
@@ -38,10 +44,11 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.streams import StreamReader
 from aiohttp.web_request import BaseRequest
 
-from .errors import ConfigError
-from .metrics import CountingServer
+from .errors import ConfigError, RequestTimeout
+from .metrics import CountingServer, Metrics
 from .settings import Limits, parse_listen
 
 log = logging.getLogger(__name__)
@@ -167,11 +174,12 @@ class GuardedServer(CountingServer):
     counts a connection until the server closes it (not until its task has wound down),
     so a slot is free again by the time the client sees the close."""
 
-    def __init__(self, handler: Any, *, limits: Limits, **kwargs: Any) -> None:
-        super().__init__(handler, keepalive_timeout=limits.keepalive_timeout, **kwargs)
+    def __init__(self, handler: Any, *, limits: Limits, metrics: Metrics | None, **kwargs: Any) -> None:
+        super().__init__(handler, keepalive_timeout=limits.keepalive_timeout, metrics=metrics, **kwargs)
         self.limits = limits
         self.active: set[RequestHandler] = set()
         self.refusals = RateLimitedLog(LOG_INTERVAL)
+        self.slow_bodies = RateLimitedLog(LOG_INTERVAL)
 
     def __call__(self) -> RequestHandler:
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
@@ -182,12 +190,13 @@ class GuardedHandler(RequestHandler):
     within ``header_timeout`` (from the connection's start, or from the first byte of a later
     request); aiohttp's keep-alive timer closes it when idle between requests."""
 
-    __slots__ = ("_guard", "_header_handle")
+    __slots__ = ("_guard", "_header_handle", "_body")
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = manager
         self._header_handle: asyncio.TimerHandle | None = None
+        self._body: BodyWatch | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
@@ -205,6 +214,7 @@ class GuardedHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
+        self._end_body_watch()
         self._guard.active.discard(self)
         super().connection_lost(exc)
 
@@ -215,10 +225,35 @@ class GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         requests = self._request_count
         super().data_received(data)
+        if self._body is not None:
+            self._body.received()  # progress on the body being watched, or its end
+            if self._body.done:
+                self._body = None
         if self._request_count != requests:
             self._cancel_header_timer()  # a complete request head arrived
+            payload = self._messages[-1][1] if self._messages else None
+            if self._body is None and isinstance(payload, StreamReader) and not payload.is_eof():
+                self._body = BodyWatch(self, payload)  # ...whose body is still to come
         elif data and self._header_handle is None and self._waiter is not None and not self._waiter.done():
             self._start_header_timer()  # the first bytes of a next request on a kept-alive connection
+
+    def _end_body_watch(self) -> None:
+        if self._body is not None:
+            self._body.cancel()
+            self._body = None
+
+    def body_expired(self, payload: StreamReader, problem: str) -> None:
+        """A body stalled or overran its deadline: the handler reading it gets RequestTimeout
+        (answered 408), and the connection closes after that answer. If no handler is running
+        (the answer is already sent and aiohttp is draining the body), close at once."""
+        self._body = None
+        self._guard.slow_bodies.hit(logging.INFO, "request body refused: %s", problem)
+        if self._current_request is None:
+            self.force_close()
+            return
+        self._lingering_time = 0.0  # nothing more is read from this body
+        payload.set_exception(RequestTimeout(problem))
+        self.close()
 
     def _start_header_timer(self) -> None:
         self._header_handle = self._loop.call_later(self._guard.limits.header_timeout, self._header_expired)
@@ -248,3 +283,52 @@ class GuardedHandler(RequestHandler):
         resp = web.Response(status=status, text=json.dumps({"error": kind}), content_type="application/json")
         resp.force_close()
         return resp
+
+
+class BodyWatch:
+    """The body of the request whose head just arrived on ``handler``: ``body_idle_timeout``
+    with no progress, or ``body_deadline`` since the head, and ``handler.body_expired`` is
+    called. Time the server itself spends not reading (bytes waiting in the reader's buffer,
+    the transport paused by flow control) never counts as the client's idleness."""
+
+    __slots__ = ("_handler", "_payload", "_limits", "_last", "_idle", "_deadline", "done")
+
+    def __init__(self, handler: GuardedHandler, payload: StreamReader) -> None:
+        self._handler = handler
+        self._payload = payload
+        self._limits = handler._guard.limits
+        loop = handler._loop
+        self._last = loop.time()
+        self._idle = loop.call_later(self._limits.body_idle_timeout, self._check_idle)
+        self._deadline = loop.call_later(self._limits.body_deadline, self._overran)
+        self.done = False
+
+    def received(self) -> None:
+        self._last = self._handler._loop.time()
+        if self._payload.is_eof():
+            self.cancel()
+
+    def cancel(self) -> None:
+        self.done = True
+        self._idle.cancel()
+        self._deadline.cancel()
+
+    def _check_idle(self) -> None:
+        loop = self._handler._loop
+        if self._payload._size > 0 or self._handler._reading_paused:
+            self._last = loop.time()  # the server has not read what came: not the client's fault
+        remaining = self._last + self._limits.body_idle_timeout - loop.time()
+        if remaining > 0:
+            self._idle = loop.call_later(remaining, self._check_idle)
+            return
+        self._expire(f"the request body sent nothing for {self._limits.body_idle_timeout} s "
+                     "(server.limits.body_idle_timeout)")
+
+    def _overran(self) -> None:
+        self._expire(f"the request body was not complete {self._limits.body_deadline} s after its head "
+                     "(server.limits.body_deadline)")
+
+    def _expire(self, problem: str) -> None:
+        if not self.done:
+            self.cancel()
+            self._handler.body_expired(self._payload, problem)

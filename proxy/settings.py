@@ -94,6 +94,11 @@ class Limits:
     header_timeout: int = _limit(10, "header_timeout", meaning="seconds to send a complete request head")
     keepalive_timeout: int = _limit(15, "keepalive_timeout", meaning="seconds an idle keep-alive connection stays open")
     max_connections: int = _limit(1000, "max_connections", meaning="open client connections; more get 503")
+    # request bodies (server.py): an upload trickled byte by byte, or stalled, after a complete head
+    body_idle_timeout: int = _limit(
+        30, "body_idle_timeout", meaning="seconds a request body may send nothing while the server waits for it"
+    )
+    body_deadline: int = _limit(3600, "body_deadline", meaning="seconds from a complete request head to its whole body")
 
 
 @dataclass(frozen=True, slots=True)

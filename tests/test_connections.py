@@ -9,11 +9,11 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
-from harness import Channelgate, Policy, http
+from harness import Channelgate, Policy, http, stored_blobs
 
 
 def _policy(**limits: int) -> tuple[Policy, str]:
@@ -206,3 +206,88 @@ def test_control_characters_in_paths_are_escaped_in_the_access_log(gate: tuple[C
     assert not any(line.startswith("2026-01-01") for line in lines), "a log line was forged"
     assert any("/internal/simple/x%0A2026-01-01" in line and "%22GET /admin%22" in line for line in lines)
     assert any("/internal/simple/nul%00byte%1B[31m/" in line for line in lines)
+
+
+# --------------------------------------------------------------------------- request bodies
+BOUNDARY = "cgslowbody"
+
+
+def upload_head(token: str, length: int) -> bytes:
+    """A twine-style upload's head and the start of its body, up to the file's first bytes."""
+    head = (
+        f"POST /api/repo/internal HTTP/1.1\r\nHost: x\r\nAuthorization: token {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    form = (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\":action\"\r\n\r\nfile_upload\r\n"
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"slow-1.0.tar.gz\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
+    return (head + form).encode()
+
+
+def temp_files(server: Channelgate) -> list[Path]:
+    tmp = server.storage / "tmp"
+    return [p for p in tmp.rglob("*") if p.is_file() and not p.name.startswith((".", "lock"))] if tmp.exists() else []
+
+
+def wait_for(predicate: Callable[[], object], what: str) -> None:
+    """Poll a condition on the server's disk (an event with no other signal), bounded."""
+    for _ in range(600):
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def assert_nothing_stored(server: Channelgate, token: str) -> None:
+    assert temp_files(server) == [], "the upload's temp file was left behind"
+    assert stored_blobs(server.storage, "uploads") == set()
+    status, _, _ = http("GET", f"{server.url}/internal/simple/slow/", headers={"Authorization": f"token {token}"})
+    assert status == 404  # no index entry either
+
+
+@pytest.mark.parametrize("gate", [{"body_idle_timeout": 1, "header_timeout": 5}], indirect=True)
+def test_a_stalled_upload_body_gets_408_and_leaves_no_temp_file(gate: tuple[Channelgate, str]) -> None:
+    server, token = gate
+    baseline = set(temp_files(server))
+    sock = connect(server)
+    sock.sendall(upload_head(token, 10 * 1024 * 1024) + b"\0" * (300 * 1024))  # then nothing more
+    wait_for(lambda: set(temp_files(server)) - baseline, "the upload's temp file")  # the server is writing it
+    answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"server.limits.body_idle_timeout" in answer
+    assert_nothing_stored(server, token)
+    assert http("GET", f"{server.url}/api/health")[0] == 200
+
+
+@pytest.mark.parametrize("gate", [{"body_deadline": 2, "header_timeout": 5}], indirect=True)
+def test_a_trickled_upload_body_gets_408_at_the_body_deadline(gate: tuple[Channelgate, str]) -> None:
+    """One byte every 0.1 s never trips the idle timeout (30 s): the overall deadline ends it."""
+    server, token = gate
+    sock = connect(server)
+    sock.sendall(upload_head(token, 10 * 1024 * 1024))
+    stop = threading.Event()
+    sent = [0]
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                sock.send(b"\0")
+                sent[0] += 1
+            except OSError:
+                return
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        answer = read_until_closed(sock)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"server.limits.body_deadline" in answer
+    assert sent[0] > 1  # bytes kept coming: this is not the idle timeout
+    assert_nothing_stored(server, token)
+
