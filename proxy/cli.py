@@ -67,10 +67,13 @@ async def _start_sites(runner: web.BaseRunner, settings: Settings, opts: ServeOp
 
 
 async def _start_metrics(services: Services, opts: ServeOptions) -> web.BaseRunner | None:
-    """server.metrics_listen: /metrics alone on its own address (plain HTTP)."""
+    """server.metrics_listen: /metrics alone on its own address (plain HTTP), behind the same
+    connection guard as the main listener (server.limits: connection cap, head, body and
+    keep-alive timeouts); its connections are not counted as clients'."""
     if opts.metrics_sock is None:
         return None
-    runner = web.ServerRunner(web.Server(metrics_only_handler(services.metrics)), handle_signals=False)
+    server = listener.GuardedServer(metrics_only_handler(services.metrics), limits=services.settings.limits, metrics=None)
+    runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, opts.metrics_sock)
     await site.start()

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from harness import Channelgate, Policy, http, stored_blobs
+from harness import Channelgate, Policy, free_port, http, stored_blobs
 
 
 def _policy(**limits: int) -> tuple[Policy, str]:
@@ -291,3 +291,31 @@ def test_a_trickled_upload_body_gets_408_at_the_body_deadline(gate: tuple[Channe
     assert sent[0] > 1  # bytes kept coming: this is not the idle timeout
     assert_nothing_stored(server, token)
 
+
+# --------------------------------------------------------------------------- the metrics listener
+def test_the_metrics_listener_has_the_same_connection_guard(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    policy, _ = _policy(header_timeout=1, keepalive_timeout=1, max_connections=2)
+    policy.data["server"]["metrics_listen"] = f"127.0.0.1:{metrics_port}"
+    server = Channelgate(tmp_path / "cg", policy).start()
+    try:
+        def metrics_conn() -> socket.socket:
+            return socket.create_connection(("127.0.0.1", metrics_port), timeout=30)
+
+        slow = [metrics_conn() for _ in range(2)]
+        for sock in slow:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # a head never finished
+        slow[-1].sendall(b"X-Slow: 1\r\n")
+        refused = metrics_conn()
+        refused.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_until_closed(refused)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in answer, answer[:200]
+        for sock in slow:  # closed at the header timeout, unanswered
+            assert read_until_closed(sock) == b""
+        scrape = metrics_conn()
+        scrape.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, body = read_response(scrape)
+        assert status == 200 and b"channelgate_requests_total" in body
+        assert read_until_closed(scrape) == b""  # an idle kept-alive scrape connection is closed too
+    finally:
+        server.stop()
