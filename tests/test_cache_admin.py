@@ -167,3 +167,49 @@ def test_cache_and_prune_go_through_the_store_on_s3(tmp_path: Path, s3_settings,
     gone = next(b.sha256 for b in blobs if b.sha256 not in left)
     assert store.origin(gone) is None
     assert [b.sha256 for b in store.blobs("uploads")] == [upload.sha256]
+
+
+def test_verify_on_s3_hashes_the_buckets_objects_and_names_missing_ones(
+    tmp_path: Path, upstream: UpstreamServer, s3_settings, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    """``storage.backend: s3``: verify streams and hashes every object in the bucket (this
+    replica's intact local copy does not hide a rotten object), and names each blob that a
+    catalog row or an imported bundle needs but the bucket lacks; exit 1."""
+    import hashlib
+
+    import botocore.session
+
+    server, hosted, _ = _site(tmp_path / "a", upstream)
+    bundle = tmp_path / "site.tar"
+    assert main(["export", "--config", str(server.config), "--out", str(bundle)]) == 0
+    policy = Policy(dict(server.policy.data, offline=True, storage={
+        "path": str(tmp_path / "b" / "storage"), "backend": "s3", "s3": {
+            "endpoint_url": s3_settings.endpoint_url, "bucket": s3_settings.bucket, "prefix": s3_settings.prefix,
+            "region": s3_settings.region, "access_key_id": "testing", "secret_access_key": "testing"}}))
+    site_b = Channelgate(tmp_path / "b", policy)
+    site_b.write_policy()
+    assert main(["import", "--config", str(site_b.config), str(bundle)]) == 0
+    capsys.readouterr()
+    assert main(["cache", "verify", "--config", str(site_b.config)]) == 0
+    out = capsys.readouterr().out
+    assert "0 mismatch(es), 0 missing" in out
+    assert int(out.split("verified ")[1].split()[0]) >= 6  # 3 bucket blobs + 3 local copies at least
+
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=s3_settings.endpoint_url,
+        aws_access_key_id="testing", aws_secret_access_key="testing")
+    rotten, gone = (hashlib.sha256((upstream.root / "files" / w).read_bytes()).hexdigest() for w in WHEELS)
+    upload = hashlib.sha256(hosted.read_bytes()).hexdigest()
+    key = lambda area, sha: f"{s3_settings.prefix}{area}/sha256/{sha[:2]}/{sha}"  # noqa: E731
+    client.put_object(Bucket=s3_settings.bucket, Key=key("cache", rotten), Body=b"bit rot in the bucket")
+    client.delete_object(Bucket=s3_settings.bucket, Key=key("cache", gone))
+    client.delete_object(Bucket=s3_settings.bucket, Key=key("uploads", upload))
+    assert (tmp_path / "b" / "storage" / "cache" / "sha256" / rotten[:2] / rotten).is_file()  # the local copy is intact
+
+    assert main(["cache", "verify", "--config", str(site_b.config)]) == 1
+    out = capsys.readouterr().out
+    assert "1 mismatch(es), 2 missing" in out, out
+    assert f"MISMATCH cache/sha256/{rotten[:2]}/{rotten} in the bucket: holds sha256 " \
+           f"{hashlib.sha256(b'bit rot in the bucket').hexdigest()}" in out
+    assert f"MISSING cache/sha256/{gone[:2]}/{gone}: an imported bundle needs it" in out
+    assert f"MISSING uploads/sha256/{upload[:2]}/{upload}: catalog row internal/pypi/" in out

@@ -8,17 +8,14 @@
   offline site's indexes), never a file that an imported bundle brought (their manifests
   are kept through the Store: ``airgap/imported/`` in the store or the bucket): an
   air-gapped site could not fetch it again.
-- ``cache verify``: re-hashes every content-addressed file and reports each mismatch.
+- ``cache verify``: verify.py.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, TextIO
 
 from ..settings import ECOSYSTEMS, Settings
 from ..store.protocols import Store
@@ -26,9 +23,7 @@ from ..store.s3 import open_store
 from ..store.backends import catalog_reader
 from .bundle import BundleError
 from .manifest import ManifestReader
-from .progress import Progress
 
-CHUNK = 1 << 20
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$", re.I)
 
 
@@ -37,12 +32,6 @@ def parse_size(text: str) -> int:
     if not m:
         raise ValueError(f"not a size: {text!r} (e.g. 500M, 20G)")
     return int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
-
-
-def _blobs(root: Path, area: str) -> Iterator[Path]:
-    base = root / area
-    if base.is_dir():
-        yield from (p for p in base.rglob("*") if p.is_file())
 
 
 @dataclass
@@ -124,21 +113,3 @@ def prune(settings: Settings, *, older_than_days: float | None, max_size: int | 
         removed += 1
         freed += size
     return removed, freed
-
-
-def verify(settings: Settings, stream: TextIO | None = None) -> tuple[int, list[str]]:
-    """Re-hash every content-addressed file: (files checked, names of the mismatches)."""
-    root = settings.storage_path
-    paths = [p for area in ("uploads/sha256", "cache/sha256", "meta/bodies") for p in _blobs(root, area)]
-    bad: list[str] = []
-    with Progress("verify", sum(p.stat().st_size for p in paths), stream=stream) as progress:
-        for path in paths:
-            sha = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    sha.update(chunk)
-                    progress.advance(len(chunk))
-            if sha.hexdigest() != path.name:
-                bad.append(path.relative_to(root).as_posix())
-                progress.note(f"MISMATCH {path.relative_to(root).as_posix()}: holds sha256 {sha.hexdigest()}")
-    return len(paths), bad

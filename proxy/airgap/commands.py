@@ -94,11 +94,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
         return 2
     action = getattr(args, "cache_command", None)
     if action == "verify":
-        checked, bad = cache_admin.verify(settings)
-        print(f"verified {checked} stored file(s): {len(bad)} mismatch(es)")
-        for name in bad:
-            print(f"MISMATCH {name}")
-        return 1 if bad else 0
+        from .verify import verify
+
+        checked = verify(settings)
+        print(f"verified {checked.checked} stored file(s): {len(checked.mismatches)} mismatch(es), "
+              f"{len(checked.missing)} missing")
+        for line in checked.mismatches + checked.missing:
+            print(line)
+        return 1 if checked.mismatches or checked.missing else 0
     if action == "prune":
         if args.older_than is None and args.max_size is None:
             print("cache prune needs --older-than DAYS and/or --max-size SIZE", file=sys.stderr)
