@@ -160,7 +160,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         services = Services(
             live=live, sources=Sources(lambda: live.settings, store, catalog), store=store, catalog=catalog,
             upstream=upstream, artifacts=artifacts, index_cache=index_cache, metrics=metrics, checks=checks,
-            guard=Guard(live, tokens), coordinator=coordinator, ecosystems=MappingProxyType(ecosystems), api=MappingProxyType(api),
+            guard=Guard(live, tokens, brake=coordinator), coordinator=coordinator, ecosystems=MappingProxyType(ecosystems), api=MappingProxyType(api),
         )
         for name, ecosystem in ECOSYSTEMS.items():
             ecosystems[name] = ecosystem(services)

@@ -10,6 +10,12 @@ engines"). With ``cache.backend: redis`` every replica (and every ``--workers`` 
   (channel, ecosystem); every other process tells its catalog to re-read that pair, so an
   upload is in every replica's merged indexes as soon as the message lands, whatever the
   catalog backend does by itself.
+- **The sign-in brake** (auth.accounts.FailureLimiter): each failed authentication is also
+  added to a sorted set per key in Redis (``channelgate:brake:<sha256 of the key>``: client
+  addresses and user names, which may hold a mistyped secret, never go to Redis as they are),
+  trimmed to the window; the process whose failure fills the set publishes the key's
+  "braked until", so every process refuses it from then on (the check itself never waits on
+  Redis: it reads what the messages brought).
 
 **Redis down**: every operation falls back to local coordination (a lease is granted at once:
 single flight is then per process, as without Redis; nothing is published), the outage is
@@ -21,8 +27,10 @@ Without ``cache.backend: redis`` the coordinator is local from the start and nev
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +42,19 @@ LOCK_PREFIX = "channelgate:lock:"
 POLL_MAX = 1.0  # seconds between lock checks when no message arrives (a missed message)
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+BRAKE_PREFIX = "channelgate:brake:"
+MAX_BRAKES = 100_000  # braked keys remembered per process (bounded memory)
+# one failure at ARGV[1] (wall clock) in a window of ARGV[2] s, at most ARGV[3] kept: the oldest
+# kept failure's time when the set is full (braked until it leaves the window), else false
+_FAIL = """
+local now, window, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('zremrangebyscore', KEYS[1], '-inf', now - window)
+redis.call('zadd', KEYS[1], now, ARGV[4])
+redis.call('zremrangebyrank', KEYS[1], 0, -(most + 1))
+redis.call('pexpire', KEYS[1], math.ceil(window * 1000))
+if redis.call('zcard', KEYS[1]) >= most then return redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')[2] end
+return false
+"""
 
 # what a waiter learns: the file was published, its download failed, the lease is gone
 # without a word (the holder died: take over), or Redis is down (coordinate locally)
@@ -73,6 +94,7 @@ class Coordinator:
         self._listener: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribed = asyncio.Event()
+        self._brakes: dict[str, float] = {}  # sha256 of a brake key -> wall-clock time it is braked until
 
     @property
     def shared(self) -> bool:
@@ -151,14 +173,57 @@ class Coordinator:
         if self._client is None or self._loop is None:
             return
         message = json.dumps({"from": self.me, "kind": "catalog", "channel": channel, "ecosystem": ecosystem})
+        self._spawn(self._publish(message))
+
+    def _spawn(self, job: Any) -> None:
+        """Run ``job`` on this coordinator's loop, from the loop's thread or any other."""
+        assert self._loop is not None
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._loop.create_task(self._publish(message))
+            self._loop.create_task(job)
         else:
-            asyncio.run_coroutine_threadsafe(self._publish(message), self._loop)
+            asyncio.run_coroutine_threadsafe(job, self._loop)
+
+    # -- the sign-in brake, shared (auth.accounts.SharedBrake)
+    def note_failure(self, key: str, max_failures: int, window: float) -> None:
+        """A failed authentication for ``key`` (``addr:...``/``user:...``): counted in Redis in
+        the background; without Redis (or while it is down) the brake stays per process."""
+        if self._client is not None and self._loop is not None and self.up:
+            self._spawn(self._count_failure(_brake_id(key), max_failures, window))
+
+    def braked_until(self, key: str) -> float | None:
+        """The wall-clock time until which another process (or this one) braked ``key``."""
+        if not self._brakes:
+            return None
+        ident = _brake_id(key)
+        until = self._brakes.get(ident)
+        if until is not None and until <= time.time():
+            del self._brakes[ident]
+            return None
+        return until
+
+    async def _count_failure(self, ident: str, max_failures: int, window: float) -> None:
+        try:
+            oldest = await self._call("eval", _FAIL, 1, BRAKE_PREFIX + ident, time.time(), window, max_failures,
+                                      uuid.uuid4().hex)
+            if oldest is not None:
+                until = float(oldest) + window
+                self._brake(ident, until)
+                await self._call("publish", EVENTS, json.dumps(
+                    {"from": self.me, "kind": "brake", "key": ident, "until": until}))
+        except _Down:
+            pass  # logged; the brake is per process meanwhile
+
+    def _brake(self, ident: str, until: float) -> None:
+        if len(self._brakes) >= MAX_BRAKES:
+            now = time.time()
+            self._brakes = {k: v for k, v in self._brakes.items() if v > now}
+            if len(self._brakes) >= MAX_BRAKES:  # still full: forget the oldest half
+                self._brakes = dict(list(self._brakes.items())[MAX_BRAKES // 2:])
+        self._brakes[ident] = max(until, self._brakes.get(ident, 0.0))
 
     async def _publish(self, message: str) -> None:
         if not self.up:
@@ -204,6 +269,11 @@ class Coordinator:
             return
         if event.get("kind") == "catalog":
             self._notify_change(str(event.get("channel")), str(event.get("ecosystem")))
+        elif event.get("kind") == "brake":
+            try:
+                self._brake(str(event["key"]), float(event["until"]))
+            except (KeyError, TypeError, ValueError):
+                pass
         elif event.get("kind") == "artifact":
             waiter = self._waiters.get(str(event.get("key")))
             if waiter is not None:
@@ -315,6 +385,10 @@ class Resilient:
     async def close(self) -> None:
         await self.shared.close()
         await self.local.close()
+
+
+def _brake_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class _Down(Exception):

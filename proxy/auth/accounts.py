@@ -8,6 +8,8 @@ DESIGN, "Accounts, tokens made by users, the anaconda-client surface":
 - failed authentications (wrong tokens and wrong passwords alike) are counted per client
   address and per user name; past ``accounts.max_failures`` within ``failure_window``
   seconds further attempts get 429 until the window has passed, before anything is checked.
+  The counts are this process's, and, with ``cache.backend: redis``, every process's
+  (``SharedBrake``: coordination.Coordinator), so --workers and replicas do not multiply them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -57,11 +60,22 @@ def check_password(password: str, stored: str) -> bool:
 
 
 # --------------------------------------------------------------------------- failed sign-ins
-class FailureLimiter:
-    """Failures per key (``addr:<ip>``, ``user:<name>``) in a sliding window, in this process."""
+class SharedBrake(Protocol):
+    """Failures counted across processes (Redis): fed every failure, it tells which keys any
+    process found over the limit. Never awaited: a check costs no round trip."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def note_failure(self, key: str, max_failures: int, window: float) -> None: ...
+
+    def braked_until(self, key: str) -> float | None: ...
+
+
+class FailureLimiter:
+    """Failures per key (``addr:<ip>``, ``user:<name>``) in a sliding window, in this process,
+    and through ``shared`` in every process that shares it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, shared: SharedBrake | None = None) -> None:
         self._clock = clock
+        self._shared = shared
         self._failures: dict[str, collections.deque[float]] = {}
 
     def _recent(self, key: str, window: float) -> collections.deque[float] | None:
@@ -81,10 +95,10 @@ class FailureLimiter:
         for key in keys:
             times = self._recent(key, policy.failure_window)
             if times is not None and len(times) >= policy.max_failures:
-                retry = max(1, int(times[0] + policy.failure_window - self._clock()) + 1)
-                raise TooManyRequests(
-                    "too many failed sign-ins; try again later", headers={"Retry-After": str(retry)}
-                )
+                _refuse(times[0] + policy.failure_window - self._clock())
+            until = self._shared.braked_until(key) if self._shared is not None else None
+            if until is not None:
+                _refuse(until - time.time())
 
     def fail(self, keys: list[str], policy: AccountPolicy) -> None:
         for key in keys:
@@ -92,9 +106,16 @@ class FailureLimiter:
             times.append(self._clock())
             while len(times) > policy.max_failures:  # bounded memory per key
                 times.popleft()
+            if self._shared is not None:
+                self._shared.note_failure(key, policy.max_failures, policy.failure_window)
         if len(self._failures) > 100_000:  # bounded memory overall: forget the oldest keys
             for key in list(self._failures)[: len(self._failures) // 2]:
                 del self._failures[key]
+
+
+def _refuse(wait: float) -> None:
+    retry = max(1, int(wait) + 1)
+    raise TooManyRequests("too many failed sign-ins; try again later", headers={"Retry-After": str(retry)})
 
 
 def limiter_keys(remote: str | None, user: str | None) -> list[str]:

@@ -3,8 +3,8 @@
 ``Guard`` knows every kind of credential: policy (YAML) tokens (the live policy's
 ``Tokens`` memo), tokens that users made (``store.tokens``), and, for sign-in only,
 passwords. Failed attempts are counted per client address and per user name
-(``accounts.FailureLimiter``); past the limit an attempt is refused (429) before any
-credential is checked.
+(``accounts.FailureLimiter``; across processes through Redis when it is configured); past
+the limit an attempt is refused (429) before any credential is checked.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Mapping
 from ..errors import Forbidden, Unauthorized
 from ..metrics import current_facts
 from ..store.protocols import Tokens
-from .accounts import FailureLimiter, check_password, limiter_keys
+from .accounts import FailureLimiter, SharedBrake, check_password, limiter_keys
 from .credentials import (
     BASIC_MAGIC_PASSWORD,
     TOKEN_PREFIX,
@@ -34,10 +34,10 @@ PASSWORD_SCOPES = frozenset({Scope.ALL.value})  # a password is the user: every 
 
 
 class Guard:
-    def __init__(self, live: "LivePolicy", tokens: Tokens) -> None:
+    def __init__(self, live: "LivePolicy", tokens: Tokens, brake: SharedBrake | None = None) -> None:
         self.live = live
         self.tokens = tokens
-        self.limiter = FailureLimiter()
+        self.limiter = FailureLimiter(shared=brake)
 
     def verify(self, token: str | None) -> Principal | None:
         """The principal of a valid token of either kind, or None (unknown, expired, revoked)."""
