@@ -44,6 +44,7 @@ USER_AGENT = "channelgate"
 CHUNK = 256 * 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)\Z")
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 Origin = tuple[str, str, int]  # (scheme, host, port), RFC 6454
 
@@ -93,6 +94,28 @@ def _is_local(host: str) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return addr.is_loopback or addr.is_unspecified
+
+
+def ack_at_once(resp: aiohttp.ClientResponse) -> None:
+    """Acknowledge the rest of a response as it arrives, not after the delayed-ACK timer
+    (Linux ``TCP_QUICKACK``, tcp(7); it lasts until the next request on the connection).
+
+    A sender that corks its answers (nginx's ``tcp_nopush`` with ``sendfile``: a common
+    mirror set-up) holds a body's last partial segment until the one before it is
+    acknowledged (Nagle, RFC 896), and a receiver in request/response mode acknowledges a
+    lone segment only after up to 40 ms (RFC 1122 §4.2.3.2): over loopback's 64 KiB
+    segments every upstream answer of one full segment plus a little, such as the 64 KiB
+    tail of a wheel read for its METADATA, waited 44 ms instead of 0.3 (issue 15).
+    """
+    connection = resp.connection
+    transport = connection.transport if connection is not None else None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if _QUICKACK is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+    except OSError:  # not a TCP socket after all, or already closed: nothing to hurry
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +279,7 @@ class Upstream:
             kwargs["auth"] = aiohttp.BasicAuth(up.username, up.password or "")
         resp = await asyncio.wait_for(self.session.get(target.url, **kwargs), up.timeout)  # type: ignore[arg-type]
         deadline.length = resp.content_length or 0
+        ack_at_once(resp)
         return resp
 
     # ------------------------------------------------------------------ index documents

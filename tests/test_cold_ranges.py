@@ -10,12 +10,19 @@ import base64
 import hashlib
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 
+import aiohttp
+import pytest
 from aiohttp import web
 from fixtures.wheels import make_wheel, write_simple_index
 from harness import Policy, client_env, http, run, stored_blobs, venv_bin
+
+from proxy.metrics import Metrics
+from proxy.settings import UpstreamSettings
+from proxy.upstream import Upstream
 
 HELD = 64 * 1024  # what the upstream sends of a whole-file GET before the test lets it go on
 
@@ -114,3 +121,46 @@ def test_range_within_written_bytes_and_head_on_a_cold_file(tmp_path: Path, upst
         assert not gate.is_set()
     finally:
         gate.set()
+
+
+async def test_upstream_answers_are_acknowledged_at_once() -> None:
+    """Every upstream answer puts its connection in quick-ACK mode (Linux TCP_QUICKACK) once
+    its headers are in, also on a kept-alive connection, where Linux has switched to delayed
+    ACKs: a corking upstream (nginx tcp_nopush) would otherwise hold a body's last segment
+    for the 40 ms delayed-ACK timer (upstream.ack_at_once)."""
+    if not hasattr(socket, "TCP_QUICKACK"):
+        pytest.skip("TCP_QUICKACK is Linux's")
+    go_on = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = 2
+        await resp.prepare(request)
+        await resp.write(b"x")
+        await go_on.wait()  # the rest only once the client has looked at its socket
+        await resp.write(b"y")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{name}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    up = UpstreamSettings("up", "pypi", f"http://127.0.0.1:{port}")
+    modes = []
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            upstream = Upstream(session, Metrics())
+            for name in ("first", "second", "third"):  # one kept-alive connection (limit=1)
+                async with upstream.stream(up, f"{up.url}/{name}", what=name, hashed=False) as body:
+                    sock = body.resp.connection.transport.get_extra_info("socket")  # type: ignore[union-attr]
+                    modes.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK))
+                    go_on.set()
+                    assert b"".join([chunk async for chunk in body]) == b"xy"
+                go_on.clear()
+    finally:
+        go_on.set()
+        await runner.cleanup()
+    assert modes == [1, 1, 1]
