@@ -87,3 +87,31 @@ def test_an_upstream_without_ranges_still_serves_the_advertised_metadata(tmp_pat
     status, _, body = http("GET", f"{server.url}/mirror/simple/app/{wheels[0].name}")
     assert status == 200 and body == wheels[0].read_bytes()
     assert len(_whole_wheel_gets(upstream)) == 1
+
+
+def _range_gets(upstream, wheel: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    return [c.headers["Range"] for c in upstream.calls if c.path == f"/files/{wheel.name}" and "Range" in c.headers]
+
+
+def test_metadata_in_the_tail_is_one_range_request_and_elsewhere_two(tmp_path: Path, upstream_factory, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
+    """A wheel's .dist-info comes last (PEP 427), so the tail read for the central directory
+    holds METADATA too: one Range request. A wheel with METADATA first and 1 MiB after it
+    needs a second one, for the member."""
+    wheels, upstream, server = _world(tmp_path, upstream_factory, channelgate_factory)
+    app = wheels[0]  # METADATA after 1.3 MiB of module: within the last bytes
+    status, _, body = http("GET", f"{server.url}/mirror/simple/app/{app.name}.metadata")
+    assert status == 200 and body == _metadata_of(app)
+    assert len(_range_gets(upstream, app)) == 1, _range_gets(upstream, app)
+    # a wheel with its members reordered: METADATA first, 1.3 MiB of module after it
+    built = make_wheel(tmp_path / "late", "late", "1.0", module_body=f"DATA = '{base64.b64encode(os.urandom(1 << 20)).decode()}'\n")
+    reordered = tmp_path / "d" / built.name
+    with zipfile.ZipFile(built) as src, zipfile.ZipFile(reordered, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in sorted(src.namelist(), key=lambda n: not n.endswith("/METADATA")):
+            dst.writestr(name, src.read(name))
+    write_simple_index(tmp_path / "root", [*wheels, reordered], fmt="html", metadata_files=False)
+    reordered = tmp_path / "root" / "files" / built.name
+    upstream.overrides[f"/files/{reordered.name}"] = lambda request: web.FileResponse(reordered)
+    status, _, body = http("GET", f"{server.url}/mirror/simple/late/{reordered.name}.metadata")
+    assert status == 200 and body == _metadata_of(reordered)
+    assert len(_range_gets(upstream, reordered)) == 2, _range_gets(upstream, reordered)
+    assert _whole_wheel_gets(upstream) == []

@@ -3,8 +3,9 @@
 An upstream that offers no PEP 658 ``.metadata`` file still serves the wheel, a zip
 (APPNOTE.TXT 6.3): its end of central directory record closes the file, the central
 directory before it lists each member's local header offset, and the member's bytes follow
-its local header. Three small Range requests (the tail, the central directory when it is
-not in the tail, the member) read METADATA from a cold wheel; a cached wheel is read
+its local header. At most three small Range requests (the tail, the central directory when
+it is not in the tail, the member when it is not in the tail either) read METADATA from a
+cold wheel, usually one; a cached wheel is read
 locally. channelgate then serves it as the PEP 658 file it advertises (PEP 714
 ``data-core-metadata="true"``), so pip, which does no Range reads, resolves without
 downloading wheels, and uv needs no Range reads at all.
@@ -107,6 +108,15 @@ def _inflate(data: bytes, method: int, crc: int, size: int, filename: str) -> by
     return out
 
 
+def _within(tail: bytes, tail_start: int, start: int, stop: int) -> bytes | None:
+    """Bytes ``[start, stop)`` when the tail already holds them all: a wheel's
+    ``.dist-info`` files come last (PEP 427 recommends it), so METADATA usually sits in the
+    last bytes read with the central directory, and one Range request reads it all."""
+    if start < tail_start or stop > tail_start + len(tail):
+        return None
+    return tail[start - tail_start: stop - tail_start]
+
+
 async def remote_metadata(filename: str, tail_start: int, tail: bytes, fetch: FetchRange) -> bytes:
     """METADATA of a wheel whose last bytes (``tail``, from offset ``tail_start``) are known;
     ``fetch`` reads other byte ranges of it."""
@@ -119,7 +129,10 @@ async def remote_metadata(filename: str, tail_start: int, tail: bytes, fetch: Fe
         raise InvalidInput(f"{filename}: METADATA is larger than {MAX_METADATA} bytes")
     # the local header's extra field may differ from the central one: read some more; all
     # member data lies before the central directory
-    head = await fetch(offset, min(offset + _LOCAL.size + len(member.encode()) + 256 + csize, start))
+    stop = min(offset + _LOCAL.size + len(member.encode()) + 256 + csize, start)
+    head = _within(tail, tail_start, offset, stop)
+    if head is None:
+        head = await fetch(offset, stop)
     if len(head) < _LOCAL.size:
         raise InvalidInput(f"{filename}: no local header for {member}")
     sig, *_, nlen, elen = _LOCAL.unpack_from(head, 0)
