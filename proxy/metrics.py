@@ -108,6 +108,10 @@ class Metrics:
             buckets=UPSTREAM_BUCKETS, registry=reg,
         )
         self.uploads = Counter("channelgate_uploads", "Uploads accepted, by ecosystem", ["ecosystem"], registry=reg)
+        self.index_builds = Counter(
+            "channelgate_index_builds", "Merged indexes built (one build serves every channel whose inputs are the same)",
+            ["ecosystem"], registry=reg,
+        )
         self.inflight_downloads = Gauge(
             "channelgate_inflight_downloads", "Upstream artifact downloads in progress (each shared by its waiting clients)",
             registry=reg, multiprocess_mode="livesum",
@@ -157,6 +161,9 @@ class Metrics:
     def upstream_request(self, upstream: str, status: int | str, seconds: float) -> None:
         self._child(self.upstream_requests, upstream, status).inc()
         self._child(self.upstream_seconds, upstream).observe(seconds)
+
+    def index_built(self, ecosystem: str) -> None:
+        self._count(self.index_builds, (ecosystem,))
 
     def request_done(self, ecosystem: str, status: int, sent: int) -> None:
         self._count(self.requests, (ecosystem, status))

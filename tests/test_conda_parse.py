@@ -140,6 +140,36 @@ def test_streaming_parser_duplicates_and_limits(tmp_path: Path, monkeypatch: pyt
     assert not list(tmp_path.glob("conda-records-*"))  # nothing left behind
 
 
+@pytest.mark.parametrize("case", ["disjoint", "overlapping", "duplicate"])
+def test_unsorted_upstream_sorted_by_its_runs(case: str) -> None:
+    """Names in random order, each name's files together and sorted (conda-forge-shaped but
+    unsorted): sections.py sorts the runs, not every key; overlapping runs and repeated keys
+    fall back to a full sort. Every case reads back in file-name order, last duplicate winning."""
+    from proxy.ecosystems.conda import sections as sections_mod
+    rng = random.Random(case)
+    names = [f"n{i:03d}" for i in range(60)]
+    rng.shuffle(names)
+    entries = [(f"{n}-1.{v}-h0_0.conda", {"name": n, "v": v}) for n in names for v in range(6)]
+    if case == "overlapping":  # name "n005-1.2": its files sort between two of n005's own
+        entries += [(f"n005-1.2-{v}-h0_0.conda", {"name": "n005-1.2", "v": v}) for v in range(6)]
+    if case == "duplicate":
+        entries.append(("n007-1.3-h0_0.conda", {"name": "n007", "v": "last"}))
+    body = b'{"packages.conda":{' + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in entries) + b"}}"
+    calls: list[bool] = []
+    real = sections_mod._order_by_runs
+
+    def spy(keys: Any, nids: Any) -> Any:
+        order = real(keys, nids)
+        calls.append(order is not None)
+        return order
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sections_mod, "_order_by_runs", spy)
+        rd = parse_repodata(body)
+    assert calls == [case == "disjoint"]  # the cheap path only when it is right
+    assert _parsed(rd) == dict(entries)  # sorted, one entry per file name, the last one wins
+
+
 def _reference(local: list[CondaRecord], upstreams: list[list[CondaRecord]], local_names: frozenset[str],
                allow: frozenset[str]) -> bytes:
     from proxy.merge import merge

@@ -36,27 +36,23 @@ from ...context import Services
 from ...errors import InvalidInput, NotFound, NotReady, UpstreamError
 from ...memo import Memo, SingleFlight
 from ...metrics import provisional
-from ...merge import MergeRule
 from ...responses import etag_for
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...sources import Walk, upstream_allows
 from ...store.catalog import Upload
 from .cep16 import SHARD_INDEX_FILENAME, ShardSet, parse_shard_index
+from .assemble import SharedBuilds, assemble, local_record, normalize, share_key
 from .channeldata import render_channeldata
-from .filtered import filtered_positions
-from .merge_plan import build_plan, local_section, positions_of
 from .parse import parse_repodata_file
-from .sections import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
+from .sections import CondaRecord, Encoding, Repodata
 from .shard_upstreams import fetch_shards, repodata_from_shards
 from .subdir_index import (
     FILE_NAMES,
     SLOW_KINDS,
     FileKind,
     IndexKey,
-    ShardBasis,
     SubdirIndex,
     UpstreamSubdir,
-    new_workdir,
 )
 
 log = logging.getLogger(__name__)
@@ -71,16 +67,6 @@ KNOWN_SHARDS = 1 << 20  # upstream shards (by sha256) whose stored body is read 
 
 DocForm = Encoding | Literal["shards"]
 """How an upstream subdir's records arrive: ``repodata.json`` (plain, zstd, bz2) or CEP-16 shards."""
-
-
-def normalize(name: str) -> str:
-    """conda package names compare lower-case (merge key and dependency-confusion rule)."""
-    return name.lower()
-
-
-def local_record(upload: Upload) -> CondaRecord:
-    """An upload as a merge source entry; its repodata record is ``Upload.index_fields``."""
-    return upload.filename, upload.name, orjson.dumps(dict(upload.index_fields), option=orjson.OPT_SORT_KEYS)
 
 
 class _Slot:
@@ -115,11 +101,13 @@ class CondaIndexes:
         self._upstream_channeldata: Memo[str, dict[str, Any]] = Memo(16)
         self._known_shards: Memo[str, Doc] = Memo(KNOWN_SHARDS)
         self._flight: SingleFlight[Hashable, Any] = SingleFlight()
+        self._shared = SharedBuilds()  # built indexes by the content of their inputs, across channels
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def close(self) -> None:
         """Cancel background builds and refreshes, then stop the build threads."""
         self._flight.cancel_all()
+        self._shared.cancel_all()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -278,22 +266,12 @@ class CondaIndexes:
             current = slot.current
             if current is not None and current.key == key:
                 return current
-            ups: list[UpstreamSubdir] = []
-            for up, doc, encoding in docs:
-                repodata = await self._parse(up, doc, encoding)
-                if repodata is not None:
-                    ups.append(UpstreamSubdir(up, doc.url, doc.digest, repodata))
-            if docs and not ups and not uploads:
-                raise UpstreamError("an upstream served invalid repodata")
-            start = time.monotonic()
-            index: SubdirIndex = await self._run(self._assemble, key, subdir, uploads, ups)
-            zst = index.workdir / "repodata.json.zst"
-            await self._run(index.plan.write, None, zst, self.tmp_dir)
-            index.adopt("zstd", zst)
-            log.info("built %s index of %d records in %.2f s", subdir, len(index), time.monotonic() - start)
-            index.previous_shards = slot.recent[-1] if slot.recent else None
-            index.on_shards = slot.recent.append
-            index.on_rendered = lambda kind: self._rendered(slot, index, kind)
+            share = share_key(subdir, key, uploads)
+            index = await self._shared.build(share, lambda: self._fresh(key, subdir, uploads, docs))
+            if index.previous_shards is None and slot.recent:
+                index.previous_shards = slot.recent[-1]
+            index.shard_hooks.append(slot.recent.append)
+            index.rendered_hooks.append(lambda kind: self._rendered(slot, index, kind))
             if seq < slot.installed:  # a newer request's index is already in place
                 return index
             previous, slot.current, slot.installed = slot.current, index, seq
@@ -303,6 +281,27 @@ class CondaIndexes:
             self._background(self._warm(index, previous.has("json"), previous.has("shards")), f"{subdir} renderings")
         for kind in sorted(slot.wanted):  # bzip2 on its own thread, once the .zst is served
             self._background(self._prepare(index, kind), f"{subdir} {FILE_NAMES[kind]}")
+        return index
+
+    async def _fresh(self, key: IndexKey, subdir: str, uploads: list[Upload],
+                     docs: list[tuple[UpstreamSettings, Doc, DocForm]]) -> SubdirIndex:
+        """Parse, merge and compress a new index (``SharedBuilds``: once for every channel
+        whose inputs are the same)."""
+        ups: list[UpstreamSubdir] = []
+        for up, doc, encoding in docs:
+            repodata = await self._parse(up, doc, encoding)
+            if repodata is not None:
+                ups.append(UpstreamSubdir(up, doc.url, doc.digest, repodata))
+        if docs and not ups and not uploads:
+            raise UpstreamError("an upstream served invalid repodata")
+        start = time.monotonic()
+        index: SubdirIndex = await self._run(lambda: assemble(
+            key, subdir, uploads, ups, tmp_dir=self.tmp_dir, executor=self.executor, slow_executor=self.slow_executor))
+        zst = index.workdir / "repodata.json.zst"
+        await self._run(index.plan.write, None, zst, self.tmp_dir)
+        index.adopt("zstd", zst)
+        self.services.metrics.index_built("conda")
+        log.info("built %s index of %d records in %.2f s", subdir, len(index), time.monotonic() - start)
         return index
 
     @staticmethod
@@ -351,37 +350,6 @@ class CondaIndexes:
             await index.shard_set()
         if json:
             await index.file("json")
-
-    def _assemble(self, key: IndexKey, subdir: str, uploads: list[Upload], ups: list[UpstreamSubdir]) -> SubdirIndex:
-        """Plan the merge (in the executor): a few binary searches per upload."""
-        local = [local_record(u) for u in uploads]
-        blocked = MergeRule(frozenset(key.names), frozenset(key.allow)).blocked
-        sources: dict[str, list[Section]] = {}
-        tables: dict[str, list[list[str]]] = {}
-        excluded: dict[str, list[list[int]]] = {}
-        for ext in EXTENSIONS:
-            section, table = local_section(local, ext)
-            sources[ext], tables[ext], excluded[ext] = [section], [table], [[]]
-        for up in ups:
-            ids = up.repodata.name_ids(blocked)
-            filtered = filtered_positions(up.upstream, up.repodata)
-            for ext in EXTENSIONS:
-                section = up.repodata.sections[ext]
-                sources[ext].append(section)
-                tables[ext].append(up.repodata.name_table)
-                cut = positions_of(section, ids)
-                excluded[ext].append(sorted(set(cut) | filtered[ext]) if filtered[ext] else cut)
-        skip = {ext: [set(e) for e in excluded[ext]] for ext in EXTENSIONS}
-        removed = _removed(ups, {u.filename for u in uploads}, skip)
-        plan = build_plan(sources, tables, excluded, info={"subdir": subdir}, removed=removed)
-        workdir = new_workdir(self.tmp_dir)
-        by_name: dict[str, set[tuple[str, str]]] = {}
-        for u in uploads:
-            by_name.setdefault(normalize(u.name), set()).add((u.path, u.sha256))
-        basis = ShardBasis(key.upstreams, {n: frozenset(v) for n, v in by_name.items()}, frozenset(blocked))
-        return SubdirIndex(key=key, subdir=subdir, plan=plan, local={u.filename: u for u in uploads}, upstreams=ups,
-                           excluded=skip, workdir=workdir, tmp_dir=self.tmp_dir, executor=self.executor,
-                           shard_basis=basis, slow_executor=self.slow_executor)
 
     def changed(self, channel: str, subdirs: tuple[str, ...] = ()) -> None:
         """The channel's uploads changed: rebuild its indexes now, so the next request finds
@@ -460,24 +428,4 @@ class CondaIndexes:
             "subdirs": sorted(subdirs),
         })
         return self._channeldata.put(key, (body, etag_for(body)))
-
-
-def _removed(ups: list[UpstreamSubdir], local_files: set[str], skip: dict[str, list[set[int]]]) -> list[str]:
-    """The upstreams' ``removed`` file names that no source of the merge still offers."""
-    out: set[str] = set()
-    for up in ups:
-        for filename in up.repodata.removed:
-            if filename in out or filename in local_files:
-                continue
-            ext = ".conda" if filename.endswith(".conda") else ".tar.bz2"
-            present = False
-            for j, other in enumerate(ups, start=1):
-                s = other.repodata.find_memo(filename)
-                if s >= 0 and s not in skip[ext][j]:
-                    present = True
-                    break
-            if not present:
-                out.add(filename)
-    return sorted(out)
-
 

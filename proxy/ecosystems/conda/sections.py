@@ -320,13 +320,38 @@ class SectionBuilder:
         perm: array[int] | None = None
         if not self.sorted:
             keys = self.keys
-            order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: equal keys keep document order
-            ranked = list(map(keys.__getitem__, order))
-            if any(map(operator.eq, ranked, itertools.islice(ranked, 1, None))):  # the last one wins
-                order = [i for n, i in enumerate(order) if n + 1 == len(order) or ranked[n + 1] != ranked[n]]
-            perm = array("I", order)
+            perm = _order_by_runs(keys, self.nids)
+            if perm is None:
+                order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: equal keys keep document order
+                ranked = list(map(keys.__getitem__, order))
+                if any(map(operator.eq, ranked, itertools.islice(ranked, 1, None))):  # the last one wins
+                    order = [i for n, i in enumerate(order) if n + 1 == len(order) or ranked[n + 1] != ranked[n]]
+                perm = array("I", order)
         self.keys = []
         return Section(self.ext, data, self.offsets, self.klens, self.nids, perm)
+
+
+def _order_by_runs(keys: list[bytes], nids: array[int]) -> array[int] | None:
+    """The sorted order of ``keys`` when they come in runs, one name's files each, ascending
+    and not overlapping (an upstream whose names come in random order, each name's files
+    together and sorted): sorting the runs by their first key is sorting the keys, at a
+    fraction of the cost for conda-forge-sized sections. None when two runs overlap or a
+    key repeats (then everything is sorted)."""
+    n = len(keys)
+    breaks = map(operator.or_, map(operator.ge, keys, itertools.islice(keys, 1, None)),
+                 map(operator.ne, nids, itertools.islice(nids, 1, None)))
+    starts = [0, *itertools.compress(range(1, n), breaks)]
+    if len(starts) * 4 > n:  # short runs: a plain sort is as quick
+        return None
+    ends = [*starts[1:], n]
+    runs = sorted(zip(map(keys.__getitem__, starts), starts, ends))
+    for (_, _, end), (first, _, _) in zip(runs, itertools.islice(runs, 1, None)):
+        if not keys[end - 1] < first:
+            return None
+    order = array("I")
+    for _, start, end in runs:
+        order.extend(range(start, end))
+    return order
 
 
 def sorted_on_disk(section: Section, path: Path) -> Section:

@@ -153,10 +153,11 @@ class SubdirIndex:
         self.executor = executor
         self.slow_executor = slow_executor or executor
         self.created = time.monotonic()
-        self.on_rendered: Callable[[FileKind], None] | None = None
+        # what each channel holding this index wants to hear (an index may be shared: assemble.py)
+        self.rendered_hooks: list[Callable[[FileKind], None]] = []
         self.shard_basis = shard_basis
-        self.previous_shards: ShardSet | None = None  # the slot's last shard set, for reuse
-        self.on_shards: Callable[[ShardSet], None] | None = None
+        self.previous_shards: ShardSet | None = None  # a holder's last shard set, for reuse
+        self.shard_hooks: list[Callable[[ShardSet], None]] = []
         self.fingerprint = f"{FORMAT}{key!r}"
         self._etags: dict[str, str] = {}
         self._files: dict[str, Path] = {}
@@ -230,8 +231,8 @@ class SubdirIndex:
             raise KeyError(kind)
         self._files[kind] = target
         log.info("rendered %s/%s in %.2f s", self.subdir, FILE_NAMES[kind], time.monotonic() - start)
-        if self.on_rendered is not None:
-            self.on_rendered(kind)
+        for hook in list(self.rendered_hooks):
+            hook(kind)
         return target
 
     # ------------------------------------------------------------------ CEP-16 shards
@@ -240,8 +241,8 @@ class SubdirIndex:
             shard_set = await self._flight.run("shards", lambda: self._run(self._build_shards))
             if self._shards is None:
                 self._shards = shard_set
-                if self.on_shards is not None:
-                    self.on_shards(shard_set)
+                for hook in list(self.shard_hooks):
+                    hook(shard_set)
         return self._shards
 
     def _build_shards(self) -> ShardSet:
