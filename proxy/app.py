@@ -40,12 +40,14 @@ from .metrics import REQUEST, Metrics, RequestFacts
 from .blob_response import BlobRedirect, BlobStreamResponse
 from .responses import SentFileResponse, http_status, keep_private
 from .settings import Settings, load_settings
+from . import self_reference
+from .self_reference import OwnAddressResolver
 from .sources import Sources
 from .store.s3 import S3Store, open_store
 from .store.backends import open_catalog
 from .store.catalog import public_view
 from .uploads import UploadChecks, delete_hosted, handle_upload
-from .upstream import Upstream
+from .upstream import OwnOrigins, Upstream
 
 if TYPE_CHECKING:
     from .web.ui import WebUI
@@ -79,10 +81,10 @@ def create_app(settings: Settings, *, clean_tmp: bool = True) -> web.Application
     return app
 
 
-def _make_upstream(settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> Upstream:
+def _make_upstream(settings: Settings, session: aiohttp.ClientSession, metrics: Metrics, own: OwnOrigins) -> Upstream:
     """The upstream client, told this server's own addresses: an index entry may never point
     at them (DESIGN's cross-origin rule)."""
-    upstream = Upstream(session, metrics, max_index_bytes=settings.limits.index_fetch_bytes)
+    upstream = Upstream(session, metrics, max_index_bytes=settings.limits.index_fetch_bytes, own=own)
     for listen in (settings.listen, settings.metrics_listen):
         host, _, port = (listen or "").rpartition(":")
         if port.isdigit():
@@ -125,8 +127,10 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         stack.callback(store.release)
         if isinstance(store, S3Store):
             stack.push_async_callback(store.close)
+        own = OwnOrigins()  # this server's origins: never fetched from (upstream.py, self_reference.py)
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(
+                limit=64, limit_per_host=16, ttl_dns_cache=300, resolver=OwnAddressResolver(own)),
             trust_env=False,
         )
         stack.push_async_callback(session.close)
@@ -140,7 +144,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         checks = UploadChecks(settings.limits.validation_workers)
         stack.callback(checks.close)
         metrics = Metrics()
-        upstream = _make_upstream(settings, session, metrics)
+        upstream = _make_upstream(settings, session, metrics, own)
         artifacts = Artifacts(upstream, store, coordinator)
         stack.push_async_callback(artifacts.close)
         index_cache = MetadataCache(
@@ -190,6 +194,9 @@ def reload_policy(services: Services, path: Path | None) -> list[str]:
         return ["the server runs on the embedded default policy: nothing to reload"]
     try:
         new = load_settings(path)
+        found = self_reference.problems(new, [f"{h}:{p}" for h, p in services.upstream.own.listens])
+        if found:
+            raise ConfigError(found)
     except ConfigError as exc:
         log.error("policy reload refused, the running policy stays: %d problem(s)", len(exc.problems))
         for problem in exc.problems:

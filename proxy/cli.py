@@ -22,7 +22,7 @@ from typing import Sequence
 import yaml
 from aiohttp import web
 
-from . import __version__, logs
+from . import __version__, logs, self_reference
 from . import server as listener
 from .airgap import commands as airgap_commands
 from .app import Gateway, open_services, reload_policy
@@ -171,6 +171,9 @@ def _bind(settings: Settings, listen: str, *, json_logs: bool) -> ServeOptions:
     try:
         if settings.metrics_listen is not None:
             metrics_sock = listener.bind(settings.metrics_listen)
+        found = self_reference.problems(settings, [self_reference.bound(s) for s in (sock, metrics_sock) if s])
+        if found:
+            raise ConfigError(found)
         listener.check_storage(settings.storage_path)
     except ConfigError:
         sock.close()
@@ -271,6 +274,9 @@ def _supervise(children: list[int]) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
+        found = self_reference.problems(settings, [settings.listen, settings.metrics_listen])
+        if found:
+            raise ConfigError(found)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem)

@@ -134,8 +134,11 @@ class OwnOrigins:
         self._ports: set[int] = set()
         self._hosts: set[str] = set()
         self._origins: set[Origin] = set()
+        self.listens: list[tuple[str, int]] = []  # (host, port) as listened on: self_reference.py resolves them
 
     def add_listen(self, host: str, port: int) -> None:
+        if (host, port) not in self.listens:
+            self.listens.append((host, port))
         self._ports.add(port)
         canonical = _canonical_host(host.strip("[]"))
         self._hosts.add(canonical)
@@ -242,11 +245,14 @@ class IndexResponse:
 
 
 class Upstream:
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, *, max_index_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, metrics: Metrics, *, max_index_bytes: int = 1 << 30,
+        own: OwnOrigins | None = None,
+    ) -> None:
         self.session = session
         self.metrics = metrics
         self.max_index_bytes = max_index_bytes  # server.limits.index_fetch_mb
-        self.own = OwnOrigins()
+        self.own = own or OwnOrigins()
         self._down_until: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
 

@@ -192,17 +192,49 @@ def test_another_origin_without_a_hash_is_refused(world: World) -> None:
     assert stored_blobs(world.server.storage, "cache").isdisjoint({sha256_of(wheel), sha256_of(pkg)})
 
 
-def test_an_index_entry_naming_this_server_is_never_fetched(world: World) -> None:
-    def flushed(marker: str) -> str:
-        """The log once every access line so far is in it (they are flushed in order)."""
-        world.get(f"/mirror/simple/{marker}-{os.getpid()}/", token=False)
-        return world.server.wait_log(f"{marker}-{os.getpid()}/")
+def flushed(world: World, marker: str) -> str:
+    """The log once every access line so far is in it (they are flushed in order): waits for
+    this request's own access line, not the upstream line that names the same path."""
+    world.get(f"/mirror/simple/{marker}-{os.getpid()}/", token=False)
+    return world.server.wait_log(f'"GET /mirror/simple/{marker}-{os.getpid()}/"')
 
-    before = flushed("before").count('"GET /api/health"')
+
+def test_an_index_entry_naming_this_server_is_never_fetched(world: World) -> None:
+    before = flushed(world, "before").count('"GET /api/health"')
     for filename in ("self_link-1.0-py3-none-any.whl", "self_link-1.0.tar.gz"):  # without and with a hash
         status, _, body = world.get(f"/mirror/simple/self-link/{filename}", token=False)
         assert status == 502 and b"this server itself" in body and b'"status"' not in body
-    assert flushed("after").count('"GET /api/health"') == before
+    assert flushed(world, "after").count('"GET /api/health"') == before
+
+
+def loopback_alias() -> str:
+    """A name in /etc/hosts for a loopback address that is neither localhost nor this host's
+    name: nothing but resolving it says that it is this machine."""
+    known = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    for line in Path("/etc/hosts").read_text().splitlines():
+        address, *names = line.split("#", 1)[0].split() or [""]
+        for name in names:
+            if address.startswith("127.") and name.lower() not in known and not name.lower().endswith(".localhost") \
+                    and "localhost" not in name.lower():
+                return name
+    message = "no loopback alias in /etc/hosts besides localhost and the host name"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_an_index_entry_naming_an_alias_of_this_server_is_never_fetched(world: World) -> None:
+    """The spelling does not say it is this server, the resolution does: the upstream client's
+    resolver refuses it at connect time (self_reference.OwnAddressResolver)."""
+    alias = loopback_alias()
+    url = f"http://{alias}:{world.server.port}/api/health"
+    world.home.overrides["/pypi/simple/self-alias/"] = json_response({"meta": {"api-version": "1.1"}, "name": "self-alias", "files": [
+        {"filename": "self_alias-1.0.tar.gz", "url": url, "hashes": {"sha256": "0" * 64}}]})
+    before = flushed(world, "alias-before").count('"GET /api/health"')
+    status, _, body = world.get("/mirror/simple/self-alias/self_alias-1.0.tar.gz", token=False)
+    assert status == 502 and b'"status"' not in body, body
+    assert flushed(world, "alias-after").count('"GET /api/health"') == before  # never asked itself
+    assert f"refused to connect to {alias}: it resolves to 127." in world.server.wait_log(f"refused to connect to {alias}")
 
 
 # --------------------------------------------------------------------------- observation 4

@@ -317,3 +317,32 @@ def test_readme_security_section_lists_every_limit_with_its_default() -> None:
         shown = spec.default // spec.metadata["unit"]  # type: ignore[operator]
         row = f"| `server.limits.{spec.metadata['key']}` | `{shown}` |"
         assert row in security, f"README's Security section lacks {row}"
+
+
+def test_an_upstream_whose_name_resolves_to_this_server_is_refused(tmp_path: Path) -> None:
+    """Not the spelling but the resolution: this host's name reaches a wildcard listener, and
+    localhost a loopback one, so such an upstream would make the server ask itself in a loop."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    host = socket.gethostname()
+    storage = tmp_path / "storage"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({
+        "server": {"listen": f"0.0.0.0:{port}"},
+        "storage": {"path": str(storage)},
+        "upstreams": {
+            "itself": {"type": "pypi", "url": f"http://{host}:{port}/simple"},
+            "neighbour": {"type": "pypi", "url": f"http://{host}:{port + 1 if port < 65535 else port - 1}/simple"},
+        },
+    }))
+    checked = channelgate("check-config", "--config", str(policy))
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert f"upstreams.itself.url: {host} resolves to" in checked.stdout and "fetch from itself" in checked.stdout
+    assert "neighbour" not in checked.stdout  # the same host on another port is another server
+    policy.write_text(yaml.safe_dump({
+        "storage": {"path": str(storage)},
+        "upstreams": {"itself": {"type": "pypi", "url": f"http://localhost:{port}/simple"}},
+    }))
+    line = one_line(channelgate("serve", "--config", str(policy), "--listen", f"127.0.0.1:{port}"))
+    assert "upstreams.itself.url: localhost resolves to 127.0.0.1" in line, line
+    assert not storage.exists()  # refused before the store was opened
