@@ -1,12 +1,15 @@
-"""Fetching ahead of a cold resolve (issue 15, resolve.uv_meta): once a client reads a
-project page, the upstream PEP 658 metadata of its newest wheels, then the pages of the
-dependencies that metadata names and their newest metadata, are fetched before the client
-asks; the client's own requests then cost no further upstream request. Bounded: never a
-wheel, never an older version, never an extra's dependencies, never a second level."""
+"""Fetching ahead of a cold resolve (issue 15, the resolve.* rows): once a client reads a
+project page, the metadata of its newest wheels (PEP 658 files, or METADATA by Range reads),
+then the pages of the dependencies it names and their newest metadata, three levels down,
+are fetched before the client asks; the client's own requests then cost no further upstream
+request. Bounded: never a wheel, never an older version, never an extra's dependencies,
+never a fourth level."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from aiohttp import web
 from fixtures.wheels import make_wheel, write_simple_index
 from harness import Policy, http
 
@@ -31,41 +34,59 @@ def test_newest_wheels_and_dependencies() -> None:
     assert dependencies(metadata, limit=1) == ["foo-bar"]
 
 
-def test_a_page_fetches_its_newest_metadata_and_the_dependency_pages_ahead(
-    tmp_path: Path, upstream_factory, channelgate_factory  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("pep658", [True, False], ids=["metadata-files", "ranges-only"])
+def test_a_page_fetches_metadata_and_three_levels_of_dependency_pages_ahead(
+    tmp_path: Path, upstream_factory, channelgate_factory, pep658: bool  # type: ignore[no-untyped-def]
 ) -> None:
+    """One page read by a client: its newest metadata, then three levels of dependency pages
+    and their newest metadata are fetched ahead, from the upstream's .metadata files or, when
+    it has none, by Range requests into the wheels; the client's own requests then cost no
+    upstream request. Bounded: no wheel, no older version, no extra, no fourth level."""
     dists = tmp_path / "d"
+    chain = ["app", "dep", "deeper", "deepest", "bottom"]
     wheels = [
         make_wheel(dists, "app", "1.0", requires_dist=["old-dep"]),
-        make_wheel(dists, "app", "2.0", requires_dist=["dep>=1", "tests-only; extra == 'test'"]),
-        make_wheel(dists, "dep", "1.0", requires_dist=["deeper"]),
-        make_wheel(dists, "deeper", "1.0"),
         make_wheel(dists, "old-dep", "1.0"),
         make_wheel(dists, "tests-only", "1.0"),
     ]
-    write_simple_index(tmp_path / "root", wheels, fmt="html", metadata_files=True)
+    for name, below in zip(chain, [*chain[1:], None]):
+        extra = ["tests-only; extra == 'test'"] if name == "app" else []
+        wheels.append(make_wheel(dists, name, "2.0" if name == "app" else "1.0",
+                                 requires_dist=([below] if below else []) + extra))
+    write_simple_index(tmp_path / "root", wheels, fmt="html", metadata_files=pep658)
     upstream = upstream_factory(tmp_path / "root")
+    if not pep658:  # byte ranges, as a real file server serves them (aiohttp's FileResponse: 206)
+        for wheel in wheels:
+            upstream.overrides[f"/files/{wheel.name}"] = lambda request, w=wheel: web.FileResponse(
+                tmp_path / "root" / "files" / w.name)
     policy = Policy({"upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
                      "channels": {"mirror": {"public": True, "upstreams": ["pypi"]}}})
     server = channelgate_factory(tmp_path / "cg", policy)
 
+    def metadata_reads(filename: str) -> int:  # upstream requests for a wheel's metadata
+        if pep658:
+            return upstream.calls_to(f"/files/{filename}.metadata")
+        return len([c for c in upstream.calls if c.path == f"/files/{filename}" and "Range" in c.headers])
+
     status, _, _ = http("GET", f"{server.url}/mirror/simple/app/")
     assert status == 200
-    server.wait_log(f"GET {upstream.url}/files/dep-1.0-py3-none-any.whl.metadata")  # fetched ahead
-    assert upstream.calls_to("/files/app-2.0-py3-none-any.whl.metadata") == 1
-    status, _, body = http("GET", f"{server.url}/mirror/simple/app/app-2.0-py3-none-any.whl.metadata")
-    assert status == 200 and b"Requires-Dist: dep>=1" in body
-    assert upstream.calls_to("/simple/deeper/") == 0  # two levels ahead: not before a client reads dep
-    status, _, body = http("GET", f"{server.url}/mirror/simple/dep/")
-    assert status == 200 and b"dep-1.0-py3-none-any.whl" in body
-    status, _, body = http("GET", f"{server.url}/mirror/simple/dep/dep-1.0-py3-none-any.whl.metadata")
-    assert status == 200 and b"Requires-Dist: deeper" in body
-    # the client's own requests were served from what was fetched ahead
-    assert upstream.calls_to("/files/app-2.0-py3-none-any.whl.metadata") == 1
-    assert upstream.calls_to("/simple/dep/") == 1
-    assert upstream.calls_to("/files/dep-1.0-py3-none-any.whl.metadata") == 1
-    # bounded: no wheel, no older version, no extra's dependency, nothing two levels ahead
-    assert not [c for c in upstream.calls if c.path.endswith(".whl")]
-    assert upstream.calls_to("/files/app-1.0-py3-none-any.whl.metadata") == 0
+    server.wait_log(f"GET {upstream.url}/files/deepest-1.0-py3-none-any.whl")  # three levels down
+    for name in chain[1:4]:
+        assert upstream.calls_to(f"/simple/{name}/") == 1, name
+    assert upstream.calls_to("/simple/bottom/") == 0  # a fourth level: not before a client reads dep
+    reads = {w.name: metadata_reads(w.name) for w in wheels}
+    for name in chain[:4]:
+        version = "2.0" if name == "app" else "1.0"
+        filename = f"{name}-{version}-py3-none-any.whl"
+        if name != "app":
+            status, _, body = http("GET", f"{server.url}/mirror/simple/{name}/")
+            assert status == 200 and filename.encode() in body
+        status, _, body = http("GET", f"{server.url}/mirror/simple/{name}/{filename}.metadata")
+        assert status == 200 and f"Name: {name}".encode() in body
+        # the client's own requests were served from what was fetched ahead
+        assert upstream.calls_to(f"/simple/{name}/") == 1 and metadata_reads(filename) == reads[filename] >= 1
+    # bounded: no wheel, no older version, no extra's dependency
+    assert not [c for c in upstream.calls if c.path.endswith(".whl") and "Range" not in c.headers]
+    assert metadata_reads("app-1.0-py3-none-any.whl") == 0
     assert upstream.calls_to("/simple/old-dep/") == 0 and upstream.calls_to("/simple/tests-only/") == 0
-    server.wait_log(f"GET {upstream.url}/files/deeper-1.0-py3-none-any.whl.metadata")  # a client read dep's page
+    server.wait_log(f"GET {upstream.url}/simple/bottom/")  # a client read dep: one level further

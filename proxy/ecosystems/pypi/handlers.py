@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import functools
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence, overload
 from urllib.parse import quote
 
 from aiohttp import web
@@ -19,7 +19,7 @@ from ...artifacts import ArtifactSpec
 from ...cache import Doc
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, Conflict, NotFound, UpstreamError
-from ...memo import Memo
+from ...memo import Memo, SingleFlight
 from ...merge import MergeRule, merge
 from ...blob_response import blob_response
 from ...responses import etag_for, index_response
@@ -27,7 +27,7 @@ from ...settings import ChannelPolicy, UpstreamSettings
 from ...sources import Fields, upstream_allows
 from ...store.catalog import Upload
 from ...uploads import publish
-from .prefetch import MAX_METADATA_READ, Prefetch, newest_wheels
+from .prefetch import DEPTH_AHEAD, MAX_METADATA_READ, Budget, Prefetch, newest_wheels
 from .wheel_metadata import TAIL, advertise_metadata, local_metadata, readable_metadata, remote_metadata
 from .dist import inspect_distribution, release_file_key, require_fields, same_release_file
 from .simple import (
@@ -114,10 +114,13 @@ class PyPI:
         # Accept headers repeat (one per client version): negotiate each string once
         self._negotiate = functools.lru_cache(maxsize=256)(negotiate)
         self._ahead = Prefetch()  # what a resolver asks next, fetched ahead (prefetch.py)
+        self._ahead_depth: Memo[tuple[object, ...], int] = Memo(4096)  # project key -> levels walked ahead
+        self._wheel_reads: SingleFlight[str, str | None] = SingleFlight()  # METADATA read out of a wheel
 
     async def close(self) -> None:
         """Stop the fetches ahead of clients (every other task belongs to a request)."""
         await self._ahead.close()
+        self._wheel_reads.cancel_all()
 
     # ------------------------------------------------------------------ GET
     async def serve(self, request: web.BaseRequest, ctx: ChannelRequest) -> web.StreamResponse:
@@ -219,7 +222,7 @@ class PyPI:
             render = render_project_json if kind == "json" else render_project_html
             body = render(project, [advertise_metadata(e) for e in merged.files], _link)
             page = self._pages.put(page_key, (body, etag_for(body)))
-            self._fetch_ahead(ctx, merged)
+            self._fetch_ahead(ctx, merged, DEPTH_AHEAD, Budget())
         return index_response(request, page[0], content_type, etag=page[1], vary="Accept")
 
     async def _file(self, request: web.BaseRequest, ctx: ChannelRequest, project: str, filename: str) -> web.StreamResponse:
@@ -252,38 +255,80 @@ class PyPI:
             )
         return await self.services.artifacts.serve(request, spec, offline=ctx.settings.offline)
 
-    def _fetch_ahead(self, ctx: ChannelRequest, merged: Project, *, follow: bool = True) -> None:
-        """A page rendered for the first time: its newest version's upstream ``.metadata``,
-        then (``follow``) its dependencies' pages and their newest ``.metadata``, fetched
-        ahead of the client (prefetch.py)."""
-        if ctx.settings.offline:
+    def _fetch_ahead(self, ctx: ChannelRequest, merged: Project, depth: int, budget: Budget) -> None:
+        """A page rendered for the first time: its newest version's metadata (the upstream's
+        ``.metadata``, or METADATA read out of the wheel), then ``depth`` levels of its
+        dependencies' pages and their newest metadata, fetched ahead of the client
+        (prefetch.py)."""
+        walked = self._ahead_depth.get(merged.key)
+        if ctx.settings.offline or (walked is not None and walked >= depth):
             return
+        self._ahead_depth.put(merged.key, depth)
         upstream_of = {name: s.upstream for name, s in merged.sources.items() if s.upstream is not None}
-        wheels = newest_wheels(e for e in merged.files if e.filename in upstream_of)
+        wheels = newest_wheels(advertise_metadata(e) for e in merged.files if e.filename in upstream_of)
         if not wheels:
             return
 
         async def fetch(entry: FileEntry) -> bytes:
-            sha256 = await self.services.artifacts.stored(_metadata_spec(upstream_of[entry.filename], entry))
+            up, source = upstream_of[entry.filename], merged.sources[entry.filename].entry
+            if source.has_metadata:
+                sha256 = await self.services.artifacts.stored(_metadata_spec(up, source))
+            else:  # by Range requests only: a fetch ahead never downloads a wheel
+                found = await self._wheel_metadata_blob(ctx, up, source, whole=False)
+                if found is None:
+                    raise NotFound(f"upstream {up.name} serves no byte ranges of {source.filename}")
+                sha256 = found
             chunks = [c async for c in self.services.store.stream("cache", sha256, 0, MAX_METADATA_READ)]
             return b"".join(chunks)
 
         async def page(name: str) -> None:
-            self._fetch_ahead(ctx, await self.project(ctx, name), follow=False)
+            self._fetch_ahead(ctx, await self.project(ctx, name), depth - 1, budget)
 
-        self._ahead.start(self._ahead.metadata_then_pages(wheels, fetch, page if follow else None))
+        self._ahead.start(self._ahead.metadata_then_pages(wheels, fetch, page if depth > 0 else None, budget))
 
     async def _wheel_metadata(
         self, request: web.BaseRequest, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, filename: str
     ) -> web.StreamResponse:
         """METADATA read out of the wheel (wheel_metadata.py), cached by the wheel's hash,
         served as the PEP 658 file advertised for it (``data-core-metadata="true"``)."""
-        store, key = self.services.store, f"wheel-metadata:sha256:{entry.hashes['sha256'].lower()}"
-        known = await store.ref(key)
-        served = await blob_response(request, store, "cache", known, "text/plain; charset=utf-8",
-                                     hosted=False) if known else None
-        if served is not None:
-            return served
+        store = self.services.store
+        sha256 = await self._wheel_metadata_blob(ctx, up, entry, whole=True)
+        served = await blob_response(request, store, "cache", sha256, "text/plain; charset=utf-8", hosted=False)
+        if served is None:  # removed from the cache meanwhile: read again
+            sha256 = await self._wheel_metadata_blob(ctx, up, entry, whole=True, stored=False)
+            served = await blob_response(request, store, "cache", sha256, "text/plain; charset=utf-8", hosted=False)
+        if served is None:
+            raise NotFound(f"{filename} is not stored")
+        return served
+
+    @overload
+    async def _wheel_metadata_blob(self, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, *,
+                                   whole: Literal[True], stored: bool = True) -> str: ...
+
+    @overload
+    async def _wheel_metadata_blob(self, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, *,
+                                   whole: Literal[False], stored: bool = True) -> str | None: ...
+
+    async def _wheel_metadata_blob(self, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, *,
+                                   whole: bool, stored: bool = True) -> str | None:
+        """The sha256 of an upstream wheel's METADATA in the store (``wheel-metadata:`` ref by
+        the wheel's hash), read first if need be: one read per wheel at a time (single
+        flight), so a client joins a fetch ahead of it. Without byte ranges from the
+        upstream, METADATA comes out of the whole wheel, downloaded for the cache, only when
+        ``whole`` (a client asked: never a fetch ahead); else None. ``stored=False``: the
+        ref is stale."""
+        key = f"wheel-metadata:sha256:{entry.hashes['sha256'].lower()}"
+        known = await self.services.store.ref(key) if stored else None
+        if known is not None:
+            return known
+        sha256 = await self._wheel_reads.run(key, lambda: self._read_wheel_metadata(ctx, up, entry, key, whole))
+        if sha256 is None and whole:  # joined a fetch ahead that would not download the wheel
+            sha256 = await self._wheel_reads.run(key, lambda: self._read_wheel_metadata(ctx, up, entry, key, True))
+        return sha256
+
+    async def _read_wheel_metadata(self, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, key: str,
+                                   whole: bool) -> str | None:
+        store = self.services.store
         data: bytes | None
         spec = ArtifactSpec(upstream=up, url=entry.url, expect={"sha256": entry.hashes["sha256"]},
                             filename=entry.filename, size=entry.size)
@@ -291,18 +336,17 @@ class PyPI:
         if wheel is not None:
             data = await self._stored_metadata(wheel, entry.filename)
         elif ctx.settings.offline:
-            raise NotFound(f"{filename} is not in the cache and the server is offline")
+            raise NotFound(f"{entry.filename}.metadata is not in the cache and the server is offline")
         else:
             data = await self._remote_metadata(spec)
+        if data is None and not whole:
+            return None
         if data is None:  # the upstream serves no byte ranges: the whole wheel, once, for the cache
             wheel = await self.services.artifacts.stored(spec)
             data = await self._stored_metadata(wheel, entry.filename)
         blob = await store.put_bytes("cache", data)
         await asyncio.to_thread(store.set_ref, key, blob.sha256)
-        served = await blob_response(request, store, "cache", blob.sha256, "text/plain; charset=utf-8", hosted=False)
-        if served is None:
-            raise NotFound(f"{filename} is not stored")
-        return served
+        return blob.sha256
 
     async def _stored_metadata(self, sha256: str, filename: str) -> bytes:
         """METADATA of a stored wheel: from this machine's file, else by ranges of the store's blob."""

@@ -1,18 +1,20 @@
-"""Fetching ahead of a cold resolve (issue 15, the ``resolve.uv_meta`` row).
+"""Fetching ahead of a cold resolve (issue 15, the ``resolve.*`` rows).
 
-A resolver reads a project page, then the PEP 658 metadata of the version it picks (the
-newest that fits), then the pages of that version's dependencies, and so on. Through a cold
-proxy each step is an upstream round trip on the resolver's critical path, after the
-resolver's own. So when a project page is first rendered, the upstream ``.metadata`` files of
-its newest version's wheels (at most ``METADATA_AHEAD``) are fetched in the background; once
-one is stored, the pages of the dependencies it names (``Requires-Dist`` lines without an
-``extra`` marker, at most ``PAGES_AHEAD``) and their newest ``.metadata`` are fetched too.
-The client's own requests then join those fetches (single flight) or find them cached.
+A resolver reads a project page, then the metadata of the version it picks (the newest that
+fits), then the pages of that version's dependencies, and so on. Through a cold proxy each
+step is an upstream round trip on the resolver's critical path, after the resolver's own.
+So when a client reads a project page rendered for the first time, the metadata of its
+newest version's wheels (at most ``METADATA_AHEAD``) is fetched in the background: the
+upstream's PEP 658 ``.metadata`` file, or, when it has none, METADATA read out of the wheel
+by Range requests (wheel_metadata.py). Once one is stored, the pages of the dependencies it
+names (``Requires-Dist`` lines without an ``extra`` marker) are fetched, and their newest
+metadata, and so on ``DEPTH_AHEAD`` levels down. The client's own requests then join those
+fetches (single flight) or find them cached.
 
-Bounded on purpose: only upstream ``.metadata`` files and pages (never a wheel, never Range
-reads), only from a page a client asked for, and one dependency level deep (what is fetched
-ahead of a dependency starts nothing more until a client asks for its page). A failure
-here is only logged: the client's own request will meet it and answer for it.
+Bounded on purpose: only metadata and pages (never a whole wheel), only from a page a client
+asked for, at most ``PAGES_AHEAD`` pages per such page over all levels (``Budget``), and a
+project whose fetch ahead already went as deep is not walked again. A failure here is only
+logged: the client's own request will meet it and answer for it.
 """
 from __future__ import annotations
 
@@ -29,15 +31,16 @@ from .simple import FileEntry, normalize
 
 log = logging.getLogger(__name__)
 
-METADATA_AHEAD = 2  # .metadata files of the newest version fetched ahead per page
-PAGES_AHEAD = 32  # dependency pages fetched ahead per metadata file
+METADATA_AHEAD = 2  # metadata files of the newest version fetched ahead per page
+DEPTH_AHEAD = 3  # dependency levels fetched ahead of a page a client asked for
+PAGES_AHEAD = 64  # pages fetched ahead of one page a client asked for, all levels together
 MAX_METADATA_READ = 1 << 20  # bytes of a stored metadata file read for its Requires-Dist
 _REQUIRES = re.compile(r"^Requires-Dist:[ \t]*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)([^\n]*)$", re.M | re.I)
 
 
 def newest_wheels(entries: Iterable[FileEntry], limit: int = METADATA_AHEAD) -> list[FileEntry]:
     """The wheels of the newest non-yanked, non-pre-release version among ``entries`` whose
-    metadata the upstream serves (PEP 658), at most ``limit``, in page order."""
+    metadata is served (PEP 658/714), at most ``limit``, in page order."""
     best: Version | None = None
     chosen: list[FileEntry] = []
     for entry in entries:
@@ -71,6 +74,19 @@ def dependencies(metadata: str, limit: int = PAGES_AHEAD) -> list[str]:
     return names
 
 
+class Budget:
+    """The pages one walk ahead may still fetch (shared by all its levels)."""
+
+    def __init__(self, pages: int = PAGES_AHEAD) -> None:
+        self.pages = pages
+
+    def take(self) -> bool:
+        if self.pages <= 0:
+            return False
+        self.pages -= 1
+        return True
+
+
 class Prefetch:
     """Background fetches ahead of clients, cancelled when the server stops."""
 
@@ -91,16 +107,16 @@ class Prefetch:
             log.debug("fetch ahead failed: %r", task.exception())
 
     async def metadata_then_pages(self, wheels: list[FileEntry], fetch: Callable[[FileEntry], Awaitable[bytes]],
-                                  page: Callable[[str], Awaitable[object]] | None) -> None:
-        """Fetch each wheel's ``.metadata`` (``fetch``: its first MAX_METADATA_READ bytes,
-        once stored), then, with ``page`` (a project by normalised name), the pages of the
-        dependencies the first one names."""
+                                  page: Callable[[str], Awaitable[object]] | None, budget: Budget) -> None:
+        """Fetch each wheel's metadata (``fetch``: its first MAX_METADATA_READ bytes, once
+        stored), then, with ``page`` (a project by normalised name), the pages of the
+        dependencies the first one names, while ``budget`` lasts."""
         bodies = await asyncio.gather(*(fetch(w) for w in wheels), return_exceptions=True)
         body = next((b for b in bodies if isinstance(b, bytes)), None)
         if body is None or page is None:
             return
-        text = body.decode("utf-8", "replace")
-        await asyncio.gather(*(page(name) for name in dependencies(text)), return_exceptions=True)
+        names = [name for name in dependencies(body.decode("utf-8", "replace")) if budget.take()]
+        await asyncio.gather(*(page(name) for name in names), return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -108,4 +124,5 @@ class Prefetch:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-__all__ = ["MAX_METADATA_READ", "METADATA_AHEAD", "PAGES_AHEAD", "Prefetch", "dependencies", "newest_wheels"]
+__all__ = ["DEPTH_AHEAD", "MAX_METADATA_READ", "METADATA_AHEAD", "PAGES_AHEAD", "Budget", "Prefetch", "dependencies",
+           "newest_wheels"]
