@@ -7,6 +7,7 @@ import bz2
 import hashlib
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import requests
 import zstandard
 
 from fixtures import conda_pkgs as fx
+from conftest import require_tool
 from harness import Channelgate, Policy, UpstreamServer, channel_url, client_env, http, run, stored_blobs, venv_bin
 
 rattler = pytest.importorskip("rattler")
@@ -342,6 +344,31 @@ def test_upload_rules(world: World) -> None:
     assert "rules-demo-0.1-0.conda" in repodata(world, channel=ch)["packages.conda"]
     status, _, body = world.get("/noarch/rules-demo-0.1-0.conda", channel=ch)
     assert status == 200 and body == pkg.read_bytes()
+
+
+def test_a_curl_upload_describes_the_package_from_about_json(world: World) -> None:
+    """anaconda upload reads info/about.json on its side and sends it; a curl upload sends
+    only the file, so the server reads about.json itself: same summary, home and license."""
+    curl = require_tool("curl")
+    ch = "upload-rules"
+    pkg = fx.build_package(world.pkgs / "about", Spec("about-demo", "0.1", "0", license="BSD-3-Clause"), "tar.bz2")
+    done = subprocess.run(
+        [curl, "-sS", "--fail-with-body", "-H", f"Authorization: token {world.tokens['writer']}",
+         "-F", f"content=@{pkg}", f"{world.server.url}/api/repo/{ch}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    status, _, body = http("GET", f"{world.server.url}/api/package/{ch}/about-demo",
+                           headers={"Authorization": f"token {world.tokens['writer']}"})
+    assert status == 200, body
+    doc = json.loads(body)
+    assert (doc["summary"], doc["home"], doc["license"]) == ("about-demo test package", "https://example.org", "BSD-3-Clause")
+    # a second build does not overwrite what the package already says
+    again = fx.build_package(world.pkgs / "about", Spec("about-demo", "0.2", "0", license="MIT"))
+    assert post_package(world, again, world.tokens["writer"], channel=ch).status_code == 201
+    doc = json.loads(http("GET", f"{world.server.url}/api/package/{ch}/about-demo",
+                          headers={"Authorization": f"token {world.tokens['writer']}"})[2])
+    assert doc["license"] == "BSD-3-Clause" and doc["versions"] == ["0.1", "0.2"]
 
 
 @pytest.mark.parametrize("kind", ["truncated_conda", "wrong_extension", "missing_index_json", "name_mismatch",

@@ -58,6 +58,9 @@ class CondaPackage:
     subdir: str
     filename: str
     record: dict[str, Any] = field(hash=False)
+    # info/about.json's descriptive fields (summary, description, home, license): what
+    # anaconda-client reads on its side, read here for every upload path (curl, the web UI)
+    about: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def record_bytes(self) -> bytes:
@@ -92,12 +95,12 @@ def inspect_package(
     stem, ext = split_filename(filename)
     budget = Budget(filename, limits or Limits(), size)
     if ext == ".conda":
-        index_raw = _scan_conda(path, filename, stem, budget)
+        info = _scan_conda(path, filename, stem, budget)
     else:
-        index_raw = _scan_tar_bz2(path, filename, budget)
-    if index_raw is None:
+        info = _scan_tar_bz2(path, filename, budget)
+    if "index.json" not in info:
         raise BadRequest(f"{filename}: info/index.json is missing")
-    index = _parse_index(filename, index_raw)
+    index = _parse_index(filename, info["index.json"])
     name, version, build, subdir = (index[k] for k in _REQUIRED_STR)
     expected = f"{name}-{version}-{build}"
     if stem != expected:
@@ -110,14 +113,29 @@ def inspect_package(
     record["size"] = size
     return CondaPackage(
         name=name, version=version, build=build, build_number=index["build_number"],
-        subdir=subdir, filename=filename, record=record,
+        subdir=subdir, filename=filename, record=record, about=_parse_about(info.get("about.json")),
     )
+
+
+ABOUT_FIELDS = ("summary", "description", "home", "license")
+
+
+def _parse_about(raw: bytes | None) -> dict[str, str]:
+    """The descriptive fields of info/about.json (conda-build's), leniently: it is optional
+    metadata, so a missing or malformed file describes nothing rather than refusing the package."""
+    try:
+        about = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(about, dict):
+        return {}
+    return {key: about[key].strip() for key in ABOUT_FIELDS if isinstance(about.get(key), str) and about[key].strip()}
 
 
 # --------------------------------------------------------------------------- archive walking
 
 
-def _scan_tar_bz2(path: Path, filename: str, budget: Budget) -> bytes | None:
+def _scan_tar_bz2(path: Path, filename: str, budget: Budget) -> dict[str, bytes]:
     with path.open("rb") as raw:
         if raw.read(3) != b"BZh":
             raise BadRequest(f"{filename}: not a valid .tar.bz2 file (no bzip2 header)")
@@ -126,7 +144,7 @@ def _scan_tar_bz2(path: Path, filename: str, budget: Budget) -> bytes | None:
             return _scan_tar(reader, budget, "archive", want_index=True)
 
 
-def _scan_conda(path: Path, filename: str, stem: str, budget: Budget) -> bytes | None:
+def _scan_conda(path: Path, filename: str, stem: str, budget: Budget) -> dict[str, bytes]:
     with open_zip(path, filename, ".conda file") as zf:
         names = [info.filename for info in scan_zip(zf, budget)]
         if "metadata.json" not in names:
@@ -146,12 +164,12 @@ def _scan_conda(path: Path, filename: str, stem: str, budget: Budget) -> bytes |
             raise BadRequest(f"{filename}: not a valid .conda file (metadata.json: {exc})") from None
         if not isinstance(metadata, dict) or metadata.get("conda_pkg_format_version") != 2:
             raise BadRequest(f"{filename}: not a valid .conda file (conda_pkg_format_version must be 2)")
-        index_raw = _scan_component(zf, budget, info_name, want_index=True)
+        info = _scan_component(zf, budget, info_name, want_index=True)
         _scan_component(zf, budget, pkg_name, want_index=False)
-        return index_raw
+        return info
 
 
-def _scan_component(zf: zipfile.ZipFile, budget: Budget, member: str, *, want_index: bool) -> bytes | None:
+def _scan_component(zf: zipfile.ZipFile, budget: Budget, member: str, *, want_index: bool) -> dict[str, bytes]:
     try:
         with zf.open(member) as compressed, _zstd.open(compressed, "rb") as reader:
             return _scan_tar(reader, budget, member, want_index=want_index)
@@ -161,21 +179,25 @@ def _scan_component(zf: zipfile.ZipFile, budget: Budget, member: str, *, want_in
         raise BadRequest(f"{budget.filename}: not a valid .conda file ({member}: {exc})") from None
 
 
-def _scan_tar(reader: Readable, budget: Budget, where: str, *, want_index: bool) -> bytes | None:
+def _scan_tar(reader: Readable, budget: Budget, where: str, *, want_index: bool) -> dict[str, bytes]:
     """Walk every member of one tar stream (conda-package-streaming's one-pass ``r|`` walk,
-    bounded and checked by ``walk_tar``); return info/index.json's bytes if asked."""
-    found: list[bytes] = []
+    bounded and checked by ``walk_tar``); return info/index.json's and info/about.json's
+    bytes (by base name) if asked."""
+    found: dict[str, bytes] = {}
 
     def visit(tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        if want_index and member.name in ("info/index.json", "./info/index.json"):
+        name = member.name.removeprefix("./")
+        if want_index and name in ("info/index.json", "info/about.json") and name[5:] not in found:
             if not member.isfile():
+                if name == "info/about.json":
+                    return  # optional metadata: a link or folder there describes nothing
                 raise BadRequest(f"{budget.filename}: info/index.json is not a regular file")
             fh = tar.extractfile(member)
             if fh is not None:
-                found.append(read_member(fh, member.size, _MAX_INDEX_JSON, f"{budget.filename}: info/index.json"))
+                found[name[5:]] = read_member(fh, member.size, _MAX_INDEX_JSON, f"{budget.filename}: {name}")
 
     walk_tar(reader, budget, visit, where=where)
-    return found[0] if found else None
+    return found
 
 
 # --------------------------------------------------------------------------- index.json

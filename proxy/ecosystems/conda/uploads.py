@@ -10,6 +10,7 @@ from ...context import Services
 from ...errors import BadRequest, Locked
 from ...store.blobs import TempBlob
 from ...store.catalog import Upload
+from ...store.packages import PackageInfo
 from ...uploads import publish
 from .index import DEFAULT_LABEL, LABEL_RE, CondaIndexes, normalize
 from .package import CondaPackage, inspect_package
@@ -82,7 +83,21 @@ async def store_conda_upload(
         same_release=same_release,
     )
     uploads_changed(services, channel, pkg.subdir)
+    await _describe_package(services, channel, pkg)
     return pkg, upload
+
+
+async def _describe_package(services: Services, channel: str, pkg: CondaPackage) -> None:
+    """Fill the package's empty summary, description, home and license from the file's
+    info/about.json, as anaconda-client does from its side for ``anaconda upload`` (so a curl
+    or web UI upload describes the package as well); settings made through the API stay."""
+    if not pkg.about:
+        return
+    name = normalize(pkg.name)
+    info = services.catalog.packages.get(channel, "conda", name) or PackageInfo(channel, "conda", name)
+    fresh = {key: value for key, value in pkg.about.items() if not getattr(info, key)}
+    if fresh:
+        await services.catalog.packages.put(info.with_metadata(fresh))
 
 
 def uploads_changed(services: Services, channel: str, *subdirs: str) -> None:
