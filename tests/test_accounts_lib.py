@@ -110,3 +110,24 @@ def test_a_token_manages_only_tokens_within_its_scopes() -> None:
     other = UserToken("bob", "narrow", "2" * 64, ("conda:download",), 0.0, 1e12)
     assert may_manage(reader, narrow) and not may_manage(reader, wide) and not may_manage(reader, other)
     assert may_manage(principal({"all"}), wide)
+
+
+async def test_a_token_store_made_before_note_url_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Stores written by earlier versions have no note_url column: opening one adds it, and
+    their tokens read back with an empty note_url."""
+    import sqlite3
+
+    db = tmp_path / "accounts.sqlite3"
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE user_tokens (user TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
+            scopes TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL, made_with TEXT NOT NULL,
+            hostname TEXT NOT NULL, remote_addr TEXT NOT NULL, PRIMARY KEY (user, name));
+        INSERT INTO user_tokens VALUES ('alice', 'old', 'ab', '["all"]', 0, 1e12, 'password', 'h', '127.0.0.1');
+    """)
+    old.commit()
+    old.close()
+    store = TokenStore(db)
+    assert [(t.name, t.note_url) for t in store.of_user("alice")] == [("old", "")]
+    await store.add(UserToken("alice", "new", "cd", ("all",), 0.0, 1e12, note_url="https://ci.example"))
+    assert {t.name: t.note_url for t in TokenStore(db).of_user("alice")} == {"old": "", "new": "https://ci.example"}

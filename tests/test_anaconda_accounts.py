@@ -132,7 +132,7 @@ def test_anaconda_login_returns_a_token_that_whoami_and_conda_use(world: World) 
 def test_auth_create_list_info_remove(world: World) -> None:
     home = world.base / "home-auth"
     created = anaconda(world, home, "-t", world.tokens["alice-all"], "org", "auth", "--create", "--name", "ci-read",
-                       "--scopes", "conda:download", stdin=PASSWORD + "\n")
+                       "--scopes", "conda:download", "--url", "https://ci.example.org/jobs", stdin=PASSWORD + "\n")
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip().splitlines()[-1]
     remember_secret(token)
@@ -143,6 +143,9 @@ def test_auth_create_list_info_remove(world: World) -> None:
     assert "ci-read" in listed.stderr and "conda:download" in listed.stderr and token not in listed.stderr
     info = anaconda(world, home, "-t", token, "org", "auth", "--info")
     assert "Name: ci-read" in info.stderr, info.stderr
+    status, _, body = http("GET", f"{world.server.url}/api/authentications", headers={"Authorization": f"token {token}"})
+    mine = [t for t in json.loads(body) if t["name"] == "ci-read"]
+    assert status == 200 and [t["note_url"] for t in mine] == ["https://ci.example.org/jobs"]  # --url is kept
     removed = anaconda(world, home, "-t", world.tokens["alice-all"], "org", "auth", "--remove", "ci-read")
     assert removed.returncode == 0, removed.stderr
     assert world.repodata(token) == 401

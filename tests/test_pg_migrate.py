@@ -59,7 +59,7 @@ def test_migrate_to_postgresql_and_s3_then_serve(tmp_path: Path, pg_url: str, s3
                  env=client_env(tmp_path / "home-twine"))
         assert up.returncode == 0, up.stdout + up.stderr
         status, _, body = http("POST", f"{old.url}/api/authentications", data=json.dumps(
-            {"note": "laptop", "scopes": ["pypi:download"]}).encode(), headers={
+            {"note": "laptop", "note_url": "https://laptop.example/app", "scopes": ["pypi:download"]}).encode(), headers={
             "Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode(),
             "Content-Type": "application/json"})
         assert status == 200, body
@@ -92,6 +92,8 @@ def test_migrate_to_postgresql_and_s3_then_serve(tmp_path: Path, pg_url: str, s3
         assert (tmp_path / "site" / "moved_pkg" / "__init__.py").read_text() == "WHERE = 'migrated'\n"
         status, _, _ = http("GET", f"{new.url}/t/{made}/internal/simple/moved-pkg/")
         assert status == 200  # the user-made token came along
+        status, _, body = http("GET", f"{new.url}/api/authentications", headers={"Authorization": f"token {made}"})
+        assert status == 200 and [t["note_url"] for t in json.loads(body)] == ["https://laptop.example/app"]
     finally:
         new.stop()
 

@@ -39,6 +39,7 @@ SCOPE_HELP = {  # one line per token_settings.Scope
     Scope.ALL.value: "everything the user's roles allow",
 }
 GROUPS_READ_ONLY = "groups are defined in the policy file (groups:); change them there and reload"
+MAX_NOTE_URL = 2000  # anaconda auth --url: kept and shown back, never followed
 
 
 def api_handlers(services: Services) -> dict[str, Any]:
@@ -64,6 +65,7 @@ def _token_json(token: UserToken) -> dict[str, Any]:
         "hostname": token.hostname,
         "remote_addr": token.remote_addr,
         "made_with": token.made_with,
+        "note_url": token.note_url,
     }
 
 
@@ -81,6 +83,9 @@ def _token_request(payload: dict[str, Any], remote: str | None) -> TokenRequest:
     if payload.get("strength", "strong") not in (None, "strong"):
         # anaconda auth --weak asks for a shorter token; every token here carries 256 bits
         raise BadRequest("weak tokens are not offered: every token carries 256 random bits (drop --weak)")
+    note_url = payload.get("note_url") or ""
+    if not isinstance(note_url, str) or len(note_url) > MAX_NOTE_URL or any(ord(c) < 32 for c in note_url):
+        raise BadRequest(f"note_url (anaconda auth --url) must be a URL of at most {MAX_NOTE_URL} printable characters")
     name = payload.get("note") or payload.get("name")
     if not isinstance(name, str) or not name.strip():
         raise BadRequest("a token needs a name (anaconda auth --create --name NAME)")
@@ -90,6 +95,7 @@ def _token_request(payload: dict[str, Any], remote: str | None) -> TokenRequest:
         max_age=float(max_age) if max_age is not None else None,
         hostname=str(payload.get("hostname") or ""),
         remote_addr=remote or "",
+        note_url=note_url,
         replace=payload.get("fail-if-exists") is False,
     )
 

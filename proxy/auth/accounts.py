@@ -135,6 +135,7 @@ class TokenRequest:
     max_age: float | None = None  # seconds
     hostname: str = ""
     remote_addr: str = ""
+    note_url: str = ""  # the application's URL (anaconda auth --create --url)
     replace: bool = False  # anaconda-client's fail-if-exists=false: a new token takes the name over
 
 
@@ -175,7 +176,7 @@ async def make_token(
     record = UserToken(
         user=creator.user, name=name, sha256=hash_token(secret), scopes=scopes, created_at=now,
         expires_at=expiry(policy, req.max_age, now), made_with=creator.token_name,
-        hostname=req.hostname[:MAX_NAME], remote_addr=req.remote_addr,
+        hostname=req.hostname[:MAX_NAME], remote_addr=req.remote_addr, note_url=req.note_url,
     )
     await store.add(record, replace=req.replace)
     return secret, record

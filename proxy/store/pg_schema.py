@@ -81,6 +81,9 @@ CREATE TABLE revoked_policy_tokens (
     revoked_at DOUBLE PRECISION NOT NULL
 );
 """),
+    (2, "user tokens keep their application URL", """
+ALTER TABLE user_tokens ADD COLUMN note_url TEXT NOT NULL DEFAULT '';
+"""),
 )
 
 

@@ -18,7 +18,7 @@ from ..errors import Conflict
 from .pg import PgBackend
 from .tokens import UserToken, token_from_row
 
-_COLUMNS = '"user", name, sha256, scopes, created_at, expires_at, made_with, hostname, remote_addr'
+_COLUMNS = '"user", name, sha256, scopes, created_at, expires_at, made_with, hostname, remote_addr, note_url'
 
 
 class PgTokenStore:
@@ -74,9 +74,9 @@ class PgTokenStore:
                 await conn.execute('DELETE FROM user_tokens WHERE "user"=$1 AND name=$2', token.user, token.name)
             try:
                 await conn.execute(
-                    f"INSERT INTO user_tokens ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                    f"INSERT INTO user_tokens ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
                     token.user, token.name, token.sha256, json.dumps(list(token.scopes)), token.created_at,
-                    token.expires_at, token.made_with, token.hostname, token.remote_addr,
+                    token.expires_at, token.made_with, token.hostname, token.remote_addr, token.note_url,
                 )
             except asyncpg.UniqueViolationError:
                 raise Conflict(f"you already have a token named {token.name!r}") from None

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS user_tokens (
     made_with   TEXT NOT NULL,      -- the credential that made it: a token name, or "password"
     hostname    TEXT NOT NULL,
     remote_addr TEXT NOT NULL,
+    note_url    TEXT NOT NULL DEFAULT '',  -- anaconda-client's application URL (auth --create --url)
     PRIMARY KEY (user, name)
 );
 CREATE TABLE IF NOT EXISTS revoked_policy_tokens (
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS revoked_policy_tokens (
 );
 """
 
+COLUMNS = "user, name, sha256, scopes, created_at, expires_at, made_with, hostname, remote_addr, note_url"
 SYNC_INTERVAL = 0.25  # seconds; a revocation by another process applies within this (DESIGN: 1 s)
 
 
@@ -53,6 +55,7 @@ class UserToken:
     made_with: str = ""
     hostname: str = ""
     remote_addr: str = ""
+    note_url: str = ""  # the application's URL, as the client gave it (anaconda auth --create --url)
 
     def expired(self, now: float | None = None) -> bool:
         return (now if now is not None else time.time()) >= self.expires_at
@@ -63,6 +66,9 @@ class TokenStore:
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(user_tokens)")}
+        if "note_url" not in columns:  # a store made before note_url was kept
+            self._db.execute("ALTER TABLE user_tokens ADD COLUMN note_url TEXT NOT NULL DEFAULT ''")
         self._lock = threading.Lock()
         self._memo: dict[str, UserToken | None] = {}
         self._revoked: frozenset[str] = frozenset()
@@ -101,7 +107,7 @@ class TokenStore:
         if digest in self._memo:
             return self._memo[digest]
         with self._lock:
-            row = self._db.execute("SELECT * FROM user_tokens WHERE sha256=?", (digest,)).fetchone()
+            row = self._db.execute(f"SELECT {COLUMNS} FROM user_tokens WHERE sha256=?", (digest,)).fetchone()
         token = token_from_row(row) if row else None
         if token is not None:  # unknown digests are never remembered: guesses cannot grow the memo
             self._memo[digest] = token
@@ -114,12 +120,12 @@ class TokenStore:
 
     def of_user(self, user: str) -> list[UserToken]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM user_tokens WHERE user=? ORDER BY created_at", (user,)).fetchall()
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM user_tokens WHERE user=? ORDER BY created_at", (user,)).fetchall()
         return [token_from_row(r) for r in rows]
 
     def all(self) -> list[UserToken]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM user_tokens ORDER BY user, created_at").fetchall()
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM user_tokens ORDER BY user, created_at").fetchall()
         return [token_from_row(r) for r in rows]
 
     def revoked_policy_tokens(self) -> dict[str, str]:
@@ -137,9 +143,9 @@ class TokenStore:
                 if replace:
                     self._db.execute("DELETE FROM user_tokens WHERE user=? AND name=?", (token.user, token.name))
                 self._db.execute(
-                    "INSERT INTO user_tokens VALUES (?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO user_tokens ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (token.user, token.name, token.sha256, json.dumps(list(token.scopes)), token.created_at,
-                     token.expires_at, token.made_with, token.hostname, token.remote_addr),
+                     token.expires_at, token.made_with, token.hostname, token.remote_addr, token.note_url),
                 )
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError:
@@ -153,7 +159,7 @@ class TokenStore:
     async def remove(self, user: str, name: str) -> UserToken | None:
         """Revoke one user-made token; returns it, or None if the user has none of that name."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM user_tokens WHERE user=? AND name=?", (user, name)).fetchone()
+            row = self._db.execute(f"SELECT {COLUMNS} FROM user_tokens WHERE user=? AND name=?", (user, name)).fetchone()
             if row is None:
                 return None
             self._db.execute("DELETE FROM user_tokens WHERE user=? AND name=?", (user, name))
@@ -169,9 +175,10 @@ class TokenStore:
 
 
 def token_from_row(row: tuple[object, ...]) -> UserToken:
-    user, name, sha256, scopes, created, expires, made_with, hostname, remote = row
+    """A token from a row of ``COLUMNS`` (both backends select them in this order)."""
+    user, name, sha256, scopes, created, expires, made_with, hostname, remote, note_url = row
     return UserToken(
         user=str(user), name=str(name), sha256=str(sha256), scopes=tuple(json.loads(str(scopes))),
         created_at=float(created), expires_at=float(expires),  # type: ignore[arg-type]
-        made_with=str(made_with), hostname=str(hostname), remote_addr=str(remote),
+        made_with=str(made_with), hostname=str(hostname), remote_addr=str(remote), note_url=str(note_url or ""),
     )
