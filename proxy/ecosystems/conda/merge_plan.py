@@ -132,6 +132,46 @@ def merge_runs(sections: Sequence[Section], excluded: Sequence[Sequence[int]]) -
         settle(best, last)
 
 
+SECTION_SEPARATOR = b'},"packages.conda":{'
+Piece = bytes | tuple[Section, int, int]
+
+
+def document_head(info: dict[str, Any]) -> bytes:
+    return b'{"info":' + orjson.dumps(info) + b',"packages":{'
+
+
+def section_pieces(sources: Sequence[Section], runs: Sequence[Run]) -> Iterator[Piece]:
+    """One section's entries in merged order, as byte ranges of the sources' data."""
+    first = True
+    for j, lo, hi in runs:
+        section = sources[j]
+        offsets = section.offsets
+        for a, b in section.index_runs(lo, hi):
+            yield section, offsets[a] + first, offsets[b]  # the first entry drops its comma
+            first = False
+
+
+def batched(pieces: Iterable[Piece]) -> Iterator[bytes]:
+    """Literal bytes and byte ranges read, in chunks of about ``_BATCH`` bytes."""
+    batch: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            batch.append(piece)
+            size += len(piece)
+            continue
+        section, start, stop = piece
+        while start < stop:
+            data = section.data.read(start, min(stop - start, READ_CHUNK))
+            start += len(data)
+            batch.append(data)
+            size += len(data)
+            if size >= _BATCH:
+                yield b"".join(batch)
+                batch, size = [], 0
+    yield b"".join(batch)
+
+
 @dataclass
 class Plan:
     """A merged document: per extension, its sources (with their name tables) and the
@@ -189,13 +229,13 @@ class Plan:
 
     # ------------------------------------------------------------------ writing
     def _head(self) -> bytes:
-        return b'{"info":' + orjson.dumps(self.info) + b',"packages":{'
+        return document_head(self.info)
 
     def _tail(self) -> bytes:
         return b'},"removed":' + orjson.dumps(sorted(set(self.removed))) + b',"repodata_version":%d}' % REPODATA_VERSION
 
     def size(self) -> int:
-        total = len(self._head()) + len(self._tail()) + len(b'},"packages.conda":{')
+        total = len(self._head()) + len(self._tail()) + len(SECTION_SEPARATOR)
         for ext in EXTENSIONS:
             sources = self.sections[ext]
             span = sum(sources[j].span(lo, hi) for j, lo, hi in self.runs[ext])
@@ -208,36 +248,19 @@ class Plan:
         yield self._head()
         for n, ext in enumerate(EXTENSIONS):
             if n:
-                yield b'},"packages.conda":{'
-            first = True
-            sources = self.sections[ext]
-            for j, lo, hi in self.runs[ext]:
-                section = sources[j]
-                offsets = section.offsets
-                for a, b in section.index_runs(lo, hi):
-                    yield section, offsets[a] + first, offsets[b]  # the first entry drops its comma
-                    first = False
+                yield SECTION_SEPARATOR
+            yield from section_pieces(self.sections[ext], self.runs[ext])
         yield self._tail()
 
     def chunks(self) -> Iterator[bytes]:
         """The document in pieces of about ``_BATCH`` bytes."""
-        batch: list[bytes] = []
-        size = 0
-        for piece in self._pieces():
-            if isinstance(piece, bytes):
-                batch.append(piece)
-                size += len(piece)
-                continue
-            section, start, stop = piece
-            while start < stop:
-                data = section.data.read(start, min(stop - start, READ_CHUNK))
-                start += len(data)
-                batch.append(data)
-                size += len(data)
-                if size >= _BATCH:
-                    yield b"".join(batch)
-                    batch, size = [], 0
-        yield b"".join(batch)
+        return batched(self._pieces())
+
+    def head(self) -> bytes:
+        return self._head()
+
+    def tail(self) -> bytes:
+        return self._tail()
 
     def write_json(self, path: Path, tmp_dir: Path) -> int:
         """Write the plain document to ``path``: the upstream runs are copied file to file
