@@ -24,6 +24,14 @@ Whatever makes an answer provisional (an index lookup that went past L1, a previ
 served while the new one builds) marks the request volatile (``RequestFacts.volatile``), and
 the answer is not kept. Only ``IndexResponse`` 200 answers to GET are kept; files never are.
 Memory is bounded by ``max_bytes`` (least recently used answers go first).
+
+``Tickets`` skip the rest of a repeated GET's work: the route, the authorisation and the view
+that a path and its credentials (the path token, ``Authorization``, ``X-Auth``) led to, with
+``Accept``, remembered once the answer was kept. A ticket is used only while
+``Guard.still_valid`` holds for its ``Grant`` (the same policy object; the token neither
+revoked, removed nor expired; no failed sign-in being counted) and, on a public channel,
+whether it has private packages is unchanged; the answer itself is then checked as above.
+Anything else goes the whole way (``Gateway.dispatch``).
 """
 from __future__ import annotations
 
@@ -33,13 +41,16 @@ from dataclasses import dataclass
 from typing import Hashable
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from .auth.guard import Grant
 from .metrics import RequestFacts
 from .responses import IndexResponse, not_modified
 
 MAX_BYTES = 64 * 1024 * 1024  # all kept bodies together
 MAX_ANSWER = 8 * 1024 * 1024  # a larger body is rendered anew each time (it is memoised below anyway)
 MAX_ANSWERS = 4096
+MAX_TICKETS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +58,53 @@ class Ready:
     stamp: tuple[object, int]  # (policy object, catalog generation) when it was built
     fresh_until: float  # time.time() when the first upstream document it read goes stale
     status: int
-    headers: tuple[tuple[str, str], ...]
+    headers: CIMultiDictProxy[str]  # copied into each response (one C-level copy)
     body: bytes
     etag: str
     cache: str  # the request's cache result, replayed into later requests' access lines
+
+    def response(self, request: web.BaseRequest) -> web.Response:
+        """This answer for ``request``: a 304 when its If-None-Match names it (RFC 9110 §13.1.2)."""
+        if "If-None-Match" in request.headers and not_modified(request, self.etag):
+            return web.Response(status=304, headers=[h for h in self.headers.items() if h[0] != "Content-Type"])
+        return IndexResponse(status=self.status, body=self.body, headers=self.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Where a GET's path and credentials led, once its answer was kept (``Tickets``)."""
+
+    grant: Grant
+    key: Hashable  # the ready answer's key
+    ecosystem: str
+    channel: str  # as routed (has_private is asked of it)
+    view: str  # the catalog view served: the channel, or its public view
+    public: bool  # a public channel: whether it has private packages decides the view
+    private: bool  # ... and whether it had any when this was decided
+
+
+TicketKey = tuple[str, "str | None", "str | None", "str | None"]  # path, Authorization, X-Auth, Accept
+
+
+class Tickets:
+    """One per Gateway. Keys hold credentials, as the token memo does; only authorised
+    requests whose answer was kept make a ticket, so guesses cannot grow it (bounded anyway)."""
+
+    def __init__(self, max_tickets: int = MAX_TICKETS) -> None:
+        self.max_tickets = max_tickets
+        self._tickets: dict[TicketKey, Ticket] = {}
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def get(self, key: TicketKey) -> Ticket | None:
+        return self._tickets.get(key)
+
+    def put(self, key: TicketKey, ticket: Ticket) -> None:
+        if len(self._tickets) >= self.max_tickets and key not in self._tickets:
+            for old in list(self._tickets)[: self.max_tickets // 2]:  # the oldest half
+                del self._tickets[old]
+        self._tickets[key] = ticket
 
 
 class ReadyAnswers:
@@ -65,9 +119,8 @@ class ReadyAnswers:
     def __len__(self) -> int:
         return len(self._answers)
 
-    def answer(self, request: web.BaseRequest, key: Hashable, stamp: tuple[object, int]) -> web.Response | None:
-        """The kept answer for ``key`` if nothing it was built from changed (a 304 when the
-        client's If-None-Match names it: RFC 9110 §13.1.2), else None."""
+    def lookup(self, key: Hashable, stamp: tuple[object, int]) -> Ready | None:
+        """The kept answer for ``key`` if nothing it was built from changed, else None."""
         ready = self._answers.get(key)
         if ready is None:
             return None
@@ -75,31 +128,31 @@ class ReadyAnswers:
             self._drop(key)
             return None
         self._answers.move_to_end(key)
-        if "If-None-Match" in request.headers and not_modified(request, ready.etag):
-            return web.Response(status=304, headers=[h for h in ready.headers if h[0] != "Content-Type"])
-        return IndexResponse(status=ready.status, body=ready.body, headers=ready.headers)
+        return ready
 
-    def keep(self, key: Hashable, stamp: tuple[object, int], response: web.StreamResponse, facts: RequestFacts) -> None:
+    def answer(self, request: web.BaseRequest, key: Hashable, stamp: tuple[object, int]) -> web.Response | None:
+        """The kept answer for ``key`` as a response to ``request`` (``lookup``), else None."""
+        ready = self.lookup(key, stamp)
+        return ready.response(request) if ready is not None else None
+
+    def keep(self, key: Hashable, stamp: tuple[object, int], response: web.StreamResponse, facts: RequestFacts) -> bool:
         """Keep a GET's answer when it is a whole index answer built only from checked inputs."""
         if type(response) is not IndexResponse or response.status != 200 or facts.volatile:
-            return
+            return False
         body = response.body
         if not isinstance(body, bytes) or len(body) > MAX_ANSWER or response.prepared:
-            return
+            return False
         etag = response.headers.get("ETag")
         if etag is None or time.time() >= facts.fresh_until:
-            return
+            return False
         self._drop(key)
-        ready = Ready(stamp, facts.fresh_until, response.status, tuple(response.headers.items()), body, etag,
-                      facts.cache)
+        ready = Ready(stamp, facts.fresh_until, response.status, CIMultiDictProxy(CIMultiDict(response.headers)), body,
+                      etag, facts.cache)
         self._answers[key] = ready
         self.bytes += len(body)
         while self._answers and (self.bytes > self.max_bytes or len(self._answers) > self.max_answers):
             self._drop(next(iter(self._answers)))
-
-    def cache_result(self, key: Hashable) -> str:
-        ready = self._answers.get(key)
-        return ready.cache if ready is not None else "-"
+        return True
 
     def _drop(self, key: Hashable) -> None:
         ready = self._answers.pop(key, None)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import aiohttp
 from aiocache import SimpleMemoryCache
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import istr
 
 from . import __version__, routing
-from .answers import ReadyAnswers
+from .answers import ReadyAnswers, Ticket, Tickets
 from .api import accounts, anaconda
 from .artifacts import Artifacts
 from .auth.guard import Guard
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from .web.ui import WebUI
 
 log = logging.getLogger(__name__)
+
+X_AUTH = istr("X-Auth")
 
 # The ecosystems, by the name routing gives them: each class is built with the services
 ECOSYSTEMS: dict[str, Callable[[Services], Ecosystem]] = {"pypi": PyPI, "conda": Conda, "cran": Cran}
@@ -221,11 +224,17 @@ class Gateway:
         # with server.metrics_listen, /metrics is only there (a restart changes it, not a reload)
         self.metrics_here = services.settings.metrics_listen is None
         self.answers = ReadyAnswers()  # warm index answers, whole (answers.py)
+        self.tickets = Tickets()  # where a GET's path and credentials led (answers.py)
         self._routes: Memo[str, routing.Route] = Memo(4096)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         # aiohttp serves each request in its own task: the facts are this request's alone
-        REQUEST.set(RequestFacts())
+        facts = RequestFacts()
+        REQUEST.set(facts)
+        if request.method == "GET":
+            replayed = self._replay(request, facts)
+            if replayed is not None:
+                return replayed
         try:
             return await self.dispatch(request)
         except ChannelgateError as exc:
@@ -237,6 +246,28 @@ class Gateway:
         except Exception:
             log.exception("unhandled error on %s %s", request.method, mask(request.path))
             return error_response(ChannelgateError())
+
+    def _replay(self, request: web.BaseRequest, facts: RequestFacts) -> web.Response | None:
+        """A repeated GET with a ticket (answers.py): its kept answer, if the grant still holds
+        and nothing the answer was built from changed; else None (the whole way: dispatch)."""
+        headers = request.headers
+        ticket = self.tickets.get((request.path, headers.get(hdrs.AUTHORIZATION), headers.get(X_AUTH),
+                                   headers.get(hdrs.ACCEPT)))
+        if ticket is None:
+            return None
+        services, grant = self.services, ticket.grant
+        catalog = services.catalog
+        if not services.guard.still_valid(grant) or (
+                ticket.public and catalog.packages.has_private(ticket.channel) != ticket.private):
+            return None
+        ready = self.answers.lookup(ticket.key, (grant.settings, catalog.generation(ticket.view, ticket.ecosystem)))
+        if ready is None:
+            return None
+        facts.ecosystem, facts.channel = ticket.ecosystem, ticket.channel
+        if grant.principal is not None:
+            facts.user, facts.token = grant.principal.user, grant.principal.token_name
+        services.metrics.replayed("index", ready.cache, facts)
+        return ready.response(request)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         services = self.services
@@ -289,20 +320,32 @@ class Gateway:
         # keyed by what the caller may see (the view, private or not), never by who asks
         key = (route.channel, route.rest, ctx.channel.name, shared, request.headers.get("Accept"))
         stamp = (services.settings, services.catalog.generation(ctx.channel.name, route.ecosystem))
-        ready = self.answers.answer(request, key, stamp)
+        # decided before any await: what a ticket needs to tell later whether this still holds
+        private = ctx.channel.public and services.catalog.packages.has_private(route.channel)
+        ready = self.answers.lookup(key, stamp)
         if ready is not None:
-            cache = self.answers.cache_result(key)
-            if cache != "-":
-                services.metrics.cache_result("index", cache)  # type: ignore[arg-type]
-            return ready
+            services.metrics.replayed("index", ready.cache, facts)
+            if request.method == "GET":
+                self._ticket(request, ctx, key, stamp[0], private)
+            return ready.response(request)
         response = await services.ecosystems[route.ecosystem].serve(request, ctx)
         if not shared:
             keep_private(response)
         if isinstance(response, (SentFileResponse, BlobStreamResponse, BlobRedirect)) and response.hosted:
             services.metrics.cache_result("artifact", "hosted")
-        elif request.method == "GET":
-            self.answers.keep(key, stamp, response, facts)
+        elif request.method == "GET" and self.answers.keep(key, stamp, response, facts):
+            self._ticket(request, ctx, key, stamp[0], private)
         return response
+
+    def _ticket(self, request: web.BaseRequest, ctx: ChannelRequest, key: tuple[object, ...], settings: Settings,
+                private: bool) -> None:
+        """Remember where this GET's path and credentials led (answers.Tickets), decided under ``settings``."""
+        headers, route = request.headers, ctx.route
+        self.tickets.put(
+            (request.path, headers.get(hdrs.AUTHORIZATION), headers.get(X_AUTH), headers.get(hdrs.ACCEPT)),
+            Ticket(self.services.guard.grant(settings, ctx.principal), key, route.ecosystem, route.channel,
+                   ctx.channel.name, ctx.channel.public, private),
+        )
 
     async def _api(self, request: web.BaseRequest, route: routing.Route) -> web.StreamResponse:
         head = route.rest.split("/", 1)[0]

@@ -205,6 +205,12 @@ class Coordinator:
             return None
         return until
 
+    def braking(self) -> bool:
+        """Whether any key is braked now (expired brakes are forgotten here)."""
+        if self._brakes and max(self._brakes.values()) <= time.time():
+            self._brakes.clear()
+        return bool(self._brakes)
+
     async def _count_failure(self, ident: str, max_failures: int, window: float) -> None:
         try:
             oldest = await self._call("eval", _FAIL, 1, BRAKE_PREFIX + ident, time.time(), window, max_failures,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections import OrderedDict
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
@@ -87,19 +88,23 @@ class PerIteration(Generic[V]):
     def __init__(self, read: Callable[[], V]) -> None:
         self._read = read
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0  # the loop's thread while a value is held
         self._value: V | None = None
 
     def get(self) -> V:
+        loop = self._loop
+        # held for this iteration: the loop still runs, and this is its thread (no syscall:
+        # asyncio.get_running_loop() asks getpid() on every call in Python 3.11)
+        if loop is not None and self._thread == threading.get_ident() and loop.is_running():
+            return self._value  # type: ignore[return-value]
         try:
-            loop = asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:
             return self._read()
-        if self._loop is loop:
-            return self._value  # type: ignore[return-value]
         value = self._read()
-        if self._loop is None:
-            self._loop, self._value = loop, value
-            loop.call_soon(self._forget)
+        if loop is None or not loop.is_running():  # (a loop that stopped before forgetting: replaced)
+            self._loop, self._thread, self._value = running, threading.get_ident(), value
+            running.call_soon(self._forget)
         return value
 
     def _forget(self) -> None:

@@ -158,6 +158,12 @@ class Metrics:
         if facts is not None:
             facts.saw(kind, result)
 
+    def replayed(self, kind: CacheKind, result: str, facts: RequestFacts) -> None:
+        """A kept answer replayed (answers.py): its first request's cache result, counted again."""
+        if result != "-":
+            self._count(self.cache, (kind, result))
+            facts.cache = result
+
     def upstream_request(self, upstream: str, status: int | str, seconds: float) -> None:
         self._child(self.upstream_requests, upstream, status).inc()
         self._child(self.upstream_seconds, upstream).observe(seconds)

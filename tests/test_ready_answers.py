@@ -7,6 +7,7 @@ Real .conda packages are uploaded through the HTTP API.
 """
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 from pathlib import Path
@@ -21,11 +22,15 @@ from aiohttp.test_utils import make_mocked_request
 from proxy.answers import ReadyAnswers
 from proxy.app import create_app
 from proxy.auth.credentials import generate_token, hash_token
+from proxy.auth.guard import Guard
+from proxy.auth.policy import Action
+from proxy.context import LivePolicy
 from proxy.keys import GATEWAY, SERVICES
 from proxy.metrics import RequestFacts
 from proxy.responses import IndexResponse
 from proxy.settings import parse_settings
 from proxy.store.packages import PackageInfo
+from proxy.store.tokens import TokenStore, UserToken
 from harness import Channelgate, Policy
 from tests.bench.common import upload_conda
 from tests.bench.data import conda_packages
@@ -151,6 +156,78 @@ async def test_a_policy_reload_drops_kept_answers(aiohttp_client, tmp_path: Path
             f"tokens: [{{name: r, user: alice, sha256: 'sha256:{hash_token(reader)}', scopes: [conda:download]}}]\n")
     app[SERVICES].live.swap(parse_settings(text))
     assert (await client.get(url)).status == 403
+
+
+# --------------------------------------------------------------------------- tickets
+async def test_a_ticket_replays_without_deciding_again_yet_sees_revocation_and_the_brake(
+        aiohttp_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A repeated GET with the same path and credentials is answered from its ticket (the
+    decision is not made again), yet a revoked policy token, a removed user-made token and a
+    client braked for failed sign-ins are refused on the very next request."""
+    settings, reader, writer = _settings(tmp_path, public=False)
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    await _upload(client, writer, conda_packages(tmp_path / "pkgs", ["ticketed"])[0])
+    services, gateway = app[SERVICES], app[GATEWAY]
+    url = f"/t/{reader}/team/{INDEX}"
+    assert await _names(await client.get(url)) == {"ticketed"}
+    assert len(gateway.tickets) == 1 and len(gateway.answers) == 1
+
+    def no_decision(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a ticketed request was authorised again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services.guard, "authorize", no_decision)
+        for _ in range(3):  # every header form of the same credentials has its own ticket
+            assert await _names(await client.get(url)) == {"ticketed"}
+
+    # a user-made token: its ticket ends when the token is removed
+    user_token = generate_token()
+    await services.guard.tokens.add(UserToken(user="alice", name="laptop", sha256=hash_token(user_token),
+                                              scopes=("conda:download",), created_at=time.time(),
+                                              expires_at=time.time() + 3600))
+    made = {"Authorization": f"token {user_token}"}
+    assert (await client.get(f"/team/{INDEX}", headers=made)).status == 200
+    assert (await client.get(f"/team/{INDEX}", headers=made)).status == 200 and len(gateway.tickets) == 2
+    await services.guard.tokens.remove("alice", "laptop")
+    assert (await client.get(f"/team/{INDEX}", headers=made)).status == 401
+
+    # failed sign-ins from this client: the brake applies to a ticketed request too
+    assert (await client.get(url)).status == 200
+    for _ in range(services.settings.accounts.max_failures):  # (the removed token's 401 was one)
+        assert (await client.get(f"/t/{generate_token()}/team/{INDEX}")).status in (401, 429)
+    assert (await client.get(url)).status == 429
+    services.guard.limiter = type(services.guard.limiter)()  # the window passed
+
+    # the policy token revoked (``channelgate token revoke``): refused at once
+    assert (await client.get(url)).status == 200
+    await services.guard.tokens.revoke_policy_token(hash_token(reader), "r")
+    assert (await client.get(url)).status == 401
+
+
+def test_a_grant_ends_when_its_token_expires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy token is valid through its ``expires`` day (local time): a grant ends there."""
+    token = generate_token()
+    today = dt.date.today()
+    text = (
+        f"storage: {{path: {tmp_path / 'storage'}}}\n"
+        "groups: {devs: [alice]}\n"
+        "channels: {team: {read: [group:devs]}}\n"
+        f"tokens: [{{name: r, user: alice, sha256: 'sha256:{hash_token(token)}', scopes: [conda:download], expires: {today}}}]\n")
+    settings = parse_settings(text)
+    live = LivePolicy(settings)
+    store = TokenStore(tmp_path / "accounts.sqlite3")
+    guard = Guard(live, store)
+    principal = guard.authorize({}, token, "team", Action.CONDA_READ)
+    grant = guard.grant(settings, principal)
+    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time()).timestamp()
+    assert grant.until == midnight and guard.still_valid(grant)
+    monkeypatch.setattr(time, "time", lambda: midnight)
+    assert not guard.still_valid(grant)
+    live.swap(parse_settings(text))  # a reload, even of the same file: another policy object
+    monkeypatch.undo()
+    assert not guard.still_valid(grant)
+    store.close()
 
 
 # --------------------------------------------------------------------------- what is kept

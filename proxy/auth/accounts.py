@@ -68,6 +68,10 @@ class SharedBrake(Protocol):
 
     def braked_until(self, key: str) -> float | None: ...
 
+    def braking(self) -> bool:
+        """Whether any key is braked now (else ``braked_until`` is None for every key)."""
+        ...
+
 
 class FailureLimiter:
     """Failures per key (``addr:<ip>``, ``user:<name>``) in a sliding window, in this process,
@@ -77,6 +81,14 @@ class FailureLimiter:
         self._clock = clock
         self._shared = shared
         self._failures: dict[str, collections.deque[float]] = {}
+        self._last = -float("inf")  # the latest failure of any key
+
+    def quiet(self, window: float) -> bool:
+        """No key had a failure within ``window`` seconds here, nor is braked by another
+        process: then ``check`` cannot refuse anyone."""
+        if self._failures and self._clock() - self._last < window:
+            return False
+        return self._shared is None or not self._shared.braking()
 
     def _recent(self, key: str, window: float) -> collections.deque[float] | None:
         times = self._failures.get(key)
@@ -103,7 +115,8 @@ class FailureLimiter:
     def fail(self, keys: list[str], policy: AccountPolicy) -> None:
         for key in keys:
             times = self._recent(key, policy.failure_window) or self._failures.setdefault(key, collections.deque())
-            times.append(self._clock())
+            self._last = self._clock()
+            times.append(self._last)
             while len(times) > policy.max_failures:  # bounded memory per key
                 times.popleft()
             if self._shared is not None:

@@ -9,10 +9,15 @@ the limit an attempt is refused (429) before any credential is checked.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 from ..errors import Forbidden, Unauthorized
 from ..metrics import current_facts
+from ..settings import Settings
 from ..store.protocols import Tokens
 from .accounts import FailureLimiter, SharedBrake, check_password, limiter_keys
 from .credentials import (
@@ -31,6 +36,18 @@ if TYPE_CHECKING:
     from ..context import LivePolicy
 
 PASSWORD_SCOPES = frozenset({Scope.ALL.value})  # a password is the user: every scope, within the user's roles
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An authorisation decision that a later request with the same credentials may reuse
+    (answers.py), while ``Guard.still_valid`` holds: the same policy object, the token not
+    revoked nor removed nor expired, and no failed sign-in within the window (then every
+    request goes through ``authorize`` and the brake again)."""
+
+    settings: Settings  # the policy it was decided under
+    principal: Principal | None  # None: an anonymous read of a public channel
+    until: float  # time.time() when the token expires (inf: never)
 
 
 class Guard:
@@ -101,6 +118,33 @@ class Guard:
             verb = "upload to" if action in (Action.WRITE, Action.ADMIN) else "read"
             raise Forbidden(f"this token may not {verb} this channel")
         return principal
+
+    def grant(self, settings: Settings, principal: Principal | None) -> Grant:
+        """The decision ``authorize`` just made under ``settings``, to be reused (``still_valid``)."""
+        until = math.inf
+        if principal is not None and principal.user_made:
+            record = self.tokens.find(principal.digest)
+            until = record.expires_at if record is not None else -math.inf
+        elif principal is not None and principal.digest:
+            entry = settings.tokens_by_hash.get(principal.digest)
+            if entry is not None and entry.expires is not None:  # valid through that (local) day: Tokens.verify
+                until = dt.datetime.combine(entry.expires + dt.timedelta(days=1), dt.time()).timestamp()
+        return Grant(settings, principal, until)
+
+    def still_valid(self, grant: Grant) -> bool:
+        """Whether ``authorize`` would decide the same again now, without its work: checks what
+        can change under one policy object (revocation, a removed user token, expiry) and
+        gives up while failed sign-ins are being counted (their limit is per client)."""
+        if grant.settings is not self.live.settings or not self.limiter.quiet(grant.settings.accounts.failure_window):
+            return False
+        principal = grant.principal
+        if principal is None:
+            return True
+        if time.time() >= grant.until:
+            return False
+        if principal.user_made:
+            return self.tokens.find(principal.digest) is not None
+        return not self.tokens.is_revoked(principal.digest)
 
     def authenticate(self, headers: Mapping[str, str], path_token: str | None, remote: str | None = None) -> Principal:
         """A valid principal (no channel involved, e.g. anaconda-client's ``GET /api/user``), or 401."""
