@@ -127,8 +127,11 @@ class Upstream:
         return sum(1 for method, p in self.report()["calls"] if method == "GET" and p == path)
 
 
-def start_upstream(stack: contextlib.ExitStack, root: Path, log: Path, *, throttle: dict[str, float] | None = None) -> Upstream:
-    cmd = [sys.executable, "-m", "tests.bench.upstream", "--root", str(root)]
+def start_upstream(stack: contextlib.ExitStack, root: Path, log: Path, *, throttle: dict[str, float] | None = None,
+                   delay: float = 0.0, big: int | None = None) -> Upstream:
+    cmd = [sys.executable, "-m", "tests.bench.upstream", "--root", str(root), "--delay", str(delay)]
+    if big is not None:
+        cmd += ["--big", str(big)]
     for path, rate in (throttle or {}).items():
         cmd += ["--throttle", f"{path}={rate:.0f}"]
     out = open(log, "ab")  # noqa: SIM115

@@ -9,6 +9,12 @@ by side in one run; never a timed test.
 - ``resolve.uv_meta``: the same over an index with ``.metadata`` files;
 - ``resolve.pip_report``: ``pip install --dry-run --report`` without PEP 658 files (pip
   direct downloads every wheel; through channelgate it reads the served metadata).
+
+nginx on 127.0.0.1 answers in a fraction of a millisecond, which no registry does: going
+direct is then almost all client start-up, and every hop through the proxy weighs in full.
+The ``*_rtt`` rows are extra, informational: the same three runs against the fake upstream
+(tests/bench/upstream.py, which serves Range and HEAD like a file host) holding every
+answer ``RTT`` seconds, a round trip to a remote registry, for direct and proxy alike.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from tests.harness import client_env, venv_bin
 
 from .common import Bench, Figure, MiB, bench_policy, channel_url, median, ratio_at_most
 from .load import BenchError
-from .procs import start_nginx
+from .procs import start_nginx, start_upstream
 from .report import Row
 
 FIGURES = {
@@ -34,7 +40,14 @@ FIGURES = {
                       "s", "<= 1.5x", ratio_at_most(1.5)),
     "pip_report": Figure("resolve.pip_report", "cold pip install --dry-run --report, no PEP 658 files: vs direct",
                          "s", "< 1x", lambda ours, peer, ratio: ratio is not None and ratio < 1),
+    "uv_nometa_rtt": Figure("resolve.uv_nometa_rtt",
+                            "cold uv pip compile, no PEP 658 files, upstream answers after 20 ms: vs direct", "s"),
+    "uv_meta_rtt": Figure("resolve.uv_meta_rtt",
+                          "cold uv pip compile, PEP 658 files, upstream answers after 20 ms: vs direct", "s"),
+    "pip_report_rtt": Figure("resolve.pip_report_rtt",
+                             "cold pip install --dry-run --report, no PEP 658 files, upstream after 20 ms: vs direct", "s"),
 }
+RTT = 0.020  # seconds the *_rtt rows' upstream holds every answer
 
 
 def _tree(root: Path, projects: int, size: int, *, metadata: bool) -> None:
@@ -81,18 +94,24 @@ async def resolve(bench: Bench) -> list[Row]:
     with bench.timed(f"generated 2 x {s.resolve_projects} wheels of {s.resolve_wheel // MiB} MiB"):
         for kind, root in roots.items():
             _tree(root, s.resolve_projects, s.resolve_wheel, metadata=kind == "meta")
-    nginx = {kind: start_nginx(bench.stack, bench.dir(f"nginx-{kind}"), root) for kind, root in roots.items()}
-    cases = {"uv_nometa": ("nometa", _uv), "uv_meta": ("meta", _uv), "pip_report": ("nometa", _pip)}
+    upstreams = {kind: start_nginx(bench.stack, bench.dir(f"nginx-{kind}"), root).url for kind, root in roots.items()}
+    for kind, root in roots.items():  # every file by FileResponse (Range, HEAD), whatever its size
+        upstreams[f"{kind}-rtt"] = start_upstream(bench.stack, root, bench.dir(f"rtt-{kind}") / "upstream.log",
+                                                  delay=RTT, big=0).url
+    cases = {"uv_nometa": ("nometa", _uv), "uv_meta": ("meta", _uv), "pip_report": ("nometa", _pip),
+             "uv_nometa_rtt": ("nometa-rtt", _uv), "uv_meta_rtt": ("meta-rtt", _uv), "pip_report_rtt": ("nometa-rtt", _pip)}
     rows = []
     for case, (kind, client) in cases.items():
         ours, direct = [], []
         for r in range(s.rounds):
-            direct.append(client(f"{nginx[kind].url}/simple", bench.dir(f"home-{case}-direct-{r}")))
-            policy, reader, _ = bench_policy({"pypi": {"type": "pypi", "url": f"{nginx[kind].url}/simple"}})
+            direct.append(client(f"{upstreams[kind]}/simple", bench.dir(f"home-{case}-direct-{r}")))
+            policy, reader, _ = bench_policy({"pypi": {"type": "pypi", "url": f"{upstreams[kind]}/simple"}})
             server = bench.channelgate(f"cg-{case}-{r}", policy)  # a fresh, cold server per run
             ours.append(client(f"{channel_url(server.url, reader)}/simple", bench.dir(f"home-{case}-cg-{r}")))
             bench.say(f"{case}: channelgate {ours[-1]:.2f} s, direct {direct[-1]:.2f} s")
+        upstream = f"the fake upstream holding each answer {RTT * 1000:.0f} ms" if kind.endswith("-rtt") else "nginx"
         rows.append(FIGURES[case].row(median(ours), median(direct), peer_name="direct",
-                                      note=f"{s.resolve_projects} projects x {s.resolve_wheel // MiB} MiB wheels, "
-                                           f"median of {s.rounds} round(s), fresh server and client cache each"))
+                                      note=f"{s.resolve_projects} projects x {s.resolve_wheel // MiB} MiB wheels from "
+                                           f"{upstream}, median of {s.rounds} round(s), fresh server and client "
+                                           "cache each"))
     return rows

@@ -7,6 +7,8 @@ additions for large files:
 - files of ``--big`` bytes or more are streamed from disk (sendfile) instead of being read
   into memory, and may be throttled (``--throttle /path=BYTES_PER_SECOND``) to look like a
   real, finite upstream;
+- ``--delay SECONDS`` holds every answer that long before it starts, a round trip as a
+  remote registry has (the cold-resolve rows' ``*_rtt`` figures: 20 ms);
 - ``GET /_bench/report`` answers ``{"calls": [[method, path], ...], "finished": {path: [t, ...]}}``
   where ``t`` is ``time.monotonic()`` (system-wide CLOCK_MONOTONIC on Linux, comparable with
   the benchmark's clock) when a large file's last byte was handed to the kernel.
@@ -33,10 +35,11 @@ CHUNK = 256 * 1024
 
 
 class BenchUpstream(UpstreamServer):
-    def __init__(self, root: Path, *, big: int, throttle: dict[str, float]) -> None:
+    def __init__(self, root: Path, *, big: int, throttle: dict[str, float], delay: float = 0.0) -> None:
         super().__init__(root, json_index=False)
         self.big = big
         self.throttle = throttle
+        self.delay = delay
         self.finished: dict[str, list[float]] = {}
 
     def _large_file(self, url_path: str) -> Path | None:
@@ -50,6 +53,8 @@ class BenchUpstream(UpstreamServer):
             return web.json_response(
                 {"calls": [[c.method, c.path] for c in self.calls], "finished": self.finished}
             )
+        if self.delay:
+            await asyncio.sleep(self.delay)  # the round trip of a remote registry
         path = self._large_file(request.path)
         if path is None or request.method not in ("GET", "HEAD"):
             return await super()._handle(request)
@@ -91,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--big", type=int, default=8 * 1024 * 1024, help="stream files of this many bytes or more")
     parser.add_argument("--throttle", action="append", default=[], metavar="PATH=BYTES_PER_SECOND")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds every answer waits before it starts")
     args = parser.parse_args(argv)
     throttle = {}
     for item in args.throttle:
         url_path, _, rate = item.rpartition("=")
         throttle[url_path] = float(rate)
-    server = BenchUpstream(args.root, big=args.big, throttle=throttle).start(args.port)
+    server = BenchUpstream(args.root, big=args.big, throttle=throttle, delay=args.delay).start(args.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
