@@ -178,16 +178,17 @@ class MetadataCache:
         now = time.time()
         if resp.status == 304 and stored is not None:
             doc = replace(stored, fetched_at=now)
+            await asyncio.to_thread(atomic_write, self._doc_path(key), _persisted(doc), self.tmp_dir)
         else:
             if len(resp.body) > OFF_LOOP_HASH:  # a 50 MB repodata: ~0.2 s that would stall every client
                 digest = await asyncio.to_thread(lambda: hashlib.sha256(resp.body).hexdigest())
             else:
                 digest = hashlib.sha256(resp.body).hexdigest()
             body_path = self.body_path(digest)
-            if not body_path.exists():
-                await asyncio.to_thread(atomic_write, body_path, resp.body, self.tmp_dir)
             doc = Doc(url, digest, resp.etag, resp.last_modified, resp.content_type, now, str(body_path))
-        await asyncio.to_thread(atomic_write, self._doc_path(key), _persisted(doc), self.tmp_dir)
+            # body, then descriptor, in one trip to a thread: a cold resolve stores a page per
+            # project on its critical path, and each trip waits for a pool thread and the GIL
+            await asyncio.to_thread(self._write, key, doc, resp.body)
         await self._remember(key, url, accept, doc, self.ttl)
         return doc
 
@@ -203,6 +204,15 @@ class MetadataCache:
         if len(self._l1) > 100_000:
             self._l1.clear()
         self._l1[(url, accept)] = (doc, time.time() + ttl)
+
+    def _write(self, key: str, doc: Doc, body: bytes) -> None:
+        """Store a fetched document: its body (content-addressed, once), then the descriptor
+        naming it, each written whole (atomic_write): a crash leaves either no descriptor
+        or one whose body is there."""
+        body_path = Path(doc.body_path)
+        if not body_path.exists():
+            atomic_write(body_path, body, self.tmp_dir)
+        atomic_write(self._doc_path(key), _persisted(doc), self.tmp_dir)
 
     def _doc_path(self, key: str) -> Path:
         return self.root / "docs" / f"{key}.json"

@@ -278,13 +278,25 @@ class PyPI:
                 if found is None:
                     raise NotFound(f"upstream {up.name} serves no byte ranges of {source.filename}")
                 sha256 = found
-            chunks = [c async for c in self.services.store.stream("cache", sha256, 0, MAX_METADATA_READ)]
-            return b"".join(chunks)
+            return await self._metadata_head(sha256)
 
         async def page(name: str) -> None:
             self._fetch_ahead(ctx, await self.project(ctx, name), depth - 1, budget)
 
         self._ahead.start(self._ahead.metadata_then_pages(wheels, fetch, page if depth > 0 else None, budget))
+
+    async def _metadata_head(self, sha256: str) -> bytes:
+        """The first MAX_METADATA_READ bytes of a stored metadata file: read at once from this
+        machine's file (a few KiB, like the ref read before it: cheaper than a trip to a
+        thread), else streamed from the store."""
+        local = self.services.store.local("cache", sha256)
+        if local is not None:
+            try:
+                with open(local, "rb") as fh:
+                    return fh.read(MAX_METADATA_READ)
+            except FileNotFoundError:
+                pass  # pruned meanwhile: the store says so below
+        return b"".join([c async for c in self.services.store.stream("cache", sha256, 0, MAX_METADATA_READ)])
 
     async def _wheel_metadata(
         self, request: web.BaseRequest, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, filename: str
