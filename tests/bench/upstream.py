@@ -62,10 +62,11 @@ class BenchUpstream(UpstreamServer):
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         rate = self.throttle.get(request.path)
         if rate is None or request.method == "HEAD":
-            resp: web.StreamResponse = web.FileResponse(path, headers={"Content-Type": content_type})
-            await resp.prepare(request)
-        else:
-            resp = await self._throttled(request, path, content_type, rate)
+            # sent by aiohttp (sendfile, Range, HEAD). A FileResponse prepared here and then
+            # returned is prepared again by aiohttp 3.14 (AssertionError in _sendfile): the
+            # connection was then reset, and a client that reused it (uv) retried after ~2 s
+            return web.FileResponse(path, headers={"Content-Type": content_type})
+        resp = await self._throttled(request, path, content_type, rate)
         await resp.write_eof()
         self.finished.setdefault(request.path, []).append(time.monotonic())
         return resp
