@@ -96,6 +96,6 @@ async def ui_channel(bench: Bench) -> list[Row]:
             f"first page (cold: merge + name index) {cold:.2f} s")
     return [
         FIGURES["render"].row(median(times), note=note),
-        FIGURES["rate"].row(ui_rate["ui"], simple_rate["simple"], peer_name="simple page",
+        FIGURES["rate"].row(median(ui_rate["ui"]), median(simple_rate["simple"]), peer_name="simple page",
                             note="GET /ui/c/bench?q=lib&page=2 with a session cookie vs the PEP 691 page, token in the path"),
     ]
