@@ -7,7 +7,8 @@ the warm answer time (nginx serving the same bytes is the reference), the server
 merged index. Runs on a fresh channelgate so VmHWM belongs to this scenario alone. Then a
 second fresh channelgate with five channels over the same upstream, each with an upload of
 its own, all asked at once: the slowest first merged answer (the upstream is fetched and
-parsed once; each channel's merge is its own).
+parsed once; each channel's merge is its own). Then five channels with no uploads (the same
+inputs: one build serves them all, counted by ``channelgate_index_builds_total``).
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ FIGURES = {
     "shared": Figure("big_repodata.first_merged_5ch",
                      "big upstream shared by 5 channels, asked at once: slowest first merged answer vs 1 channel",
                      "s", "<= 3 s", at_most(3.0)),
+    "same": Figure("big_repodata.first_merged_5ch_same",
+                   "big upstream shared by 5 channels with the same inputs (no uploads), asked at once: slowest first answer",
+                   "s", "<= 3 s", at_most(3.0)),
     "bz2": Figure("big_repodata.bz2_first_answer",
                   "big merged index: first GET of repodata.json.bz2 (bzip2 runs in the background), answer time",
                   "s", "<= 5 s", at_most(5.0)),
@@ -139,6 +143,7 @@ async def big_repodata(bench: Bench) -> list[Row]:
     hwm = status_now["VmHWM"]
     bz2_answer, bz2_status, bz2_ready = await _first_bz2(url.removesuffix(".zst") + ".bz2")
     shared = await _shared(bench, up.url, shared_packages)
+    same, builds = await _same_inputs(bench, up.url)
     raw = repodata.raw_size
     size_note = (f"{count:,} records merged ({repodata.records:,} upstream + {len(UPLOADS)} uploads); upstream "
                  f"{raw / 1e6:.1f} MB raw / {repodata.zst_size / 1e6:.1f} MB zst; served zst {len(body) / 1e6:.1f} MB")
@@ -152,6 +157,8 @@ async def big_repodata(bench: Bench) -> list[Row]:
         FIGURES["shared"].row(max(shared), first, peer_name="1 channel",
                               note="first merged repodata.json.zst per channel (s): "
                                    + ", ".join(f"{t:.2f}" for t in shared)),
+        FIGURES["same"].row(max(same), note=f"{builds:.0f} index build(s) served all five (channelgate_index_builds_total); "
+                                             "per channel (s): " + ", ".join(f"{t:.2f}" for t in same)),
         FIGURES["bz2"].row(bz2_answer, note=f"HTTP {bz2_status}; the .bz2 was ready {bz2_ready:.1f} s after that "
                                             f"first request (HEAD polled every 0.25 s)"),
         FIGURES["upload"].row(visible, note=f"from the upload's 2xx (the POST itself took {upload_time:.3f} s) "
@@ -175,6 +182,25 @@ async def _shared(bench: Bench, upstream: str, packages: list[Path]) -> list[flo
     times = [a[0] for a in answers]
     bench.say("5 channels sharing the upstream: " + ", ".join(f"{t:.2f} s" for t in times))
     return times
+
+
+async def _same_inputs(bench: Bench, upstream: str) -> tuple[list[float], float]:
+    """Five channels over one upstream with no uploads (the same inputs, so the same merged
+    document) on a fresh server, asked at once: each one's first answer, and the builds made."""
+    policy, reader, _ = bench_policy({"forge": {"type": "conda", "url": f"{upstream}/forge"}}, tuple(SHARED))
+    server = bench.channelgate("cg-same", policy)
+    async with client_session(len(SHARED)) as session:
+        answers = await asyncio.gather(*(_get(session, f"{channel_url(server.url, reader, c)}/linux-64/repodata.json.zst")
+                                         for c in SHARED))
+        async with session.get(f"{server.url}/metrics") as resp:
+            metrics = await resp.text()
+    if any(status != 200 for _, status, _, _ in answers) or len({body for _, _, body, _ in answers}) != 1:
+        raise BenchError("channels with the same inputs answered differently: " + str([a[1] for a in answers]))
+    builds = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                 if line.startswith('channelgate_index_builds_total{ecosystem="conda"}'))
+    times = [a[0] for a in answers]
+    bench.say("5 channels with the same inputs: " + ", ".join(f"{t:.2f} s" for t in times) + f"; {builds:.0f} build(s)")
+    return times, builds
 
 
 async def _first_bz2(url: str) -> tuple[float, int, float]:

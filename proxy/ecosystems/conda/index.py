@@ -47,7 +47,7 @@ from .assemble import SharedBuilds, assemble, local_record, normalize, share_key
 from .channeldata import render_channeldata
 from .merge_plan import local_section
 from .parse import SectionDone, parse_repodata_file
-from .sections import EXTENSIONS, CondaRecord, Encoding, Repodata
+from .sections import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
 from .shard_upstreams import fetch_shards, repodata_from_shards
 from .write_ahead import Message, write_ahead
 from .subdir_index import (
@@ -98,7 +98,9 @@ class CondaIndexes:
         self.services = services
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conda-index")
         self.slow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conda-bz2")
-        self.ahead_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conda-ahead")  # write_ahead.py
+        # write_ahead.py: two builds at a time write alongside a parse (one per core; more only
+        # crowd the cores), the others when those are done (their sections wait in their queues)
+        self.ahead_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conda-ahead")
         self._parsed: Memo[str, Repodata] = Memo(4)  # by upstream document digest
         self._bad: dict[str, float] = {}
         self._slots: OrderedDict[tuple[str, str, str], _Slot] = OrderedDict()
@@ -106,6 +108,7 @@ class CondaIndexes:
         self._upstream_channeldata: Memo[str, dict[str, Any]] = Memo(16)
         self._known_shards: Memo[str, Doc] = Memo(KNOWN_SHARDS)
         self._flight: SingleFlight[Hashable, Any] = SingleFlight()
+        self._listeners: dict[str, list[SectionDone]] = {}  # by document digest: builds writing ahead
         self._shared = SharedBuilds()  # built indexes by the content of their inputs, across channels
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -164,8 +167,7 @@ class CondaIndexes:
         return await self.services.sources.walk(channel, "conda", lambda up: self._upstream_doc(up, subdir),
                                                 subdir=subdir)
 
-    async def _parse(self, up: UpstreamSettings, doc: Doc, encoding: DocForm,
-                     on_section: SectionDone | None = None) -> Repodata | None:
+    async def _parse(self, up: UpstreamSettings, doc: Doc, encoding: DocForm) -> Repodata | None:
         """The parsed document (once per digest); None when it is not valid repodata.
 
         A shard index is read with its shards (shard_upstreams.py); a shard that cannot be fetched
@@ -187,18 +189,28 @@ class CondaIndexes:
                     limit = self.services.settings.limits.index_unpacked_bytes
                     parsed = await self._run(
                         lambda: parse_repodata_file(Path(doc.body_path), encoding, self.tmp_dir, limit=limit,
-                                                    on_section=on_section))
+                                                    on_section=self._tell_listeners(doc.digest)))
             except (InvalidInput, OSError) as exc:
                 log.warning("upstream document %s is not valid repodata: %s", doc.digest[:12], exc)
                 now = time.monotonic()
                 self._bad = {d: t for d, t in self._bad.items() if now - t < BAD_DOCUMENT_RETRY}
                 self._bad[doc.digest] = now
                 return None
+            finally:
+                self._listeners.pop(doc.digest, None)
             log.info("parsed upstream repodata %s: %d records in %.2f s", doc.digest[:12], len(parsed),
                      time.monotonic() - start)
             return self._parsed.put(doc.digest, parsed)
 
         return await self._flight.run(("parse", doc.digest), work)  # type: ignore[no-any-return]
+
+    def _tell_listeners(self, digest: str) -> SectionDone:
+        """What the parse of ``digest`` tells each build writing ahead (write_ahead.py) as a
+        section ends: every build waiting on this parse, whoever started it."""
+        def tell(ext: str, section: Section, names: list[str]) -> None:
+            for listener in list(self._listeners.get(digest, ())):
+                listener(ext, section, names)
+        return tell
 
     async def _parse_shards(self, up: UpstreamSettings, doc: Doc) -> Repodata:
         limit = self.services.settings.limits.index_unpacked_bytes  # shards and their index, in all
@@ -306,8 +318,11 @@ class CondaIndexes:
         try:
             ups: list[UpstreamSubdir] = []
             for up, doc, encoding in docs:
-                tell = (lambda ext, sec, names: box.put(("section", ext, sec, names))) if box is not None else None
-                repodata = await self._parse(up, doc, encoding, tell)
+                if box is not None:
+                    queued = box
+                    self._listeners.setdefault(doc.digest, []).append(
+                        lambda ext, sec, names: queued.put(("section", ext, sec, names)))
+                repodata = await self._parse(up, doc, encoding)
                 if repodata is not None:
                     ups.append(UpstreamSubdir(up, doc.url, doc.digest, repodata))
             if docs and not ups and not uploads:
@@ -338,12 +353,14 @@ class CondaIndexes:
         return index
 
     def _may_write_ahead(self, docs: list[tuple[UpstreamSettings, Doc, DocForm]]) -> bool:
-        """write_ahead.py: one upstream document without a filter, about to be parsed by us."""
+        """write_ahead.py: one upstream document without a filter, not parsed yet (every build
+        waiting on its parse writes ahead: five channels with uploads of their own, asked at
+        once, compress their packages sections alongside the parse of packages.conda)."""
         if len(docs) != 1:
             return False
         up, doc, encoding = docs[0]
         return (encoding != "shards" and up.filter is None and self._parsed.get(doc.digest) is None
-                and not self._flight.running(("parse", doc.digest)) and doc.digest not in self._bad)
+                and doc.digest not in self._bad)
 
     @staticmethod
     async def _prepare(index: SubdirIndex, kind: FileKind) -> None:
