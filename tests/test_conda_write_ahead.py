@@ -89,3 +89,16 @@ def test_deferred_size_frame_header(tmp_path: Path) -> None:
     frame.write(b"abc")
     frame.discard()
     assert not (tmp_path / "y.zst").exists()
+
+
+def test_gives_up_when_the_upstream_drops_out(tmp_path: Path) -> None:
+    """The parse told of a section, then failed later: the plan holds the uploads alone."""
+    source = tmp_path / "repodata.json.zst"
+    source.write_bytes(zstandard.ZstdCompressor().compress(_doc("usual")))
+    box: queue.Queue[Any] = queue.Queue()
+    parse_repodata_file(source, "zstd", tmp_path, on_section=lambda e, s, n: box.put(("section", e, s, n)))
+    local = {ext: local_section(LOCAL, ext) for ext in EXTENSIONS}
+    box.put(("plan", build_plan({ext: [local[ext][0]] for ext in EXTENSIONS}, {ext: [local[ext][1]] for ext in EXTENSIONS},
+                                {ext: [[]] for ext in EXTENSIONS}, info={"subdir": "linux-64"}, removed=[])))
+    assert write_ahead(box, {ext: local[ext][0] for ext in EXTENSIONS}, BLOCKED, "linux-64", tmp_path) is None
+    assert not list(tmp_path.glob("*.part"))

@@ -105,7 +105,8 @@ def write_ahead(box: "queue.Queue[Message]", local: dict[str, Section], blocked:
             frame.discard()
             return None
         plan = item[1]
-        if plan.runs[first] != runs or plan.sections[first][1] is not section or plan.head() != head:
+        sources = plan.sections[first]  # [uploads, this upstream] unless its parse failed after all
+        if len(sources) != 2 or sources[1] is not section or plan.runs[first] != runs or plan.head() != head:
             frame.discard()
             return None
         rest = [SECTION_SEPARATOR, *section_pieces(plan.sections[EXTENSIONS[1]], plan.runs[EXTENSIONS[1]]), plan.tail()]
