@@ -227,6 +227,8 @@ class Artifacts:
                 raise UpstreamError(f"upstream {up.name} sent {fetch.written} of {fetch.total} bytes")
             blob = await self._publish(fetch)
             fetch.path, fetch.sha256 = blob.path, blob.sha256
+            fetch.notify()  # the waiting clients are answered from the published file now
+            await self._note_origin(blob.sha256, up.name)
         except ChannelgateError as exc:
             fetch.error = exc
         except OSError as exc:  # the store: a full disk, a temp file that vanished, ...
@@ -280,6 +282,14 @@ class Artifacts:
                 fetch.total = fetch.written = size
             return None
 
+    async def _note_origin(self, sha256: str, upstream: str) -> None:
+        """Which upstream a published blob came from (``channelgate cache``, bundle export),
+        written once the waiting clients are answered: it is no part of their answer."""
+        try:
+            await asyncio.to_thread(self.store.set_origin, sha256, upstream)
+        except Exception as exc:  # a full disk, a bucket that went away: the blob itself is published
+            log.warning("could not note the origin of %s (upstream %s): %r", sha256, upstream, exc)
+
     async def _publish(self, fetch: Download) -> Blob:
         """Verify the download against the upstream index's hash, then move it into place."""
         spec = fetch.spec
@@ -296,7 +306,6 @@ class Artifacts:
             ) from None
         if "sha256" not in spec.expect:
             await asyncio.to_thread(self.store.set_ref, spec.key, blob.sha256)
-        await asyncio.to_thread(self.store.set_origin, blob.sha256, spec.upstream.name)
         return blob
 
     async def _tee(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse:
