@@ -93,6 +93,7 @@ async def _serve(settings: Settings, policy_path: Path | None, opts: ServeOption
     chain: app.Gateway is the one handler)."""
     tls = server_context(settings)
     listener.install_accept_error_handler(asyncio.get_running_loop())
+    await listener.start_worker_threads()
     async with open_services(settings, clean_tmp=opts.clean_tmp) as services:
         sink = logs.AccessSink(json_lines=opts.json_logs, metrics=services.metrics)
         server = listener.GuardedServer(

@@ -21,6 +21,7 @@ DESIGN "Hostile input and faults":
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import json
 import logging
@@ -28,6 +29,7 @@ import os
 import resource
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,27 @@ class RateLimitedLog:
             log.log(level, message + " (%d time(s) since the last report)", *args, self.count)
             self._last = now
             self.count = 0
+
+
+WORKER_THREADS = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor size
+WORKER_PREFIX = "channelgate-io"
+
+
+async def start_worker_threads() -> None:
+    """The loop's default executor (file writes, fsync, hashing off the loop) with all its
+    threads started now: lazily, the first requests that write to the store each paid for a
+    thread start, and a cold resolve is nothing but first requests (issue 15)."""
+    loop = asyncio.get_running_loop()
+    executor = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix=WORKER_PREFIX)
+    loop.set_default_executor(executor)
+    # each waits for all the others: no thread is idle when the next task arrives, so the
+    # executor starts a new one for each
+    barrier = threading.Barrier(WORKER_THREADS)
+    started = [loop.run_in_executor(None, barrier.wait, 10.0) for _ in range(WORKER_THREADS)]
+    for result in await asyncio.gather(*started, return_exceptions=True):
+        if isinstance(result, threading.BrokenBarrierError):  # a slow start: the rest start lazily
+            log.warning("not every worker thread started at once")
+            break
 
 
 def install_accept_error_handler(loop: asyncio.AbstractEventLoop) -> None:

@@ -21,6 +21,7 @@ from aiohttp import web
 from fixtures.wheels import make_wheel, write_simple_index
 from harness import Channelgate, Policy, http
 from proxy.auth.credentials import hash_token
+from proxy.server import WORKER_THREADS
 
 
 def channelgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -346,3 +347,18 @@ def test_an_upstream_whose_name_resolves_to_this_server_is_refused(tmp_path: Pat
     line = one_line(channelgate("serve", "--config", str(policy), "--listen", f"127.0.0.1:{port}"))
     assert "upstreams.itself.url: localhost resolves to 127.0.0.1" in line, line
     assert not storage.exists()  # refused before the store was opened
+
+
+def test_worker_threads_are_started_before_the_first_request(tmp_path: Path) -> None:
+    """The default executor's threads (store writes, fsync) exist once the server is ready,
+    so the first requests of a cold resolve do not each wait for a thread to start."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        pytest.skip("counting a process's threads reads /proc (Linux)")
+    server = Channelgate(tmp_path / "cg", Policy({"channels": {"c": {"public": True}}})).start()
+    try:
+        assert server.proc is not None
+        threads = len(os.listdir(f"/proc/{server.proc.pid}/task"))  # only /api/health was asked
+        assert threads >= 1 + WORKER_THREADS, threads
+    finally:
+        server.stop()
