@@ -266,7 +266,7 @@ class Gateway:
         facts.ecosystem, facts.channel = ticket.ecosystem, ticket.channel
         if grant.principal is not None:
             facts.user, facts.token = grant.principal.user, grant.principal.token_name
-        services.metrics.replayed("index", ready.cache, facts)
+        services.metrics.replayed("index", ready.cache, facts)  # (after facts.ecosystem: counted by it)
         return ready.response(request)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 OFF_LOOP_HASH = 1 << 20  # bodies larger than this are hashed on a thread (hashlib releases the GIL)
 
 ERROR_RETRY = 30  # seconds a stale copy is served without retrying a failing upstream
+# offline: seconds a stored document is taken as it is before the store is read again (only
+# ``channelgate import`` changes it while serving: its index copies reach clients this late)
+OFFLINE_RECHECK = 1.0
 
 
 class FreshnessCache(Protocol):
@@ -127,10 +130,15 @@ class MetadataCache:
             # (Redis shares freshness, not bodies): then it fetches its own copy below
             if Path(shared.body_path).exists():
                 self.metrics.cache_result("index", "hit")
+                # fresh in Redis because a replica (maybe another) fetched it: fresh here until
+                # that entry ends, as if fetched here, so later answers from it are kept
+                # (answers.py) and every replica's expire when the shared entry does
+                self._learn(url, accept, shared, shared.fetched_at + self.ttl - time.time())
                 return shared
         stored = self._load(key)
         if self.offline:
             self.metrics.cache_result("index", "miss" if stored is None else "hit")
+            self._learn(url, accept, stored, OFFLINE_RECHECK)
             if stored is None:
                 raise NotFound("not cached, and the server is offline")
             return stored

@@ -99,6 +99,10 @@ class Metrics:
             "channelgate_cache", "Cache lookups by kind (index, artifact) and result (hit, miss, stale, hosted)",
             ["kind", "result"], registry=reg,
         )
+        self.replays = Counter(
+            "channelgate_ready_answers", "Index answers replayed whole from the ready-answer store (answers.py)",
+            ["ecosystem"], registry=reg,
+        )
         self.upstream_requests = Counter(
             "channelgate_upstream_requests", "Requests to upstreams, by upstream and status (HTTP code, timeout, error)",
             ["upstream", "status"], registry=reg,
@@ -159,7 +163,8 @@ class Metrics:
             facts.saw(kind, result)
 
     def replayed(self, kind: CacheKind, result: str, facts: RequestFacts) -> None:
-        """A kept answer replayed (answers.py): its first request's cache result, counted again."""
+        """A kept answer replayed (answers.py); its first request's cache result, counted again."""
+        self._count(self.replays, (facts.ecosystem,))
         if result != "-":
             self._count(self.cache, (kind, result))
             facts.cache = result

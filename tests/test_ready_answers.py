@@ -21,6 +21,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from proxy.answers import ReadyAnswers
 from proxy.app import create_app
+from proxy.cache import OFFLINE_RECHECK
 from proxy.auth.credentials import generate_token, hash_token
 from proxy.auth.guard import Guard
 from proxy.auth.policy import Action
@@ -31,7 +32,8 @@ from proxy.responses import IndexResponse
 from proxy.settings import parse_settings
 from proxy.store.packages import PackageInfo
 from proxy.store.tokens import TokenStore, UserToken
-from harness import Channelgate, Policy
+from fixtures.wheels import make_wheel, write_simple_index
+from harness import Channelgate, Policy, UpstreamServer
 from tests.bench.common import upload_conda
 from tests.bench.data import conda_packages
 
@@ -156,6 +158,50 @@ async def test_a_policy_reload_drops_kept_answers(aiohttp_client, tmp_path: Path
             f"tokens: [{{name: r, user: alice, sha256: 'sha256:{hash_token(reader)}', scopes: [conda:download]}}]\n")
     app[SERVICES].live.swap(parse_settings(text))
     assert (await client.get(url)).status == 403
+
+
+async def test_an_offline_server_keeps_answers_and_reads_its_store_again_within_a_second(
+        aiohttp_client, aiohttp_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """``offline: true``: a page from the stored upstream copy is kept whole and replayed, and
+    taken as stored for OFFLINE_RECHECK only (``channelgate import`` may bring a newer copy)."""
+    write_simple_index(tmp_path / "root", [make_wheel(tmp_path / "d", "stored-pkg", "1.0")])
+    upstream = await aiohttp_server(UpstreamServer(tmp_path / "root").app())
+    token = generate_token()
+    text = (f"storage: {{path: {tmp_path / 'storage'}}}\n"
+            f"upstreams: {{pypi: {{type: pypi, url: '{str(upstream.make_url('')).rstrip('/')}/simple'}}}}\n"
+            "groups: {devs: [alice]}\n"
+            "channels: {team: {upstreams: [pypi], read: [group:devs]}}\n"
+            f"tokens: [{{name: r, user: alice, sha256: 'sha256:{hash_token(token)}', scopes: [pypi:download]}}]\n")
+    online = await aiohttp_client(create_app(parse_settings(text)))
+    page = await (await online.get(f"/t/{token}/team/simple/stored-pkg/")).read()
+    assert b"stored_pkg-1.0" in page
+    await online.close()
+    await upstream.close()  # offline: nothing is contacted anyway
+
+    app = create_app(parse_settings(text + "offline: true\n"))
+    client = await aiohttp_client(app)
+    url = f"/t/{token}/team/simple/stored-pkg/"
+    assert await (await client.get(url)).read() == page  # read from the store
+    assert await (await client.get(url)).read() == page  # known fresh now: kept
+    gateway, metrics = app[GATEWAY], app[SERVICES].metrics
+    assert len(gateway.answers) == 1
+    kept = next(iter(gateway.answers._answers.values()))
+    assert kept.fresh_until <= time.time() + OFFLINE_RECHECK
+    replays = _replays(metrics)
+    assert await (await client.get(url)).read() == page
+    assert _replays(metrics) == replays + 1
+    later = kept.fresh_until
+    monkeypatch.setattr(time, "time", lambda: later)  # the recheck is due: the store is read again
+    assert await (await client.get(url)).read() == page
+    assert _replays(metrics) == replays + 1
+
+
+def _replays(metrics: Any) -> float:
+    """channelgate_ready_answers_total{ecosystem="pypi"} as /metrics shows it."""
+    for line in metrics.render().decode().splitlines():
+        if line.startswith('channelgate_ready_answers_total{ecosystem="pypi"}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 # --------------------------------------------------------------------------- tickets

@@ -140,8 +140,9 @@ async def test_an_upload_through_one_replica_is_in_the_others_indexes_and_instal
         resp = post(f"{cg.a.url}/api/repo/internal", wheel, cg.token, twine_fields(wheel))
         assert resp.status_code == 200, resp.text
         await_change(events, "internal", "pypi")
-        status, _, page = http("GET", cg.url(cg.b, "/simple/fresh-pkg/"))
-        assert status == 200 and wheel.name.encode() in page
+        # (B applies it when its own feed delivers it: the message above may come first)
+        wait_until(lambda: wheel.name.encode() in http("GET", cg.url(cg.b, "/simple/fresh-pkg/"))[2],
+                   "replica B lists the upload")
         target = tmp_path / "pip-target"
         done = run([sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir", "--index-url",
                     cg.url(cg.b, "/simple/"), "--target", str(target), "fresh-pkg"], env=client_env(tmp_path / "h"))
@@ -160,6 +161,40 @@ async def test_an_upload_through_one_replica_is_in_the_others_indexes_and_instal
                               platform=rattler.Subdir("linux-64"))
         assert (tmp_path / "env/share/fresh-tool/README.txt").read_text().startswith("fresh-tool 2.0")
         assert records[0].url.startswith(cg.b.url)
+
+
+def test_a_ready_answer_on_the_redis_backend_is_replayed_until_an_upload_through_the_other_replica(
+    tmp_path: Path, upstream_factory, redis_server: RedisServer, events: Any, pg_url: str  # type: ignore[no-untyped-def]  # noqa: F811
+) -> None:
+    """Replica B learns an upstream page fresh from Redis (A fetched it) and keeps its answer
+    whole: repeated GETs are replayed (channelgate_ready_answers_total). An upload through A
+    reaches B through the catalog's change feed and Redis pub/sub: B's very next answer is
+    built anew and lists the upload, and is kept again from then on."""
+    old = make_wheel(tmp_path / "d", "kept-pkg", "1.0")
+    write_simple_index(tmp_path / "root", [old])
+    with Cluster(tmp_path, upstream_factory(tmp_path / "root"), redis_server, pg_url) as cg:
+        assert http("GET", cg.url(cg.a, "/simple/kept-pkg/"))[0] == 200  # A fetches the page
+        page = http("GET", cg.url(cg.b, "/simple/kept-pkg/"))[2]  # B: fresh in Redis
+        assert old.name.encode() in page
+        replays = 'channelgate_ready_answers_total{ecosystem="pypi"}'
+        before = metric(cg.b, replays)
+        for _ in range(5):
+            status, _, body = http("GET", cg.url(cg.b, "/simple/kept-pkg/"))
+            assert status == 200 and body == page
+        assert metric(cg.b, replays) - before >= 4  # (the first one may still be the one kept)
+
+        new = make_wheel(tmp_path / "d", "kept-pkg", "2.0")
+        resp = post(f"{cg.a.url}/api/repo/internal", new, cg.token, twine_fields(new))
+        assert resp.status_code == 200, resp.text
+        await_change(events, "internal", "pypi")
+        # B applies the change when its own feed delivers it (PostgreSQL NOTIFY or the Redis
+        # message): the kept answer (fresh for 600 s) must give way to one listing the upload
+        wait_until(lambda: new.name.encode() in http("GET", cg.url(cg.b, "/simple/kept-pkg/"))[2],
+                   "replica B lists the upload")
+        before = metric(cg.b, replays)
+        body = http("GET", cg.url(cg.b, "/simple/kept-pkg/"))[2]
+        assert new.name.encode() in body and old.name.encode() not in body  # the merge rule: uploads win
+        assert metric(cg.b, replays) == before + 1  # kept again
 
 
 async def test_invalidation_reaches_a_catalog_that_cannot_see_the_write(
