@@ -40,7 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Hashable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .auth.guard import Grant
@@ -65,7 +65,7 @@ class Ready:
 
     def response(self, request: web.BaseRequest) -> web.Response:
         """This answer for ``request``: a 304 when its If-None-Match names it (RFC 9110 §13.1.2)."""
-        if "If-None-Match" in request.headers and not_modified(request, self.etag):
+        if hdrs.IF_NONE_MATCH in request.headers and not_modified(request, self.etag):
             return web.Response(status=304, headers=[h for h in self.headers.items() if h[0] != "Content-Type"])
         return IndexResponse(status=self.status, body=self.body, headers=self.headers)
 

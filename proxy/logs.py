@@ -16,14 +16,13 @@ import logging
 import re
 import sys
 import time
-from dataclasses import replace
 from typing import Any, TextIO
 
 import orjson
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-from .metrics import Metrics, RequestFacts, current_facts
+from .metrics import REQUEST, Metrics, RequestFacts
 from .responses import bytes_sent
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -133,47 +132,48 @@ class AccessSink:
 
     def record(self, request: BaseRequest, response: StreamResponse, duration: float, path: str) -> None:
         """One answered request: count it, then log it (``path`` is already masked)."""
-        facts = current_facts() or _NO_FACTS
+        facts = REQUEST.get() or _NO_FACTS
         sent = bytes_sent(response)
+        status = response.status
         if self.metrics is not None:
-            self.metrics.request_done(facts.ecosystem, response.status, sent)
+            self.metrics.request_done(facts.ecosystem, status, sent)
         if self.quiet:
             return
-        if "cgt-" in facts.token or "cgt-" in facts.user:  # names are chosen by users: never trust them
-            facts = replace(facts, token=mask(facts.token), user=mask(facts.user))
-        if not self.json_lines:
-            self.write(
-                f'{request.remote} "{request.method} {path}" {response.status} {sent} {duration:.4f}'
-                f" user={facts.user} token={facts.token} channel={facts.channel}"
-                f" ecosystem={facts.ecosystem} cache={facts.cache}"
-            )
+        user, token = facts.user, facts.token
+        if "cgt-" in token or "cgt-" in user:  # names are chosen by users: never trust them
+            user, token = mask(user), mask(token)
+        if self.json_lines:
+            self._json(request, status, sent, duration, path, facts, user, token)
             return
+        now = time.time()
+        if int(now) != self._stamp_second:
+            self._stamp_second = int(now)
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._stamp_second))
+        self._append(
+            f'{self._stamp} INFO access: {request.remote} "{request.method} {path}" {status} {sent} {duration:.4f}'
+            f" user={user} token={token} channel={facts.channel} ecosystem={facts.ecosystem} cache={facts.cache}\n"
+        )
+
+    def _json(self, request: BaseRequest, status: int, sent: int, duration: float, path: str, facts: RequestFacts,
+              user: str, token: str) -> None:
         entry = {
             "time": _iso(time.time()),
             "level": "INFO",
             "logger": "access",
-            "message": f"{request.method} {path} {response.status}",
+            "message": f"{request.method} {path} {status}",
             "remote": request.remote,
             "method": request.method,
             "path": path,
-            "status": response.status,
+            "status": status,
             "bytes": sent,
             "duration": round(duration, 6),
-            "user": facts.user,
-            "token": facts.token,
+            "user": user,
+            "token": token,
             "channel": facts.channel,
             "ecosystem": facts.ecosystem,
             "cache": facts.cache,
         }
         self._append(orjson.dumps(entry).decode() + "\n")
-
-    def write(self, line: str) -> None:
-        now = time.time()
-        second = int(now)
-        if second != self._stamp_second:
-            self._stamp_second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self._append(f"{self._stamp} INFO access: {line}\n")
 
     def _append(self, line: str) -> None:
         self._lines.append(line)

@@ -155,4 +155,6 @@ class SentFileResponse(web.FileResponse):
 
 def bytes_sent(response: web.StreamResponse) -> int:
     """Bytes really sent for a response: headers and body, sendfile included."""
-    return response.body_length + (response.file_bytes if isinstance(response, SentFileResponse) else 0)
+    # (getattr, not isinstance: a StreamResponse is a MutableMapping, so isinstance goes
+    # through ABCMeta on every request; only SentFileResponse has file_bytes)
+    return response.body_length + getattr(response, "file_bytes", 0)  # type: ignore[no-any-return]
