@@ -71,7 +71,7 @@ CONDA_FIGURES = {
 
 
 async def rates(bench: Bench, urls: dict[str, str], headers: dict[str, str] | None = None) -> dict[str, list[float]]:
-    """wrk each URL (rounds interleaved: ours, peer, ours, peer...); every round's rate of each
+    """wrk each URL (rounds interleaved: ours, peer, ..., then in reverse); every round's rate of each
     (``median`` of them is the figure; ``paired`` compares two URLs round by round).
     Every peer gets the very same request, and only whole 200 answers count: each URL's
     answer to wrk's request is taken apart first (``answer_size``), and a run whose bytes are
@@ -82,8 +82,10 @@ async def rates(bench: Bench, urls: dict[str, str], headers: dict[str, str] | No
     for name, url in urls.items():
         sizes = [await asyncio.to_thread(answer_size, url, headers) for _ in range(2)]
         answers[name] = (min(sizes), max(sizes))
-    for _ in range(s.wrk_rounds):
-        for name, url in urls.items():
+    for round_ in range(s.wrk_rounds):
+        # every other round in reverse order (A B C, C B A, ...): no peer always runs first,
+        # and neighbours (channelgate, bare aiohttp) stay back to back
+        for name, url in (urls.items() if round_ % 2 == 0 else reversed(urls.items())):
             if s.wrk_warmup:
                 await asyncio.to_thread(wrk, url, seconds=s.wrk_warmup, connections=s.connections, headers=headers,
                                         answer=answers[name])
