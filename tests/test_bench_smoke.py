@@ -94,3 +94,22 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_bad_scenario_name_is_refused() -> None:
     result = _bench("--only", "nonesuch", timeout=60)
     assert result.returncode == 2 and "unknown scenario" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_timeline_shows_the_client_requests_and_the_upstream_requests_they_caused() -> None:
+    """``python -m tests.bench.timeline`` (the per-request diagnostic of a cold resolve): the
+    direct run's requests from nginx's log, then each request channelgate answered and each
+    upstream request it made, on one clock."""
+    require_tool("nginx")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    result = subprocess.run([sys.executable, "-m", "tests.bench.timeline", "--projects", "2"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=110, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    direct, _, through = result.stdout.partition("--- through channelgate")
+    assert "GET /simple/bench-r01/" in direct and "bench_r01-1.0-py3-none-any.whl.metadata" in direct
+    client = [line for line in through.splitlines() if "  client  " in line]
+    upstream = [line for line in through.splitlines() if "  upstream  " in line]
+    assert any("GET bench-r00/ 200 cache=miss" in line for line in client), through
+    assert any("bench-r01/bench_r01-1.0-py3-none-any.whl.metadata 200" in line for line in client), through
+    assert any("GET simple/bench-r01/ 200" in line for line in upstream), through
