@@ -38,7 +38,7 @@ from .logs import mask
 from .memo import Memo
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import REQUEST, Metrics, RequestFacts
-from .blob_response import BlobRedirect, BlobStreamResponse
+from .blob_response import BlobRedirect, BlobStreamResponse, InlineBlobResponse
 from .responses import SentFileResponse, http_status, keep_private
 from .settings import Settings, load_settings
 from . import self_reference
@@ -331,7 +331,7 @@ class Gateway:
         response = await services.ecosystems[route.ecosystem].serve(request, ctx)
         if not shared:
             keep_private(response)
-        if isinstance(response, (SentFileResponse, BlobStreamResponse, BlobRedirect)) and response.hosted:
+        if isinstance(response, (SentFileResponse, BlobStreamResponse, BlobRedirect, InlineBlobResponse)) and response.hosted:
             services.metrics.cache_result("artifact", "hosted")
         elif request.method == "GET" and self.answers.keep(key, stamp, response, facts):
             self._ticket(request, ctx, key, stamp[0], private)

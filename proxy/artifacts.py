@@ -55,6 +55,7 @@ class ArtifactSpec:
     filename: str
     content_type: str = "application/octet-stream"
     size: int | None = None  # what the index declares, for a HEAD on a file not stored yet
+    inline: bool = False  # a small document (PEP 658 metadata): answered from memory once stored
 
     @property
     def hashed(self) -> bool:
@@ -167,7 +168,8 @@ class Artifacts:
         return await self._tee(request, fetch)
 
     async def _response(self, request: web.BaseRequest, spec: ArtifactSpec, sha256: str) -> web.StreamResponse | None:
-        return await blob_response(request, self.store, "cache", sha256, spec.content_type, hosted=False)
+        return await blob_response(request, self.store, "cache", sha256, spec.content_type, hosted=False,
+                                   inline=spec.inline)
 
     def _start(self, spec: ArtifactSpec) -> Download:
         """A new download of ``spec`` (single flight: callers looked for one in progress)."""

@@ -8,6 +8,10 @@ whatever the Store backend (DESIGN "Scale-out on existing engines"; issue 13).
   authorised already (app.py's Gateway decides before any handler runs), so an
   unauthorised client never sees a URL. HEAD is answered here (a URL presigned for GET
   does not sign a HEAD);
+- a small local file the caller marks ``inline`` (a PEP 658 metadata file, a few KiB): read at
+  once and answered from memory, with the streamed form's headers below. aiohttp's
+  FileResponse opens and stats on a thread and closes on another: two trips to the
+  executor per answer, and a cold resolve asks for one metadata file per project (issue 15);
 - otherwise: streamed from the Store (``stat`` then ``stream``: S3 GetObject with
   ``Range``), never blocking the loop and with no local copy first. HTTP semantics match
   aiohttp's FileResponse: ``Accept-Ranges``, one byte range -> 206 (RFC 9110 §14.2), an
@@ -18,6 +22,8 @@ whatever the Store backend (DESIGN "Scale-out on existing engines"; issue 13).
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -29,6 +35,7 @@ from .store.protocols import Store
 log = logging.getLogger(__name__)
 
 IMMUTABLE = "public, max-age=31536000, immutable"
+INLINE_MAX = 64 * 1024  # bytes of an ``inline`` blob read on the loop (like a ref or a small index read)
 
 
 class BlobStreamResponse(web.StreamResponse):
@@ -75,6 +82,12 @@ class BlobStreamResponse(web.StreamResponse):
         return writer
 
 
+class InlineBlobResponse(web.Response):
+    """A small blob answered from memory (``blob_response(..., inline=True)``)."""
+
+    hosted = False
+
+
 class BlobRedirect(web.Response):
     """A 307 to a presigned URL of the blob (``storage.s3.redirect``)."""
 
@@ -82,8 +95,9 @@ class BlobRedirect(web.Response):
 
 
 async def blob_response(request: web.BaseRequest, store: Store, area: Area, sha256: str, content_type: str,
-                        *, hosted: bool) -> web.StreamResponse | None:
-    """The response serving a published blob, or None when it is not published."""
+                        *, hosted: bool, inline: bool = False) -> web.StreamResponse | None:
+    """The response serving a published blob, or None when it is not published. ``inline``:
+    a local copy of at most INLINE_MAX bytes is answered from memory."""
     path = store.local(area, sha256)
     size: int | None = None
     if path is None:
@@ -98,9 +112,24 @@ async def blob_response(request: web.BaseRequest, store: Store, area: Area, sha2
             redirect.hosted = hosted
             return redirect
     if path is not None:
+        data = _read_small(path) if inline else None
+        if data is not None:
+            return _ranged(request, store, area, sha256, len(data), content_type, hosted=hosted, data=data)
         return file_response(path, content_type, immutable=not hosted)
     assert size is not None
-    return await _stream(request, store, area, sha256, size, content_type, hosted=hosted)
+    return _ranged(request, store, area, sha256, size, content_type, hosted=hosted)
+
+
+def _read_small(path: Path) -> bytes | None:
+    """The whole file when it holds at most INLINE_MAX bytes; None otherwise (or when it is
+    gone: FileResponse then answers as it always does)."""
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > INLINE_MAX:
+                return None
+            return fh.read(INLINE_MAX + 1)
+    except FileNotFoundError:
+        return None
 
 
 def _span(request: web.BaseRequest, etag: str, size: int) -> tuple[int, int] | None:
@@ -123,8 +152,10 @@ def _span(request: web.BaseRequest, etag: str, size: int) -> tuple[int, int] | N
     return start, stop
 
 
-async def _stream(request: web.BaseRequest, store: Store, area: Area, sha256: str, size: int,
-                  content_type: str, *, hosted: bool) -> web.StreamResponse:
+def _ranged(request: web.BaseRequest, store: Store, area: Area, sha256: str, size: int,
+            content_type: str, *, hosted: bool, data: bytes | None = None) -> web.StreamResponse:
+    """The blob, or the one range asked, with its conditional answers: streamed from the Store,
+    or from ``data``, its bytes already read."""
     etag = f'"{sha256}"'
     headers = {"Content-Type": content_type, "ETag": etag, "Accept-Ranges": "bytes"}
     if not hosted:
@@ -138,8 +169,12 @@ async def _stream(request: web.BaseRequest, store: Store, area: Area, sha256: st
     if span is not None:
         headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
     start, stop = span if span is not None else (0, size)
-    resp = BlobStreamResponse(store, area, sha256, start, stop, status=206 if span is not None else 200,
-                              headers=headers)
+    status = 206 if span is not None else 200
+    resp: InlineBlobResponse | BlobStreamResponse
+    if data is not None:
+        resp = InlineBlobResponse(status=status, body=data[start:stop], headers=headers)
+    else:
+        resp = BlobStreamResponse(store, area, sha256, start, stop, status=status, headers=headers)
     resp.hosted = hosted
     return resp
 
@@ -160,4 +195,4 @@ def abort(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamRespo
     return resp
 
 
-__all__ = ["BlobRedirect", "BlobStreamResponse", "abort", "blob_response", "read_blob"]
+__all__ = ["BlobRedirect", "BlobStreamResponse", "InlineBlobResponse", "abort", "blob_response", "read_blob"]

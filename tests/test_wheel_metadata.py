@@ -5,11 +5,13 @@ wheel."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import zipfile
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from fixtures.wheels import make_wheel, write_simple_index
 from harness import Policy, client_env, http, run, venv_bin
@@ -115,3 +117,30 @@ def test_metadata_in_the_tail_is_one_range_request_and_elsewhere_two(tmp_path: P
     assert status == 200 and body == _metadata_of(reordered)
     assert len(_range_gets(upstream, reordered)) == 2, _range_gets(upstream, reordered)
     assert _whole_wheel_gets(upstream) == []
+
+
+@pytest.mark.parametrize("pep658", [True, False], ids=["upstream-metadata-file", "read-from-the-wheel"])
+def test_a_metadata_file_is_answered_from_memory_with_its_sha256_as_etag(
+    tmp_path: Path, upstream_factory, channelgate_factory, pep658: bool  # type: ignore[no-untyped-def]
+) -> None:
+    """A PEP 658 file is a few KiB: served from memory (no FileResponse, whose open, stat and
+    close each take a trip to a thread), with the store's ETag (the sha256, the same on every
+    replica), byte ranges and conditional requests as for any stored blob."""
+    wheel = make_wheel(tmp_path / "d", "app", "1.0", requires_dist=["dep>=1"])
+    write_simple_index(tmp_path / "root", [wheel], fmt="html", metadata_files=pep658)
+    upstream = upstream_factory(tmp_path / "root")
+    upstream.overrides[f"/files/{wheel.name}"] = lambda request: web.FileResponse(tmp_path / "root" / "files" / wheel.name)
+    policy = Policy({"upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+                     "channels": {"mirror": {"public": True, "upstreams": ["pypi"]}}})
+    server = channelgate_factory(tmp_path / "cg", policy)
+    url = f"{server.url}/mirror/simple/app/{wheel.name}.metadata"
+    for _ in range(2):  # cold (just stored), then warm
+        status, headers, body = http("GET", url)
+        assert status == 200 and body == _metadata_of(wheel)
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        assert headers["ETag"] == etag and headers["Accept-Ranges"] == "bytes"
+        assert headers["Content-Type"].startswith("text/plain")
+    status, headers, part = http("GET", url, headers={"Range": "bytes=0-9"})
+    assert status == 206 and part == body[:10] and headers["Content-Range"] == f"bytes 0-9/{len(body)}"
+    status, _, _ = http("GET", url, headers={"If-None-Match": etag})
+    assert status == 304

@@ -97,6 +97,7 @@ def _metadata_spec(up: UpstreamSettings, entry: FileEntry) -> ArtifactSpec:
         filename=entry.filename + ".metadata",
         content_type="text/plain; charset=utf-8",
         size=None,
+        inline=True,
     )
 
 
@@ -303,12 +304,12 @@ class PyPI:
     ) -> web.StreamResponse:
         """METADATA read out of the wheel (wheel_metadata.py), cached by the wheel's hash,
         served as the PEP 658 file advertised for it (``data-core-metadata="true"``)."""
-        store = self.services.store
+        store, text = self.services.store, "text/plain; charset=utf-8"
         sha256 = await self._wheel_metadata_blob(ctx, up, entry, whole=True)
-        served = await blob_response(request, store, "cache", sha256, "text/plain; charset=utf-8", hosted=False)
+        served = await blob_response(request, store, "cache", sha256, text, hosted=False, inline=True)
         if served is None:  # removed from the cache meanwhile: read again
             sha256 = await self._wheel_metadata_blob(ctx, up, entry, whole=True, stored=False)
-            served = await blob_response(request, store, "cache", sha256, "text/plain; charset=utf-8", hosted=False)
+            served = await blob_response(request, store, "cache", sha256, text, hosted=False, inline=True)
         if served is None:
             raise NotFound(f"{filename} is not stored")
         return served
