@@ -30,9 +30,6 @@ class SingleFlight(Generic[K, V]):
             task.add_done_callback(functools.partial(self._done, key))
         return task
 
-    def running(self, key: K) -> bool:
-        return key in self._tasks
-
     async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
         return await asyncio.shield(self.start(key, factory))
 

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import queue
 import re
 import time
 from collections import OrderedDict, deque
@@ -36,7 +35,6 @@ from ...cache import Doc
 from ...context import Services
 from ...errors import InvalidInput, NotFound, NotReady, UpstreamError
 from ...memo import Memo, SingleFlight
-from ...merge import MergeRule
 from ...metrics import provisional
 from ...responses import etag_for
 from ...settings import ChannelPolicy, UpstreamSettings
@@ -45,11 +43,9 @@ from ...store.catalog import Upload
 from .cep16 import SHARD_INDEX_FILENAME, ShardSet, parse_shard_index
 from .assemble import SharedBuilds, assemble, local_record, normalize, share_key
 from .channeldata import render_channeldata
-from .merge_plan import local_section
-from .parse import SectionDone, parse_repodata_file
-from .sections import EXTENSIONS, CondaRecord, Encoding, Repodata, Section
+from .parse import parse_repodata_file
+from .sections import CondaRecord, Encoding, Repodata
 from .shard_upstreams import fetch_shards, repodata_from_shards
-from .write_ahead import Message, write_ahead
 from .subdir_index import (
     FILE_NAMES,
     SLOW_KINDS,
@@ -98,9 +94,6 @@ class CondaIndexes:
         self.services = services
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conda-index")
         self.slow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conda-bz2")
-        # write_ahead.py: two builds at a time write alongside a parse (one per core; more only
-        # crowd the cores), the others when those are done (their sections wait in their queues)
-        self.ahead_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conda-ahead")
         self._parsed: Memo[str, Repodata] = Memo(4)  # by upstream document digest
         self._bad: dict[str, float] = {}
         self._slots: OrderedDict[tuple[str, str, str], _Slot] = OrderedDict()
@@ -108,7 +101,6 @@ class CondaIndexes:
         self._upstream_channeldata: Memo[str, dict[str, Any]] = Memo(16)
         self._known_shards: Memo[str, Doc] = Memo(KNOWN_SHARDS)
         self._flight: SingleFlight[Hashable, Any] = SingleFlight()
-        self._listeners: dict[str, list[SectionDone]] = {}  # by document digest: builds writing ahead
         self._shared = SharedBuilds()  # built indexes by the content of their inputs, across channels
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -121,7 +113,6 @@ class CondaIndexes:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.slow_executor.shutdown(wait=False, cancel_futures=True)
-        self.ahead_executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def tmp_dir(self) -> Path:
@@ -188,29 +179,18 @@ class CondaIndexes:
                 else:
                     limit = self.services.settings.limits.index_unpacked_bytes
                     parsed = await self._run(
-                        lambda: parse_repodata_file(Path(doc.body_path), encoding, self.tmp_dir, limit=limit,
-                                                    on_section=self._tell_listeners(doc.digest)))
+                        lambda: parse_repodata_file(Path(doc.body_path), encoding, self.tmp_dir, limit=limit))
             except (InvalidInput, OSError) as exc:
                 log.warning("upstream document %s is not valid repodata: %s", doc.digest[:12], exc)
                 now = time.monotonic()
                 self._bad = {d: t for d, t in self._bad.items() if now - t < BAD_DOCUMENT_RETRY}
                 self._bad[doc.digest] = now
                 return None
-            finally:
-                self._listeners.pop(doc.digest, None)
             log.info("parsed upstream repodata %s: %d records in %.2f s", doc.digest[:12], len(parsed),
                      time.monotonic() - start)
             return self._parsed.put(doc.digest, parsed)
 
         return await self._flight.run(("parse", doc.digest), work)  # type: ignore[no-any-return]
-
-    def _tell_listeners(self, digest: str) -> SectionDone:
-        """What the parse of ``digest`` tells each build writing ahead (write_ahead.py) as a
-        section ends: every build waiting on this parse, whoever started it."""
-        def tell(ext: str, section: Section, names: list[str]) -> None:
-            for listener in list(self._listeners.get(digest, ())):
-                listener(ext, section, names)
-        return tell
 
     async def _parse_shards(self, up: UpstreamSettings, doc: Doc) -> Repodata:
         limit = self.services.settings.limits.index_unpacked_bytes  # shards and their index, in all
@@ -307,60 +287,22 @@ class CondaIndexes:
                      docs: list[tuple[UpstreamSettings, Doc, DocForm]]) -> SubdirIndex:
         """Parse, merge and compress a new index (``SharedBuilds``: once for every channel
         whose inputs are the same)."""
-        box: queue.Queue[Message] | None = None
-        ahead: asyncio.Future[Path | None] | None = None
-        if self._may_write_ahead(docs):
-            box = queue.Queue()
-            local = {ext: local_section([local_record(u) for u in uploads], ext)[0] for ext in EXTENSIONS}
-            blocked = MergeRule(frozenset(key.names), frozenset(key.allow)).blocked
-            ahead = asyncio.get_running_loop().run_in_executor(
-                self.ahead_executor, write_ahead, box, local, frozenset(blocked), subdir, self.tmp_dir)
-        try:
-            ups: list[UpstreamSubdir] = []
-            for up, doc, encoding in docs:
-                if box is not None:
-                    queued = box
-                    self._listeners.setdefault(doc.digest, []).append(
-                        lambda ext, sec, names: queued.put(("section", ext, sec, names)))
-                repodata = await self._parse(up, doc, encoding)
-                if repodata is not None:
-                    ups.append(UpstreamSubdir(up, doc.url, doc.digest, repodata))
-            if docs and not ups and not uploads:
-                raise UpstreamError("an upstream served invalid repodata")
-            start = time.monotonic()
-            index: SubdirIndex = await self._run(lambda: assemble(
-                key, subdir, uploads, ups, tmp_dir=self.tmp_dir, executor=self.executor, slow_executor=self.slow_executor))
-            zst = index.workdir / "repodata.json.zst"
-            written = None
-            if box is not None and ahead is not None:
-                box.put(("plan", index.plan))
-                try:
-                    written = await asyncio.shield(ahead)
-                except Exception as exc:  # noqa: BLE001 - the usual write below stands in
-                    log.warning("writing the %s index ahead failed: %s", subdir, exc)
-            if written is not None:
-                written.replace(zst)
-            else:
-                await self._run(index.plan.write, None, zst, self.tmp_dir)
-        finally:
-            if box is not None and ahead is not None:
-                box.put(("abort",))  # a writer still waiting gives up
-                ahead.add_done_callback(_drop_unused)
+        ups: list[UpstreamSubdir] = []
+        for up, doc, encoding in docs:
+            repodata = await self._parse(up, doc, encoding)
+            if repodata is not None:
+                ups.append(UpstreamSubdir(up, doc.url, doc.digest, repodata))
+        if docs and not ups and not uploads:
+            raise UpstreamError("an upstream served invalid repodata")
+        start = time.monotonic()
+        index: SubdirIndex = await self._run(lambda: assemble(
+            key, subdir, uploads, ups, tmp_dir=self.tmp_dir, executor=self.executor, slow_executor=self.slow_executor))
+        zst = index.workdir / "repodata.json.zst"
+        await self._run(index.plan.write, None, zst, self.tmp_dir)
         index.adopt("zstd", zst)
         self.services.metrics.index_built("conda")
-        log.info("built %s index of %d records in %.2f s%s", subdir, len(index), time.monotonic() - start,
-                 " (packages written while parsing)" if written is not None else "")
+        log.info("built %s index of %d records in %.2f s", subdir, len(index), time.monotonic() - start)
         return index
-
-    def _may_write_ahead(self, docs: list[tuple[UpstreamSettings, Doc, DocForm]]) -> bool:
-        """write_ahead.py: one upstream document without a filter, not parsed yet (every build
-        waiting on its parse writes ahead: five channels with uploads of their own, asked at
-        once, compress their packages sections alongside the parse of packages.conda)."""
-        if len(docs) != 1:
-            return False
-        up, doc, encoding = docs[0]
-        return (encoding != "shards" and up.filter is None and self._parsed.get(doc.digest) is None
-                and doc.digest not in self._bad)
 
     @staticmethod
     async def _prepare(index: SubdirIndex, kind: FileKind) -> None:
@@ -487,10 +429,3 @@ class CondaIndexes:
         })
         return self._channeldata.put(key, (body, etag_for(body)))
 
-
-def _drop_unused(ahead: "asyncio.Future[Path | None]") -> None:
-    """A file written ahead for a build that went on without it (failed, cancelled)."""
-    if not ahead.cancelled() and ahead.exception() is None:
-        path = ahead.result()
-        if path is not None:
-            path.unlink(missing_ok=True)

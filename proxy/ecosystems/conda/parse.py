@@ -24,7 +24,7 @@ import json
 import operator
 import re
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import msgspec
 import orjson
@@ -41,7 +41,6 @@ from .sections import (
     Data,
     Encoding,
     Repodata,
-    Section,
     SectionBuilder,
     SectionFiles,
     dump_record,
@@ -198,10 +197,8 @@ class _Buffer:
 
 
 class _Parser:
-    def __init__(self, buffer: _Buffer, outputs: dict[str, BinaryIO],
-                 section_end: Callable[["_Parser", str], None] | None = None) -> None:
+    def __init__(self, buffer: _Buffer, outputs: dict[str, BinaryIO]) -> None:
         self.src = buffer
-        self.section_end = section_end
         self.builders = {ext: SectionBuilder(ext, outputs[ext]) for ext in EXTENSIONS}
         self.name_ids: dict[str, int] = {}
         self.info: dict[str, Any] = {}
@@ -220,8 +217,6 @@ class _Parser:
                 if key in SECTION_OF:
                     src.expect(b"{")
                     self._section()
-                    if self.section_end is not None:
-                        self.section_end(self, SECTION_OF[key])
                 else:
                     value = src.value()
                     if key == "info" and isinstance(value, dict):
@@ -391,9 +386,8 @@ class _Parser:
         return Repodata(self.info, self.removed, self.version, list(self.name_ids), sections)
 
 
-def _parse(stream: BinaryIO, outputs: dict[str, BinaryIO], limit: int,
-           section_end: Callable[[_Parser, str], None] | None = None) -> _Parser:
-    parser = _Parser(_Buffer(stream, limit), outputs, section_end)
+def _parse(stream: BinaryIO, outputs: dict[str, BinaryIO], limit: int) -> _Parser:
+    parser = _Parser(_Buffer(stream, limit), outputs)
     try:
         parser.parse()
     except (ValueError, IndexError, msgspec.DecodeError) as exc:
@@ -423,31 +417,14 @@ def open_body(path: Path, encoding: Encoding) -> BinaryIO:
     return open(path, "rb")  # noqa: SIM115
 
 
-SectionDone = Callable[[str, Section, list[str]], None]
-"""Told (on the parsing thread) of a section as soon as it ends: its extension, the section
-and the name table so far; the parse goes on (index.py writes the merged ``packages`` while
-``packages.conda`` is parsed). The section is final when the returned ``Repodata`` holds
-this very object (a later section may add entries of its extension)."""
-
-
-def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit: int = MAX_DECOMPRESSED,
-                        on_section: SectionDone | None = None) -> Repodata:
+def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit: int = MAX_DECOMPRESSED) -> Repodata:
     """Parse a stored ``repodata.json[.zst|.bz2]`` streaming: peak memory is a few windows
     plus the arrays; the sections are written to files in ``workdir`` (removed when the
     returned ``Repodata`` is garbage-collected)."""
     with SectionFiles(workdir) as files:
-        early: dict[str, Data] = {}
-
-        def section_end(parser: _Parser, ext: str) -> None:
-            if on_section is None or ext in early:  # a section seen twice: told once
-                return
-            files.outputs[ext].flush()
-            early[ext] = Data(path=files.paths[ext])
-            on_section(ext, parser.builders[ext].finish_early(early[ext]), list(parser.name_ids))
-
         with open_body(path, encoding) as body:
             try:
-                parser = _parse(body, files.outputs, limit, section_end)
+                parser = _parse(body, files.outputs, limit)
             except zstandard.ZstdError as exc:
                 raise BadRequest(f"repodata.json.zst is not valid zstd ({exc})") from None
             except (OSError, EOFError) as exc:
@@ -455,4 +432,4 @@ def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit:
         files.close()
         # an upstream that is not sorted stays as it came (``perm``): sorting it on disk
         # would cost a copy of every byte before the first merge; merges copy its runs
-        return parser.result(files.data(early))
+        return parser.result(files.data())

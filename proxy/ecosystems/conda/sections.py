@@ -297,15 +297,11 @@ class SectionBuilder:
         self.nids = array("I")
         self.keys: list[bytes] = []  # kept for sorting when the upstream was not sorted
         self.sorted = True
-        self.early: Section | None = None  # handed out at the end of its section (``finish_early``)
 
     def add_block(self, pieces: list[Any], lengths: list[int], keys: list[bytes], nids: list[int]) -> None:
         """Append entries (``pieces``: their bytes, written in order) with their lengths."""
         if not keys:
             return
-        if self.early is not None:  # more entries after all: the early section stays as it was
-            self.early = None
-            self.offsets, self.klens, self.nids = array("Q", self.offsets), array("I", self.klens), array("I", self.nids)
         if self.keys and not keys[0] > self.keys[-1]:
             self.sorted = False
         if self.sorted and not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):
@@ -320,15 +316,7 @@ class SectionBuilder:
         self.nids.extend(nids)
         self.keys.extend(keys)
 
-    def finish_early(self, data: Data) -> Section:
-        """The section as it stands (its entries may still grow: a later ``packages.conda``
-        may list ``.tar.bz2`` files); ``finish`` returns this very object when nothing came."""
-        self.early = self._finish(data)
-        return self.early
-
     def finish(self, data: Data) -> Section:
-        if self.early is not None:
-            return self.early
         section = self._finish(data)
         self.keys = []
         return section
@@ -419,10 +407,8 @@ class SectionFiles:
         for out in self.outputs.values():
             out.close()
 
-    def data(self, opened: dict[str, Data] | None = None) -> dict[str, Data]:
-        """Readers of every section file (``opened``: those that have one already)."""
-        opened = opened or {}
-        return {ext: opened.get(ext) or Data(path=path) for ext, path in self.paths.items()}
+    def data(self) -> dict[str, Data]:
+        return {ext: Data(path=path) for ext, path in self.paths.items()}
 
     def sort(self, sections: dict[str, Section]) -> None:
         """Sections whose entries did not arrive sorted, sorted once on disk (so merges copy
