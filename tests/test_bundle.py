@@ -519,3 +519,20 @@ def test_an_import_through_one_replica_is_known_to_another_sharing_the_store(
     third = cli_here(capsys, "import", "--config", config_b, str(host_a["bundle"]))
     assert third.returncode == 0 and "nothing changed" in third.stdout, third.stdout
     assert bucket() == before
+
+
+def test_the_ledger_finds_a_name_recorded_twice_across_its_write_batches(tmp_path: Path) -> None:
+    """Import's ledger writes members in batches: a name repeated far apart in a bundle is
+    still found, and named (the import refuses the bundle)."""
+    from proxy.airgap.manifest import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    try:
+        names = [f"cache/origin/{n:064x}" for n in range(Ledger.BATCH + 3)]
+        assert all(ledger.add(name, "0" * 64, 1) for name in names)
+        assert ledger.add(names[-1], "0" * 64, 1) is False  # within the unwritten batch
+        assert ledger.add(names[0], "1" * 64, 2) is True  # buffered: found when written
+        assert ledger.flush() is False and ledger.duplicate() == names[0]
+        assert ledger.get(names[0]) == ("0" * 64, 1, None, 0)
+    finally:
+        ledger.close()

@@ -3,10 +3,11 @@
 1. Stream the tar once (ustar.py): every member is checked against bundle.py's list of names
    (no other path, no link, no device can come out of a bundle), hashed while it is copied
    to a staging directory in the store's ``tmp/`` (a member already stored is hashed, not
-   copied). Two worker threads hash and copy members side by side (hashlib and file I/O
-   release the GIL), a few members in flight at most; each staged file's writeback starts
-   as soon as it is written. What was read goes into an on-disk ledger (manifest.py), not
-   a dict: memory stays flat however many members.
+   copied). Two worker threads hash and copy large members side by side (hashlib and file
+   I/O release the GIL), a few in flight at most, and a large staged file's writeback starts
+   as soon as it is written (staging.py); small members are staged on the reading thread,
+   where a thread hop would cost more than the member. What was read goes into an on-disk
+   ledger (manifest.py), not a dict: memory stays flat however many members.
 2. Verify: the manifest (last member, read as a stream) lists exactly the members read, with
    their sizes and sha256s; content-addressed members are the hash their name says; catalog
    rows are well-formed and name files the store will hold; package settings are
@@ -25,6 +26,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +34,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from ..settings import Settings
 from ..store.protocols import Store
@@ -47,6 +49,7 @@ from .staging import Staged, stage, sync_filesystem
 MAX_SMALL = 256 << 20  # catalog rows and package settings are read into memory: bounded
 WORKERS = 2
 IN_FLIGHT = 4  # members being hashed at once (each holds one CHUNK buffer)
+INLINE = 256 << 10  # members smaller than this are staged on the reading thread
 _UPLOAD_FIELDS: dict[str, type | tuple[type, ...]] = {"channel": str, "ecosystem": str, "path": str, "name": str, "version": str, "filename": str,
                   "sha256": str, "md5": str, "size": int, "labels": list, "meta": dict, "uploader": str,
                   "uploaded_at": (int, float)}
@@ -117,17 +120,21 @@ def _read(store: Store, bundle: Path, staging: Path, ledger: Ledger, stream: Tex
                 if manifest is not None:
                     raise BundleError("the manifest is not the last member")
                 target = _target(store, staging, name, progress.items)
-                job = pool.submit(stage, fd, data, length, target)
                 if name == MANIFEST:
                     manifest = target
-                pending.append((name, job))
+                if length < INLINE:  # a thread hop costs more than staging a small member
+                    _record(ledger, name, _staged(name, functools.partial(stage, fd, data, length, target)))
+                else:
+                    pending.append((name, pool.submit(stage, fd, data, length, target)))
                 progress.items += 1
                 while len(pending) > (0 if name == MANIFEST else IN_FLIGHT):
-                    _record(ledger, *pending.popleft())
+                    _record_next(ledger, pending)
                 offset = data + length + ustar.padding(length)
                 progress.advance(offset - progress.done)
             while pending:
-                _record(ledger, *pending.popleft())
+                _record_next(ledger, pending)
+            if not ledger.flush():
+                raise BundleError(f"the bundle holds {ledger.duplicate()!r} twice")
     finally:
         os.close(fd)
     if manifest is None:
@@ -157,18 +164,26 @@ def _local(store: Store, name: str) -> Path | None:
     return store.local("uploads" if area == "uploads" else "cache", sha256)
 
 
-def _record(ledger: Ledger, name: str, job: Future[Staged]) -> None:
+def _staged(name: str, result: Callable[[], Staged]) -> Staged:
     try:
-        staged = job.result()
+        return result()
     except OSError as exc:
         raise BundleError(f"cannot stage {name}: {exc.strerror}") from None
+
+
+def _record_next(ledger: Ledger, pending: deque[tuple[str, Future[Staged]]]) -> None:
+    name, job = pending.popleft()
+    _record(ledger, name, _staged(name, job.result))
+
+
+def _record(ledger: Ledger, name: str, staged: Staged) -> None:
     if name == MANIFEST:
         return
     named = CONTENT_ADDRESSED.match(name)
     if named is not None and named.group(1) != staged.sha256:
         raise BundleError(f"{name} does not hold the content its name says")
     if not ledger.add(name, staged.sha256, staged.size, str(staged.path) if staged.path else None):
-        raise BundleError(f"the bundle holds {name!r} twice")
+        raise BundleError(f"the bundle holds {ledger.duplicate() or name!r} twice")
 
 
 def _verify(ledger: Ledger, manifest: Path) -> Header:

@@ -2,9 +2,14 @@
 a staging file, in a worker thread (os.preadv, hashlib and os.write release the GIL, so two
 members proceed side by side), and flush the staged files once.
 
-Each staged file's writeback starts when it is written (posix_fadvise DONTNEED starts it
-without waiting, and drops the pages once clean), so the one flush at the end waits for
-little, and a large import does not fill the page cache with data nothing reads again.
+The writeback of a large staged file (EARLY_WRITEBACK and up) starts as soon as it is
+written: sync_file_range(2) with SYNC_FILE_RANGE_WRITE queues it without waiting, so the
+disk writes it while later members are hashed, and the one flush at the end (syncfs) waits
+for little. Small files are left to that flush: starting writeback costs a few hundred
+microseconds per call, more than a 16 KiB file's share of one batched flush (measured:
+4,000 files of 16 KiB, 0.8 s with one flush, 1.0-1.3 s started one by one). Not
+posix_fadvise(DONTNEED), which did the same but also drained every CPU's page lists and
+dropped the pages on each call: it made staging up to 1.7x slower.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20
+EARLY_WRITEBACK = 1 << 20  # staged files this large start their writeback at once
+_WRITE = 2  # SYNC_FILE_RANGE_WRITE (linux/fs.h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +50,24 @@ def stage(fd: int, offset: int, length: int, target: Path | None) -> Staged:
                 while written < n:
                     written += os.write(out, chunk[written:])
             done += n
-        if out is not None and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(out, 0, 0, os.POSIX_FADV_DONTNEED)  # start writeback now
+        if out is not None and done >= EARLY_WRITEBACK:
+            _start_writeback(out)
     finally:
         if out is not None:
             os.close(out)
     return Staged(sha.hexdigest(), done, target)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # the C library already loaded: a lookup, no load
+
+
+def _start_writeback(fd: int) -> None:
+    """Queue the writeback of a whole file without waiting (Linux; elsewhere the final
+    flush does it all). Durability comes from that flush, never from this."""
+    libc = _libc()
+    if hasattr(libc, "sync_file_range"):
+        libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), _WRITE)
 
 
 def sync_filesystem(directory: Path) -> None:
@@ -57,7 +76,7 @@ def sync_filesystem(directory: Path) -> None:
     more in fsyncs than in copying. Elsewhere than Linux, sync(2)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc()
         if not hasattr(libc, "syncfs") or libc.syncfs(fd) != 0:
             os.sync()
     finally:

