@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Hashable
 
 from aiohttp import hdrs, web
@@ -81,6 +81,18 @@ class Ticket:
     view: str  # the catalog view served: the channel, or its public view
     public: bool  # a public channel: whether it has private packages decides the view
     private: bool  # ... and whether it had any when this was decided
+    _facts: dict[str, RequestFacts] = field(default_factory=dict, compare=False)
+
+    def facts(self, cache: str) -> RequestFacts:
+        """The access line's facts of a replay whose answer had this cache result (made once)."""
+        facts = self._facts.get(cache)
+        if facts is None:
+            principal = self.grant.principal
+            facts = self._facts[cache] = RequestFacts(
+                ecosystem=self.ecosystem, channel=self.channel, cache=cache,
+                user=principal.user if principal is not None else "-",
+                token=principal.token_name if principal is not None else "-")
+        return facts
 
 
 TicketKey = tuple[str, "str | None", "str | None", "str | None"]  # path, Authorization, X-Auth, Accept

@@ -228,13 +228,12 @@ class Gateway:
         self._routes: Memo[str, routing.Route] = Memo(4096)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        # aiohttp serves each request in its own task: the facts are this request's alone
-        facts = RequestFacts()
-        REQUEST.set(facts)
         if request.method == "GET":
-            replayed = self._replay(request, facts)
+            replayed = self._replay(request)
             if replayed is not None:
                 return replayed
+        # aiohttp serves each request in its own task: the facts are this request's alone
+        REQUEST.set(RequestFacts())
         try:
             return await self.dispatch(request)
         except ChannelgateError as exc:
@@ -247,9 +246,10 @@ class Gateway:
             log.exception("unhandled error on %s %s", request.method, mask(request.path))
             return error_response(ChannelgateError())
 
-    def _replay(self, request: web.BaseRequest, facts: RequestFacts) -> web.Response | None:
+    def _replay(self, request: web.BaseRequest) -> web.Response | None:
         """A repeated GET with a ticket (answers.py): its kept answer, if the grant still holds
-        and nothing the answer was built from changed; else None (the whole way: dispatch)."""
+        and nothing the answer was built from changed; else None (the whole way: dispatch).
+        Its access line's facts are the ticket's, made once (nothing writes to them later)."""
         headers = request.headers
         ticket = self.tickets.get((request.path, headers.get(hdrs.AUTHORIZATION), headers.get(X_AUTH),
                                    headers.get(hdrs.ACCEPT)))
@@ -263,10 +263,9 @@ class Gateway:
         ready = self.answers.lookup(ticket.key, (grant.settings, catalog.generation(ticket.view, ticket.ecosystem)))
         if ready is None:
             return None
-        facts.ecosystem, facts.channel = ticket.ecosystem, ticket.channel
-        if grant.principal is not None:
-            facts.user, facts.token = grant.principal.user, grant.principal.token_name
-        services.metrics.replayed("index", ready.cache, facts)  # (after facts.ecosystem: counted by it)
+        facts = ticket.facts(ready.cache)
+        REQUEST.set(facts)
+        services.metrics.replayed("index", facts)
         return ready.response(request)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -324,7 +323,8 @@ class Gateway:
         private = ctx.channel.public and services.catalog.packages.has_private(route.channel)
         ready = self.answers.lookup(key, stamp)
         if ready is not None:
-            services.metrics.replayed("index", ready.cache, facts)
+            facts.cache = ready.cache
+            services.metrics.replayed("index", facts)
             if request.method == "GET":
                 self._ticket(request, ctx, key, stamp[0], private)
             return ready.response(request)

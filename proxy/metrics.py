@@ -162,12 +162,12 @@ class Metrics:
         if facts is not None:
             facts.saw(kind, result)
 
-    def replayed(self, kind: CacheKind, result: str, facts: RequestFacts) -> None:
-        """A kept answer replayed (answers.py); its first request's cache result, counted again."""
+    def replayed(self, kind: CacheKind, facts: RequestFacts) -> None:
+        """A kept answer replayed (answers.py); its first request's cache result (``facts.cache``)
+        counted again."""
         self._count(self.replays, (facts.ecosystem,))
-        if result != "-":
-            self._count(self.cache, (kind, result))
-            facts.cache = result
+        if facts.cache != "-":
+            self._count(self.cache, (kind, facts.cache))
 
     def upstream_request(self, upstream: str, status: int | str, seconds: float) -> None:
         self._child(self.upstream_requests, upstream, status).inc()
