@@ -123,8 +123,15 @@ class Upstream:
         with urllib.request.urlopen(f"{self.url}/_bench/report", timeout=30) as resp:
             return dict(json.loads(resp.read()))
 
-    def gets(self, path: str) -> int:
-        return sum(1 for method, p in self.report()["calls"] if method == "GET" and p == path)
+    def gets(self, path: str) -> tuple[int, int]:
+        """(whole-file GETs, ranged GETs) of ``path``: a ranged GET is a read of a few bytes
+        (e.g. a wheel's METADATA read ahead when its page was rendered), not a download."""
+        return whole_and_ranged(self.report(), path)
+
+
+def whole_and_ranged(report: dict[str, Any], path: str) -> tuple[int, int]:
+    calls = [rng for method, p, rng in report["calls"] if method == "GET" and p == path]
+    return sum(1 for rng in calls if rng is None), sum(1 for rng in calls if rng is not None)
 
 
 def start_upstream(stack: contextlib.ExitStack, root: Path, log: Path, *, throttle: dict[str, float] | None = None,

@@ -24,7 +24,7 @@ from .common import (
 )
 from .data import Artifact, big_artifact
 from .load import BenchError, client_session, download, fetch_ok, parallel_curl
-from .procs import Upstream, proc_status, start_nginx, start_upstream
+from .procs import Upstream, proc_status, start_nginx, start_upstream, whole_and_ranged
 from .report import Row
 
 ARTIFACT_FIGURES = {
@@ -34,7 +34,7 @@ ARTIFACT_FIGURES = {
                          "MiB/s"),
 }
 COLD_FIGURES = {
-    "gets": Figure("cold.upstream_gets", "cold artifact, 64 concurrent clients: upstream GETs", "count", "== 1",
+    "gets": Figure("cold.upstream_gets", "cold artifact, 64 concurrent clients: whole-file upstream GETs", "count", "== 1",
                    lambda ours, peer, ratio: ours == 1),
     "bodies": Figure("cold.correct_bodies", "cold artifact, 64 concurrent clients: correct bodies", "clients",
                      "all clients", lambda ours, peer, ratio: peer is not None and ours == peer),
@@ -121,7 +121,7 @@ async def cold_single_flight(bench: Bench) -> list[Row]:
         start = time.monotonic()
         results = await asyncio.gather(*(download(session, url) for _ in range(s.cold_clients)))
     report = up.report()
-    gets = sum(1 for method, path in report["calls"] if method == "GET" and path == art.url_path)
+    gets, ranged = whole_and_ranged(report, art.url_path)
     finished = report["finished"].get(art.url_path) or []
     if not finished:
         raise BenchError("the upstream never finished sending the artifact")
@@ -139,7 +139,8 @@ async def cold_single_flight(bench: Bench) -> list[Row]:
                  f"last client done at {last_done:.2f} s")
     ttfb_max = max(firsts) if len(firsts) == s.cold_clients else float("inf")
     return [
-        COLD_FIGURES["gets"].row(gets, note=f"GETs of {art.url_path} seen by the upstream"),
+        COLD_FIGURES["gets"].row(gets, note=f"GETs of {art.url_path} seen by the upstream; besides, {ranged} ranged "
+                                            "GET(s) of its METADATA, read ahead when the page was rendered"),
         COLD_FIGURES["bodies"].row(correct, s.cold_clients, peer_name="clients",
                                    note="; ".join(errors) if errors else "status 200, size and sha256 checked per client"),
         COLD_FIGURES["ttfb"].row(ttfb_max, upstream_done, peer_name="upstream done", note=ttfb_note),

@@ -24,7 +24,7 @@ from .procs import Unavailable, start_upstream
 from .report import Row
 
 FIGURES = {
-    "gets": Figure("replicas.cold_upstream_gets", "cold artifact, clients split over 2 replicas: upstream GETs",
+    "gets": Figure("replicas.cold_upstream_gets", "cold artifact, clients split over 2 replicas: whole-file upstream GETs",
                    "count", "== 1", lambda ours, peer, ratio: ours == 1),
     "bodies": Figure("replicas.cold_correct_bodies", "cold artifact over 2 replicas: correct bodies", "clients",
                      "all clients", lambda ours, peer, ratio: peer is not None and ours == peer),
@@ -88,7 +88,7 @@ async def replicas(bench: Bench) -> list[Row]:
             raise BenchError(f"project page: HTTP {status}")
     async with client_session(s.cold_clients) as session:
         results = await asyncio.gather(*(download(session, urls[i % 2]) for i in range(s.cold_clients)))
-    gets = up.gets(art.url_path)
+    gets, ranged = up.gets(art.url_path)
     correct = sum(1 for r in results if r.status == 200 and r.size == art.size and r.sha256 == art.sha256)
     errors = sorted({f"{r.status} {r.error}".strip() for r in results if r.status != 200 or r.error})
 
@@ -107,7 +107,8 @@ async def replicas(bench: Bench) -> list[Row]:
     ms_other, ms_same = median(other) * 1000, median(same) * 1000
     return [
         FIGURES["gets"].row(gets, note=f"GETs of {art.url_path} seen by the upstream ({art.size / MiB:.0f} MiB, "
-                                       f"{s.cold_clients} clients, half on each replica)"),
+                                       f"{s.cold_clients} clients, half on each replica); besides, {ranged} "
+                                       "ranged GET(s) of its METADATA, read ahead when the page was rendered"),
         FIGURES["bodies"].row(correct, s.cold_clients, peer_name="clients",
                               note="; ".join(errors) if errors else "status 200, size and sha256 checked per client"),
         FIGURES["visible"].row(ms_other, ms_same, peer_name="same replica",

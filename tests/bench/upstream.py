@@ -9,7 +9,8 @@ additions for large files:
   real, finite upstream;
 - ``--delay SECONDS`` holds every answer that long before it starts, a round trip as a
   remote registry has (the cold-resolve rows' ``*_rtt`` figures: 20 ms);
-- ``GET /_bench/report`` answers ``{"calls": [[method, path], ...], "finished": {path: [t, ...]}}``
+- ``GET /_bench/report`` answers ``{"calls": [[method, path, range], ...], "finished": {path: [t, ...]}}``
+  (``range``: the request's Range header, or null for a whole-file request)
   where ``t`` is ``time.monotonic()`` (system-wide CLOCK_MONOTONIC on Linux, comparable with
   the benchmark's clock) when a large file's last byte was handed to the kernel.
 
@@ -51,7 +52,7 @@ class BenchUpstream(UpstreamServer):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/_bench/report":
             return web.json_response(
-                {"calls": [[c.method, c.path] for c in self.calls], "finished": self.finished}
+                {"calls": [[c.method, c.path, c.headers.get("Range")] for c in self.calls], "finished": self.finished}
             )
         if self.delay:
             await asyncio.sleep(self.delay)  # the round trip of a remote registry
