@@ -181,7 +181,7 @@ def _reference(local: list[CondaRecord], upstreams: list[list[CondaRecord]], loc
 def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
     """Sorted-section merging (galloping, exclusions) renders exactly what the shared merge
     rule and the in-memory renderer produce, through every writer."""
-    from proxy.ecosystems.conda.merge_plan import build_plan, local_section, positions_of
+    from proxy.ecosystems.conda.merge_plan import build_plan, merge_sources, positions_of
     from proxy.ecosystems.conda.sections import EXTENSIONS
 
     first = _doc_records(400, seed=1, names=30)
@@ -194,16 +194,8 @@ def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
              ("zz-1-0.tar.bz2", "zz", b'{"name":"zz"}')]
     local_names, allow = frozenset({"p999", "p3", "zz", "p7"}), frozenset({"p7"})
     blocked = set(local_names - allow)
-    sources: dict[str, list[Any]] = {}
-    tables: dict[str, list[list[str]]] = {}
-    excluded: dict[str, list[list[int]]] = {}
-    for ext in EXTENSIONS:
-        section, table = local_section(local, ext)
-        sources[ext], tables[ext], excluded[ext] = [section], [table], [[]]
-        for up in ups:
-            sources[ext].append(up.sections[ext])
-            tables[ext].append(up.name_table)
-            excluded[ext].append(positions_of(up.sections[ext], up.name_ids(blocked)))
+    sources, tables, excluded = merge_sources(
+        local, [(up, {ext: positions_of(up.sections[ext], up.name_ids(blocked)) for ext in EXTENSIONS}) for up in ups])
     plan = build_plan(sources, tables, excluded, info={"subdir": "linux-64"}, removed=[])
     expected = _reference(local, [list(up.iter_records()) for up in ups], local_names, allow)
     assert plan.render() == expected
@@ -226,16 +218,15 @@ def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
 
 def test_plan_shards_incremental_equals_full(tmp_path: Path) -> None:
     from proxy.ecosystems.conda.cep16 import ShardPack, build_plan_shards
-    from proxy.ecosystems.conda.merge_plan import build_plan, local_section, positions_of
+    from proxy.ecosystems.conda.merge_plan import build_plan, merge_sources, positions_of
     from proxy.ecosystems.conda.sections import EXTENSIONS
 
     up = parse_repodata(orjson.dumps({"packages.conda": {f: r for f, r in _doc_records(300, seed=5).items()}}))
 
     def plan_for(local: list[CondaRecord]) -> Any:
         blocked = up.name_ids({r[1] for r in local})
-        sources = {ext: [local_section(local, ext)[0], up.sections[ext]] for ext in EXTENSIONS}
-        tables = {ext: [local_section(local, ext)[1], up.name_table] for ext in EXTENSIONS}
-        excluded = {ext: [[], positions_of(up.sections[ext], blocked)] for ext in EXTENSIONS}
+        sources, tables, excluded = merge_sources(
+            local, [(up, {ext: positions_of(up.sections[ext], blocked) for ext in EXTENSIONS})])
         return build_plan(sources, tables, excluded, info={"subdir": "noarch"}, removed=[])
 
     before = build_plan_shards(plan_for([]), subdir="noarch", pack=ShardPack(tmp_path), basis=None)

@@ -23,8 +23,8 @@ from ...memo import SingleFlight
 from ...merge import MergeRule
 from ...store.catalog import Upload
 from .filtered import filtered_positions
-from .merge_plan import build_plan, local_section, positions_of
-from .sections import EXTENSIONS, CondaRecord, Section
+from .merge_plan import build_plan, merge_sources, positions_of
+from .sections import EXTENSIONS, CondaRecord, Repodata
 from .subdir_index import IndexKey, ShardBasis, SubdirIndex, UpstreamSubdir, new_workdir
 
 
@@ -79,21 +79,13 @@ def assemble(key: IndexKey, subdir: str, uploads: list[Upload], ups: list[Upstre
     """Plan the merge (in the executor): a few binary searches per upload."""
     local = [local_record(u) for u in uploads]
     blocked = MergeRule(frozenset(key.names), frozenset(key.allow)).blocked
-    sources: dict[str, list[Section]] = {}
-    tables: dict[str, list[list[str]]] = {}
-    excluded: dict[str, list[list[int]]] = {}
-    for ext in EXTENSIONS:
-        section, table = local_section(local, ext)
-        sources[ext], tables[ext], excluded[ext] = [section], [table], [[]]
+    cuts: list[tuple[Repodata, dict[str, list[int]]]] = []
     for up in ups:
         ids = up.repodata.name_ids(blocked)
         filtered = filtered_positions(up.upstream, up.repodata)
-        for ext in EXTENSIONS:
-            section = up.repodata.sections[ext]
-            sources[ext].append(section)
-            tables[ext].append(up.repodata.name_table)
-            cut = positions_of(section, ids)
-            excluded[ext].append(sorted(set(cut) | filtered[ext]) if filtered[ext] else cut)
+        cut = {ext: positions_of(up.repodata.sections[ext], ids) for ext in EXTENSIONS}
+        cuts.append((up.repodata, {ext: sorted(set(c) | filtered[ext]) if filtered[ext] else c for ext, c in cut.items()}))
+    sources, tables, excluded = merge_sources(local, cuts)
     skip = {ext: [set(e) for e in excluded[ext]] for ext in EXTENSIONS}
     removed = _removed(ups, {u.filename for u in uploads}, skip)
     plan = build_plan(sources, tables, excluded, info={"subdir": subdir}, removed=removed)

@@ -36,6 +36,7 @@ from .sections import (
     REPODATA_VERSION,
     CondaRecord,
     Data,
+    Repodata,
     Section,
     copy_range,
     is_package_filename,
@@ -72,6 +73,24 @@ def local_section(records: Iterable[CondaRecord], ext: str) -> tuple[Section, li
         klens.append(len(key))
         nids.append(names.setdefault(name, len(names)))
     return Section(ext, Data(blob=b"".join(pieces)), offsets, klens, nids, None), list(names)
+
+
+def merge_sources(local: list[CondaRecord], upstreams: Sequence[tuple[Repodata, Mapping[str, list[int]]]]) -> tuple[
+        dict[str, list[Section]], dict[str, list[list[str]]], dict[str, list[list[int]]]]:
+    """``build_plan``'s inputs per extension, the uploads first: each source's section, its
+    name table and the positions left out of it (``upstreams``: each parsed document with its
+    positions left out, per extension; nothing of the uploads is)."""
+    sources: dict[str, list[Section]] = {}
+    tables: dict[str, list[list[str]]] = {}
+    excluded: dict[str, list[list[int]]] = {}
+    for ext in EXTENSIONS:
+        section, table = local_section(local, ext)
+        sources[ext], tables[ext], excluded[ext] = [section], [table], [[]]
+        for repodata, cut in upstreams:
+            sources[ext].append(repodata.sections[ext])
+            tables[ext].append(repodata.name_table)
+            excluded[ext].append(cut[ext])
+    return sources, tables, excluded
 
 
 def positions_of(section: Section, blocked: set[int]) -> list[int]:
