@@ -127,6 +127,17 @@ def post(url: str, path: Path, token: str, fields: dict[str, str] | None = None)
                              headers={"Authorization": f"token {token}"}, timeout=60)
 
 
+def upload_wheel_until_b_lists_it(cg: Cluster, events: Any, wheel: Path, project: str) -> None:
+    """Upload ``wheel`` through replica A (twine's form), see the change published, then wait
+    until B's page for ``project`` lists it: B applies the change when its own feed delivers it
+    (PostgreSQL NOTIFY or the Redis message), which may come after the message seen here."""
+    resp = post(f"{cg.a.url}/api/repo/internal", wheel, cg.token, twine_fields(wheel))
+    assert resp.status_code == 200, resp.text
+    await_change(events, "internal", "pypi")
+    wait_until(lambda: wheel.name.encode() in http("GET", cg.url(cg.b, f"/simple/{project}/"))[2],
+               "replica B lists the upload")
+
+
 async def test_an_upload_through_one_replica_is_in_the_others_indexes_and_installs_from_it(
     tmp_path: Path, upstream_factory, redis_server: RedisServer, events: Any, pg_url: str, s3_settings: Any  # type: ignore[no-untyped-def]  # noqa: F811
 ) -> None:
@@ -136,13 +147,7 @@ async def test_an_upload_through_one_replica_is_in_the_others_indexes_and_instal
         # B has built its merged indexes before the upload: they must not be served again
         assert b"fresh-pkg" not in http("GET", cg.url(cg.b, "/simple/"))[2]
         assert b"fresh-pkg" not in http("GET", cg.url(cg.b, "/noarch/repodata.json"))[2]
-        wheel = make_wheel(tmp_path / "d", "fresh-pkg", "1.0")
-        resp = post(f"{cg.a.url}/api/repo/internal", wheel, cg.token, twine_fields(wheel))
-        assert resp.status_code == 200, resp.text
-        await_change(events, "internal", "pypi")
-        # (B applies it when its own feed delivers it: the message above may come first)
-        wait_until(lambda: wheel.name.encode() in http("GET", cg.url(cg.b, "/simple/fresh-pkg/"))[2],
-                   "replica B lists the upload")
+        upload_wheel_until_b_lists_it(cg, events, make_wheel(tmp_path / "d", "fresh-pkg", "1.0"), "fresh-pkg")
         target = tmp_path / "pip-target"
         done = run([sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir", "--index-url",
                     cg.url(cg.b, "/simple/"), "--target", str(target), "fresh-pkg"], env=client_env(tmp_path / "h"))
@@ -184,13 +189,8 @@ def test_a_ready_answer_on_the_redis_backend_is_replayed_until_an_upload_through
         assert metric(cg.b, replays) - before >= 4  # (the first one may still be the one kept)
 
         new = make_wheel(tmp_path / "d", "kept-pkg", "2.0")
-        resp = post(f"{cg.a.url}/api/repo/internal", new, cg.token, twine_fields(new))
-        assert resp.status_code == 200, resp.text
-        await_change(events, "internal", "pypi")
-        # B applies the change when its own feed delivers it (PostgreSQL NOTIFY or the Redis
-        # message): the kept answer (fresh for 600 s) must give way to one listing the upload
-        wait_until(lambda: new.name.encode() in http("GET", cg.url(cg.b, "/simple/kept-pkg/"))[2],
-                   "replica B lists the upload")
+        # the kept answer (fresh for 600 s) must give way to one listing the upload
+        upload_wheel_until_b_lists_it(cg, events, new, "kept-pkg")
         before = metric(cg.b, replays)
         body = http("GET", cg.url(cg.b, "/simple/kept-pkg/"))[2]
         assert new.name.encode() in body and old.name.encode() not in body  # the merge rule: uploads win
