@@ -103,6 +103,14 @@ class UpstreamError(ChannelgateError):
     default_message = "upstream error"
 
 
+class UpstreamIsSelf(UpstreamError):
+    """A URL whose host resolves, at connect time, to this server's own listener
+    (``self_reference.OwnAddressResolver``): never fetched, the server would ask itself. The
+    upstream is not down (it is not backed off): the name it (or its index) gave is wrong."""
+
+    default_message = "the upstream URL resolves to this server itself: refused"
+
+
 class UpstreamTimeout(ChannelgateError):
     default_message = "upstream timed out"
 

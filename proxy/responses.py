@@ -24,6 +24,7 @@ from .errors import (
     Unauthorized,
     Unavailable,
     UpstreamError,
+    UpstreamIsSelf,
     UpstreamTimeout,
 )
 
@@ -45,6 +46,7 @@ HTTP_STATUS: dict[type[ChannelgateError], int] = {
     Locked: 423,
     TooManyRequests: 429,
     UpstreamError: 502,
+    UpstreamIsSelf: 502,  # a bad gateway: the name leads back here (the body says so)
     NotReady: 503,
     Unavailable: 503,
     UpstreamTimeout: 504,

@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from .settings import Settings, parse_listen
-from .upstream import OwnOrigins, origin_of
+from .upstream import OwnOrigins, ResolvesToSelf, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class OwnAddressResolver(AbstractResolver):
         for result in results:
             if any(listener.reached_by(result["host"], result["port"] or port) for listener in mine):
                 log.warning("refused to connect to %s: it resolves to %s, this server itself", host, result["host"])
-                raise OSError(errno.ECONNREFUSED, f"{host} resolves to this server itself: refused")
+                raise ResolvesToSelf(host, result["host"])
         return results
 
     async def close(self) -> None:

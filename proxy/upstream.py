@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from yarl import URL
 
-from .errors import NotFound, UpstreamError, UpstreamTimeout
+from .errors import NotFound, UpstreamError, UpstreamIsSelf, UpstreamTimeout
 from .metrics import Metrics
 from .settings import UpstreamSettings
 
@@ -116,6 +116,17 @@ def ack_at_once(resp: aiohttp.ClientResponse) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
     except OSError:  # not a TCP socket after all, or already closed: nothing to hurry
         pass
+
+
+class ResolvesToSelf(ConnectionRefusedError):
+    """Raised by the upstream client's resolver (self_reference.OwnAddressResolver) for a
+    host that resolves to this server's own listener; ``Upstream`` turns it into
+    UpstreamIsSelf, which names the problem to the client."""
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(f"{host} resolves to {address}, this server itself: refused")
+        self.host = host
+        self.address = address
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +387,13 @@ class Upstream:
             self._mark(up, False)
             log.warning("upstream %s missed its deadline on %s", up.name, redact_url(url))
             raise UpstreamTimeout(f"upstream {up.name} timed out") from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ResolvesToSelf):  # not the upstream's failure: no back-off
+                raise UpstreamIsSelf(f"upstream {up.name}: {exc.os_error.host} resolves to this server itself; "
+                                     "refused to fetch from itself") from None
+            self._mark(up, False)
+            log.warning("upstream %s failed on %s: %s", up.name, redact_url(url), type(exc).__name__)
+            raise UpstreamError(f"upstream {up.name} is unreachable") from None
         except aiohttp.ClientError as exc:
             self._mark(up, False)
             log.warning("upstream %s failed on %s: %s", up.name, redact_url(url), type(exc).__name__)

@@ -230,11 +230,20 @@ def test_an_index_entry_naming_an_alias_of_this_server_is_never_fetched(world: W
     url = f"http://{alias}:{world.server.port}/api/health"
     world.home.overrides["/pypi/simple/self-alias/"] = json_response({"meta": {"api-version": "1.1"}, "name": "self-alias", "files": [
         {"filename": "self_alias-1.0.tar.gz", "url": url, "hashes": {"sha256": "0" * 64}}]})
+    world.home.overrides["/pypi/simple/after-alias/"] = json_response({"meta": {"api-version": "1.1"}, "name": "after-alias",
+                                                                       "files": [{"filename": "after_alias-1.0.tar.gz",
+                                                                                  "url": f"{world.home.url}/pypi/files/a.tar.gz",
+                                                                                  "hashes": {"sha256": "0" * 64}}]})
     before = flushed(world, "alias-before").count('"GET /api/health"')
     status, _, body = world.get("/mirror/simple/self-alias/self_alias-1.0.tar.gz", token=False)
     assert status == 502 and b'"status"' not in body, body
+    # the client is told why, not just "unreachable"
+    assert json.loads(body) == {"error": f"upstream pypi: {alias} resolves to this server itself; refused to fetch from itself"}
     assert flushed(world, "alias-after").count('"GET /api/health"') == before  # never asked itself
     assert f"refused to connect to {alias}: it resolves to 127." in world.server.wait_log(f"refused to connect to {alias}")
+    # a wrong name in an index is not the upstream failing: it is not backed off
+    status, _, body = world.get("/mirror/simple/after-alias/", token=False)
+    assert status == 200 and world.home.calls_to("/pypi/simple/after-alias/") == 1, body
 
 
 # --------------------------------------------------------------------------- observation 4
