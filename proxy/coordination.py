@@ -389,7 +389,13 @@ class Resilient:
         await self.local.set(key, value, ttl=ttl)
 
     async def close(self) -> None:
-        await self.shared.close()
+        # aiocache 0.12's RedisCache.close() calls redis-py's deprecated Redis.close() (a
+        # DeprecationWarning since redis 5.0.1): close its client by aclose() ourselves
+        aclose = getattr(getattr(self.shared, "client", None), "aclose", None)
+        if callable(aclose):
+            await aclose()
+        else:
+            await self.shared.close()
         await self.local.close()
 
 

@@ -214,9 +214,11 @@ async def test_liveness_and_readiness_have_their_own_status(aiohttp_client, tmp_
     assert (await client.get("/api/health")).status == 200  # alive, just not ready
 
 
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # closing the Redis cache used redis-py's deprecated close()
 async def test_readiness_names_redis_down_as_degraded_not_unready(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Redis down is 200 "degraded" (health.py: all replicas share one Redis, and each still
-    serves with local coordination); a broken store or catalog is what makes a 503."""
+    serves with local coordination); a broken store or catalog is what makes a 503. The
+    app closes its Redis clients without a DeprecationWarning (coordination.Resilient.close)."""
     pytest.importorskip("redis")
     settings = parse_settings(
         f"storage: {{path: {tmp_path / 's'}}}\ncache: {{backend: redis, redis_url: 'redis://127.0.0.1:{free_port()}/0'}}\n"
