@@ -213,3 +213,44 @@ def test_verify_on_s3_hashes_the_buckets_objects_and_names_missing_ones(
            f"{hashlib.sha256(b'bit rot in the bucket').hexdigest()}" in out
     assert f"MISSING cache/sha256/{gone[:2]}/{gone}: an imported bundle needs it" in out
     assert f"MISSING uploads/sha256/{upload[:2]}/{upload}: catalog row internal/pypi/" in out
+
+
+def test_prune_keeps_what_imported_bundles_brought_in_flat_memory(tmp_path: Path) -> None:
+    """A site that imported large bundles: prune reads their manifests into an on-disk table
+    (cache_admin.PruneTable), not a set in memory, and still keeps every cached file any of
+    them lists, whatever else it removes. 61,000 listed files held as a set of their
+    sha256s cost 8.6 MiB of Python memory at peak; the table costs 0.2 MiB (batches of rows)."""
+    import asyncio
+    import hashlib
+    import tracemalloc
+
+    from proxy.airgap.cache_admin import prune
+    from proxy.airgap.manifest import ManifestWriter
+    from proxy.settings import parse_settings
+    from proxy.store.s3 import open_store
+
+    settings = parse_settings(f"storage: {{path: {tmp_path / 'store'}}}\n")
+    store = open_store(settings)
+    blobs = [asyncio.run(store.put_bytes("cache", f"cached file {i}\n".encode() * 100)).sha256 for i in range(6)]
+    brought = {blobs[0], blobs[2], blobs[5]}  # the others were fetched on this site: prunable
+    for n, (first, count) in enumerate(((0, 60_000), (60_000, 1_000))):  # two imported bundles
+        manifest = tmp_path / f"manifest-{n}.json"
+        writer = ManifestWriter(manifest, ["internal"], None)
+        for i in range(first, first + count):  # listed, but not cached on this site (any more)
+            fake = hashlib.sha256(str(i).encode()).hexdigest()
+            writer.member(f"cache/sha256/{fake[:2]}/{fake}", fake, 1)
+        for sha in sorted(brought)[n::2]:
+            writer.member(f"cache/sha256/{sha[:2]}/{sha}", sha, 1)
+        writer.known(iter([]))
+        writer.close()
+        assert asyncio.run(store.keep_imported(hashlib.sha256(manifest.read_bytes()).hexdigest(), manifest))
+    store.release()
+    tracemalloc.start()
+    try:
+        removed, _ = prune(settings, older_than_days=None, max_size=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    left = {p.name for p in (tmp_path / "store" / "cache" / "sha256").glob("*/*")}
+    assert left == brought and removed == 3
+    assert peak < 2 << 20, f"prune held {peak / (1 << 20):.1f} MiB"
