@@ -10,8 +10,9 @@ DESIGN, "Hostile input and faults":
 - Same-origin credentials: an upstream's Basic credentials go only to its own origin
   (scheme, host, port; RFC 6454). A URL an upstream index names on another origin is
   fetched anonymously, and only when the index declares its hash; a URL on this server's
-  own origin, or with a scheme other than http(s), is never fetched (``check_target``).
-  Index documents built from names must lie under the upstream's URL (``within``).
+  own origin, or with a scheme other than http(s), is never fetched (origins.py:
+  ``check_target``). Index documents built from names must lie under the upstream's URL
+  (``within``).
 - Deadlines: every upstream request has a total deadline: the response headers within the
   upstream's ``timeout``, the whole body within ``timeout + size / min_rate`` (``Deadline``),
   so a trickling upstream cannot hold a client; callers then serve a stale copy or a 504.
@@ -20,20 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import re
 import socket
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from yarl import URL
 
 from .errors import NotFound, UpstreamError, UpstreamIsSelf, UpstreamTimeout
 from .metrics import Metrics
+from .origins import Origin, OwnOrigins, ResolvesToSelf, Target, check_target, origin_of, redact_url, within
 from .settings import UpstreamSettings
 
 log = logging.getLogger(__name__)
@@ -42,59 +41,10 @@ BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
 USER_AGENT = "channelgate"
 CHUNK = 256 * 1024
-DEFAULT_PORTS = {"http": 80, "https": 443}
+NO_RANGES_FOR = 3600.0  # seconds an origin that answered a Range request with 200 is not asked for ranges
+MAX_NO_RANGES = 1024  # origins remembered so (index entries may name many: the memory is bounded)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)\Z")
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-
-Origin = tuple[str, str, int]  # (scheme, host, port), RFC 6454
-
-
-def redact_url(url: str) -> str:
-    """A URL fit for a log line: no userinfo, no query (credentials hide in both)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def origin_of(url: str) -> Origin | None:
-    """The RFC 6454 origin of an absolute http(s) URL (host lower-cased, IP literals in
-    canonical form, default port made explicit); None for anything else."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not parts.hostname:
-        return None
-    return scheme, _canonical_host(parts.hostname), port or DEFAULT_PORTS[scheme]
-
-
-def _canonical_host(host: str) -> str:
-    host = host.lower().rstrip(".")
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    try:  # the forms inet_aton accepts too: 2130706433, 0x7f.1, 127.1
-        return socket.inet_ntoa(socket.inet_aton(host))
-    except OSError:
-        return host
-
-
-def _is_local(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback or addr.is_unspecified
-
 
 def ack_at_once(resp: aiohttp.ClientResponse) -> None:
     """Acknowledge the rest of a response as it arrives, not after the delayed-ACK timer
@@ -116,91 +66,6 @@ def ack_at_once(resp: aiohttp.ClientResponse) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
     except OSError:  # not a TCP socket after all, or already closed: nothing to hurry
         pass
-
-
-class ResolvesToSelf(ConnectionRefusedError):
-    """Raised by the upstream client's resolver (self_reference.OwnAddressResolver) for a
-    host that resolves to this server's own listener; ``Upstream`` turns it into
-    UpstreamIsSelf, which names the problem to the client."""
-
-    def __init__(self, host: str, address: str) -> None:
-        super().__init__(f"{host} resolves to {address}, this server itself: refused")
-        self.host = host
-        self.address = address
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where one upstream request may go, and with which credentials."""
-
-    url: str
-    credentials: bool
-
-
-class OwnOrigins:
-    """The origins this server answers on (listen address, ``server.public_url``): index
-    entries may never make it fetch from itself."""
-
-    def __init__(self) -> None:
-        self._ports: set[int] = set()
-        self._hosts: set[str] = set()
-        self._origins: set[Origin] = set()
-        self.listens: list[tuple[str, int]] = []  # (host, port) as listened on: self_reference.py resolves them
-
-    def add_listen(self, host: str, port: int) -> None:
-        if (host, port) not in self.listens:
-            self.listens.append((host, port))
-        self._ports.add(port)
-        canonical = _canonical_host(host.strip("[]"))
-        self._hosts.add(canonical)
-        if _is_local(canonical):  # a wildcard or loopback listener: this machine's name reaches it
-            self._hosts.add(socket.gethostname().lower())
-
-    def add_url(self, url: str | None) -> None:
-        origin = origin_of(url) if url else None
-        if origin is not None:
-            self._origins.add(origin)
-
-    def __contains__(self, origin: Origin) -> bool:
-        _, host, port = origin
-        if origin in self._origins:
-            return True
-        return port in self._ports and (host in self._hosts or _is_local(host))
-
-
-def check_target(up: UpstreamSettings, url: str, *, hashed: bool, own: OwnOrigins, what: str) -> Target:
-    """Apply DESIGN's origin rule to one URL an upstream (or its index) names.
-
-    Same origin as ``up.url``: allowed, with the upstream's credentials. Another origin:
-    only when the index declares the content's hash, and anonymously. This server's own
-    origin, or a scheme other than http(s): never. Raises UpstreamError when refused.
-    """
-    home = origin_of(up.url)
-    target = origin_of(url)
-    if target is None:
-        raise UpstreamError(f"upstream {up.name} names {what} at a URL that is not http(s): refused")
-    if target == home:
-        return Target(url, credentials=True)
-    if target in own:
-        log.warning("upstream %s names %s on this server itself (%s): refused", up.name, what, redact_url(url))
-        raise UpstreamError(f"upstream {up.name} names {what} on this server itself: refused")
-    if not hashed:
-        log.warning("upstream %s names %s on another origin without a hash (%s): refused", up.name, what, redact_url(url))
-        raise UpstreamError(f"upstream {up.name} names {what} on another origin without a hash: refused")
-    return Target(url, credentials=False)
-
-
-def within(url: str, base: str) -> bool:
-    """True if ``url`` (as aiohttp will send it: dot segments resolved) lies under ``base``
-    and carries no query or fragment: what an index URL built from a name must satisfy."""
-    try:
-        target, root = URL(url), URL(base)
-    except ValueError:
-        return False
-    if target.origin() != root.origin() or target.raw_query_string or target.raw_fragment:
-        return False
-    prefix = root.raw_path.rstrip("/") + "/"
-    return target.raw_path == root.raw_path or target.raw_path.startswith(prefix)
 
 
 class Deadline:
@@ -266,6 +131,7 @@ class Upstream:
         self.own = own or OwnOrigins()
         self._down_until: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
+        self._no_ranges: dict[Origin | None, float] = {}  # origin -> until when it is not asked for ranges
 
     # ------------------------------------------------------------------ health of upstreams
     def check_up(self, up: UpstreamSettings) -> None:
@@ -441,14 +307,35 @@ class Upstream:
                 raise NotFound(f"{what} is not on the upstream")
             yield resp, deadline
 
+    def serves_ranges(self, url: str) -> bool:
+        """False for a while after ``url``'s origin answered a Range request with the whole
+        file (RFC 9110 §14.2 lets a server ignore Range): it is not asked again meanwhile."""
+        until = self._no_ranges.get(origin_of(url))
+        return until is None or time.monotonic() >= until
+
+    def _not_the_range(self, up: UpstreamSettings, url: str, resp: aiohttp.ClientResponse) -> None:
+        """A ranged GET answered otherwise than with the range asked: the connection is closed
+        at once, its body unread (a 200 is the whole file: never downloaded to find a few
+        bytes), and an origin that sent 200 is remembered (``serves_ranges``)."""
+        resp.close()
+        if resp.status == 200:
+            if len(self._no_ranges) >= MAX_NO_RANGES:
+                self._no_ranges.clear()
+            self._no_ranges[origin_of(url)] = time.monotonic() + NO_RANGES_FOR
+            log.info("upstream %s ignores Range (200 for %s): not asked for byte ranges for %ds",
+                     up.name, redact_url(url), NO_RANGES_FOR)
+
     async def fetch_range(
         self, up: UpstreamSettings, url: str, start: int, stop: int, *, what: str, hashed: bool
     ) -> bytes | None:
         """Bytes ``[start, stop)`` of a file by a Range request (RFC 9110 §14.2); None when
-        the upstream does not honour it (a 200, or a 206 for other bytes). At most about
-        ``stop - start`` bytes are read."""
+        the upstream does not honour it (a 200, or a 206 for other bytes), or is known not to
+        (then nothing is asked). At most about ``stop - start`` bytes are read."""
+        if not self.serves_ranges(url):
+            return None
         async with self._ranged(up, url, f"bytes={start}-{stop - 1}", what=what, hashed=hashed) as (resp, deadline):
             if resp.status != 206 or not resp.headers.get("Content-Range", "").startswith(f"bytes {start}-{stop - 1}/"):
+                self._not_the_range(up, url, resp)
                 return None
             body = bytearray()
             async for chunk in Body(resp, deadline):
@@ -480,13 +367,18 @@ class Upstream:
 
     async def fetch_tail(self, up: UpstreamSettings, url: str, size: int, *, what: str, hashed: bool) -> tuple[int, bytes] | None:
         """The last ``size`` bytes of a file (a suffix Range, RFC 9110 §14.1.2) and the
-        offset of their first byte; None when the upstream does not honour it."""
+        offset of their first byte; None when the upstream does not honour it, or is known
+        not to (then nothing is asked)."""
+        if not self.serves_ranges(url):
+            return None
         async with self._ranged(up, url, f"bytes=-{size}", what=what, hashed=hashed) as (resp, deadline):
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if resp.status != 206 or match is None:
+                self._not_the_range(up, url, resp)
                 return None
             first, last, total = (int(g) for g in match.groups())
             if last != total - 1 or not 0 < last - first + 1 <= size:
+                self._not_the_range(up, url, resp)
                 return None
             body = bytearray()
             async for chunk in Body(resp, deadline):
@@ -497,3 +389,7 @@ class Upstream:
                 raise UpstreamError(f"upstream {up.name} sent a short range of {what}")
             self._mark(up, True)
             return first, bytes(body)
+
+
+__all__ = ["Body", "Deadline", "IndexResponse", "Origin", "OwnOrigins", "ResolvesToSelf", "Target", "Upstream",
+           "check_target", "origin_of", "redact_url", "within"]

@@ -8,8 +8,10 @@ import base64
 import hashlib
 import json
 import os
+import queue
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -144,3 +146,65 @@ def test_a_metadata_file_is_answered_from_memory_with_its_sha256_as_etag(
     assert status == 206 and part == body[:10] and headers["Content-Range"] == f"bytes 0-9/{len(body)}"
     status, _, _ = http("GET", url, headers={"If-None-Match": etag})
     assert status == 304
+
+
+def test_an_upstream_that_ignores_range_is_never_downloaded_to_read_metadata_ahead(tmp_path: Path, upstream_factory, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
+    """An upstream that answers a Range request with 200 and the whole file (RFC 9110 §14.2
+    allows it): the fetch ahead's tail read is cut off at once (the upstream never gets to
+    send the 15 MB wheel), that origin is not asked for ranges again, and nothing is
+    downloaded ahead. A client that asks for an advertised ``.metadata`` gets it out of the
+    wheel downloaded once into the cache (what it would have downloaded itself without the
+    advertisement), with no Range request first."""
+    payload = base64.b64encode(os.urandom(14 << 20)).decode()  # incompressible: a 15 MB wheel
+    big = make_wheel(tmp_path / "d", "big", "1.0", requires_dist=["other"], module_body=f"DATA = '{payload}'\n")
+    other = make_wheel(tmp_path / "d", "other", "1.0")
+    write_simple_index(tmp_path / "root", [big, other], fmt="html", metadata_files=False)
+    upstream = upstream_factory(tmp_path / "root")
+    served: list[dict[str, Any]] = []  # one per request for a wheel: Range asked, bytes written, finished
+    ended: queue.Queue[dict[str, Any]] = queue.Queue()  # each, once its handler returns
+
+    async def whole_file(request: web.Request, path: Path) -> web.StreamResponse:  # ignores Range, streams
+        record: dict[str, Any] = {"range": request.headers.get("Range"), "written": 0, "finished": False}
+        served.append(record)
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                           "Content-Length": str(path.stat().st_size)})
+        try:
+            await resp.prepare(request)
+            with open(path, "rb") as fh:
+                while chunk := fh.read(64 * 1024):
+                    await resp.write(chunk)
+                    record["written"] += len(chunk)
+            await resp.write_eof()
+            record["finished"] = True
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            ended.put(record)
+        return resp
+
+    for wheel in (big, other):
+        upstream.overrides[f"/files/{wheel.name}"] = lambda request, w=wheel: whole_file(request, tmp_path / "root" / "files" / w.name)
+    policy = Policy({"upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple"}},
+                     "channels": {"mirror": {"public": True, "upstreams": ["pypi"]}}})
+    server = channelgate_factory(tmp_path / "cg", policy)
+    size = big.stat().st_size
+    assert size > 14 << 20
+
+    status, _, page = http("GET", f"{server.url}/mirror/simple/big/")
+    assert status == 200 and page.count(b'data-core-metadata="true"') == 1
+    first = ended.get(timeout=60)  # the fetch ahead's tail read, met by a 200
+    assert first["range"].startswith("bytes=-") and not first["finished"]
+    assert first["written"] < size // 2, first  # cut off: never the whole wheel
+    # the same origin is not asked for ranges again: another page's fetch ahead asks nothing,
+    # and the client's own .metadata request downloads the wheel once, with no Range first
+    status, _, _ = http("GET", f"{server.url}/mirror/simple/other/")
+    assert status == 200
+    status, _, body = http("GET", f"{server.url}/mirror/simple/other/{other.name}.metadata")
+    assert status == 200 and body == _metadata_of(other)
+    assert [c.headers.get("Range") for c in upstream.calls if c.path == f"/files/{other.name}"] == [None]
+    status, _, body = http("GET", f"{server.url}/mirror/simple/big/{big.name}.metadata")
+    assert status == 200 and body == _metadata_of(big)
+    big_calls = [c.headers.get("Range") for c in upstream.calls if c.path == f"/files/{big.name}"]
+    assert len(big_calls) == 2 and big_calls[1] is None, big_calls  # the cut-off tail read, then one download
+    assert served[-1]["finished"]
+    assert "Traceback" not in server.wait_log("upstream pypi ignores Range (200 for")
