@@ -252,6 +252,30 @@ def test_failed_authentication_is_braked_per_address_and_per_user(tmp_path: Path
     assert request_from(server, "127.0.0.5", page, {"X-Auth": good}) == 200
 
 
+def test_concurrent_wrong_passwords_cannot_outrun_the_brake(tmp_path: Path, channelgate_factory) -> None:  # type: ignore[no-untyped-def]
+    """Eight wrong passwords for one user sent at once (max_failures 3): a password is checked
+    in a thread (scrypt, ~0.1 s), and an attempt in flight counts against the limit until its
+    outcome is known (FailureLimiter.attempt), so at most three are checked at all and the
+    rest get 429 at once; before, all eight passed the check before the first had failed."""
+    from proxy.auth.accounts import hash_password
+
+    policy = Policy({"users": [{"name": "alice", "password": hash_password(PASSWORD)}],
+                     "accounts": {"max_failures": 3, "failure_window": 600},
+                     "channels": {"internal": {"read": ["user:alice"]}}})
+    server = channelgate_factory(tmp_path / "cg", policy)
+    conns = [httpclient.HTTPConnection("127.0.0.1", server.port, timeout=60, source_address=(f"127.0.1.{i + 1}", 0))
+             for i in range(8)]  # eight addresses: only the user's own count can brake them
+    try:
+        for i, conn in enumerate(conns):  # every request is sent before any answer is read
+            conn.request("POST", "/api/authentications", body=b"{}", headers=basic("alice", f"wrong-{i}"))
+        statuses = sorted(conn.getresponse().status for conn in conns)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert statuses == [401] * 3 + [429] * 5, statuses
+    assert request_from(server, "127.0.1.9", "/api/authentications", basic("alice", PASSWORD), "POST") == 429
+
+
 def test_revocation_reaches_every_worker(tmp_path: Path) -> None:
     """Two worker processes share the port; after ``token revoke`` no connection, whichever
     worker takes it, accepts the token (each had it verified and remembered before)."""

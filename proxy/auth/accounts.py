@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,12 +82,13 @@ class FailureLimiter:
         self._clock = clock
         self._shared = shared
         self._failures: dict[str, collections.deque[float]] = {}
+        self._pending: collections.Counter[str] = collections.Counter()  # attempts whose outcome is awaited
         self._last = -float("inf")  # the latest failure of any key
 
     def quiet(self, window: float) -> bool:
         """No key had a failure within ``window`` seconds here, nor is braked by another
         process: then ``check`` cannot refuse anyone."""
-        if self._failures and self._clock() - self._last < window:
+        if self._pending or (self._failures and self._clock() - self._last < window):
             return False
         return self._shared is None or not self._shared.braking()
 
@@ -106,11 +108,26 @@ class FailureLimiter:
         """Raise 429 when any key is over the limit (checked before any credential is)."""
         for key in keys:
             times = self._recent(key, policy.failure_window)
-            if times is not None and len(times) >= policy.max_failures:
-                _refuse(times[0] + policy.failure_window - self._clock())
+            if len(times or ()) + self._pending[key] >= policy.max_failures:
+                _refuse(times[0] + policy.failure_window - self._clock() if times else 0.0)
             until = self._shared.braked_until(key) if self._shared is not None else None
             if until is not None:
                 _refuse(until - time.time())
+
+    @contextlib.contextmanager
+    def attempt(self, keys: list[str], policy: AccountPolicy) -> Iterator[None]:
+        """``check``, for an attempt whose outcome comes later (a password, checked in a
+        thread): until it does, it counts against the limit, so concurrent attempts cannot
+        all pass the check before the first of them has failed."""
+        self.check(keys, policy)
+        self._pending.update(keys)
+        try:
+            yield
+        finally:
+            self._pending.subtract(keys)
+            for key in keys:
+                if self._pending[key] <= 0:
+                    del self._pending[key]
 
     def fail(self, keys: list[str], policy: AccountPolicy) -> None:
         for key in keys:

@@ -158,12 +158,12 @@ class Guard:
         wrong; an unknown user costs the same as a known one."""
         settings = self.live.settings
         keys = limiter_keys(remote, user)
-        self.limiter.check(keys, settings.accounts)
         stored = settings.passwords.get(user)
-        ok = await asyncio.to_thread(check_password, password, stored or _DUMMY_HASH)
-        if not ok or stored is None:
-            self.limiter.fail(keys, settings.accounts)
-            raise Unauthorized("wrong user name or password")
+        with self.limiter.attempt(keys, settings.accounts):  # counted while scrypt runs
+            ok = await asyncio.to_thread(check_password, password, stored or _DUMMY_HASH)
+            if not ok or stored is None:
+                self.limiter.fail(keys, settings.accounts)
+                raise Unauthorized("wrong user name or password")
         return _note(Principal(
             user=user, token_name="password", scopes=PASSWORD_SCOPES,
             groups=settings.memberships.get(user, frozenset()),
