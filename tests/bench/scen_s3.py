@@ -9,7 +9,9 @@ redirect row's clients follow channelgate's 307 to such a URL (``curl -L``).
 """
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from .common import Bench, Figure, MiB, bench_policy, channel_url, median, ratio_at_least
 from .data import big_artifact
@@ -29,7 +31,7 @@ BUCKET = "bench"
 MAX_SIZE = 64 * MiB  # moto keeps objects in memory
 
 
-def _emulator(bench: Bench) -> str:
+def _emulator(bench: Bench) -> tuple[str, int]:
     try:
         import botocore.session  # noqa: F401
         import moto.server  # noqa: F401
@@ -41,7 +43,7 @@ def _emulator(bench: Bench) -> str:
     endpoint = f"http://127.0.0.1:{port}"
     wait_http(endpoint + "/moto-api/", proc, bench.workdir / "moto.log")
     _client(endpoint).create_bucket(Bucket=BUCKET)
-    return endpoint
+    return endpoint, proc.pid
 
 
 def _client(endpoint: str):  # type: ignore[no-untyped-def]
@@ -53,23 +55,30 @@ def _client(endpoint: str):  # type: ignore[no-untyped-def]
         aws_secret_access_key="bench", config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
 
 
-def _server(bench: Bench, name: str, endpoint: str, upstream_url: str, *, redirect: bool) -> tuple[str, str]:
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server(bench: Bench, name: str, endpoint: str, upstream_url: str, *, redirect: bool) -> tuple[str, str, int]:
     policy, reader, _ = bench_policy({"pypi": {"type": "pypi", "url": f"{upstream_url}/simple"}})
     s3 = {"endpoint_url": endpoint, "bucket": BUCKET, "access_key_id": "bench", "secret_access_key": "bench"}
     if redirect:
         s3["redirect"] = True  # type: ignore[assignment]
     policy.data["storage"] = {"path": str(bench.dir(name) / "storage"), "backend": "s3", "s3": s3}
     server = bench.channelgate(name, policy)
-    return server.url, reader
+    assert server.proc is not None
+    return server.url, reader, server.proc.pid
 
 
 async def s3(bench: Bench) -> list[Row]:
     s = bench.sizes
-    endpoint = _emulator(bench)
+    endpoint, moto_pid = _emulator(bench)
     size = min(s.artifact, MAX_SIZE)
     art = big_artifact(bench.dir("upstream"), "bench-s3", size)
     up = start_upstream(bench.stack, bench.workdir / "upstream", bench.workdir / "upstream.log")
-    server_url, reader = _server(bench, "cg", endpoint, up.url, redirect=False)
+    server_url, reader, cg_pid = _server(bench, "cg", endpoint, up.url, redirect=False)
     page = f"{channel_url(server_url, reader)}/simple/bench-s3/"
     if art.filename not in fetch_ok(page, "channelgate project page").decode():
         raise BenchError("the project page does not list the artifact")
@@ -80,7 +89,7 @@ async def s3(bench: Bench) -> list[Row]:
     key = f"cache/sha256/{art.sha256[:2]}/{art.sha256}"
     direct = _client(endpoint).generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key},
                                                       ExpiresIn=3600)
-    redirect_url, redirect_reader = _server(bench, "cg-redirect", endpoint, up.url, redirect=True)
+    redirect_url, redirect_reader, _ = _server(bench, "cg-redirect", endpoint, up.url, redirect=True)
     redirect_page = f"{channel_url(redirect_url, redirect_reader)}/simple/bench-s3/"
     fetch_ok(redirect_page, "channelgate (redirect) project page")
     # one unmeasured download each: the S3 client is made on a server's first use
@@ -90,9 +99,11 @@ async def s3(bench: Bench) -> list[Row]:
     through: dict[str, list[float]] = {name: [] for name in urls}
     for _ in range(s.rounds):
         for name, target in urls.items():
+            cpu = _cpu(cg_pid), _cpu(moto_pid)
             wall = await parallel_curl(target, clients=s.parallel, size=size, follow=name == "redirect")
             through[name].append(s.parallel * size / wall / MiB)
-            bench.say(f"{name}: {s.parallel} x {size // MiB} MiB in {wall:.2f} s")
+            bench.say(f"{name}: {s.parallel} x {size // MiB} MiB in {wall:.2f} s (CPU s: channelgate "
+                      f"{_cpu(cg_pid) - cpu[0]:.2f}, emulator {_cpu(moto_pid) - cpu[1]:.2f})")
     got = {name: median(v) for name, v in through.items()}
     note = f"{s.parallel} curl processes x {size // MiB} MiB from moto's S3 server, median of {s.rounds} round(s)"
     return [
