@@ -146,3 +146,38 @@ def test_a_server_on_s3_keeps_uploads_in_the_bucket_and_serves_them_from_it(
     assert got.returncode == 0, got.stdout + got.stderr
     assert (target / "s3_lib" / "__init__.py").read_text() == "ORIGIN = 's3'\n"
     assert not local.exists()  # streamed from the bucket: no local copy first (test_s3_serving.py)
+
+
+async def test_a_stream_is_one_presigned_get_of_just_the_span_asked(tmp_path: Path, s3_settings: S3Settings) -> None:
+    """The serving path (``stream``) reads the object by one GET of a presigned URL (SigV4
+    query authentication: s3_get.py's own session, not botocore's GetObject), asking the
+    bucket for only the span wanted; an absent object is NotFound, a span past the end is empty."""
+    from dataclasses import replace
+
+    from s3_relay import S3Relay
+
+    from proxy.errors import NotFound
+
+    assert s3_settings.endpoint_url is not None
+    relay = S3Relay(s3_settings.endpoint_url).start()
+    store = S3Store(tmp_path / "a", replace(s3_settings, endpoint_url=relay.url))
+    store.open()
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        async with store.temp("cache") as tmp:
+            tmp.write(data)
+            await tmp.commit({"sha256": sha})
+        got = b"".join([c async for c in store.stream("cache", sha, 1000, 2_000_000)])
+        assert got == data[1000:2_000_000]
+        gets = relay.gets(sha)
+        assert len(gets) == 1 and gets[0].range == "bytes=1000-1999999"
+        assert "X-Amz-Signature=" in gets[0].query and "X-Amz-Expires=" in gets[0].query
+        assert b"".join([c async for c in store.stream("cache", sha)]) == data
+        assert relay.gets(sha)[-1].range is None  # the whole object: no Range at all
+        assert [c async for c in store.stream("cache", sha, len(data))] == []
+        with pytest.raises(NotFound):
+            [c async for c in store.stream("cache", "0" * 64)]
+    finally:
+        await store.close()
+        relay.stop()

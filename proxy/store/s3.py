@@ -15,8 +15,9 @@ multipart upload (CreateMultipartUpload, UploadPart..., CompleteMultipartUpload)
 CompleteMultipartUpload are atomic), so a crash mid-upload leaves nothing servable; a failed
 multipart upload is aborted. Reads stream with HTTP ranges (GetObject ``Range``).
 
-Reads on the request path never block the loop: ``stat``, ``stream`` (GetObject with
-``Range``), ``ref`` and ``presigned_url`` use aiobotocore's client; ``local`` answers only
+Reads on the request path never block the loop: ``stat``, ``ref`` and ``presigned_url`` use
+aiobotocore's client; ``stream`` reads a presigned GetObject URL (with ``Range``) with its
+own aiohttp session (s3_get.py: large reads, no botocore work per chunk); ``local`` answers only
 this replica's own copies (the blobs it wrote), served by sendfile; a replica that never
 saw a blob streams it straight from the bucket (blob_response.py) and keeps no copy.
 ``storage.s3.redirect`` answers downloads with a presigned GetObject URL instead.
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, NotFound, StorageError
 from ..storage_settings import S3Settings
+from .s3_get import URL_EXPIRES, ObjectReader
 from .blobs import CHUNK, IMPORTED, SECRET_NAME, Area, BlobStore, Listed, TempBlob, atomic_write
 
 if TYPE_CHECKING:
@@ -92,6 +94,7 @@ class S3Store(BlobStore):
         self._stack: contextlib.AsyncExitStack | None = None
         self._sync_client: Any = None
         self._client_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._reader = ObjectReader()  # GetObject on the serving path (``stream``)
 
     # -- clients
     def _client_args(self) -> dict[str, Any]:
@@ -115,6 +118,7 @@ class S3Store(BlobStore):
                 from aiobotocore.session import get_session
 
                 session = get_session()
+                self._reader.cafile = session.get_config_variable("ca_bundle")
                 await asyncio.to_thread(_load_models, session)  # ~0.5 s of JSON, not on the loop
                 self._stack = contextlib.AsyncExitStack()
                 # SigV4 everywhere, presigned URLs too (botocore presigns SigV2 for some regions otherwise)
@@ -136,6 +140,7 @@ class S3Store(BlobStore):
         return self._sync_client
 
     async def close(self) -> None:
+        await self._reader.close()
         if self._stack is not None:
             await self._stack.aclose()
         self._stack = self._client = self._client_loop = None
@@ -204,23 +209,14 @@ class S3Store(BlobStore):
             if await self.stat(area, sha256) is None:
                 raise NotFound(f"no blob {sha256} in {area}")
             return
-        args: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": self.key(area, sha256)}
-        if start or end is not None:  # RFC 9110 byte ranges: the last position is inclusive
-            args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        try:
-            response = await (await self._aio()).get_object(**args)
-        except Exception as exc:
-            if _missing(exc):
-                raise NotFound(f"no blob {sha256} in {area}") from exc
-            if "InvalidRange" in str(exc):  # start at or past the end: nothing to send
-                return
-            raise StorageError("the object store failed") from exc
-        body = response["Body"]
-        try:
-            while chunk := await body.read(chunk_size):
+        # a presigned URL read by our own aiohttp session (s3_get.py), not botocore's GetObject
+        client = await self._aio()
+        url: str = await client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.settings.bucket, "Key": self.key(area, sha256)},
+            ExpiresIn=URL_EXPIRES)
+        async with contextlib.aclosing(self._reader.stream(url, start, end, f"blob {sha256} in {area}")) as chunks:
+            async for chunk in chunks:
                 yield chunk
-        finally:
-            body.close()
 
     def find(self, area: Area, sha256: str) -> Path | None:
         """This replica's copy of a published blob, downloaded first if only the bucket has it."""
