@@ -285,3 +285,17 @@ def test_privacy_toggle_needs_the_admin_role_and_csrf(world: World) -> None:
                       timeout=30, allow_redirects=False)
     assert resp.status_code == 403 and "CSRF" in resp.text
     assert "mirror-secret" in get(None, world, "/ui/c/mirror?q=mirror-secret").text  # still public
+
+
+@pytest.mark.parametrize("next_page", ["/ui/\r\nSet-Cookie: planted=1", "/ui/\nX-Injected: 1", "/ui/c/\x00mirror",
+                                       "/ui/\u2028c", "//evil.example/ui/", "/ui/\\evil"])
+def test_the_sign_in_redirect_never_carries_a_header_break_or_leaves_the_ui(world: World, next_page: str) -> None:
+    """``next`` comes from the client: a control or non-ASCII character (a header break once
+    in Location) or another host sends the reader home, never a 500, never an extra header."""
+    session = requests.Session()
+    page = session.get(f"{world.url}/ui/login", params={"next": next_page}, timeout=30)
+    assert page.status_code == 200 and "planted" not in page.text and "Injected" not in page.text
+    resp = session.post(f"{world.url}/ui/login", timeout=30, allow_redirects=False,
+                        data={"csrf": csrf_of(page.text), "token": world.tokens["amy"], "next": next_page})
+    assert resp.status_code == 303 and resp.headers["Location"] == "/ui/", (resp.status_code, resp.headers)
+    assert "planted" not in resp.headers.get("Set-Cookie", "") and "X-Injected" not in resp.headers

@@ -115,7 +115,11 @@ def password_stamp(stored_hash: str) -> str:
 
 
 def _next_page(value: str) -> str:
-    """Only a local UI address (never an open redirect)."""
+    """Only a local UI address (never an open redirect), in printable ASCII: it becomes a
+    ``Location`` header, where a control character (CR, LF, NUL) would break the header
+    (RFC 9110 §5.5; aiohttp refuses to send it, which was a 500)."""
+    if not (value.isascii() and value.isprintable() and len(value) <= 2000):
+        return "/ui/"
     return value if value.startswith("/ui/") and "//" not in value and "\\" not in value else "/ui/"
 
 
