@@ -181,6 +181,31 @@ def test_the_loop_answers_others_while_a_blob_streams_from_a_slow_bucket(
         server.stop()
 
 
+def test_a_client_leaving_mid_stream_from_the_bucket_leaves_no_traceback(
+        tmp_path: Path, s3_settings: S3Settings, relay: S3Relay) -> None:
+    """A client that hangs up while its file streams from the bucket ends only its own
+    download: nothing logged as an error, and the next download of that file is whole."""
+    server, token, _ = hosted_world(tmp_path, s3_settings, relay)
+    try:
+        wheel = big_wheel(tmp_path / "d", "left-blob", 2_000_000)
+        sha = upload(server, token, wheel)
+        forget_local_copies(server)
+        url = f"{channel_url(server, 'leading', token)}/simple/left-blob/{wheel.name}"
+        relay.hold(sha)
+        with requests.get(url, stream=True, timeout=60) as resp:
+            assert resp.status_code == 200
+            assert relay.holding.wait(60), "the download never reached the bucket"
+            assert resp.raw.read(1000) == wheel.read_bytes()[:1000]
+        relay.release()  # the server now writes the rest to a closed connection
+        status, _, body = http("GET", url)
+        assert status == 200 and body == wheel.read_bytes()
+        assert len(relay.gets(sha)) == 2
+        assert "Traceback" not in server.log() and " ERROR " not in server.log()
+    finally:
+        relay.release()
+        server.stop()
+
+
 # --------------------------------------------------------------------------- storage.s3.redirect
 def test_redirect_sends_pip_to_the_bucket_and_never_an_unauthorised_caller(
         tmp_path: Path, s3_settings: S3Settings, relay: S3Relay) -> None:
