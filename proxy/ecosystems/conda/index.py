@@ -46,6 +46,7 @@ from .channeldata import render_channeldata
 from .parse import parse_repodata_file
 from .sections import CondaRecord, Encoding, Repodata
 from .shard_upstreams import fetch_shards, repodata_from_shards
+from .spliced import write_zst
 from .subdir_index import (
     FILE_NAMES,
     SLOW_KINDS,
@@ -298,10 +299,11 @@ class CondaIndexes:
         index: SubdirIndex = await self._run(lambda: assemble(
             key, subdir, uploads, ups, tmp_dir=self.tmp_dir, executor=self.executor, slow_executor=self.slow_executor))
         zst = index.workdir / "repodata.json.zst"
-        await self._run(index.plan.write, None, zst, self.tmp_dir)
+        spliced = await self._run(write_zst, index.plan, zst, self.tmp_dir)
         index.adopt("zstd", zst)
         self.services.metrics.index_built("conda")
-        log.info("built %s index of %d records in %.2f s", subdir, len(index), time.monotonic() - start)
+        log.info("built %s index of %d records in %.2f s%s", subdir, len(index), time.monotonic() - start,
+                 " (.zst spliced from shared chunks)" if spliced else "")
         return index
 
     @staticmethod

@@ -17,6 +17,7 @@ import itertools
 import json
 import operator
 import os
+import threading
 import uuid
 import weakref
 from array import array
@@ -99,6 +100,8 @@ class Section:
         self._spans: array[int] | None = None
         self._inverse: array[int] | None = None
         self._starts: array[int] | None = None
+        self.compressed: object | None = None  # spliced.py: the entries compressed once, shared by merges
+        self.shared_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.perm) if self.perm is not None else len(self.klens)
