@@ -181,3 +181,29 @@ async def test_a_stream_is_one_presigned_get_of_just_the_span_asked(tmp_path: Pa
     finally:
         await store.close()
         relay.stop()
+
+
+async def test_a_stream_goes_through_the_proxy_the_environment_names(
+        tmp_path: Path, s3_settings: S3Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HTTP_PROXY`` reaches the bucket's reads on the serving path as it reaches botocore's
+    requests (here the relay, a real HTTP server, plays the forward proxy)."""
+    from s3_relay import S3Relay
+
+    assert s3_settings.endpoint_url is not None
+    relay = S3Relay(s3_settings.endpoint_url).start()
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", relay.url)
+    store = S3Store(tmp_path / "a", s3_settings)
+    store.open()
+    data = os.urandom(100_000)
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        async with store.temp("cache") as tmp:
+            tmp.write(data)
+            await tmp.commit({"sha256": sha})
+        assert b"".join([c async for c in store.stream("cache", sha, 10)]) == data[10:]
+        assert [s.range for s in relay.gets(sha)] == ["bytes=10-"]
+    finally:
+        await store.close()
+        relay.stop()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncGenerator
 
 import aiohttp
@@ -28,6 +30,18 @@ log = logging.getLogger(__name__)
 READ_BUFSIZE = 1024 * 1024  # aiohttp reads ahead up to twice this per download before pausing
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=60)  # botocore's defaults
 URL_EXPIRES = 900  # seconds: the clock skew SigV4 tolerates; the URL is used at once
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``, less
+    ``NO_PROXY``), as botocore's client would use it; the session itself trusts no
+    environment (``trust_env`` would also send ~/.netrc credentials, which S3 refuses beside
+    a presigned URL's)."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    if not proxies or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxies.get(parts.scheme)
 
 
 class ObjectReader:
@@ -59,7 +73,7 @@ class ObjectReader:
         if start or end is not None:  # RFC 9110 byte ranges: the last position is inclusive
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         try:
-            async with self._open().get(url, headers=headers) as resp:
+            async with self._open().get(url, headers=headers, proxy=env_proxy(url)) as resp:
                 if resp.status == 404:
                     raise NotFound(f"no {what}")
                 if resp.status == 416:  # start at or past the end: nothing to send
