@@ -148,7 +148,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
         stack.callback(checks.close)
         metrics = Metrics()
         upstream = _make_upstream(settings, session, metrics, own)
-        artifacts = Artifacts(upstream, store, coordinator)
+        artifacts = Artifacts(upstream, store, coordinator, max_bytes=settings.limits.artifact_fetch_bytes)
         stack.push_async_callback(artifacts.close)
         index_cache = MetadataCache(
             aio=aio,

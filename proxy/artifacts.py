@@ -99,8 +99,9 @@ class Download:
 
 
 class Artifacts:
-    def __init__(self, upstream: Upstream, store: Store, coordinator: Coordinator) -> None:
+    def __init__(self, upstream: Upstream, store: Store, coordinator: Coordinator, *, max_bytes: int = 1 << 44) -> None:
         self.upstream = upstream
+        self.max_bytes = max_bytes  # server.limits.artifact_fetch_mb
         self.store = store
         self.coordinator = coordinator
         self.metrics = upstream.metrics
@@ -218,9 +219,11 @@ class Artifacts:
             if lease is None:
                 return  # another replica published it (fetch.sha256 is set)
             async with self.upstream.stream(up, spec.url, what=spec.filename, hashed=spec.hashed) as body:
+                self._within_size(spec, body.content_length or 0)
                 fetch.total = body.content_length
                 fetch.notify()  # HEAD and Range answers wait for the length (ranges.py)
                 async for chunk in body:
+                    self._within_size(spec, fetch.written + len(chunk))
                     fetch.tmp.write(chunk)
                     fetch.tmp.flush()
                     fetch.written += len(chunk)
@@ -252,6 +255,18 @@ class Artifacts:
             fetch.notify()
             if lease is not None:
                 await lease.release(ok=fetch.sha256 is not None)
+
+    def _within_size(self, spec: ArtifactSpec, size: int) -> None:
+        """DESIGN "Hostile input": a download never grows past the size its index declares
+        (PEP 700 ``size``, conda's ``size``), nor, when none is declared, past
+        ``server.limits.artifact_fetch_mb``: an endless body would fill the disk, and a fast
+        one never meets the deadline (which grows with the bytes received)."""
+        if spec.size is not None and size > spec.size:
+            raise UpstreamError(f"upstream {spec.upstream.name} sent more of {spec.filename} than the "
+                                f"{spec.size} bytes its index declares")
+        if size > self.max_bytes:
+            raise UpstreamError(f"upstream {spec.upstream.name} sent {spec.filename} larger than "
+                                f"server.limits.artifact_fetch_mb ({self.max_bytes / (1024 * 1024):g} MiB)")
 
     async def _claim(self, fetch: Download) -> Lease | None:
         """The lease on this file across replicas (single flight, coordination.py), or None

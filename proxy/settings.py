@@ -87,6 +87,9 @@ class Limits:
     index_fetch_bytes: int = _limit(
         1024, "index_fetch_mb", MiB, "bytes of one upstream index document as fetched (before any decompression)"
     )
+    artifact_fetch_bytes: int = _limit(
+        16384, "artifact_fetch_mb", MiB, "bytes of one upstream package file whose index declares no size"
+    )
     form_fields: int = _limit(1000, "form_fields", meaning="fields in one multipart upload form")
     form_text_bytes: int = _limit(8, "form_text_mb", MiB, "total size of a form's non-file fields")
     validation_workers: int = _limit(2, "validation_workers", meaning="threads checking uploads (own pool)")

@@ -145,7 +145,7 @@ def test_trickling_upstream_stale_index_is_served(server: tuple[Channelgate, str
 def test_trickling_upstream_file_is_a_504_and_nothing_is_kept(server: tuple[Channelgate, str], upstream: UpstreamServer) -> None:
     cg, token = server
     wheel = wheel_path(upstream, "small_pkg")
-    upstream.overrides[f"/files/{wheel.name}"] = trickle()
+    upstream.overrides[f"/files/{wheel.name}"] = trickle(wheel.stat().st_size)  # the size its index declares
     status, _, body = http("GET", f"{cg.url}/t/{token}/internal/simple/small-pkg/{wheel.name}")
     assert status == 504 and b"timed out" in body
     assert stored_blobs(cg.storage, "cache") == set() and tmp_parts(cg) == []
@@ -273,3 +273,52 @@ def test_every_upstream_has_a_safe_deadline_and_bad_values_are_refused() -> None
                  "upstreams.p.min_rate: must be a positive number", "upstreams.q.timeout: must be a number of seconds",
                  "upstreams.q.min_rate: must be int"):
         assert text in found, found
+
+
+def endless(sent: list[int]) -> Callable[[web.Request], Any]:
+    """An upstream answer with no length that never ends (chunked), counting what it sent."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/zip"})
+        await resp.prepare(request)
+        chunk = os.urandom(64 * 1024)
+        try:
+            while sent[0] < 1 << 30:  # a safety stop for the test itself: 1 GiB
+                await resp.write(chunk)
+                sent[0] += len(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # channelgate stopped reading: what the test expects
+        return resp
+
+    return handler
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["size-declared", "no-size"])
+def test_an_endless_file_stops_at_its_declared_size_or_the_limit(tmp_path: Path, upstream: UpstreamServer, declared: bool) -> None:
+    """A hashed file whose upstream never stops sending: the download stops as soon as it
+    exceeds the size the index declares (PEP 700), or, with none declared (a PEP 503 page),
+    ``server.limits.artifact_fetch_mb``; the client gets a 502 naming the reason and nothing
+    is kept. Without a bound it filled the disk: the deadline grows with the bytes received."""
+    wheel = wheel_path(upstream, "small_pkg")
+    policy = Policy({
+        "server": {"limits": {"artifact_fetch_mb": 2}},
+        "upstreams": {"pypi": {"type": "pypi", "url": f"{upstream.url}/simple", "timeout": 30}},
+        "channels": {"mirror": {"public": True, "upstreams": ["pypi"]}},
+    })
+    cg = Channelgate(tmp_path / "cg", policy).start()
+    sent = [0]
+    try:
+        upstream.overrides[f"/files/{wheel.name}"] = endless(sent)
+        if not declared:
+            sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+            page = f'<html><body><a href="../../files/{wheel.name}#sha256={sha}">{wheel.name}</a></body></html>'
+            upstream.overrides["/simple/small-pkg/"] = lambda r: web.Response(body=page.encode(), content_type="text/html")
+        status, _, body = http("GET", f"{cg.url}/mirror/simple/small-pkg/{wheel.name}")
+        reason = (f"than the {wheel.stat().st_size} bytes its index declares" if declared
+                  else "larger than server.limits.artifact_fetch_mb (2 MiB)")
+        assert status == 502 and reason.encode() in body, (status, body[:300])
+        assert stored_blobs(cg.storage, "cache") == set() and tmp_parts(cg) == []
+        assert sent[0] < 1 << 30  # stopped long before the upstream's own safety stop
+    finally:
+        upstream.overrides.clear()
+        cg.stop()
