@@ -171,3 +171,18 @@ async def test_conda_and_rattler_read_spliced_indexes(big_world: Any, tmp_path: 
         records = [r for sparse in found for n in names for r in sparse.load_records(rattler.PackageName(n))]
         assert {r.name.normalized for r in records} == names
     assert server.log().count("(.zst spliced from shared chunks)") == 2
+
+
+def test_a_merge_keeping_little_of_a_section_does_not_compress_all_of_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spliced, "MIN_SHARED", 1)
+    repodata = upstream_file(tmp_path)
+    # the merge rule takes all but two names away (as a filter keeping a few names would)
+    keep = {"fill-00007", "fill-02000"}
+    plan = plan_of(repodata, [], blocked={n for n in repodata.name_table if n not in keep})
+    out = tmp_path / "few.zst"
+    assert not spliced.write_zst(plan, out, tmp_path)  # compressed whole: a few records
+    assert all(s.compressed is None for s in repodata.sections.values())
+    assert conda_read(out.read_bytes()) == plan.render()
+    names = {r["name"] for part in ("packages", "packages.conda") for r in json.loads(plan.render())[part].values()}
+    assert names == keep

@@ -297,8 +297,14 @@ def write_spliced(plan: Plan, zst_path: Path, tmp_dir: Path, *, level: int, thre
     when no section of it is large enough to share."""
     shared: dict[tuple[str, int], CompressedSection] = {}
     for ext in EXTENSIONS:
-        for j in {j for j, _, _ in plan.runs[ext]}:
-            comp = compressed_section(plan.sections[ext][j], level, threads)
+        used: dict[int, int] = {}
+        for j, lo, hi in plan.runs[ext]:
+            used[j] = used.get(j, 0) + plan.sections[ext][j].span(lo, hi)
+        for j, size in used.items():
+            section = plan.sections[ext][j]
+            if section.compressed is None and size * 2 < section.span(0, len(section)):
+                continue  # e.g. a filter keeps a few names: compressing those is cheaper
+            comp = compressed_section(section, level, threads)
             if comp is not None:
                 shared[(ext, j)] = comp
     if not shared:
