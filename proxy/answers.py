@@ -40,7 +40,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Hashable
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .auth.guard import Grant
@@ -62,12 +65,84 @@ class Ready:
     body: bytes
     etag: str
     cache: str  # the request's cache result, replayed into later requests' access lines
+    head: bytes | None  # the status line and headers up to Date (``wire_head``); None: never sent whole
+    # (the Date it was made for, the whole answer on the wire: head, Date, Server, body), remade each second
+    _wire: list[object] = field(default_factory=lambda: ["", b""], compare=False)
 
-    def response(self, request: web.BaseRequest) -> web.Response:
-        """This answer for ``request``: a 304 when its If-None-Match names it (RFC 9110 §13.1.2)."""
+    def response(self, request: web.BaseRequest) -> web.StreamResponse:
+        """This answer for ``request``: a 304 when its If-None-Match names it (RFC 9110 §13.1.2);
+        to a plain keep-alive HTTP/1.1 GET, the prebuilt bytes (``WireResponse``)."""
         if hdrs.IF_NONE_MATCH in request.headers and not_modified(request, self.etag):
             return web.Response(status=304, headers=[h for h in self.headers.items() if h[0] != "Content-Type"])
+        if self.head is not None and request.method == "GET" and request.version == HttpVersion11 and request.keep_alive:
+            return WireResponse(self)
         return IndexResponse(status=self.status, body=self.body, headers=self.headers)
+
+    def wire(self) -> bytes:
+        """The whole answer as aiohttp would write it (``wire_head``, then Date, Server and the
+        body), built once per second: a replay is one write of these bytes, no copy."""
+        date = rfc822_formatted_time()  # aiohttp's own Date string (remade once a second)
+        cached = self._wire
+        if cached[0] != date:
+            cached[1] = b"".join((self.head or b"", b"Date: ", date.encode("latin-1"), b"\r\nServer: ",
+                                  SERVER_SOFTWARE.encode("latin-1"), b"\r\n\r\n", self.body))
+            cached[0] = date
+        return cached[1]  # type: ignore[return-value]
+
+
+def wire_head(status: int, reason: str, headers: CIMultiDictProxy[str], length: int) -> bytes | None:
+    """The status line and headers of a 200 answer as aiohttp writes them to an HTTP/1.1
+    keep-alive GET (its order: ours, then Content-Length; Date and Server follow), or None
+    when a header is not plain ASCII text (aiohttp's own path then checks and writes it)."""
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    for name, value in headers.items():
+        if name.lower() in ("content-length", "date", "server", "connection", "transfer-encoding"):
+            return None
+        lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {length}")
+    text = "\r\n".join(lines) + "\r\n"
+    if not text.isascii() or any(c in text.replace("\r\n", "") for c in "\r\n\0"):
+        return None
+    return text.encode("ascii")
+
+
+class WireResponse(web.StreamResponse):
+    """A kept answer sent as one write of its prebuilt bytes (``Ready.wire``): no header
+    dict, serialisation or body copy per request. Only for a keep-alive HTTP/1.1 GET
+    without a matching If-None-Match (``Ready.response``); what aiohttp's own path would add
+    to anything else (``Connection: close``, a HEAD without body, a 304) goes that way."""
+
+    def __init__(self, ready: Ready) -> None:
+        super().__init__(status=ready.status)
+        self._ready = ready
+        self._keep_alive = True
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:  # type: ignore[override]
+        return self._ready.headers  # read-only: these bytes are made already
+
+    @property
+    def body(self) -> bytes:
+        return self._ready.body
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._eof_sent:
+            return None
+        if self._payload_writer is None:
+            self._req = request
+            self._payload_writer = request._payload_writer
+        return self._payload_writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof_sent:
+            return
+        writer = self._payload_writer
+        assert writer is not None, "Response has not been started"
+        await writer.write_eof(self._ready.wire())  # no headers buffered: written as they are
+        self._eof_sent = True
+        self._req = None
+        self._body_length = writer.output_size
+        self._payload_writer = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +217,7 @@ class ReadyAnswers:
         self._answers.move_to_end(key)
         return ready
 
-    def answer(self, request: web.BaseRequest, key: Hashable, stamp: tuple[object, int]) -> web.Response | None:
+    def answer(self, request: web.BaseRequest, key: Hashable, stamp: tuple[object, int]) -> web.StreamResponse | None:
         """The kept answer for ``key`` as a response to ``request`` (``lookup``), else None."""
         ready = self.lookup(key, stamp)
         return ready.response(request) if ready is not None else None
@@ -158,10 +233,11 @@ class ReadyAnswers:
         if etag is None or time.time() >= facts.fresh_until:
             return False
         self._drop(key)
-        ready = Ready(stamp, facts.fresh_until, response.status, CIMultiDictProxy(CIMultiDict(response.headers)), body,
-                      etag, facts.cache)
+        headers = CIMultiDictProxy(CIMultiDict(response.headers))
+        ready = Ready(stamp, facts.fresh_until, response.status, headers, body, etag, facts.cache,
+                      wire_head(response.status, response.reason, headers, len(body)))
         self._answers[key] = ready
-        self.bytes += len(body)
+        self.bytes += 2 * len(body)  # the body, and its copy in the wire bytes
         while self._answers and (self.bytes > self.max_bytes or len(self._answers) > self.max_answers):
             self._drop(next(iter(self._answers)))
         return True
@@ -169,4 +245,4 @@ class ReadyAnswers:
     def _drop(self, key: Hashable) -> None:
         ready = self._answers.pop(key, None)
         if ready is not None:
-            self.bytes -= len(ready.body)
+            self.bytes -= 2 * len(ready.body)

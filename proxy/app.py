@@ -246,7 +246,7 @@ class Gateway:
             log.exception("unhandled error on %s %s", request.method, mask(request.path))
             return error_response(ChannelgateError())
 
-    def _replay(self, request: web.BaseRequest) -> web.Response | None:
+    def _replay(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """A repeated GET with a ticket (answers.py): its kept answer, if the grant still holds
         and nothing the answer was built from changed; else None (the whole way: dispatch).
         Its access line's facts are the ticket's, made once (nothing writes to them later)."""

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from proxy import answers as answers_module
 from proxy.answers import ReadyAnswers
 from proxy.app import create_app
 from proxy.cache import OFFLINE_RECHECK
@@ -318,8 +319,8 @@ def test_kept_answers_are_bounded_in_bytes() -> None:
     stamp = (object(), 1)
     for n in range(5):
         answers.keep(n, stamp, _answer(bytes(300)), RequestFacts())
-    assert answers.bytes <= 1000 and len(answers) == 3
-    assert answers.answer(_request(), 0, stamp) is None and answers.answer(_request(), 4, stamp) is not None
+    assert answers.bytes <= 1000 and len(answers) == 1  # 600 bytes each: the body and its wire copy
+    assert answers.answer(_request(), 3, stamp) is None and answers.answer(_request(), 4, stamp) is not None
 
 
 @pytest.mark.parametrize("header", ['"e"', 'W/"e"', '"x", "e"', "*"])
@@ -329,3 +330,62 @@ def test_a_kept_answer_answers_conditional_requests(header: str) -> None:
     answers.keep("k", stamp, _answer(), RequestFacts())
     hit = answers.answer(_request(**{"If-None-Match": header}), "k", stamp)
     assert hit is not None and hit.status == 304 and hit.headers["ETag"] == '"e"'
+
+
+# --------------------------------------------------------------------------- the wire form
+async def _raw(port: int, request: bytes) -> tuple[list[str], bytes]:
+    """One raw HTTP exchange: the answer's status line and header lines (Date taken out: it
+    moves), and its body."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")[:-2]
+        length = next(int(line.split(":", 1)[1]) for line in head if line.lower().startswith("content-length:"))
+        body = await reader.readexactly(length)
+    finally:
+        writer.close()
+    return [line for line in head if not line.startswith("Date: ")], body
+
+
+async def test_a_replay_sends_the_bytes_aiohttp_would_send(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A replayed answer to a keep-alive HTTP/1.1 GET is one write of prebuilt bytes
+    (answers.WireResponse): the same status line, headers in the same order and body as
+    aiohttp's own path sends for the same answer. A HEAD, a ``Connection: close``, an
+    HTTP/1.0 request and a matching If-None-Match go aiohttp's way, with what it adds."""
+    settings, reader, writer = _settings(tmp_path, public=False)
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    await _upload(client, writer, conda_packages(tmp_path / "pkgs", ["wired"])[0])
+    port = client.server.port
+    get = f"GET /t/{reader}/team/{INDEX} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    built = await _raw(port, get)  # the first answer: built, sent by aiohttp, kept
+    sent: list[type] = []
+    original = answers_module.WireResponse.write_eof
+
+    async def spy(self: answers_module.WireResponse, data: bytes = b"") -> None:
+        sent.append(type(self))
+        await original(self, data)
+
+    answers_module.WireResponse.write_eof = spy  # type: ignore[method-assign]
+    try:
+        replayed = await _raw(port, get)
+        assert sent == [answers_module.WireResponse]  # the replay took the prebuilt path
+        assert replayed == built and b'"wired"' in replayed[1]
+        assert built[0][0] == "HTTP/1.1 200 OK" and built[0][-1].startswith("Server: ")
+
+        closing = await _raw(port, get.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert "Connection: close" in closing[0] and closing[1] == built[1]
+        old = await _raw(port, get.replace(b"HTTP/1.1", b"HTTP/1.0"))
+        assert old[0][0] == "HTTP/1.0 200 OK" and old[1] == built[1]  # aiohttp answers in its version
+        etag = next(line.split(": ", 1)[1] for line in built[0] if line.startswith("ETag: "))
+        r, w = await __import__("asyncio").open_connection("127.0.0.1", port)
+        w.write(get.replace(b"\r\n\r\n", f"\r\nIf-None-Match: {etag}\r\n\r\n".encode()))
+        assert (await r.readline()).startswith(b"HTTP/1.1 304")
+        w.close()
+        assert sent == [answers_module.WireResponse]  # none of these took it
+    finally:
+        answers_module.WireResponse.write_eof = original  # type: ignore[method-assign]
+    head = await client.head(f"/t/{reader}/team/{INDEX}")
+    assert head.status == 200 and await head.read() == b""
