@@ -159,6 +159,7 @@ async def open_services(settings: Settings, *, clean_tmp: bool = True) -> AsyncI
             negative_ttl=settings.negative_ttl,
             offline=settings.offline,
             metrics=metrics,
+            shared=settings.cache_backend == "redis",
         )
         stack.push_async_callback(index_cache.close)
         live = LivePolicy(settings)

@@ -20,10 +20,20 @@ stored yet is answered from the index (type, declared size, ``Accept-Ranges``) a
 no download; when the index declares no size, one Range request for the first byte asks the
 upstream for it (``Upstream.probe_length``), and the HEAD answers without a length if the
 upstream states none (ranges.py: Range reads of cold files, issue 15).
+
+Small files answered from memory (``inline`` specs: PEP 658 metadata, a few KiB) are
+written behind (write_behind.py): once the whole body is in and matches the declared hash,
+the waiting clients are answered from memory, then the temp file is fsynced and renamed
+into place; until then the bytes are held under the spec's key, so later requests are
+answered from them too. The cross-replica lease is released only after the rename (with
+replicas the write starts at once, not at a quiet moment: another replica may be waiting). The
+same holds for small files the ecosystems derive and keep (``keep_small``: METADATA read
+out of a wheel).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +44,12 @@ from aiohttp import web
 from .coordination import FAILED, Coordinator, Lease
 from .errors import ChannelgateError, NotFound, StorageError, UpstreamError
 from .ranges import serve_head, serve_range
-from .blob_response import abort, blob_response
+from .blob_response import INLINE_MAX, abort, blob_response, bytes_response
 from .settings import UpstreamSettings
 from .store.blobs import Blob, DigestMismatch, TempBlob
 from .store.protocols import Store
 from .upstream import Upstream, check_target
+from .write_behind import QUIET, WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +95,7 @@ class Download:
     sha256: str | None = None  # set once verified and published (by this replica or another)
     path: Path | None = None  # then this machine's file of it, if it has one
     error: ChannelgateError | None = None
+    data: bytes | None = None  # an inline file's checked bytes, answered while they are stored
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -107,12 +119,51 @@ class Artifacts:
         self.metrics = upstream.metrics
         self._inflight: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # key -> (sha256, bytes) of small files answered while being stored (write_behind.py)
+        # with replicas (a shared lease), stored at once after the answer: the others wait for it
+        self._behind: WriteBehind[str, tuple[str, bytes]] = WriteBehind(
+            "small cached file", quiet=0 if coordinator.shared else QUIET, gauge=self.metrics.held_writes)
 
     async def close(self) -> None:
+        await self._behind.drain()  # small files answered already: stored (downloads wait on them)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._behind.drain()
+
+    def held(self, key: str) -> tuple[str, bytes] | None:
+        """(sha256, bytes) of a small file under ``key`` (a spec's key, or the ref of
+        ``keep_small``) whose durable write is under way; None once stored (or never held)."""
+        return self._behind.get(key)
+
+    def keep_small(self, key: str, data: bytes) -> str:
+        """Keep small derived bytes (METADATA read out of a wheel) in the cache under the ref
+        ``key``; returns their sha256 at once. Stored behind (``held`` until then)."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._behind.start(key, (sha256, data), lambda: self._store_small(data, key), len(data))
+        return sha256
+
+    async def _write_behind(self, spec: ArtifactSpec, sha256: str, data: bytes) -> Blob:
+        """Hold a checked inline file (answered already) until it is stored; the blob."""
+        stored: list[Blob] = []
+        ref = None if "sha256" in spec.expect else spec.key  # (an alias, as ``_publish`` keeps)
+
+        async def write() -> None:
+            stored.append(await self._store_small(data, ref))
+
+        await asyncio.shield(self._behind.start(spec.key, (sha256, data), write, len(data)))
+        if not stored:
+            raise StorageError(f"{spec.filename} could not be stored")
+        return stored[0]
+
+    async def _store_small(self, data: bytes, ref: str | None) -> Blob:
+        """The durable write of a held small file: the blob (temp file, fsync, rename), then
+        the ref naming it, if any: a crash leaves no ref to a missing blob."""
+        blob = await self.store.put_bytes("cache", data)
+        if ref is not None:
+            await asyncio.to_thread(self.store.set_ref, ref, blob.sha256)
+        return blob
 
     async def blob_of(self, spec: ArtifactSpec) -> str | None:
         """The sha256 the store would hold ``spec`` under (the declared one, or its alias),
@@ -133,6 +184,10 @@ class Artifacts:
     async def serve(self, request: web.BaseRequest, spec: ArtifactSpec, *, offline: bool) -> web.StreamResponse:
         if spec.expect and not spec.hashed:
             raise UpstreamError(f"upstream {spec.upstream.name} declares a malformed hash for {spec.filename}")
+        held = self._behind.get(spec.key) if spec.inline else None
+        if held is not None:  # checked, being stored
+            self.metrics.cache_result("artifact", "hit")
+            return bytes_response(request, held[0], held[1], spec.content_type)
         sha256 = await self.blob_of(spec)
         stored = await self._response(request, spec, sha256) if sha256 else None
         if stored is not None and sha256 is not None:
@@ -155,11 +210,13 @@ class Artifacts:
             return await _head(request, spec, size)
         if fetch is None:
             fetch = self._start(spec)
-        partial = await self._partial(request, fetch)
+        partial = await self._partial(request, fetch) if fetch.data is None else None
         if partial is not None:
             return partial
         while not fetch.finished and fetch.written < STREAM_AFTER:
             await fetch.changed()
+        if fetch.data is not None and fetch.sha256 is not None:  # an inline file, checked: from memory
+            return bytes_response(request, fetch.sha256, fetch.data, spec.content_type)
         if fetch.error is not None:
             raise fetch.error
         if fetch.sha256 is not None:
@@ -218,24 +275,20 @@ class Artifacts:
             lease = await self._claim(fetch)
             if lease is None:
                 return  # another replica published it (fetch.sha256 is set)
-            async with self.upstream.stream(up, spec.url, what=spec.filename, hashed=spec.hashed) as body:
-                self._within_size(spec, body.content_length or 0)
-                fetch.total = body.content_length
-                fetch.notify()  # HEAD and Range answers wait for the length (ranges.py)
-                async for chunk in body:
-                    self._within_size(spec, fetch.written + len(chunk))
-                    fetch.tmp.write(chunk)
-                    fetch.tmp.flush()
-                    fetch.written += len(chunk)
-                    fetch.notify()
-            if fetch.total is not None and fetch.written != fetch.total:
-                raise UpstreamError(f"upstream {up.name} sent {fetch.written} of {fetch.total} bytes")
-            blob = await self._publish(fetch)
-            fetch.path, fetch.sha256 = blob.path, blob.sha256
-            fetch.notify()  # the waiting clients are answered from the published file now
-            await self._note_origin(blob.sha256, up.name)
+            small = await self._receive(fetch)
+            if small is not None:  # answered from memory, then stored
+                fetch.tmp.discard()  # (held in memory: no temp file waits with it)
+                blob = await self._write_behind(spec, *small)
+                fetch.path, fetch.sha256 = blob.path, blob.sha256
+            else:
+                blob = await self._publish(fetch)
+                fetch.path, fetch.sha256 = blob.path, blob.sha256
+                fetch.notify()  # the waiting clients are answered from the published file now
+            await self._note_origin(fetch.sha256, up.name)
         except ChannelgateError as exc:
             fetch.error = exc
+        except DigestMismatch as exc:
+            fetch.error = self._mismatch(spec, exc)
         except OSError as exc:  # the store: a full disk, a temp file that vanished, ...
             log.error("could not store %s from upstream %s: %s", spec.filename, up.name, exc)
             fetch.error = StorageError(f"{spec.filename} could not be stored")
@@ -254,7 +307,37 @@ class Artifacts:
             self._inflight.pop(spec.key, None)
             fetch.notify()
             if lease is not None:
-                await lease.release(ok=fetch.sha256 is not None)
+                await lease.release(ok=fetch.sha256 is not None and fetch.error is None)
+
+    async def _receive(self, fetch: Download) -> tuple[str, bytes] | None:
+        """Read the upstream's body into the temp file (readers follow ``written``). An
+        inline file of at most INLINE_MAX bytes is kept in memory too: once complete and
+        checked against the declared hash it is ``fetch.data`` (its waiting clients are
+        answered), and returned as (sha256, bytes) to be stored behind; else None."""
+        spec, up = fetch.spec, fetch.spec.upstream
+        kept: list[bytes] | None = [] if spec.inline else None
+        async with self.upstream.stream(up, spec.url, what=spec.filename, hashed=spec.hashed) as body:
+            self._within_size(spec, body.content_length or 0)
+            fetch.total = body.content_length
+            fetch.notify()  # HEAD and Range answers wait for the length (ranges.py)
+            async for chunk in body:
+                self._within_size(spec, fetch.written + len(chunk))
+                fetch.tmp.write(chunk)
+                fetch.tmp.flush()
+                fetch.written += len(chunk)
+                if kept is not None and fetch.written <= INLINE_MAX:
+                    kept.append(chunk)
+                else:
+                    kept = None
+                fetch.notify()
+        if fetch.total is not None and fetch.written != fetch.total:
+            raise UpstreamError(f"upstream {up.name} sent {fetch.written} of {fetch.total} bytes")
+        if kept is None:
+            return None
+        sha256 = fetch.tmp.check(spec.expect)["sha256"]  # DigestMismatch: nothing answered, nothing kept
+        fetch.data, fetch.sha256 = b"".join(kept), sha256
+        fetch.notify()
+        return sha256, fetch.data
 
     def _within_size(self, spec: ArtifactSpec, size: int) -> None:
         """DESIGN "Hostile input": a download never grows past the size its index declares
@@ -313,17 +396,21 @@ class Artifacts:
         try:
             blob = await fetch.tmp.commit(spec.expect)
         except DigestMismatch as exc:
-            log.error(
-                "upstream %s served %s with %s %s, its index declares %s: not stored",
-                spec.upstream.name, spec.filename, exc.algorithm, exc.actual, exc.declared,
-            )
-            raise UpstreamError(
-                f"upstream {spec.upstream.name} served {spec.filename} with a {exc.algorithm} "
-                "that does not match its index"
-            ) from None
+            raise self._mismatch(spec, exc) from None
         if "sha256" not in spec.expect:
             await asyncio.to_thread(self.store.set_ref, spec.key, blob.sha256)
         return blob
+
+    @staticmethod
+    def _mismatch(spec: ArtifactSpec, exc: DigestMismatch) -> UpstreamError:
+        log.error(
+            "upstream %s served %s with %s %s, its index declares %s: not stored",
+            spec.upstream.name, spec.filename, exc.algorithm, exc.actual, exc.declared,
+        )
+        return UpstreamError(
+            f"upstream {spec.upstream.name} served {spec.filename} with a {exc.algorithm} "
+            "that does not match its index"
+        )
 
     async def _tee(self, request: web.BaseRequest, fetch: Download) -> web.StreamResponse:
         """Stream a download in progress; the final byte waits for verification. A client

@@ -152,7 +152,14 @@ def _span(request: web.BaseRequest, etag: str, size: int) -> tuple[int, int] | N
     return start, stop
 
 
-def _ranged(request: web.BaseRequest, store: Store, area: Area, sha256: str, size: int,
+def bytes_response(request: web.BaseRequest, sha256: str, data: bytes, content_type: str) -> web.StreamResponse:
+    """A small cached blob whose bytes are in hand (checked, perhaps still being stored:
+    write_behind.py), answered as ``blob_response(..., inline=True)`` answers it once stored:
+    the same ETag, ranges and conditional answers."""
+    return _ranged(request, None, "cache", sha256, len(data), content_type, hosted=False, data=data)
+
+
+def _ranged(request: web.BaseRequest, store: Store | None, area: Area, sha256: str, size: int,
             content_type: str, *, hosted: bool, data: bytes | None = None) -> web.StreamResponse:
     """The blob, or the one range asked, with its conditional answers: streamed from the Store,
     or from ``data``, its bytes already read."""
@@ -174,6 +181,7 @@ def _ranged(request: web.BaseRequest, store: Store, area: Area, sha256: str, siz
     if data is not None:
         resp = InlineBlobResponse(status=status, body=data[start:stop], headers=headers)
     else:
+        assert store is not None
         resp = BlobStreamResponse(store, area, sha256, start, stop, status=status, headers=headers)
     resp.hosted = hosted
     return resp
@@ -195,4 +203,5 @@ def abort(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamRespo
     return resp
 
 
-__all__ = ["BlobRedirect", "BlobStreamResponse", "InlineBlobResponse", "abort", "blob_response", "read_blob"]
+__all__ = ["BlobRedirect", "BlobStreamResponse", "InlineBlobResponse", "abort", "blob_response", "bytes_response",
+           "read_blob"]

@@ -11,6 +11,14 @@ Two tiers:
 A request never waits for a refresh when a copy exists: a stale copy is returned at once
 and one background task per document revalidates it with If-None-Match/If-Modified-Since.
 Only a document never seen before is fetched in the foreground (single flight).
+
+``get(..., write_behind=True)`` (callers that read bodies only by ``Doc.read``: PyPI pages):
+a fetched document of at most WRITE_BEHIND_MAX bytes is returned from memory at once and
+stored behind (write_behind.py). A cold resolve stores a page per project on its critical
+path, and each fsync there waits behind every other write of the machine (issue 15). When
+freshness is shared with other replicas (``shared``: Redis), documents are stored before
+they are answered, as before: a replica that finds the shared entry fresh reads the stored
+copy instead of fetching its own.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,9 +38,11 @@ from .memo import SingleFlight
 from .settings import UpstreamSettings
 from .store.blobs import atomic_write
 from .upstream import Upstream, redact_url
+from .write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 OFF_LOOP_HASH = 1 << 20  # bodies larger than this are hashed on a thread (hashlib releases the GIL)
+WRITE_BEHIND_MAX = 1 << 20  # larger documents are stored before they are returned
 
 ERROR_RETRY = 30  # seconds a stale copy is served without retrying a failing upstream
 # offline: seconds a stored document is taken as it is before the store is read again (only
@@ -57,7 +67,8 @@ class Doc:
 
     ``body_path`` is where the body lies in *this* process's store. It is never persisted
     (descriptors and aiocache entries hold the digest only), so a store copied or imported
-    to another path serves the same (DESIGN, "Air-gap": a store is relocatable).
+    to another path serves the same (DESIGN, "Air-gap": a store is relocatable). ``body``:
+    the bytes themselves while they are being stored (write-behind), else None.
     """
 
     url: str
@@ -67,9 +78,10 @@ class Doc:
     content_type: str
     fetched_at: float
     body_path: str
+    body: bytes | None = field(default=None, compare=False, repr=False)
 
     def read(self) -> bytes:
-        return Path(self.body_path).read_bytes()
+        return self.body if self.body is not None else Path(self.body_path).read_bytes()
 
 
 class MetadataCache:
@@ -84,6 +96,7 @@ class MetadataCache:
         negative_ttl: int,
         offline: bool,
         metrics: Metrics,
+        shared: bool = False,
     ) -> None:
         self.metrics = metrics
         self.aio = aio
@@ -94,6 +107,8 @@ class MetadataCache:
         self.negative_ttl = negative_ttl
         self.offline = offline
         self._flights: SingleFlight[str, Doc] = SingleFlight()
+        self._behind: WriteBehind[str, Doc] = WriteBehind("index copy", gauge=metrics.held_writes)  # key -> doc
+        self.shared = shared  # freshness shared by replicas (Redis): no write-behind
         # L1: what this process already knows to be fresh, so a warm request touches
         # neither aiocache nor disk. (url, accept) -> (doc or None for a 404, fresh until)
         self._l1: dict[tuple[str, str | None], tuple[Doc | None, float]] = {}
@@ -104,10 +119,13 @@ class MetadataCache:
     def key(url: str, accept: str | None) -> str:
         return hashlib.sha256(f"{url}\n{accept or ''}".encode()).hexdigest()
 
-    async def get(self, up: UpstreamSettings, url: str, *, accept: str | None = None, hashed: bool = False) -> Doc:
+    async def get(self, up: UpstreamSettings, url: str, *, accept: str | None = None, hashed: bool = False,
+                  write_behind: bool = False) -> Doc:
         """The document at ``url``; NotFound if the upstream has none; Upstream* if it is
         unreachable and nothing is cached. ``hashed``: the caller checks the body against a
-        hash the upstream's index declared (CEP-16 shards), so it may live on another origin."""
+        hash the upstream's index declared (CEP-16 shards), so it may live on another origin.
+        ``write_behind``: the caller reads the body by ``Doc.read`` only, so a small fetched
+        document may be returned before it is stored (module docstring)."""
         known = self._l1.get((url, accept))
         facts = current_facts()
         if known is not None and time.time() < known[1]:
@@ -149,19 +167,21 @@ class MetadataCache:
                 await self._remember(key, url, accept, stored, self.ttl - age)
             else:
                 self.metrics.cache_result("index", "stale")
-                self._refresh(key, up, url, accept, stored, hashed)  # stale-while-revalidate
+                self._refresh(key, up, url, accept, stored, hashed, write_behind)  # stale-while-revalidate
             return stored
         self.metrics.cache_result("index", "miss")
-        task = self._refresh(key, up, url, accept, None, hashed)
+        task = self._refresh(key, up, url, accept, None, hashed, write_behind)
         return await asyncio.shield(task)
 
     def _refresh(
-        self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None, hashed: bool = False
+        self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None, hashed: bool = False,
+        write_behind: bool = False,
     ) -> asyncio.Task[Doc]:
-        return self._flights.start(key, lambda: self._revalidate(key, up, url, accept, stored, hashed))
+        return self._flights.start(key, lambda: self._revalidate(key, up, url, accept, stored, hashed, write_behind))
 
     async def _revalidate(
-        self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None, hashed: bool
+        self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None, hashed: bool,
+        write_behind: bool,
     ) -> Doc:
         try:
             resp = await self.upstream.fetch_index(
@@ -186,6 +206,8 @@ class MetadataCache:
         now = time.time()
         if resp.status == 304 and stored is not None:
             doc = replace(stored, fetched_at=now)
+            if doc.body is not None:  # its first copy is still being stored: this one goes after it
+                return self._store_behind(key, url, accept, doc)
             await asyncio.to_thread(atomic_write, self._doc_path(key), _persisted(doc), self.tmp_dir)
         else:
             if len(resp.body) > OFF_LOOP_HASH:  # a 50 MB repodata: ~0.2 s that would stall every client
@@ -194,11 +216,33 @@ class MetadataCache:
                 digest = hashlib.sha256(resp.body).hexdigest()
             body_path = self.body_path(digest)
             doc = Doc(url, digest, resp.etag, resp.last_modified, resp.content_type, now, str(body_path))
+            if write_behind and not self.shared and len(resp.body) <= WRITE_BEHIND_MAX:
+                return self._store_behind(key, url, accept, replace(doc, body=resp.body))
             # body, then descriptor, in one trip to a thread: a cold resolve stores a page per
             # project on its critical path, and each trip waits for a pool thread and the GIL
             await asyncio.to_thread(self._write, key, doc, resp.body)
         await self._remember(key, url, accept, doc, self.ttl)
         return doc
+
+    def _store_behind(self, key: str, url: str, accept: str | None, held: Doc) -> Doc:
+        """Return ``held`` (its body in memory) at once, fresh in this process; store it behind,
+        then share its freshness (aiocache: other replicas read the stored copy) and keep
+        only the stored copy in L1 (the body leaves memory)."""
+        assert held.body is not None
+        body, stored = held.body, replace(held, body=None)
+
+        async def write() -> None:
+            await asyncio.to_thread(self._write, key, stored, body)
+            left = stored.fetched_at + self.ttl - time.time()
+            if left > 0:
+                await self.aio.set(key, _portable(stored), ttl=max(1, int(left)))
+            known = self._l1.get((url, accept))
+            if known is not None and known[0] is held:
+                self._l1[(url, accept)] = (stored, known[1])
+
+        self._behind.start(key, held, write, size=len(body))
+        self._learn(url, accept, held, self.ttl)
+        return held
 
     async def _remember(self, key: str, url: str, accept: str | None, doc: Doc, ttl: float) -> None:
         """Fresh for ``ttl`` seconds: in aiocache (shared by replicas with Redis) and in L1."""
@@ -235,6 +279,9 @@ class MetadataCache:
         return Doc(**fields, body_path=str(self.body_path(str(entry["digest"]))))  # type: ignore[arg-type]
 
     def _load(self, key: str) -> Doc | None:
+        held = self._behind.get(key)  # fetched, still being stored (write-behind)
+        if held is not None:
+            return held
         try:
             data = json.loads(self._doc_path(key).read_bytes())
         except FileNotFoundError:
@@ -250,15 +297,15 @@ class MetadataCache:
 
     async def close(self) -> None:
         self._flights.cancel_all()
+        await self._behind.drain()  # what was answered is stored before the scratch space goes
 
 
 _PORTABLE_FIELDS = ("url", "digest", "etag", "last_modified", "content_type", "fetched_at")
 
 
 def _portable(doc: Doc) -> dict[str, object]:
-    """What is stored of a Doc: everything but the machine-specific body path."""
-    data = asdict(doc)
-    return {k: data[k] for k in _PORTABLE_FIELDS}
+    """What is stored of a Doc: everything but the machine-specific body path (and body)."""
+    return {k: getattr(doc, k) for k in _PORTABLE_FIELDS}
 
 
 def _persisted(doc: Doc) -> bytes:

@@ -124,6 +124,10 @@ class Metrics:
             "channelgate_replica_waits", "Cold artifacts this process waits for while another replica downloads them",
             registry=reg, multiprocess_mode="livesum",
         )
+        self.held_writes = Gauge(
+            "channelgate_held_writes", "Small cached things (index pages, metadata files) answered from memory whose "
+            "durable write is still to come (write-behind)", registry=reg, multiprocess_mode="livesum",
+        )
         self.open_connections = Gauge(
             "channelgate_open_connections", "Client connections open", registry=reg, multiprocess_mode="livesum"
         )

@@ -286,6 +286,18 @@ class Channelgate:
             time.sleep(0.05)  # waiting for the server's own output
         raise TimeoutError(f"{text!r} never appeared in the log")
 
+    def writes_done(self, timeout: float = 30) -> None:
+        """Return once nothing answered from memory waits for its durable write
+        (``channelgate_held_writes`` is 0: proxy/write_behind.py)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+                held = [line for line in resp.read().decode().splitlines() if line.startswith("channelgate_held_writes ")]
+            if held and float(held[0].split()[1]) == 0:
+                return
+            time.sleep(0.05)  # polling the server's own gauge
+        raise TimeoutError("held writes were not written")
+
     def reload(self, text: str | None = None, *, timeout: float = 15) -> str:
         """Write the policy (or ``text``), SIGHUP, and return the outcome line from the log."""
         assert self.proc is not None

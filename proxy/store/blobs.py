@@ -114,14 +114,29 @@ class TempBlob:
             }
         return self._digests
 
-    async def commit(self, expect: Mapping[str, str] | None = None) -> Blob:
-        """Check declared digests, then move into the content-addressed place."""
-        digests = await self.finish()
+    def check(self, expect: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The digests of the bytes written so far, checked against declared ones
+        (DigestMismatch), before any fsync: a small file may be answered from memory once
+        checked, and committed after (write-behind, issue 15)."""
+        digests = self._digests or {
+            "sha256": self._sha256.hexdigest(),
+            "md5": self._md5.hexdigest(),
+            "blake2_256": self._blake.hexdigest(),
+        }
         for algorithm, declared in (expect or {}).items():
             actual = digests.get(algorithm)
             if actual is not None and declared.lower() != actual:
-                self.discard()
                 raise DigestMismatch(algorithm, declared, actual)
+        return digests
+
+    async def commit(self, expect: Mapping[str, str] | None = None) -> Blob:
+        """Check declared digests, then move into the content-addressed place."""
+        digests = await self.finish()
+        try:
+            self.check(expect)
+        except DigestMismatch:
+            self.discard()
+            raise
         final = await self.store.publish(self)
         self.committed = Blob(digests["sha256"], digests["md5"], digests["blake2_256"], self.size, final)
         return self.committed

@@ -21,7 +21,7 @@ from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, Conflict, NotFound, UpstreamError
 from ...memo import Memo, SingleFlight
 from ...merge import MergeRule, merge
-from ...blob_response import blob_response
+from ...blob_response import blob_response, bytes_response
 from ...responses import etag_for, index_response
 from ...settings import ChannelPolicy, UpstreamSettings
 from ...sources import Fields, upstream_allows
@@ -101,6 +101,11 @@ def _metadata_spec(up: UpstreamSettings, entry: FileEntry) -> ArtifactSpec:
     )
 
 
+def _wheel_metadata_key(entry: FileEntry) -> str:
+    """The ref naming the METADATA read out of an upstream wheel (by the wheel's hash)."""
+    return f"wheel-metadata:sha256:{entry.hashes['sha256'].lower()}"
+
+
 def _link(entry: FileEntry) -> str:
     return quote(entry.filename, safe="+!~*'()@,;=")
 
@@ -154,7 +159,8 @@ class PyPI:
         The root page and the web UI's listings both read this."""
         snap = self.services.catalog.snapshot(channel.name, "pypi")
         walk = await self.services.sources.walk(
-            channel, "pypi", lambda up: self.services.index_cache.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT)
+            channel, "pypi", lambda up: self.services.index_cache.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT,
+                                                            write_behind=True)
         )
         key = (channel.name, snap.generation, tuple((f.upstream.name, f.value.digest) for f in walk.found))
         found = self._names.get(key)
@@ -193,7 +199,8 @@ class PyPI:
         uploads = snap.by_name.get(project, ())
         allow = sources.allow(channel, normalize)
         walk = await sources.walk(
-            channel, "pypi", lambda up: self.services.index_cache.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT),
+            channel, "pypi", lambda up: self.services.index_cache.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT,
+                                                                      write_behind=True),
             name=project, rule=MergeRule(snap.names, allow),
         )
         walk.nothing(hosted=bool(uploads), missing=f"no project named {project!r}")
@@ -273,13 +280,16 @@ class PyPI:
         async def fetch(entry: FileEntry) -> bytes:
             up, source = upstream_of[entry.filename], merged.sources[entry.filename].entry
             if source.has_metadata:
-                sha256 = await self.services.artifacts.stored(_metadata_spec(up, source))
+                spec = _metadata_spec(up, source)
+                key, sha256 = spec.key, await self.services.artifacts.stored(spec)
             else:  # by Range requests only: a fetch ahead never downloads a wheel
+                key = _wheel_metadata_key(source)
                 found = await self._wheel_metadata_blob(ctx, up, source, whole=False)
                 if found is None:
                     raise NotFound(f"upstream {up.name} serves no byte ranges of {source.filename}")
                 sha256 = found
-            return await self._metadata_head(sha256)
+            held = self.services.artifacts.held(key)  # still being stored (write-behind)
+            return held[1][:MAX_METADATA_READ] if held is not None else await self._metadata_head(sha256)
 
         async def page(name: str) -> None:
             self._fetch_ahead(ctx, await self.project(ctx, name), depth - 1, budget)
@@ -306,6 +316,9 @@ class PyPI:
         served as the PEP 658 file advertised for it (``data-core-metadata="true"``)."""
         store, text = self.services.store, "text/plain; charset=utf-8"
         sha256 = await self._wheel_metadata_blob(ctx, up, entry, whole=True)
+        held = self.services.artifacts.held(_wheel_metadata_key(entry))
+        if held is not None:  # read, being stored (write-behind)
+            return bytes_response(request, held[0], held[1], text)
         served = await blob_response(request, store, "cache", sha256, text, hosted=False, inline=True)
         if served is None:  # removed from the cache meanwhile: read again
             sha256 = await self._wheel_metadata_blob(ctx, up, entry, whole=True, stored=False)
@@ -330,7 +343,10 @@ class PyPI:
         upstream, METADATA comes out of the whole wheel, downloaded for the cache, only when
         ``whole`` (a client asked: never a fetch ahead); else None. ``stored=False``: the
         ref is stale."""
-        key = f"wheel-metadata:sha256:{entry.hashes['sha256'].lower()}"
+        key = _wheel_metadata_key(entry)
+        held = self.services.artifacts.held(key)
+        if held is not None:
+            return held[0]
         known = await self.services.store.ref(key) if stored else None
         if known is not None:
             return known
@@ -341,7 +357,6 @@ class PyPI:
 
     async def _read_wheel_metadata(self, ctx: ChannelRequest, up: UpstreamSettings, entry: FileEntry, key: str,
                                    whole: bool) -> str | None:
-        store = self.services.store
         data: bytes | None
         spec = ArtifactSpec(upstream=up, url=entry.url, expect={"sha256": entry.hashes["sha256"]},
                             filename=entry.filename, size=entry.size)
@@ -357,9 +372,7 @@ class PyPI:
         if data is None:  # the upstream serves no byte ranges: the whole wheel, once, for the cache
             wheel = await self.services.artifacts.stored(spec)
             data = await self._stored_metadata(wheel, entry.filename)
-        blob = await store.put_bytes("cache", data)
-        await asyncio.to_thread(store.set_ref, key, blob.sha256)
-        return blob.sha256
+        return self.services.artifacts.keep_small(key, data)  # answered at once, stored behind
 
     async def _stored_metadata(self, sha256: str, filename: str) -> bytes:
         """METADATA of a stored wheel: from this machine's file, else by ranges of the store's blob."""
