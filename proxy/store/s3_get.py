@@ -60,6 +60,8 @@ class ObjectReader:
             if self.cafile:  # a private CA (MinIO, Ceph), as botocore's client is told
                 tls = ssl.create_default_context(cafile=self.cafile)
             self._session = aiohttp.ClientSession(
+                # limit=0: one connection per download in flight (botocore's pool of 10 queued the
+                # 11th download behind the others until one ended)
                 connector=aiohttp.TCPConnector(limit=0, ssl=tls), timeout=TIMEOUT, read_bufsize=READ_BUFSIZE,
                 auto_decompress=False, trust_env=False, skip_auto_headers=("Accept-Encoding",))
             self._loop = loop
