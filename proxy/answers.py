@@ -47,6 +47,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .auth.guard import Grant
+from .logs import line_tail
 from .metrics import RequestFacts
 from .responses import IndexResponse, not_modified
 
@@ -167,6 +168,7 @@ class Ticket:
                 ecosystem=self.ecosystem, channel=self.channel, cache=cache,
                 user=principal.user if principal is not None else "-",
                 token=principal.token_name if principal is not None else "-")
+            facts.line_tail = line_tail(facts)  # these facts never change: their access line's end made once
         return facts
 
 

@@ -101,6 +101,20 @@ class JsonFormatter(logging.Formatter):
         return mask(orjson.dumps(entry, default=str).decode())
 
 
+def masked_names(facts: RequestFacts) -> tuple[str, str]:
+    """The access line's user and token name: chosen by users, so never trusted (masked)."""
+    user, token = facts.user, facts.token
+    if "cgt-" in token or "cgt-" in user:
+        user, token = mask(user), mask(token)
+    return user, token
+
+
+def line_tail(facts: RequestFacts) -> str:
+    """The end of a text access line: who, which channel, what the cache did."""
+    user, token = masked_names(facts)
+    return f" user={user} token={token} channel={facts.channel} ecosystem={facts.ecosystem} cache={facts.cache}\n"
+
+
 class AccessSink:
     """Buffers access-log lines and writes them in batches, at most ``delay`` seconds late.
 
@@ -139,20 +153,16 @@ class AccessSink:
             self.metrics.request_done(facts.ecosystem, status, sent)
         if self.quiet:
             return
-        user, token = facts.user, facts.token
-        if "cgt-" in token or "cgt-" in user:  # names are chosen by users: never trust them
-            user, token = mask(user), mask(token)
         if self.json_lines:
+            user, token = masked_names(facts)
             self._json(request, status, sent, duration, path, facts, user, token)
             return
         now = time.time()
         if int(now) != self._stamp_second:
             self._stamp_second = int(now)
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._stamp_second))
-        self._append(
-            f'{self._stamp} INFO access: {request.remote} "{request.method} {path}" {status} {sent} {duration:.4f}'
-            f" user={user} token={token} channel={facts.channel} ecosystem={facts.ecosystem} cache={facts.cache}\n"
-        )
+        self._append(f'{self._stamp} INFO access: {request.remote} "{request.method} {path}" {status} {sent} '
+                     f"{duration:.4f}{facts.line_tail or line_tail(facts)}")
 
     def _json(self, request: BaseRequest, status: int, sent: int, duration: float, path: str, facts: RequestFacts,
               user: str, token: str) -> None:

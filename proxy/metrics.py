@@ -48,6 +48,9 @@ class RequestFacts:
     # anything else made it provisional (then it is not kept as a ready answer)
     fresh_until: float = float("inf")
     volatile: bool = False
+    # the access line's end (user ... cache), made once for facts that no longer change (a
+    # ticket's: answers.Ticket.facts); "" for a request's own facts, formatted per line
+    line_tail: str = ""
 
     def read_fresh(self, until: float) -> None:
         """The answer read an upstream document that this process knows fresh until ``until``."""

@@ -389,3 +389,22 @@ async def test_a_replay_sends_the_bytes_aiohttp_would_send(aiohttp_client, tmp_p
         answers_module.WireResponse.write_eof = original  # type: ignore[method-assign]
     head = await client.head(f"/t/{reader}/team/{INDEX}")
     assert head.status == 200 and await head.read() == b""
+
+
+def test_a_tickets_access_line_end_is_made_once_and_masked() -> None:
+    """A replay's access line ends with its ticket's facts, formatted once (answers.Ticket.facts):
+    the same text as a request's own line, a token-like name masked like any other line."""
+    from proxy.answers import Ticket
+    from proxy.auth.credentials import Principal
+    from proxy.auth.guard import Grant
+    from proxy.logs import line_tail
+
+    secret = generate_token()
+    principal = Principal(user="alice", token_name=secret, scopes=frozenset(), groups=frozenset())
+    ticket = Ticket(Grant(object(), principal, math.inf), "k", "conda", "team", "team", False, False)  # type: ignore[arg-type]
+    facts = ticket.facts("hit")
+    assert facts is ticket.facts("hit")  # made once per cache result
+    assert facts.line_tail == " user=alice token=cgt-<redacted> channel=team ecosystem=conda cache=hit\n"
+    assert secret not in facts.line_tail
+    own = RequestFacts(ecosystem="conda", channel="team", cache="hit", user="alice", token=secret)
+    assert line_tail(own) == facts.line_tail
