@@ -122,17 +122,16 @@ class BlockCompressor:
         else:
             pos = self._past_lead(frame, pos)
             self._lead_blocks = frame[_header_size(frame):pos]
-        body = bytearray(frame[pos:])
-        at, last_at = 0, -1
-        while at < len(body):
-            length, last = _block_length(body, at)
+        at, last_at = pos, -1
+        while at < len(frame):
+            length, last = _block_length(frame, at)
             if last:
                 last_at = at
             at += length
-        if at != len(body) or last_at < 0 or last_at + _block_length(body, last_at)[0] != len(body):
+        if at != len(frame) or last_at < 0 or last_at + _block_length(frame, last_at)[0] != len(frame):
             raise SpliceError("unexpected zstd block layout")
-        body[last_at] &= 0xFE  # blocks of a frame that goes on
-        return bytes(body)
+        view = memoryview(frame)  # after the lead; the last flag cleared: the frame goes on
+        return b"".join((view[pos:last_at], bytes([frame[last_at] & 0xFE]), view[last_at + 1:]))
 
 
 def frame_header(content_size: int) -> bytes:
@@ -179,15 +178,21 @@ def sorted_bytes(section: Section) -> Iterator[bytes]:
 
 
 def _chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
-    """The pieces regrouped into ``CHUNK`` bytes each (the last one shorter)."""
-    pending = bytearray()
+    """The pieces regrouped into ``CHUNK`` bytes each (the last one shorter), joined once."""
+    parts: list[bytes | memoryview] = []
+    size = 0
     for data in pieces:
-        pending += data
-        while len(pending) >= CHUNK:
-            yield bytes(pending[:CHUNK])
-            del pending[:CHUNK]
-    if pending:
-        yield bytes(pending)
+        view = memoryview(data)
+        while size + len(view) >= CHUNK:
+            take = CHUNK - size
+            parts.append(view[:take])
+            yield b"".join(parts)
+            parts, size, view = [], 0, view[take:]
+        if view:
+            parts.append(view)
+            size += len(view)
+    if parts:
+        yield b"".join(parts)
 
 
 def _build(section: Section, path: Path, compressor: BlockCompressor) -> CompressedSection:
