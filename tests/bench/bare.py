@@ -1,9 +1,9 @@
 """The framework ceiling: bare aiohttp (on asyncio's own loop, as ``channelgate serve`` runs by default) answering
-every GET with the same bytes from memory, no auth, routing, logging or headers beyond
-aiohttp's own. What channelgate reaches against this is what its own code costs; what this
+every GET with the same bytes and the same headers from memory (``--header``, given channelgate's
+own answer's headers by the scenario), no auth, routing, logging or metrics. What channelgate reaches against this is what its own code costs; what this
 reaches against nginx is what the framework costs.
 
-Run: ``python -m tests.bench.bare --file BODY --port N --content-type TYPE``.
+Run: ``python -m tests.bench.bare --file BODY --port N --header 'Content-Type: TYPE' [--header ...]``.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--file", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--content-type", default="application/octet-stream")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value', sent on every answer")
     args = parser.parse_args(argv)
     body = args.file.read_bytes()
-    content_type = args.content_type
+    headers = dict(h.split(": ", 1) for h in args.header)
 
     async def answer(request: web.Request) -> web.Response:
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return web.Response(body=body, headers=headers)
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", answer)

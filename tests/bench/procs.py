@@ -320,12 +320,18 @@ def start_nginx(stack: contextlib.ExitStack, workdir: Path, root: Path, *, worke
 
 
 # --------------------------------------------------------------------------- bare aiohttp
-def start_bare(stack: contextlib.ExitStack, workdir: Path, body: Path, content_type: str) -> str:
-    """tests/bench/bare.py over ``body``; returns its URL."""
+# what aiohttp writes itself on every answer: the bare peer adds the rest of channelgate's headers
+OWN_HEADERS = frozenset({"date", "server", "content-length", "connection", "keep-alive", "transfer-encoding"})
+
+
+def start_bare(stack: contextlib.ExitStack, workdir: Path, body: Path, headers: dict[str, str]) -> str:
+    """tests/bench/bare.py over ``body``, answering with ``headers`` (channelgate's answer's
+    headers: the same bytes and the same headers, as issue 15 part 4 compares); returns its URL."""
     port = free_port()
     log = workdir / "bare.log"
+    sent = [f"--header={k}: {v}" for k, v in headers.items() if k.lower() not in OWN_HEADERS]
     proc = spawn(stack, [sys.executable, "-m", "tests.bench.bare", "--file", str(body), "--port", str(port),
-                         "--content-type", content_type], log, cwd=REPO_ROOT)
+                         *sent], log, cwd=REPO_ROOT)
     wait_http(f"http://127.0.0.1:{port}/", proc, log)
     return f"http://127.0.0.1:{port}"
 

@@ -36,7 +36,7 @@ PIP_ACCEPT = {"Accept": "application/vnd.pypi.simple.v1+json, application/vnd.py
 WORKERS = max(2, os.cpu_count() or 2)
 
 # the per-request overhead rows (issue 15 part 4): tests/bench/bare.py is aiohttp's web.Application
-# answering every GET with the same bytes from memory, no authorisation, routing, logging or metrics
+# answering every GET with the same bytes and headers from memory, no authorisation, routing, logging or metrics
 BARE_NOTE = ("ratio: the median of the per-round ratios, each round measuring channelgate and bare aiohttp "
              "back to back (ours and peer: the medians of their rates)")
 
@@ -150,7 +150,7 @@ async def pypi_page(bench: Bench) -> list[Row]:
             raise BenchError("channelgate --workers serves other bytes")
     urls["workers"] = wurl
     urls["bare"] = start_bare(bench.stack, bench.workdir, static / "simple" / PROJECT / "index.json",
-                              "application/vnd.pypi.simple.v1+json") + f"/simple/{PROJECT}/"
+                              fetch(url, PIP_ACCEPT)[1]) + f"/simple/{PROJECT}/"
     order = ("ours", "bare", "proxpi", "nginx", "nginx_auto", "workers", "proxpi_wide")  # bare right after ours
     rounds = await rates(bench, {k: urls[k] for k in order if k in urls}, PIP_ACCEPT)
     measured = {name: median(values) for name, values in rounds.items()}
@@ -198,7 +198,7 @@ async def conda_zst(bench: Bench) -> list[Row]:
     nginx1 = start_nginx(bench.stack, bench.workdir, static, workers="1")
     nginx_auto = start_nginx(bench.stack, bench.workdir, static, workers="auto")
     urls = {"ours": url,
-            "bare": start_bare(bench.stack, bench.workdir, static / "linux-64" / "repodata.json.zst", "application/zstd")
+            "bare": start_bare(bench.stack, bench.workdir, static / "linux-64" / "repodata.json.zst", fetch(url)[1])
             + "/linux-64/repodata.json.zst",
             "nginx": f"{nginx1.url}/linux-64/repodata.json.zst",
             "nginx_auto": f"{nginx_auto.url}/linux-64/repodata.json.zst"}
