@@ -13,6 +13,7 @@ inputs: one build serves them all, counted by ``channelgate_index_builds_total``
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -87,6 +88,9 @@ async def big_repodata(bench: Bench) -> list[Row]:
     up = start_upstream(bench.stack, root, bench.workdir / "upstream.log")
     policy, reader, writer = bench_policy({"forge": {"type": "conda", "url": f"{up.url}/forge"}})
     server = bench.channelgate("cg", policy)
+    # the fixtures just written (~260 MB) are still being flushed: the first merge's fsync of the
+    # upstream document would wait behind them. Flushed first, as the bundle rows do (a sync(2) before)
+    await asyncio.to_thread(os.sync)
     assert server.proc is not None
     pid = server.proc.pid
     for pkg in packages[:-1]:
@@ -195,6 +199,7 @@ async def _shared(bench: Bench, upstream: str, packages: list[Path]) -> list[tup
     for channel, pkg in zip(SHARED, packages):
         await upload_conda(server.url, writer, pkg, channel)
     urls = [f"{channel_url(server.url, reader, c)}/linux-64/repodata.json.zst" for c in SHARED]
+    await asyncio.to_thread(os.sync)  # the earlier servers' writes flushed first (see big_repodata)
     times = await _cold_five(urls)
     async with client_session(len(SHARED)) as session:  # what was built: each channel's own merge
         for channel, pkg, url in zip(SHARED, packages, urls):
@@ -211,6 +216,7 @@ async def _same_inputs(bench: Bench, upstream: str) -> tuple[list[tuple[float, f
     policy, reader, _ = bench_policy({"forge": {"type": "conda", "url": f"{upstream}/forge"}}, tuple(SHARED))
     server = bench.channelgate("cg-same", policy)
     urls = [f"{channel_url(server.url, reader, c)}/linux-64/repodata.json.zst" for c in SHARED]
+    await asyncio.to_thread(os.sync)  # the earlier servers' writes flushed first (see big_repodata)
     times = await _cold_five(urls)
     async with client_session(len(SHARED)) as session:
         answers = [await _get(session, url) for url in urls]
