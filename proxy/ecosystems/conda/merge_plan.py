@@ -17,6 +17,7 @@ claim nothing. Sections stay sorted by file name (rattler's plain reader pairs a
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import os
 import uuid
@@ -191,6 +192,24 @@ def batched(pieces: Iterable[Piece]) -> Iterator[bytes]:
     yield b"".join(batch)
 
 
+@contextlib.contextmanager
+def renamed_when_whole(path: Path, tmp_dir: Path) -> Iterator[int]:
+    """A new temp file's descriptor (in ``tmp_dir``) to write a document into: when the block
+    ends without an error it is closed and renamed to ``path`` (a reader sees the whole
+    document or the one before), else closed and removed."""
+    tmp = tmp_dir / f"conda-index-{uuid.uuid4().hex}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        yield fd
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+
+
 @dataclass
 class Plan:
     """A merged document: per extension, its sources (with their name tables) and the
@@ -284,10 +303,8 @@ class Plan:
     def write_json(self, path: Path, tmp_dir: Path) -> int:
         """Write the plain document to ``path``: the upstream runs are copied file to file
         in the kernel (copy_file_range), no byte passes through Python. Returns its size."""
-        tmp = tmp_dir / f"conda-index-{uuid.uuid4().hex}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         written = 0
-        try:
+        with renamed_when_whole(path, tmp_dir) as fd:
             def put(data: bytes) -> None:
                 nonlocal written
                 view = memoryview(data)
@@ -305,15 +322,8 @@ class Plan:
                     written += copy_range(section.data.fd, fd, start, stop - start)
                 else:
                     put(section.data.read(start, stop - start))
-            os.close(fd)
-            fd = -1
             if written != self.size():
                 raise RuntimeError(f"merged repodata is {written} bytes, planned {self.size()}")
-            os.replace(tmp, path)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            tmp.unlink(missing_ok=True)
         return written
 
     def write(self, json_path: Path | None, zst_path: Path | None, tmp_dir: Path, *,

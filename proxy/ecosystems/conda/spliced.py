@@ -35,7 +35,7 @@ from pathlib import Path
 
 import zstandard
 
-from .merge_plan import SECTION_SEPARATOR, ZSTD_LEVEL, ZSTD_THREADS, Plan
+from .merge_plan import SECTION_SEPARATOR, ZSTD_LEVEL, ZSTD_THREADS, Plan, renamed_when_whole
 from .sections import EXTENSIONS, READ_CHUNK, Section, copy_range
 
 log = logging.getLogger(__name__)
@@ -316,9 +316,7 @@ def write_spliced(plan: Plan, zst_path: Path, tmp_dir: Path, *, level: int, thre
         return False
     total = plan.size()
     compressor = BlockCompressor(level, threads)
-    tmp = tmp_dir / f"conda-index-{uuid.uuid4().hex}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
+    with renamed_when_whole(zst_path, tmp_dir) as fd:
         os.write(fd, frame_header(total))
         out = _Writer(fd, compressor)
         out.literal(plan.head())
@@ -331,13 +329,6 @@ def write_spliced(plan: Plan, zst_path: Path, tmp_dir: Path, *, level: int, thre
         os.write(fd, FRAME_END)
         if out.size != total:
             raise RuntimeError(f"merged repodata is {out.size} bytes, planned {total}")
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, zst_path)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
     return True
 
 
