@@ -107,22 +107,17 @@ class TempBlob:
         if self._digests is None:
             fh = self._fh
             await asyncio.to_thread(_close_synced, fh)
-            self._digests = {
-                "sha256": self._sha256.hexdigest(),
-                "md5": self._md5.hexdigest(),
-                "blake2_256": self._blake.hexdigest(),
-            }
+            self._digests = self._hexdigests()
         return self._digests
+
+    def _hexdigests(self) -> dict[str, str]:
+        return {"sha256": self._sha256.hexdigest(), "md5": self._md5.hexdigest(), "blake2_256": self._blake.hexdigest()}
 
     def check(self, expect: Mapping[str, str] | None = None) -> dict[str, str]:
         """The digests of the bytes written so far, checked against declared ones
         (DigestMismatch), before any fsync: a small file may be answered from memory once
         checked, and committed after (write-behind, issue 15)."""
-        digests = self._digests or {
-            "sha256": self._sha256.hexdigest(),
-            "md5": self._md5.hexdigest(),
-            "blake2_256": self._blake.hexdigest(),
-        }
+        digests = self._digests or self._hexdigests()
         for algorithm, declared in (expect or {}).items():
             actual = digests.get(algorithm)
             if actual is not None and declared.lower() != actual:
