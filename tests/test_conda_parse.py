@@ -172,10 +172,56 @@ def test_unsorted_upstream_sorted_by_its_runs(case: str) -> None:
 
 def _reference(local: list[CondaRecord], upstreams: list[list[CondaRecord]], local_names: frozenset[str],
                allow: frozenset[str]) -> bytes:
+    """The merge rule over in-memory records, laid out as merge_plan.layout does: the uploads
+    sorted by file name, then each upstream's records in the order it listed them."""
     from proxy.merge import merge
-    merged = merge(local, upstreams, name=lambda r: r[1].lower(), key=lambda r: r[0], allow=allow,
+    merged = merge(sorted(local), upstreams, name=lambda r: r[1].lower(), key=lambda r: r[0], allow=allow,
                    local_names=local_names)
-    return render_repodata_json("linux-64", merged)
+    return render_repodata_json("linux-64", merged, sort_keys=False)
+
+
+@pytest.mark.parametrize("kept", ["most", "few", "most, small windows"])
+def test_a_merged_section_lists_uploads_then_each_upstream_in_its_own_order(kept: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """merge_plan.layout: the uploads (sorted), then the upstream's entries in the order it
+    listed them (as a JSON parser reads them: a repeated key's last copy wins), less those the
+    merge leaves out: a blocked name, a file name an upload took."""
+    from proxy.ecosystems.conda import parse
+    from proxy.ecosystems.conda.merge_plan import build_plan, merge_sources, positions_of
+    from proxy.ecosystems.conda.sections import EXTENSIONS
+
+    if "windows" in kept:  # the two copies of a key in different windows (sections.py drops the first)
+        monkeypatch.setattr(parse, "WINDOW", 256)
+        monkeypatch.setattr(parse, "READ_CHUNK", 256)
+    names = [f"n{i:03d}" for i in range(40)]
+    random.Random(kept).shuffle(names)
+    pad = "x" * 300  # the copies below lie several windows apart
+    listed = [(f"{n}-1.{v}-h0_0.conda", {"name": n, "v": v, "pad": pad}) for n in names for v in range(3)]
+    listed.insert(0, ("n005-1.1-h0_0.conda", {"name": "n005", "v": "early copy"}))  # repeated below
+    assert [k for k, _ in listed].index("n005-1.1-h0_0.conda", 1) > 30
+    body = b'{"packages.conda":{' + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in listed) + b"}}"
+    upstream = parse_repodata(body)
+    section = upstream.sections[".conda"]
+    assert section.perm is not None  # not sorted: kept as listed
+    if "windows" in kept:  # both copies stored, the first one left out of the sorted order
+        assert len(section.perm) == len(section.klens) - 1
+    local = [("zz-1-0.conda", "zz", b'{"name":"zz"}'), ("n010-1.2-h0_0.conda", "mine", b'{"name":"mine"}'),
+             ("aa-1-0.conda", "aa", b'{"name":"aa"}')]
+    blocked = set(names) - {"n030", "n031"} if kept == "few" else {"n020"}
+    cut = {ext: positions_of(upstream.sections[ext], upstream.name_ids(blocked)) for ext in EXTENSIONS}
+    sources, tables, excluded = merge_sources(local, [(upstream, cut)])
+    plan = build_plan(sources, tables, excluded, info={"subdir": "linux-64"}, removed=[])
+    pairs = dict(json.loads(plan.render(), object_pairs_hook=list))["packages.conda"]  # (key, record pairs)
+    read = dict(listed)  # as a JSON parser reads the upstream: the last copy of a key wins
+    if "windows" in kept:  # where the last copy stands
+        read = {k: v for k, v in reversed(dict(reversed(listed)).items())}
+    expected = [k for k, v in read.items() if v["name"] not in blocked and k != "n010-1.2-h0_0.conda"]
+    assert [k for k, _ in pairs] == ["aa-1-0.conda", "n010-1.2-h0_0.conda", "zz-1-0.conda", *expected]
+    records = {k: dict(v) for k, v in pairs}
+    assert records["n010-1.2-h0_0.conda"] == {"name": "mine"}  # the upload's record
+    if kept != "few":
+        assert records["n005-1.1-h0_0.conda"] == {"name": "n005", "v": 1, "pad": pad}  # the later copy
+    assert plan.size() == len(plan.render())
 
 
 def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
@@ -197,7 +243,8 @@ def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
     sources, tables, excluded = merge_sources(
         local, [(up, {ext: positions_of(up.sections[ext], up.name_ids(blocked)) for ext in EXTENSIONS}) for up in ups])
     plan = build_plan(sources, tables, excluded, info={"subdir": "linux-64"}, removed=[])
-    expected = _reference(local, [list(up.iter_records()) for up in ups], local_names, allow)
+    listed = [[(fn, r["name"], orjson.dumps(r)) for fn, r in d.items()] for d in (first, second)]
+    expected = _reference(local, listed, local_names, allow)
     assert plan.render() == expected
     assert plan.size() == len(expected)
     plan.write(tmp_path / "r.json", tmp_path / "r.json.zst", tmp_path)
@@ -210,7 +257,7 @@ def test_merge_plan_matches_the_merge_rule(tmp_path: Path) -> None:
                    if r != {"name": "p3"})  # a private name blocks every upstream version
     assert any(r["name"] == "p7" for r in doc["packages.conda"].values())  # upstream_allow
     # current_repodata: the same selection as the in-memory implementation
-    from proxy.ecosystems.conda.merge_plan import current_subset
+    from proxy.ecosystems.conda.current import current_subset
     merged_records = [(fn, rec["name"], orjson.dumps(rec)) for s in ("packages", "packages.conda")
                       for fn, rec in doc[s].items()]
     assert orjson.loads(current_subset(plan).render()) == orjson.loads(render_current_repodata("linux-64", merged_records))

@@ -23,6 +23,7 @@ from proxy.ecosystems.conda import spliced
 from proxy.ecosystems.conda.merge_plan import build_plan, merge_sources
 from proxy.ecosystems.conda.parse import parse_repodata_file
 from proxy.ecosystems.conda.sections import EXTENSIONS, CondaRecord, Repodata
+from proxy.errors import BadRequest
 
 FILLER = 30_000  # ~9 MB of records: a few shared chunks per section
 
@@ -91,7 +92,38 @@ def test_spliced_zst_is_the_merge_plan_in_one_frame(tmp_path: Path, monkeypatch:
     # the upload's, none of the upstream's (the merge rule)
     assert [f for f in doc["packages.conda"] if f.startswith("fill-00042-")] == ["fill-00042-1.0-h0_0.conda"]
     assert "fill-1500x-1.0-h0_0.conda" in doc["packages.conda"] and "fill-01501-1.9" in str(list(doc["packages.conda"]))
-    assert list(doc["packages.conda"]) == sorted(doc["packages.conda"])
+    # the uploads first, then the upstream's entries in the order it listed them (merge_plan.layout)
+    uploads = sorted(f for f, _, _ in local if f.endswith(".conda"))
+    listed = [f for f in filler_records(FILLER)["packages.conda"] if not f.startswith("fill-00042-")]
+    assert list(doc["packages.conda"]) == uploads + listed
+
+
+def test_an_upstream_is_compressed_in_shared_chunks_while_it_is_parsed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """section_files.py: the chunks exist when the parse returns, before any merge, and are
+    the section's data as the upstream listed it, chunk by chunk."""
+    monkeypatch.setattr(spliced, "MIN_SHARED", 1)
+    repodata = upstream_file(tmp_path)
+    for section in repodata.sections.values():
+        comp = section.compressed
+        assert isinstance(comp, spliced.CompressedSection) and comp.chunks >= 2
+        assert section.data.path is not None
+        data = section.data.path.read_bytes()
+        assert comp.size == len(data) == section.offsets[-1]
+        assert b"".join(comp.chunk_bytes(k) for k in range(comp.chunks)) == data
+        assert all(len(comp.chunk_bytes(k)) == spliced.CHUNK for k in range(comp.chunks - 1))
+
+
+def test_a_failed_parse_leaves_no_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spliced, "MIN_SHARED", 1)
+    doc = orjson.dumps({"info": {"subdir": "linux-64"}, **filler_records(FILLER)})
+    path = tmp_path / "repodata.json.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(doc[:-100]))  # cut short: not a document
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(BadRequest):
+        parse_repodata_file(path, "zstd", work)
+    assert not list(work.iterdir())
 
 
 def test_every_merge_copies_the_section_compressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,8 +213,8 @@ def test_a_merge_keeping_little_of_a_section_does_not_compress_all_of_it(tmp_pat
     keep = {"fill-00007", "fill-02000"}
     plan = plan_of(repodata, [], blocked={n for n in repodata.name_table if n not in keep})
     out = tmp_path / "few.zst"
-    assert not spliced.write_zst(plan, out, tmp_path)  # compressed whole: a few records
-    assert all(s.compressed is None for s in repodata.sections.values())
+    assert all(isinstance(s.compressed, spliced.CompressedSection) for s in repodata.sections.values())  # parsed
+    assert not spliced.write_zst(plan, out, tmp_path)  # yet compressed whole: a few records, not their chunks
     assert conda_read(out.read_bytes()) == plan.render()
     names = {r["name"] for part in ("packages", "packages.conda") for r in json.loads(plan.render())[part].values()}
     assert names == keep

@@ -1,18 +1,23 @@
-"""Merged conda indexes from sorted sections: a plan of byte ranges, streamed to files.
+"""Merged conda indexes from parsed sections: a plan of byte ranges, streamed to files.
 
-A merged ``repodata.json`` section is a merge of sorted sources (the channel's uploads, then
-its upstreams in order; sections.py keeps each upstream sorted): ``merge_runs`` walks them
-with binary searches (galloping), so an index of 465k upstream records and a few uploads
-is planned in a few dozen lookups, never by visiting every record. The plan is a list of
-runs (source, first, last) of sorted positions. ``write`` streams the runs' byte ranges
-(pread, a few MB at a time) through a multi-threaded zstd compressor into
+Which entries a merged ``repodata.json`` section holds is a merge of sorted sources (the
+channel's uploads, then its upstreams in order; sections.py addresses each by sorted
+position): ``merge_runs`` walks them with binary searches (galloping), so an index of 465k
+upstream records and a few uploads is planned in a few dozen lookups, never by visiting
+every record. The plan is a list of runs (source, first, last) of sorted positions.
+
+The document lists those entries source by source — the uploads first, then each upstream
+in its own order (``Plan.layout``): every upstream section is copied as long byte ranges of
+what it listed (JSON object order carries no meaning; conda reads a dict, rattler sorts the
+entries itself), and its shared compressed chunks (spliced.py) can be made while it is
+parsed, before the merge knows the sorted order of an unsorted upstream. ``write`` streams
+the byte ranges (pread, a few MB at a time) through a multi-threaded zstd compressor into
 ``repodata.json.zst``; ``write_json`` copies them file to file in the kernel
 (copy_file_range) into ``repodata.json``. The document is never held whole.
 
 Merge rule (DESIGN "Merge semantics"): earlier sources win a file name; entries whose
 package name the dependency-confusion rule blocks (``excluded`` positions) are skipped and
-claim nothing. Sections stay sorted by file name (rattler's plain reader pairs a
-``.tar.bz2`` with its ``.conda`` twin assuming sorted keys).
+claim nothing.
 """
 from __future__ import annotations
 
@@ -27,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import msgspec
 import orjson
 import zstandard
 
@@ -42,10 +46,11 @@ from .sections import (
     copy_range,
     is_package_filename,
 )
-from .version import VersionOrder, version_key_or_none
 
 Run = tuple[int, int, int]
 """(source index, first, last): sorted positions [first, last) of one source."""
+Span = tuple[int, int, int]
+"""(source index, first, last): entries [first, last) of one source's data, as it listed them."""
 
 # zstd level 1: the 208 MB bench repodata in 0.48 s of CPU (level 2: 0.71 s, level 3: 1.5 s)
 # and no larger (51.2 MB, level 2: 51.1 MB): sha256/md5 hex dominate what stays after compression
@@ -160,15 +165,63 @@ def document_head(info: dict[str, Any]) -> bytes:
     return b'{"info":' + orjson.dumps(info) + b',"packages":{'
 
 
-def section_pieces(sources: Sequence[Section], runs: Sequence[Run]) -> Iterator[Piece]:
-    """One section's entries in merged order, as byte ranges of the sources' data."""
-    first = True
-    for j, lo, hi in runs:
-        section = sources[j]
-        offsets = section.offsets
-        for a, b in section.index_runs(lo, hi):
-            yield section, offsets[a] + first, offsets[b]  # the first entry drops its comma
-            first = False
+def layout(sources: Sequence[Section], runs: Sequence[Run]) -> list[Span]:
+    """The entries ``runs`` keep, source by source, each source's in its data order."""
+    spans: list[Span] = []
+    for j, section in enumerate(sources):
+        kept = [(lo, hi) for src, lo, hi in runs if src == j]
+        if kept:
+            spans += ((j, a, b) for a, b in _data_runs(section, kept))
+    return spans
+
+
+def _data_runs(section: Section, kept: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Entries [a, b) of the section's data holding the sorted positions ``kept`` (ascending
+    runs), in data order; long runs found at C speed (``bytes.find`` over a flag per entry)."""
+    perm = section.perm
+    if perm is None:  # sorted data: positions are entries; adjacent runs joined
+        lo, hi = kept[0]
+        for a, b in kept[1:]:
+            if a != hi:
+                yield lo, hi
+                lo = a
+            hi = b
+        yield lo, hi
+        return
+    n = len(section.klens)
+    covered = sum(hi - lo for lo, hi in kept)
+    if covered * 2 < n:
+        flags = bytearray(n)
+        for lo, hi in kept:
+            for i in perm[lo:hi]:
+                flags[i] = 1
+    else:  # most are kept: clear the few that are not (left out, or a repeated key's loser)
+        flags = bytearray(b"\x01") * n
+        if len(perm) < n:
+            for i in set(range(n)).difference(perm):
+                flags[i] = 0
+        start = 0
+        for lo, hi in [*kept, (len(perm), len(perm))]:
+            for s in range(start, lo):
+                flags[perm[s]] = 0
+            start = hi
+    a = flags.find(1)
+    while a >= 0:
+        b = flags.find(0, a)
+        if b < 0:
+            yield a, n
+            return
+        yield a, b
+        a = flags.find(1, b)
+
+
+def section_pieces(sources: Sequence[Section], spans: Sequence[Span]) -> Iterator[Piece]:
+    """One section's entries in document order, as byte ranges of the sources' data."""
+    first = 1
+    for j, a, b in spans:
+        offsets = sources[j].offsets
+        yield sources[j], offsets[a] + first, offsets[b]  # the first entry drops its comma
+        first = 0
 
 
 def batched(pieces: Iterable[Piece]) -> Iterator[bytes]:
@@ -221,6 +274,14 @@ class Plan:
     info: dict[str, Any] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     _starts: dict[tuple[str, int], tuple[list[int], list[int]]] | None = field(default=None, repr=False)
+    _layout: dict[str, list[Span]] = field(default_factory=dict, repr=False)
+
+    def layout(self, ext: str) -> list[Span]:
+        """Section ``ext`` in document order: uploads, then each upstream as it listed them."""
+        found = self._layout.get(ext)
+        if found is None:
+            found = self._layout[ext] = layout(self.sections[ext], self.runs[ext])
+        return found
 
     def name(self, ext: str, j: int, s: int) -> str:
         return self.tables[ext][j][self.sections[ext][j].nid(s)]
@@ -276,7 +337,7 @@ class Plan:
         total = len(self._head()) + len(self._tail()) + len(SECTION_SEPARATOR)
         for ext in EXTENSIONS:
             sources = self.sections[ext]
-            span = sum(sources[j].span(lo, hi) for j, lo, hi in self.runs[ext])
+            span = sum(sources[j].offsets[b] - sources[j].offsets[a] for j, a, b in self.layout(ext))
             total += span - 1 if span else 0  # the first entry's leading comma is dropped
         return total
 
@@ -287,7 +348,7 @@ class Plan:
         for n, ext in enumerate(EXTENSIONS):
             if n:
                 yield SECTION_SEPARATOR
-            yield from section_pieces(self.sections[ext], self.runs[ext])
+            yield from section_pieces(self.sections[ext], self.layout(ext))
         yield self._tail()
 
     def chunks(self) -> Iterator[bytes]:
@@ -384,55 +445,6 @@ def build_plan(
     return Plan(sources, tables, runs, info, removed)
 
 
-# --------------------------------------------------------------------------- current_repodata
-
-
-class _Facts(msgspec.Struct):
-    version: Any = ""
-    build_number: Any = 0
-
-
-_FACTS = msgspec.json.Decoder(_Facts)
-
-
-def current_subset(plan: Plan) -> Plan:
-    """``current_repodata.json``'s selection of a plan: per name the newest version (conda's
-    VersionOrder), then among those the highest ``build_number``; every record with that
-    version and build number stays (all variants, both formats). Records whose version
-    conda cannot parse are left out."""
-    orders: dict[str, VersionOrder | None] = {}
-    seen: list[tuple[str, int, int, str, VersionOrder, int]] = []
-    best: dict[str, tuple[VersionOrder, int]] = {}
-    for ext in EXTENSIONS:
-        tables = plan.tables[ext]
-        sources = plan.sections[ext]
-        for j, s, _key, record in plan.entries(ext):
-            try:
-                facts = _FACTS.decode(record)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            version = facts.version if isinstance(facts.version, str) else ""
-            bn = facts.build_number
-            bn = bn if isinstance(bn, int) and not isinstance(bn, bool) else 0
-            order = orders.get(version)
-            if order is None:
-                if version in orders:
-                    continue
-                order = orders[version] = version_key_or_none(version)
-                if order is None:
-                    continue
-            name = tables[j][sources[j].nid(s)]
-            seen.append((ext, j, s, name, order, bn))
-            current = best.get(name)
-            if current is None or current[0] < order or (current[0] == order and current[1] < bn):
-                best[name] = (order, bn)
-    keep: dict[str, list[tuple[int, int]]] = {ext: [] for ext in EXTENSIONS}
-    for ext, j, s, name, order, bn in seen:
-        if best[name] == (order, bn):
-            keep[ext].append((j, s))
-    return plan.subset(keep)
-
-
 __all__ = [
-    "Plan", "Run", "build_plan", "current_subset", "local_section", "merge_runs", "positions_of",
+    "Plan", "Run", "Span", "build_plan", "layout", "local_section", "merge_runs", "positions_of",
 ]

@@ -23,6 +23,7 @@ import itertools
 import json
 import operator
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,6 +33,7 @@ import zstandard
 
 from ...errors import BadRequest
 from .readahead import ReadAhead
+from .section_files import SectionFiles
 from .sections import (
     EXTENSIONS,
     MAX_DECOMPRESSED,
@@ -42,7 +44,7 @@ from .sections import (
     Encoding,
     Repodata,
     SectionBuilder,
-    SectionFiles,
+    Sink,
     dump_record,
     is_package_filename,
 )
@@ -197,7 +199,7 @@ class _Buffer:
 
 
 class _Parser:
-    def __init__(self, buffer: _Buffer, outputs: dict[str, BinaryIO]) -> None:
+    def __init__(self, buffer: _Buffer, outputs: Mapping[str, Sink]) -> None:
         self.src = buffer
         self.builders = {ext: SectionBuilder(ext, outputs[ext]) for ext in EXTENSIONS}
         self.name_ids: dict[str, int] = {}
@@ -386,7 +388,7 @@ class _Parser:
         return Repodata(self.info, self.removed, self.version, list(self.name_ids), sections)
 
 
-def _parse(stream: BinaryIO, outputs: dict[str, BinaryIO], limit: int) -> _Parser:
+def _parse(stream: BinaryIO, outputs: Mapping[str, Sink], limit: int) -> _Parser:
     parser = _Parser(_Buffer(stream, limit), outputs)
     try:
         parser.parse()
@@ -402,7 +404,7 @@ def parse_repodata(body: bytes, *, limit: int = MAX_DECOMPRESSED) -> Repodata:
     skipped. Raises ``BadRequest`` when the document is not a repodata object.
     """
     outputs = {ext: io.BytesIO() for ext in EXTENSIONS}
-    parser = _parse(io.BytesIO(body), dict[str, BinaryIO](outputs), limit)
+    parser = _parse(io.BytesIO(body), outputs, limit)
     return parser.result({ext: Data(blob=out.getvalue()) for ext, out in outputs.items()})
 
 
@@ -421,7 +423,7 @@ def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit:
     """Parse a stored ``repodata.json[.zst|.bz2]`` streaming: peak memory is a few windows
     plus the arrays; the sections are written to files in ``workdir`` (removed when the
     returned ``Repodata`` is garbage-collected)."""
-    with SectionFiles(workdir) as files:
+    with SectionFiles(workdir, compress=True) as files:
         with open_body(path, encoding) as body:
             try:
                 parser = _parse(body, files.outputs, limit)
@@ -429,7 +431,10 @@ def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit:
                 raise BadRequest(f"repodata.json.zst is not valid zstd ({exc})") from None
             except (OSError, EOFError) as exc:
                 raise BadRequest(f"repodata.json is not readable ({exc})") from None
-        files.close()
-        # an upstream that is not sorted stays as it came (``perm``): sorting it on disk
-        # would cost a copy of every byte before the first merge; merges copy its runs
-        return parser.result(files.data())
+        compressed = files.finish()
+        # an upstream that is not sorted stays as it came (``perm``): merges copy it in its
+        # own order, so its shared chunks were compressed while it was parsed
+        repodata = parser.result(files.data())
+    for ext, section in repodata.sections.items():
+        section.compressed = compressed[ext]
+    return repodata

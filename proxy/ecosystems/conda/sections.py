@@ -1,14 +1,15 @@
-"""Upstream ``repodata.json`` records as sorted sections: the storage parse.py fills and
+"""Upstream ``repodata.json`` records as sections: the storage parse.py fills and
 merge_plan.py copies from.
 
 Sized for conda-forge linux-64 (~465k records, ~207 MB of JSON): no dict per record, no
 document in memory. A *section* holds one extension's entries (``packages``: ``.tar.bz2``;
 ``packages.conda``: ``.conda``, chosen by the file's extension, conda docs "repodata.json"),
 each stored as ``,"<file name>":<compact record JSON>`` back to back in a file in the
-store's tmp (or bytes, for small documents), sorted by file name in UTF-8 byte order — code
-point order, what conda-index writes and rattler's plain reader expects. Memory keeps only
-arrays: entry offsets, key lengths, name ids. A merged ``repodata.json`` is then a copy of
-byte ranges; a record is one ``pread``.
+store's tmp (or bytes, for small documents), in the order the upstream listed them, and
+addressed by *sorted position*: file names in UTF-8 byte order (code point order, what
+conda-index writes), through a permutation when the upstream was not sorted. Memory keeps
+only arrays: entry offsets, key lengths, name ids. A merged ``repodata.json`` is then a copy
+of byte ranges; a record is one ``pread``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import weakref
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -97,7 +98,6 @@ class Section:
         self.klens = klens
         self.nids = nids
         self.perm = perm
-        self._spans: array[int] | None = None
         self._inverse: array[int] | None = None
         self._starts: array[int] | None = None
         self.compressed: object | None = None  # spliced.py: the entries compressed once, shared by merges
@@ -112,15 +112,6 @@ class Section:
     def key(self, s: int) -> bytes:
         i = self.index(s)
         return self.data.read(self.offsets[i] + 2, self.klens[i])
-
-    def span(self, lo: int, hi: int) -> int:
-        """Bytes of the entries at sorted positions [lo, hi)."""
-        if self.perm is None:
-            return self.offsets[hi] - self.offsets[lo] if hi > lo else 0
-        if self._spans is None:
-            offsets = self.offsets
-            self._spans = array("Q", itertools.accumulate((offsets[i + 1] - offsets[i] for i in self.perm), initial=0))
-        return self._spans[hi] - self._spans[lo] if hi > lo else 0
 
     def inverse(self) -> array[int]:
         """Entry index -> sorted position (-1 for a dropped duplicate)."""
@@ -289,10 +280,16 @@ def copy_range(src: int, dst: int, offset: int, size: int) -> int:
     return done
 
 
+class Sink(Protocol):
+    """Where a builder's entries go: a file, ``io.BytesIO``, section_files.ChunkedFile."""
+
+    def write(self, data: Any, /) -> Any: ...  # bytes-like, copied before the call returns
+
+
 class SectionBuilder:
     """Entries of one extension as they arrive, written to ``out``."""
 
-    def __init__(self, ext: str, out: BinaryIO) -> None:
+    def __init__(self, ext: str, out: Sink) -> None:
         self.ext = ext
         self.out = out
         self.offsets = array("Q", [0])
@@ -380,51 +377,3 @@ def sorted_on_disk(section: Section, path: Path) -> Section:
     sorted_offsets = array("Q", itertools.accumulate(map(operator.sub, ends, starts), initial=0))
     return Section(section.ext, Data(path=path), sorted_offsets, array("I", map(section.klens.__getitem__, perm)),
                    array("I", map(section.nids.__getitem__, perm)), None)
-
-
-class SectionFiles:
-    """The files one parse writes its sections to, one per extension, in ``workdir``: a
-    context that closes them, and removes every one of them when the parse fails."""
-
-    def __init__(self, workdir: Path) -> None:
-        stem = workdir / f"conda-records-{uuid.uuid4().hex}"
-        self.paths = {ext: stem.with_suffix(f".{ext.strip('.').replace('.', '-')}") for ext in EXTENSIONS}
-        self.outputs: dict[str, BinaryIO] = {}
-
-    def __enter__(self) -> "SectionFiles":
-        try:
-            for ext, path in self.paths.items():
-                self.outputs[ext] = open(path, "wb")  # noqa: SIM115 - closed in close()
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self._remove()
-        else:
-            self.close()
-
-    def close(self) -> None:
-        for out in self.outputs.values():
-            out.close()
-
-    def data(self) -> dict[str, Data]:
-        return {ext: Data(path=path) for ext, path in self.paths.items()}
-
-    def sort(self, sections: dict[str, Section]) -> None:
-        """Sections whose entries did not arrive sorted, sorted once on disk (so merges copy
-        long ranges)."""
-        for ext, section in sections.items():
-            if section.perm is not None:
-                sections[ext] = sorted_on_disk(section, self._sorted_path(ext))
-
-    def _sorted_path(self, ext: str) -> Path:
-        return self.paths[ext].with_name(self.paths[ext].name + "-sorted")
-
-    def _remove(self) -> None:
-        self.close()
-        for ext, path in self.paths.items():
-            path.unlink(missing_ok=True)
-            self._sorted_path(ext).unlink(missing_ok=True)

@@ -30,7 +30,8 @@ from ...errors import InvalidInput, NotFound, UpstreamError
 from ...memo import Memo
 from ...settings import UpstreamSettings
 from .cep16 import ShardIndex, parse_shard
-from .sections import EXTENSIONS, MAX_DECOMPRESSED, REPODATA_VERSION, Repodata, SectionBuilder, SectionFiles
+from .sections import EXTENSIONS, MAX_DECOMPRESSED, REPODATA_VERSION, Repodata, SectionBuilder
+from .section_files import SectionFiles
 
 SHARD_CONCURRENCY = 16  # shard requests in flight per upstream index build
 

@@ -1,12 +1,13 @@
 """``repodata.json.zst`` spliced from blocks compressed once (issue 15 part 5).
 
-A merged ``repodata.json`` is mostly its upstreams' sections copied in sorted order
+A merged ``repodata.json`` is mostly its upstreams' sections copied as they listed them
 (merge_plan.py); channels over one upstream differ only around their own uploads and the
 names the merge rule keeps from it. Compressing every channel's document whole costs ~0.6 s
 of CPU per channel for a conda-forge-sized subdir. Here a large upstream section is
-compressed once (``compressed_section``, kept with the parsed section and shared by every
-merge of it), in chunks of ``CHUNK`` bytes of its sorted entries, each chunk a run of zstd
-blocks that decodes the same wherever it stands in a frame. A merged document is then one
+compressed once, in chunks of ``CHUNK`` bytes of its data (its entries as listed), each
+chunk a run of zstd blocks that decodes the same wherever it stands in a frame: while the
+section is parsed (section_files.py), or else by the first merge that needs it
+(``compressed_section``); kept with the parsed section and shared by every merge of it. A merged document is then one
 zstd frame (RFC 8878): a header with the content size, the chunks that lie whole inside the
 plan's runs copied as they are, blocks compressed for the rest (head, uploads, the ends of
 runs that start or stop inside a chunk), and an empty last block. One frame: conda
@@ -94,6 +95,7 @@ class BlockCompressor:
         self._cctx = zstandard.ZstdCompressor(compression_params=params)
         self._lead = bytes(LEAD)
         self._lead_blocks = b""  # what the lead compresses to, once its boundary was checked
+        self._buffer: bytearray | None = None  # read_blocks: the lead, then a chunk of a file
 
     @staticmethod
     def _past_lead(frame: bytes, pos: int) -> int:
@@ -115,6 +117,21 @@ class BlockCompressor:
             return b""
         cobj = self._cctx.compressobj()
         frame = cobj.compress(self._lead) + cobj.compress(data) + cobj.flush()
+        return self._after_lead(frame)
+
+    def read_blocks(self, fd: int, offset: int, size: int) -> bytes:
+        """``blocks`` of ``size`` bytes of the file ``fd`` at ``offset``, read in after a lead
+        kept in one buffer: a thread of a parse (section_files.py) takes the GIL twice per
+        chunk, not four times (each time may wait a switch interval behind the parser)."""
+        if self._buffer is None:
+            self._buffer = bytearray(LEAD + CHUNK)
+        view = memoryview(self._buffer)[:LEAD + size]
+        got = os.preadv(fd, [view[LEAD:]], offset)
+        if got != size:
+            raise OSError(f"short read of a section file: {got} of {size} bytes")
+        return self._after_lead(self._cctx.compress(view))
+
+    def _after_lead(self, frame: bytes) -> bytes:
         pos = _header_size(frame)
         known = self._lead_blocks
         if known and frame.startswith(known, pos):
@@ -140,7 +157,7 @@ def frame_header(content_size: int) -> bytes:
 
 
 class CompressedSection:
-    """A section's entries in sorted order, compressed in chunks of ``CHUNK`` bytes into one file."""
+    """A section's data (its entries as listed), compressed in chunks of ``CHUNK`` bytes into one file."""
 
     def __init__(self, path: Path, size: int, zoffsets: array[int]) -> None:
         self.path = path
@@ -166,15 +183,13 @@ def _close(fd: int, path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def sorted_bytes(section: Section) -> Iterator[bytes]:
-    """The section's entries in sorted order, a read at a time."""
-    offsets = section.offsets
-    for a, b in section.index_runs(0, len(section)):
-        start, stop = offsets[a], offsets[b]
-        while start < stop:
-            data = section.data.read(start, min(stop - start, READ_CHUNK))
-            start += len(data)
-            yield data
+def data_bytes(section: Section) -> Iterator[bytes]:
+    """The section's data, a read at a time."""
+    start, stop = 0, section.offsets[-1]
+    while start < stop:
+        data = section.data.read(start, min(stop - start, READ_CHUNK))
+        start += len(data)
+        yield data
 
 
 def _chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
@@ -197,7 +212,7 @@ def _chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
 
 def _build(section: Section, path: Path, compressor: BlockCompressor) -> CompressedSection:
     """Compress the section's chunks in order: one is compressed (zstd's threads, no GIL)
-    while the next is read (pread, run by run: an unsorted upstream has ~20k runs)."""
+    while the next is read."""
     zoffsets = array("Q", [0])
     with open(path, "wb") as out, ThreadPoolExecutor(1, thread_name_prefix="conda-chunks") as pool:
         ahead: deque[Future[bytes]] = deque()
@@ -208,17 +223,18 @@ def _build(section: Section, path: Path, compressor: BlockCompressor) -> Compres
                 out.write(blocks)
                 zoffsets.append(zoffsets[-1] + len(blocks))
 
-        for chunk in _chunks(sorted_bytes(section)):
+        for chunk in _chunks(data_bytes(section)):
             ahead.append(pool.submit(compressor.blocks, chunk))
             settle(1)
         settle(0)
-    return CompressedSection(path, section.span(0, len(section)), zoffsets)
+    return CompressedSection(path, section.offsets[-1], zoffsets)
 
 
 def compressed_section(section: Section, level: int, threads: int) -> CompressedSection | None:
-    """The section compressed once (built by the first merge that needs it; later ones, and
-    merges of other channels, wait for it and share it). None for small or in-memory ones."""
-    if section.data.path is None or section.span(0, len(section)) < MIN_SHARED:
+    """The section compressed once (while it was parsed, or by the first merge that needs
+    it; later ones, and merges of other channels, wait for it and share it). None for small
+    or in-memory ones."""
+    if section.data.path is None or section.offsets[-1] < MIN_SHARED:
         return None
     with section.shared_lock:
         if section.compressed is None:
@@ -265,7 +281,7 @@ class _Writer:
             self.pending.clear()
 
     def section_range(self, comp: CompressedSection, start: int, stop: int) -> None:
-        """Bytes [start, stop) of the section's sorted entries: whole chunks copied."""
+        """Bytes [start, stop) of the section's data: whole chunks copied."""
         while start < stop:
             k = start // CHUNK
             whole_to = comp.chunks if stop >= comp.size else stop // CHUNK
@@ -303,12 +319,14 @@ def write_spliced(plan: Plan, zst_path: Path, tmp_dir: Path, *, level: int, thre
     shared: dict[tuple[str, int], CompressedSection] = {}
     for ext in EXTENSIONS:
         used: dict[int, int] = {}
-        for j, lo, hi in plan.runs[ext]:
-            used[j] = used.get(j, 0) + plan.sections[ext][j].span(lo, hi)
+        for j, a, b in plan.layout(ext):
+            offsets = plan.sections[ext][j].offsets
+            used[j] = used.get(j, 0) + offsets[b] - offsets[a]
         for j, size in used.items():
             section = plan.sections[ext][j]
-            if section.compressed is None and size * 2 < section.span(0, len(section)):
-                continue  # e.g. a filter keeps a few names: compressing those is cheaper
+            if size * 2 < section.offsets[-1]:
+                continue  # e.g. a filter keeps a few names: compressing those is cheaper than
+                # decoding the chunks they lie in
             comp = compressed_section(section, level, threads)
             if comp is not None:
                 shared[(ext, j)] = comp
@@ -334,21 +352,18 @@ def write_spliced(plan: Plan, zst_path: Path, tmp_dir: Path, *, level: int, thre
 
 def _section(out: _Writer, plan: Plan, ext: str, shared: dict[tuple[str, int], CompressedSection]) -> None:
     first = 1  # the section's first entry drops its leading comma
-    for j, lo, hi in plan.runs[ext]:
+    for j, a, b in plan.layout(ext):
         section = plan.sections[ext][j]
+        start, stop = section.offsets[a] + first, section.offsets[b]
+        first = 0
         comp = shared.get((ext, j))
         if comp is not None:
-            out.section_range(comp, section.span(0, lo) + first, section.span(0, hi))
-        else:
-            offsets = section.offsets
-            for a, b in section.index_runs(lo, hi):
-                start, stop = offsets[a] + first, offsets[b]
-                while start < stop:
-                    data = section.data.read(start, min(stop - start, READ_CHUNK))
-                    start += len(data)
-                    out.literal(data)
-                first = 0
-        first = 0
+            out.section_range(comp, start, stop)
+            continue
+        while start < stop:
+            data = section.data.read(start, min(stop - start, READ_CHUNK))
+            start += len(data)
+            out.literal(data)
 
 
 __all__ = ["CHUNK", "BlockCompressor", "CompressedSection", "SpliceError", "compressed_section", "write_spliced", "write_zst"]

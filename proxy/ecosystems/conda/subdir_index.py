@@ -42,7 +42,8 @@ from ...responses import etag_for
 from ...settings import UpstreamSettings
 from ...store.catalog import Upload
 from .cep16 import ShardPack, ShardSet, build_plan_shards
-from .merge_plan import Plan, current_subset
+from .current import current_subset
+from .merge_plan import Plan
 from .sections import READ_CHUNK, Repodata
 
 FileKind = Literal["json", "zstd", "bz2", "current", "current.zstd", "current.bz2"]
