@@ -12,9 +12,11 @@ A request never waits for a refresh when a copy exists: a stale copy is returned
 and one background task per document revalidates it with If-None-Match/If-Modified-Since.
 Only a document never seen before is fetched in the foreground (single flight).
 
-``get(..., write_behind=True)`` (callers that read bodies only by ``Doc.read``: PyPI pages):
-a fetched document of at most WRITE_BEHIND_MAX bytes is returned from memory at once and
-stored behind (write_behind.py). A cold resolve stores a page per project on its critical
+``get(..., write_behind=True)`` (callers that read bodies only by ``Doc.read`` or
+``Doc.body``: PyPI pages, conda's repodata): a fetched document of at most ``hold_max``
+bytes (WRITE_BEHIND_MAX unless the caller says more) is returned from memory at once and
+stored behind (write_behind.py); conda parses a 53 MB ``repodata.json.zst`` while it is
+being written. A cold resolve stores a page per project on its critical
 path, and each fsync there waits behind every other write of the machine (issue 15). When
 freshness is shared with other replicas (``shared``: Redis), documents are stored before
 they are answered, as before: a replica that finds the shared entry fresh reads the stored
@@ -120,12 +122,13 @@ class MetadataCache:
         return hashlib.sha256(f"{url}\n{accept or ''}".encode()).hexdigest()
 
     async def get(self, up: UpstreamSettings, url: str, *, accept: str | None = None, hashed: bool = False,
-                  write_behind: bool = False) -> Doc:
+                  write_behind: bool = False, hold_max: int = WRITE_BEHIND_MAX) -> Doc:
         """The document at ``url``; NotFound if the upstream has none; Upstream* if it is
         unreachable and nothing is cached. ``hashed``: the caller checks the body against a
         hash the upstream's index declared (CEP-16 shards), so it may live on another origin.
-        ``write_behind``: the caller reads the body by ``Doc.read`` only, so a small fetched
-        document may be returned before it is stored (module docstring)."""
+        ``write_behind``: the caller reads the body by ``Doc.read`` (or ``Doc.body``) only, so a
+        fetched document of at most ``hold_max`` bytes may be returned before it is stored
+        (module docstring)."""
         known = self._l1.get((url, accept))
         facts = current_facts()
         if known is not None and time.time() < known[1]:
@@ -167,21 +170,22 @@ class MetadataCache:
                 await self._remember(key, url, accept, stored, self.ttl - age)
             else:
                 self.metrics.cache_result("index", "stale")
-                self._refresh(key, up, url, accept, stored, hashed, write_behind)  # stale-while-revalidate
+                # stale-while-revalidate
+                self._refresh(key, up, url, accept, stored, hashed, hold_max if write_behind else -1)
             return stored
         self.metrics.cache_result("index", "miss")
-        task = self._refresh(key, up, url, accept, None, hashed, write_behind)
+        task = self._refresh(key, up, url, accept, None, hashed, hold_max if write_behind else -1)
         return await asyncio.shield(task)
 
     def _refresh(
         self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None, hashed: bool = False,
-        write_behind: bool = False,
+        hold_max: int = -1,
     ) -> asyncio.Task[Doc]:
-        return self._flights.start(key, lambda: self._revalidate(key, up, url, accept, stored, hashed, write_behind))
+        return self._flights.start(key, lambda: self._revalidate(key, up, url, accept, stored, hashed, hold_max))
 
     async def _revalidate(
         self, key: str, up: UpstreamSettings, url: str, accept: str | None, stored: Doc | None, hashed: bool,
-        write_behind: bool,
+        hold_max: int,
     ) -> Doc:
         try:
             resp = await self.upstream.fetch_index(
@@ -216,7 +220,7 @@ class MetadataCache:
                 digest = hashlib.sha256(resp.body).hexdigest()
             body_path = self.body_path(digest)
             doc = Doc(url, digest, resp.etag, resp.last_modified, resp.content_type, now, str(body_path))
-            if write_behind and not self.shared and len(resp.body) <= WRITE_BEHIND_MAX:
+            if not self.shared and len(resp.body) <= hold_max:  # -1: the caller reads the stored copy
                 return self._store_behind(key, url, accept, replace(doc, body=resp.body))
             # body, then descriptor, in one trip to a thread: a cold resolve stores a page per
             # project on its critical path, and each trip waits for a pool thread and the GIL

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import signal
 import threading
 from collections.abc import Awaitable, Callable
@@ -148,6 +149,56 @@ async def test_a_cold_page_is_answered_before_its_copy_is_stored_then_stored_who
     client, _ = await _start(aiohttp_client, url, storage, offline=True)
     resp = await client.get("/open/simple/app/", headers={"Accept": "text/html"})
     assert resp.status == 200 and wheel.name in await resp.text()
+
+
+async def test_a_large_repodata_is_parsed_and_answered_while_its_copy_is_stored(
+    aiohttp_client, aiohttp_server, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """conda (index.py): an upstream repodata.json.zst of several MB is parsed from memory
+    while the store writes it (beyond the 1 MiB pages are held to), then stored whole."""
+    import zstandard
+
+    rng = random.Random(15)
+    records = {f"pkg{i:05d}-1.0-h{i:07x}_0.conda": {
+        "name": f"pkg{i:05d}", "version": "1.0", "build": f"h{i:07x}_0", "build_number": 0, "depends": [],
+        "sha256": f"{rng.getrandbits(256):064x}", "md5": f"{rng.getrandbits(128):032x}", "size": i,
+        "subdir": "linux-64"} for i in range(30_000)}
+    body = zstandard.ZstdCompressor(level=1).compress(json.dumps(
+        {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": records}).encode())
+    assert len(body) > cache_module.WRITE_BEHIND_MAX
+    (tmp_path / "root" / "forge" / "linux-64").mkdir(parents=True)
+    (tmp_path / "root" / "forge" / "linux-64" / "repodata.json.zst").write_bytes(body)
+    upstream = UpstreamServer(tmp_path / "root")
+    url = str((await aiohttp_server(upstream.app())).make_url("")).rstrip("/")
+    storage = tmp_path / "storage"
+    conda = (f"storage: {{path: '{storage}'}}\n"
+             f"upstreams: {{forge: {{type: conda, url: '{url}/forge'}}}}\n"
+             "channels: {open: {public: true, upstreams: [forge]}}\n")
+    client = await aiohttp_client(create_app(parse_settings(conda)))
+    cache = client.app[SERVICES].index_cache
+    gate, writing = threading.Event(), threading.Event()
+    write = cache._write
+
+    def held_write(*args: Any) -> None:
+        writing.set()
+        assert gate.wait(30)
+        write(*args)
+
+    cache._write = held_write  # type: ignore[method-assign]
+    try:
+        resp = await client.get("/open/linux-64/repodata.json.zst")
+        merged = json.loads(zstandard.ZstdDecompressor().decompress(await resp.read()))
+        assert resp.status == 200 and merged["packages.conda"] == records
+        assert _docs(storage) == []  # parsed and answered, nothing stored yet
+        await asyncio.to_thread(writing.wait, 30)
+    finally:
+        gate.set()
+    await cache._behind.drain()
+    digest = hashlib.sha256(body).hexdigest()
+    assert [json.loads(p.read_bytes())["digest"] for p in _docs(storage)] == [digest]
+    assert (storage / "meta" / "bodies" / digest[:2] / digest).read_bytes() == body
+    assert upstream.calls_to("/forge/linux-64/repodata.json.zst") == 1
+    await client.close()
 
 
 @pytest.mark.parametrize("pep658", [True, False], ids=["upstream-metadata-file", "read-from-the-wheel"])

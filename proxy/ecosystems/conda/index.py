@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine, Hashable
+from collections.abc import Awaitable, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +65,7 @@ MAX_SLOTS = 256  # (channel, label, subdir) indexes kept; labels come from URLs
 BAD_DOCUMENT_RETRY = 60.0  # seconds an upstream document that failed to parse is not parsed again
 BUILD_RETRY = 30.0  # seconds a failed background build (upstream refresh) is not retried
 KNOWN_SHARDS = 1 << 20  # upstream shards (by sha256) whose stored body is read without asking the cache
+HOLD_WHILE_STORED = 1 << 40  # any upstream document (its body is in memory once fetched): parsed while stored
 
 DocForm = Encoding | Literal["shards"]
 """How an upstream subdir's records arrive: ``repodata.json`` (plain, zstd, bz2) or CEP-16 shards."""
@@ -145,14 +146,20 @@ class CondaIndexes:
         else; their refreshes fetch only the shards whose hash changed. (The 404s before the
         shard index are remembered by the metadata cache for ``negative_ttl``.)"""
         url = f"{up.url}/{subdir}/repodata.json"
+
+        def get(url: str) -> Awaitable[Doc]:
+            # parsed from memory while it is stored (``Doc.body``): the store's write and fsync
+            # of a 53 MB document are then off the first merge's path
+            return self.services.index_cache.get(up, url, write_behind=True, hold_max=HOLD_WHILE_STORED)
+
         try:
-            return await self.services.index_cache.get(up, url + ".zst"), "zstd"
+            return await get(url + ".zst"), "zstd"
         except NotFound:
             pass
         try:
-            return await self.services.index_cache.get(up, url), "identity"
+            return await get(url), "identity"
         except NotFound:
-            return await self.services.index_cache.get(up, f"{up.url}/{subdir}/{SHARD_INDEX_FILENAME}"), "shards"
+            return await get(f"{up.url}/{subdir}/{SHARD_INDEX_FILENAME}"), "shards"
 
     async def _docs(self, channel: ChannelPolicy, subdir: str) -> Walk[tuple[Doc, DocForm]]:
         """Each upstream's current document of the subdir (404s skipped) and the last failure."""
@@ -179,8 +186,8 @@ class CondaIndexes:
                     parsed = await self._parse_shards(up, doc)
                 else:
                     limit = self.services.settings.limits.index_unpacked_bytes
-                    parsed = await self._run(
-                        lambda: parse_repodata_file(Path(doc.body_path), encoding, self.tmp_dir, limit=limit))
+                    body = Path(doc.body_path) if doc.body is None else doc.body
+                    parsed = await self._run(lambda: parse_repodata_file(body, encoding, self.tmp_dir, limit=limit))
             except (InvalidInput, OSError) as exc:
                 log.warning("upstream document %s is not valid repodata: %s", doc.digest[:12], exc)
                 now = time.monotonic()

@@ -408,23 +408,25 @@ def parse_repodata(body: bytes, *, limit: int = MAX_DECOMPRESSED) -> Repodata:
     return parser.result({ext: Data(blob=out.getvalue()) for ext, out in outputs.items()})
 
 
-def open_body(path: Path, encoding: Encoding) -> BinaryIO:
-    """A stream of the decompressed document at ``path``."""
-    if encoding == "zstd":
-        raw = open(path, "rb")  # noqa: SIM115 - closed with the reader
+def open_body(source: Path | bytes, encoding: Encoding) -> BinaryIO:
+    """A stream of the decompressed document stored at ``source``, or in these bytes."""
+    if encoding == "bz2":  # BZ2File opens (and closes) a path itself
+        return ReadAhead(bz2.BZ2File(io.BytesIO(source) if isinstance(source, bytes) else source))  # type: ignore[arg-type,return-value]
+    raw: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    if encoding == "zstd":  # the stream closes ``raw``
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
         return ReadAhead(reader)  # type: ignore[arg-type,return-value]  # decoded on another core
-    if encoding == "bz2":
-        return ReadAhead(bz2.BZ2File(path))  # type: ignore[arg-type,return-value]
-    return open(path, "rb")  # noqa: SIM115
+    return raw
 
 
-def parse_repodata_file(path: Path, encoding: Encoding, workdir: Path, *, limit: int = MAX_DECOMPRESSED) -> Repodata:
-    """Parse a stored ``repodata.json[.zst|.bz2]`` streaming: peak memory is a few windows
-    plus the arrays; the sections are written to files in ``workdir`` (removed when the
-    returned ``Repodata`` is garbage-collected)."""
+def parse_repodata_file(source: Path | bytes, encoding: Encoding, workdir: Path, *,
+                        limit: int = MAX_DECOMPRESSED) -> Repodata:
+    """Parse a stored ``repodata.json[.zst|.bz2]`` (or its bytes, while they are being stored)
+    streaming: peak memory is a few windows plus the arrays; the sections are written to files
+    in ``workdir`` (removed when the returned ``Repodata`` is garbage-collected), and large
+    ones compressed in shared chunks meanwhile (section_files.py)."""
     with SectionFiles(workdir, compress=True) as files:
-        with open_body(path, encoding) as body:
+        with open_body(source, encoding) as body:
             try:
                 parser = _parse(body, files.outputs, limit)
             except zstandard.ZstdError as exc:
