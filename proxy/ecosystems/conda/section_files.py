@@ -1,17 +1,18 @@
 """The files a parse writes its sections to, each compressed in shared chunks as it is written.
 
 A section's entries go to a file in the store's tmp (sections.py) in the order the upstream
-listed them; merged documents copy them in that order (merge_plan.py). A large section is
-also compressed as it arrives, in ``spliced.CHUNK``-byte chunks of position-independent
-zstd blocks that every merged ``repodata.json.zst`` over it copies (spliced.py): the
-compression runs on zstd's threads (no GIL) while the parser, which holds the GIL, goes on
-with the next window, so a conda-forge-sized parse and its compression take the time of
-the slower of the two, not their sum. At most ``DEPTH`` chunks wait: memory stays bounded.
+listed them; merged documents copy them in that order (merge_plan.py). The parser, which
+holds the GIL, only copies each window's entries into a buffer; one thread beside it writes
+them to the file in chunks of ``spliced.CHUNK`` bytes (the system calls, ~0.1-0.45 s for a
+conda-forge-sized section, let the GIL go) and compresses each chunk into position-
+independent zstd blocks that every merged ``repodata.json.zst`` over the section copies
+(spliced.py; zstd's own threads, no GIL). A parse and its compression then take about the
+time of the slower of the two, not their sum. At most ``DEPTH`` chunks wait per file:
+memory stays bounded.
 """
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from array import array
 from collections import deque
@@ -29,47 +30,54 @@ DEPTH = 2  # chunks being compressed or waiting, per file
 
 
 class ChunkedFile:
-    """A section file being written, and (``compress``) its bytes compressed chunk by chunk
-    into a second file by ``pool``'s thread, which reads each chunk back from the page cache
-    once it is whole: the parser copies nothing more than it writes."""
+    """A section file being written by ``pool``'s thread (the parser only copies its bytes into
+    a buffer: the system calls, ~0.1-0.45 s for 200 MB into the page cache, run beside it),
+    and (``compressor``) its bytes compressed chunk by chunk into a second file there too."""
 
-    def __init__(self, path: Path, pool: ThreadPoolExecutor | None, compressor: BlockCompressor | None) -> None:
+    def __init__(self, path: Path, pool: ThreadPoolExecutor, compressor: BlockCompressor | None) -> None:
         self.path = path
         self._out: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._pool = pool
         self._compressor = compressor
-        self._fd = os.open(path, os.O_RDONLY) if compressor is not None else -1
         self._chunks_path = path.with_name(path.name + ".zst-chunks")
         self._chunks: BinaryIO | None = None
-        self._pending: deque[Future[bytes]] = deque()
-        self._submitted = 0  # bytes handed to the compressor
+        self._pending: deque[Future[bytes | None]] = deque()
+        self._buffer = bytearray()
         self._zoffsets = array("Q", [0])
         self.size = 0
         self.failed: SpliceError | None = None
 
     def write(self, data: Any) -> None:
-        self._out.write(data)
+        self._buffer += data
         self.size += len(data)
-        if self._compressor is not None and self.size - self._submitted >= CHUNK:
-            self._out.flush()  # the chunk's bytes are in the file (the page cache) for the thread
-            while self.size - self._submitted >= CHUNK:
-                self._submit(CHUNK)
+        if len(self._buffer) >= CHUNK:
+            view = memoryview(self._buffer)
+            whole = len(view) - len(view) % CHUNK
+            for start in range(0, whole, CHUNK):
+                self._submit(bytes(view[start:start + CHUNK]))
+            view.release()
+            del self._buffer[:whole]
 
-    def _submit(self, size: int) -> None:
-        assert self._pool is not None and self._compressor is not None
+    def _submit(self, chunk: bytes) -> None:
         self._settle(DEPTH - 1)
-        if self.failed is None:
-            self._pending.append(self._pool.submit(self._compressor.read_blocks, self._fd, self._submitted, size))
-        self._submitted += size
+        self._pending.append(self._pool.submit(self._store, chunk))
+
+    def _store(self, chunk: bytes) -> bytes | None:
+        """On the pool's thread: the chunk written, and compressed unless that failed before."""
+        self._out.write(chunk)
+        if self._compressor is None or self.failed is not None:
+            return None
+        try:
+            return self._compressor.blocks_once(chunk)
+        except SpliceError as exc:  # not expected; merges then compress documents whole
+            log.warning("not compressing %s in shared chunks: %s", self.path.name, exc)
+            self.failed = exc
+            return None
 
     def _settle(self, keep: int) -> None:
         while len(self._pending) > keep:
-            future = self._pending.popleft()
-            try:
-                blocks = future.result()
-            except SpliceError as exc:  # not expected; merges then compress documents whole
-                log.warning("not compressing %s in shared chunks: %s", self.path.name, exc)
-                self.failed = exc
+            blocks = self._pending.popleft().result()
+            if blocks is None or self.failed is not None:
                 continue
             if self._chunks is None:
                 self._chunks = open(self._chunks_path, "wb")  # noqa: SIM115 - closed in close()
@@ -77,16 +85,16 @@ class ChunkedFile:
             self._zoffsets.append(self._zoffsets[-1] + len(blocks))
 
     def finish(self) -> CompressedSection | SpliceError | None:
-        """Close both files; the compressed chunks if the section is large enough to share."""
-        shared = self._compressor is not None and self.size >= spliced.MIN_SHARED
+        """Write the rest, close both files; the compressed chunks if the section is large
+        enough to share."""
         try:
-            if shared and self.failed is None:
-                self._out.flush()
-                if self.size > self._submitted:
-                    self._submit(self.size - self._submitted)
-                self._settle(0)
+            if self._buffer:
+                self._submit(bytes(self._buffer))
+                self._buffer = bytearray()
+            self._settle(0)
         finally:
             self.close()
+        shared = self._compressor is not None and self.size >= spliced.MIN_SHARED
         if self.failed is not None or not shared:
             self.remove_chunks()
             return self.failed
@@ -99,10 +107,8 @@ class ChunkedFile:
             if not future.cancelled():
                 future.exception()  # wait: its thread must be done with the file
         self._pending.clear()
+        self._buffer = bytearray()
         self._out.close()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
         if self._chunks is not None:
             self._chunks.close()
 
@@ -121,13 +127,14 @@ class SectionFiles:
         stem = workdir / f"conda-records-{uuid.uuid4().hex}"
         self.paths = {ext: stem.with_suffix(f".{ext.strip('.').replace('.', '-')}") for ext in EXTENSIONS}
         self.outputs: dict[str, ChunkedFile] = {}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="conda-chunks") if compress else None
-        self._level, self._threads = level, threads
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="conda-sections")
+        self._compress, self._level, self._threads = compress, level, threads
+        self._finished: dict[str, CompressedSection | SpliceError | None] | None = None
 
     def __enter__(self) -> "SectionFiles":
         try:
             for ext, path in self.paths.items():
-                compressor = BlockCompressor(self._level, self._threads) if self._pool is not None else None
+                compressor = BlockCompressor(self._level, self._threads) if self._compress else None
                 self.outputs[ext] = ChunkedFile(path, self._pool, compressor)
         except BaseException:
             self._remove()
@@ -137,23 +144,26 @@ class SectionFiles:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
             self._remove()
-        else:
-            self.close()
+        elif self._finished is None:
+            self.finish()
 
     def finish(self) -> dict[str, CompressedSection | SpliceError | None]:
-        """Close the files: each section's compressed chunks (see ``ChunkedFile.finish``)."""
-        try:
-            return {ext: out.finish() for ext, out in self.outputs.items()}
-        finally:
-            self.close()
+        """Write what is left and close the files: each section's compressed chunks (see
+        ``ChunkedFile.finish``). Before ``data`` is read."""
+        if self._finished is None:
+            try:
+                self._finished = {ext: out.finish() for ext, out in self.outputs.items()}
+            finally:
+                self._close()
+        return self._finished
 
-    def close(self) -> None:
+    def _close(self) -> None:
+        """Close the files, abandoning what was not written yet (after an error; ``finish`` writes it)."""
         try:
             for out in self.outputs.values():
                 out.close()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
+            self._pool.shutdown()
 
     def data(self) -> dict[str, Data]:
         return {ext: Data(path=path) for ext, path in self.paths.items()}
@@ -170,7 +180,7 @@ class SectionFiles:
 
     def _remove(self) -> None:
         try:
-            self.close()
+            self._close()
         finally:
             for ext, path in self.paths.items():
                 path.unlink(missing_ok=True)

@@ -130,7 +130,7 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
                 nids.append(name_ids.setdefault(name, len(name_ids)))
             for ext, (pieces, lengths, keys, nids) in per_ext.items():
                 builders[ext].add_block(pieces, lengths, keys, nids)
-        files.close()
+        files.finish()
         data = files.data()
         sections = {ext: builders[ext].finish(data[ext]) for ext in EXTENSIONS}
         files.sort(sections)  # shards sorted by name are not always sorted by file name

@@ -95,7 +95,7 @@ class BlockCompressor:
         self._cctx = zstandard.ZstdCompressor(compression_params=params)
         self._lead = bytes(LEAD)
         self._lead_blocks = b""  # what the lead compresses to, once its boundary was checked
-        self._buffer: bytearray | None = None  # read_blocks: the lead, then a chunk of a file
+        self._buffer: bytearray | None = None  # blocks_once: the lead, then a chunk
 
     @staticmethod
     def _past_lead(frame: bytes, pos: int) -> int:
@@ -119,16 +119,15 @@ class BlockCompressor:
         frame = cobj.compress(self._lead) + cobj.compress(data) + cobj.flush()
         return self._after_lead(frame)
 
-    def read_blocks(self, fd: int, offset: int, size: int) -> bytes:
-        """``blocks`` of ``size`` bytes of the file ``fd`` at ``offset``, read in after a lead
-        kept in one buffer: a thread of a parse (section_files.py) takes the GIL twice per
-        chunk, not four times (each time may wait a switch interval behind the parser)."""
+    def blocks_once(self, data: bytes | memoryview) -> bytes:
+        """``blocks``, in one compress call over a buffer that keeps the lead: a thread beside
+        a parse (section_files.py) takes the GIL twice per chunk, not four times (each time may
+        wait a switch interval behind the parser)."""
         if self._buffer is None:
             self._buffer = bytearray(LEAD + CHUNK)
+        size = len(data)
         view = memoryview(self._buffer)[:LEAD + size]
-        got = os.preadv(fd, [view[LEAD:]], offset)
-        if got != size:
-            raise OSError(f"short read of a section file: {got} of {size} bytes")
+        view[LEAD:] = data
         return self._after_lead(self._cctx.compress(view))
 
     def _after_lead(self, frame: bytes) -> bytes:
