@@ -133,8 +133,9 @@ class SectionFiles:
 
     def __enter__(self) -> "SectionFiles":
         try:
+            # one compressor (zstd's worker threads and buffers) for both files: one thread uses it
+            compressor = BlockCompressor(self._level, self._threads) if self._compress else None
             for ext, path in self.paths.items():
-                compressor = BlockCompressor(self._level, self._threads) if self._compress else None
                 self.outputs[ext] = ChunkedFile(path, self._pool, compressor)
         except BaseException:
             self._remove()
