@@ -7,10 +7,11 @@ of CPU per channel for a conda-forge-sized subdir. Here a large upstream section
 compressed once, in chunks of ``CHUNK`` bytes of its data (its entries as listed), each
 chunk a run of zstd blocks that decodes the same wherever it stands in a frame: while the
 section is parsed (section_files.py), or else by the first merge that needs it
-(``compressed_section``); kept with the parsed section and shared by every merge of it. A merged document is then one
-zstd frame (RFC 8878): a header with the content size, the chunks that lie whole inside the
-plan's runs copied as they are, blocks compressed for the rest (head, uploads, the ends of
-runs that start or stop inside a chunk), and an empty last block. One frame: conda
+(``compressed_section``); kept with the parsed section and shared by every merge of it. A
+merged document is then one zstd frame (RFC 8878): a header with the content size, the
+chunks that lie whole inside the plan's layout copied as they are, blocks compressed for the
+rest (head, uploads, the ends of runs that start or stop inside a chunk), and an empty last
+block. One frame: conda
 (python-zstandard's ``stream_reader``, which stops after the first frame) and rattler read it
 like any other (tests/test_conda_spliced.py).
 
