@@ -19,7 +19,6 @@ import json
 import operator
 import os
 import threading
-import uuid
 import weakref
 from array import array
 from collections.abc import Iterator
