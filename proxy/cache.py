@@ -12,10 +12,9 @@ A request never waits for a refresh when a copy exists: a stale copy is returned
 and one background task per document revalidates it with If-None-Match/If-Modified-Since.
 Only a document never seen before is fetched in the foreground (single flight).
 
-``get(..., write_behind=True)`` (callers that read bodies only by ``Doc.read`` or
-``Doc.body``: PyPI pages, conda's repodata): a fetched document of at most ``hold_max``
-bytes (WRITE_BEHIND_MAX unless the caller says more) is returned from memory at once and
-stored behind (write_behind.py); conda parses a 53 MB ``repodata.json.zst`` while it is
+``get(..., hold_max=N)`` (callers that read bodies only by ``Doc.read`` or ``Doc.body``:
+PyPI pages with WRITE_BEHIND_MAX, conda's repodata with any size): a fetched document of
+at most N bytes is returned from memory at once and stored behind (write_behind.py); conda parses a 53 MB ``repodata.json.zst`` while it is
 being written. A cold resolve stores a page per project on its critical
 path, and each fsync there waits behind every other write of the machine (issue 15). When
 freshness is shared with other replicas (``shared``: Redis), documents are stored before
@@ -122,13 +121,13 @@ class MetadataCache:
         return hashlib.sha256(f"{url}\n{accept or ''}".encode()).hexdigest()
 
     async def get(self, up: UpstreamSettings, url: str, *, accept: str | None = None, hashed: bool = False,
-                  write_behind: bool = False, hold_max: int = WRITE_BEHIND_MAX) -> Doc:
+                  hold_max: int = -1) -> Doc:
         """The document at ``url``; NotFound if the upstream has none; Upstream* if it is
         unreachable and nothing is cached. ``hashed``: the caller checks the body against a
         hash the upstream's index declared (CEP-16 shards), so it may live on another origin.
-        ``write_behind``: the caller reads the body by ``Doc.read`` (or ``Doc.body``) only, so a
-        fetched document of at most ``hold_max`` bytes may be returned before it is stored
-        (module docstring)."""
+        ``hold_max``: the caller reads the body by ``Doc.read`` (or ``Doc.body``) only, so a
+        fetched document of at most that many bytes may be returned before it is stored
+        (module docstring); -1: stored first."""
         known = self._l1.get((url, accept))
         facts = current_facts()
         if known is not None and time.time() < known[1]:
@@ -171,10 +170,10 @@ class MetadataCache:
             else:
                 self.metrics.cache_result("index", "stale")
                 # stale-while-revalidate
-                self._refresh(key, up, url, accept, stored, hashed, hold_max if write_behind else -1)
+                self._refresh(key, up, url, accept, stored, hashed, hold_max)
             return stored
         self.metrics.cache_result("index", "miss")
-        task = self._refresh(key, up, url, accept, None, hashed, hold_max if write_behind else -1)
+        task = self._refresh(key, up, url, accept, None, hashed, hold_max)
         return await asyncio.shield(task)
 
     def _refresh(

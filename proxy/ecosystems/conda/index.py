@@ -150,7 +150,7 @@ class CondaIndexes:
         def get(url: str) -> Awaitable[Doc]:
             # parsed from memory while it is stored (``Doc.body``): the store's write and fsync
             # of a 53 MB document are then off the first merge's path
-            return self.services.index_cache.get(up, url, write_behind=True, hold_max=HOLD_WHILE_STORED)
+            return self.services.index_cache.get(up, url, hold_max=HOLD_WHILE_STORED)
 
         try:
             return await get(url + ".zst"), "zstd"

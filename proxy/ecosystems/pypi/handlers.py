@@ -16,7 +16,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ...artifacts import ArtifactSpec
-from ...cache import Doc
+from ...cache import WRITE_BEHIND_MAX, Doc
 from ...context import ChannelRequest, Services, UploadForm
 from ...errors import BadRequest, Conflict, NotFound, UpstreamError
 from ...memo import Memo, SingleFlight
@@ -160,7 +160,7 @@ class PyPI:
         snap = self.services.catalog.snapshot(channel.name, "pypi")
         walk = await self.services.sources.walk(
             channel, "pypi", lambda up: self.services.index_cache.get(up, f"{up.url}/", accept=UPSTREAM_ACCEPT,
-                                                            write_behind=True)
+                                                            hold_max=WRITE_BEHIND_MAX)
         )
         key = (channel.name, snap.generation, tuple((f.upstream.name, f.value.digest) for f in walk.found))
         found = self._names.get(key)
@@ -198,9 +198,10 @@ class PyPI:
         snap = self.services.catalog.snapshot(channel.name, "pypi")
         uploads = snap.by_name.get(project, ())
         allow = sources.allow(channel, normalize)
+        cache = self.services.index_cache
         walk = await sources.walk(
-            channel, "pypi", lambda up: self.services.index_cache.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT,
-                                                                      write_behind=True),
+            channel, "pypi",
+            lambda up: cache.get(up, f"{up.url}/{project}/", accept=UPSTREAM_ACCEPT, hold_max=WRITE_BEHIND_MAX),
             name=project, rule=MergeRule(snap.names, allow),
         )
         walk.nothing(hosted=bool(uploads), missing=f"no project named {project!r}")
