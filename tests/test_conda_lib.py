@@ -457,7 +457,7 @@ def test_repodata_from_upstream_shards(tmp_path: Path, built: list[Path]) -> Non
     assert {fn: orjson.loads(raw) for fn, (_, raw) in repodata.records.items()} == expected  # hashes in hex
     for section in repodata.sections.values():
         keys = [section.key(s) for s in range(len(section))]
-        assert keys == sorted(keys) and section.perm is None
+        assert keys == sorted(keys)
     assert repodata.base_url == "../files/"  # CEP-16: relative to the index URL, resolved by file_url
     upstream = UpstreamSubdir(UpstreamSettings(name="up", type="conda", url="https://up.example/ch"), index_url, "d",
                               repodata)
@@ -469,7 +469,7 @@ def test_repodata_from_upstream_shards(tmp_path: Path, built: list[Path]) -> Non
         repodata_from_shards(index, [StoredShard(bad.name, bad.sha256, str(tmp_path / "bad"))], tmp_path)
     assert set(tmp_path.glob("conda-records-*")) == kept  # nothing left behind by the failed build
 
-    # shards come in name order; "a" < "a-1" but "a-2.0-0.conda" > "a-1-1.0-0.conda": sorted on disk
+    # shards come in name order; "a" < "a-1" but "a-2.0-0.conda" > "a-1-1.0-0.conda": sorted by the permutation
     odd = [fx.build_package(tmp_path / "odd", fx.PkgSpec(name, version, "0")) for name, version in (("a", "2.0"), ("a-1", "1.0"))]
     fx.write_sharded_channel(tmp_path / "odd-ch", odd)
     odd_index = parse_shard_index((tmp_path / "odd-ch" / "noarch" / "repodata_shards.msgpack.zst").read_bytes())

@@ -17,12 +17,14 @@ import pytest
 import requests
 import zstandard
 from fixtures import conda_pkgs as fx
-from harness import Channelgate, Policy, channel_url, http
+from harness import Channelgate, Policy, http
 
 from proxy.ecosystems.conda import spliced
+from proxy.ecosystems.conda.cep16 import build_shards, parse_shard_index, shard_filename
 from proxy.ecosystems.conda.merge_plan import build_plan, merge_sources
 from proxy.ecosystems.conda.parse import parse_repodata_file
 from proxy.ecosystems.conda.sections import EXTENSIONS, CondaRecord, Repodata
+from proxy.ecosystems.conda.shard_upstreams import StoredShard, repodata_from_shards
 from proxy.errors import BadRequest
 
 FILLER = 30_000  # ~9 MB of records: a few shared chunks per section
@@ -126,6 +128,37 @@ def test_a_failed_parse_leaves_no_chunks(tmp_path: Path, monkeypatch: pytest.Mon
     assert not list(work.iterdir())
 
 
+def test_a_sharded_upstream_is_compressed_while_read_and_merges_copy_its_chunks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CEP-16 upstreams go the same way (shard_upstreams.py): their sections are compressed in
+    shared chunks as the shards are read, in shard order, and a merge is spliced from them."""
+    monkeypatch.setattr(spliced, "MIN_SHARED", 1)
+    records = [(filename, record["name"], orjson.dumps(record))
+               for section in filler_records(FILLER).values() for filename, record in section.items()]
+    shard_set = build_shards(records, subdir="linux-64")
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    stored = []
+    for name, digest in shard_set.by_name.items():
+        path = shard_dir / shard_filename(digest)
+        path.write_bytes(shard_set.shards[digest])
+        stored.append(StoredShard(name, digest, str(path)))
+    repodata = repodata_from_shards(parse_shard_index(shard_set.index), stored, tmp_path)
+    for section in repodata.sections.values():
+        comp = section.compressed
+        assert isinstance(comp, spliced.CompressedSection) and comp.chunks >= 2
+        assert section.data.path is not None
+        assert b"".join(comp.chunk_bytes(k) for k in range(comp.chunks)) == section.data.path.read_bytes()
+    plan = plan_of(repodata, upload("fill-00042"), blocked={"fill-00042"})  # as the server does for an upload's name
+    out = tmp_path / "merged.zst"
+    assert spliced.write_zst(plan, out, tmp_path)  # spliced, not compressed whole
+    body = conda_read(out.read_bytes())
+    assert body == plan.render()
+    listed = list(json.loads(body)["packages.conda"])
+    assert listed[0] == "fill-00042-1.0-h0_0.conda" and len(listed) == 1 + sum(
+        1 for f, name, _ in records if f.endswith(".conda") and name != "fill-00042")
+
+
 def test_every_merge_copies_the_section_compressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spliced, "MIN_SHARED", 1)
     repodata = upstream_file(tmp_path)
@@ -137,7 +170,7 @@ def test_every_merge_copies_the_section_compressed_once(tmp_path: Path, monkeypa
         spliced.write_zst(plan, out, tmp_path)
         assert conda_read(out.read_bytes()) == plan.render()
         outputs.append(out.read_bytes())
-    comp = spliced.compressed_section(section, 1, 2)
+    comp = spliced.compressed_section(section)
     assert comp is section.compressed and comp is not None and comp.chunks >= 3
     # a chunk past both uploads (they sort into the first): its blocks appear verbatim in both documents
     k = comp.chunks - 2

@@ -43,6 +43,7 @@ from .sections import (
     Data,
     Encoding,
     Repodata,
+    Section,
     SectionBuilder,
     Sink,
     dump_record,
@@ -383,8 +384,7 @@ class _Parser:
         for ext, (pieces, lengths, keys, nids) in parts.items():
             self.builders[ext].add_block(pieces, lengths, keys, nids)
 
-    def result(self, data: dict[str, Data]) -> Repodata:
-        sections = {ext: builder.finish(data[ext]) for ext, builder in self.builders.items()}
+    def result(self, sections: dict[str, Section]) -> Repodata:
         return Repodata(self.info, self.removed, self.version, list(self.name_ids), sections)
 
 
@@ -405,7 +405,8 @@ def parse_repodata(body: bytes, *, limit: int = MAX_DECOMPRESSED) -> Repodata:
     """
     outputs = {ext: io.BytesIO() for ext in EXTENSIONS}
     parser = _parse(io.BytesIO(body), outputs, limit)
-    return parser.result({ext: Data(blob=out.getvalue()) for ext, out in outputs.items()})
+    builders = parser.builders
+    return parser.result({ext: builders[ext].finish(Data(blob=out.getvalue())) for ext, out in outputs.items()})
 
 
 def open_body(source: Path | bytes, encoding: Encoding) -> BinaryIO:
@@ -433,10 +434,4 @@ def parse_repodata_file(source: Path | bytes, encoding: Encoding, workdir: Path,
                 raise BadRequest(f"repodata.json.zst is not valid zstd ({exc})") from None
             except (OSError, EOFError) as exc:
                 raise BadRequest(f"repodata.json is not readable ({exc})") from None
-        compressed = files.finish()
-        # an upstream that is not sorted stays as it came (``perm``): merges copy it in its
-        # own order, so its shared chunks were compressed while it was parsed
-        repodata = parser.result(files.data())
-    for ext, section in repodata.sections.items():
-        section.compressed = compressed[ext]
-    return repodata
+        return parser.result(files.sections(parser.builders))

@@ -16,12 +16,13 @@ import logging
 import uuid
 from array import array
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .merge_plan import ZSTD_LEVEL, ZSTD_THREADS
-from .sections import EXTENSIONS, Data, Section, sorted_on_disk
+from .sections import EXTENSIONS, Data, Section, SectionBuilder
 from . import spliced
 from .spliced import CHUNK, BlockCompressor, CompressedSection, SpliceError
 
@@ -119,8 +120,7 @@ class ChunkedFile:
 class SectionFiles:
     """The files one parse writes its sections to, one per extension, in ``workdir``: a
     context that closes them, and removes every one of them when the parse fails.
-    ``compress``: compress them in shared chunks while they are written (not for sections
-    that ``sort`` rewrites afterwards)."""
+    ``compress``: compress them in shared chunks while they are written."""
 
     def __init__(self, workdir: Path, *, compress: bool = False, level: int = ZSTD_LEVEL,
                  threads: int = ZSTD_THREADS) -> None:
@@ -166,25 +166,23 @@ class SectionFiles:
         finally:
             self._pool.shutdown()
 
-    def data(self) -> dict[str, Data]:
-        return {ext: Data(path=path) for ext, path in self.paths.items()}
-
-    def sort(self, sections: dict[str, Section]) -> None:
-        """Sections whose entries did not arrive sorted, sorted once on disk (so merges copy
-        long ranges)."""
-        for ext, section in sections.items():
-            if section.perm is not None:
-                sections[ext] = sorted_on_disk(section, self._sorted_path(ext))
-
-    def _sorted_path(self, ext: str) -> Path:
-        return self.paths[ext].with_name(self.paths[ext].name + "-sorted")
+    def sections(self, builders: Mapping[str, SectionBuilder]) -> dict[str, Section]:
+        """The parse's sections, once every entry was added to ``builders``: the files finished,
+        each section over its file with its shared chunks (``Section.compressed``). An upstream
+        that was not sorted stays as it came (``perm``): merges copy it in its own order
+        (merge_plan.layout), so its chunks could be compressed while it was parsed."""
+        compressed = self.finish()
+        sections = {}
+        for ext, path in self.paths.items():
+            sections[ext] = section = builders[ext].finish(Data(path=path))
+            section.compressed = compressed[ext]
+        return sections
 
     def _remove(self) -> None:
         try:
             self._close()
         finally:
-            for ext, path in self.paths.items():
+            for path in self.paths.values():
                 path.unlink(missing_ok=True)
-                self._sorted_path(ext).unlink(missing_ok=True)
             for out in self.outputs.values():
                 out.remove_chunks()

@@ -18,7 +18,6 @@ import itertools
 import json
 import operator
 import os
-import threading
 import weakref
 from array import array
 from collections.abc import Iterator
@@ -99,8 +98,7 @@ class Section:
         self.perm = perm
         self._inverse: array[int] | None = None
         self._starts: array[int] | None = None
-        self.compressed: object | None = None  # spliced.py: the entries compressed once, shared by merges
-        self.shared_lock = threading.Lock()
+        self.compressed: object | None = None  # section_files.py: the entries compressed once, shared by merges
 
     def __len__(self) -> int:
         return len(self.perm) if self.perm is not None else len(self.klens)
@@ -355,24 +353,3 @@ def _order_by_runs(keys: list[bytes], nids: array[int]) -> array[int] | None:
     for _, start, end in runs:
         order.extend(range(start, end))
     return order
-
-
-def sorted_on_disk(section: Section, path: Path) -> Section:
-    """``section`` rewritten in sorted order (file to file, in the kernel), without ``perm``."""
-    perm = section.perm
-    assert perm is not None and section.data.fd >= 0
-    offsets = section.offsets
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for a, b in section.index_runs(0, len(perm)):
-            copy_range(section.data.fd, fd, offsets[a], offsets[b] - offsets[a])
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    starts = map(offsets.__getitem__, perm)
-    ends = map(offsets.__getitem__, map(operator.add, perm, itertools.repeat(1)))
-    sorted_offsets = array("Q", itertools.accumulate(map(operator.sub, ends, starts), initial=0))
-    return Section(section.ext, Data(path=path), sorted_offsets, array("I", map(section.klens.__getitem__, perm)),
-                   array("I", map(section.nids.__getitem__, perm)), None)

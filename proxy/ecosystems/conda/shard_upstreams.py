@@ -13,8 +13,9 @@ compressed bytes, so a shard is immutable.
   by the cache) must equal the index's.
 - ``repodata_from_shards`` (in a thread): parses the shards (hashes checked again, raw-byte
   ``sha256``/``md5`` turned into hex, upstream links dropped: cep16.py ``parse_shard``)
-  and writes the records as sorted sections on disk, the format parse.py gives a
-  ``repodata.json`` — so merge, render and re-sharding treat both kinds of upstream alike.
+  and writes the records as sections on disk, in shard order and compressed in shared chunks
+  meanwhile, the format parse.py gives a ``repodata.json`` — so merge, render and
+  re-sharding treat both kinds of upstream alike.
   ``info.base_url`` is the index's own; ``UpstreamSubdir.file_url`` resolves it against the
   index URL (the ``UpstreamSubdir``'s url), where CEP-16 says it is relative to.
 """
@@ -103,7 +104,7 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
     the shards decompress to more than ``limit`` bytes in all (``server.limits.index_unpacked_mb``,
     the bound of a ``repodata.json.zst``: DESIGN "every decompression is bounded")."""
     budget = limit
-    with SectionFiles(workdir) as files:
+    with SectionFiles(workdir, compress=True) as files:
         builders = {ext: SectionBuilder(ext, files.outputs[ext]) for ext in EXTENSIONS}
         name_ids: dict[str, int] = {}
         removed: set[str] = set()
@@ -120,7 +121,7 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
             per_ext: dict[str, tuple[list[bytes], list[int], list[bytes], list[int]]] = {
                 ext: ([], [], [], []) for ext in EXTENSIONS
             }
-            for filename, name, raw in sorted(shard.records):  # sorted: sections need no reordering
+            for filename, name, raw in sorted(shard.records):  # a shard's files in order
                 pieces, lengths, keys, nids = per_ext[".conda" if filename.endswith(".conda") else ".tar.bz2"]
                 key = filename.encode()
                 piece = b',"' + key + b'":' + raw  # parse_shard keeps only JSON-safe file names
@@ -130,10 +131,8 @@ def repodata_from_shards(index: ShardIndex, shards: Iterable[StoredShard], workd
                 nids.append(name_ids.setdefault(name, len(name_ids)))
             for ext, (pieces, lengths, keys, nids) in per_ext.items():
                 builders[ext].add_block(pieces, lengths, keys, nids)
-        files.finish()
-        data = files.data()
-        sections = {ext: builders[ext].finish(data[ext]) for ext in EXTENSIONS}
-        files.sort(sections)  # shards sorted by name are not always sorted by file name
+        # in shard order (by name), which is not always file-name order: merges copy them so
+        sections = files.sections(builders)
         # kept relative: UpstreamSubdir.file_url resolves it against the index URL (CEP-16),
         # so upstreams serving the same index bytes can share this parse (memoised by digest)
         base_url = index.info.get("base_url")

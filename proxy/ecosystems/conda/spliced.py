@@ -5,9 +5,9 @@ A merged ``repodata.json`` is mostly its upstreams' sections copied as they list
 names the merge rule keeps from it. Compressing every channel's document whole costs ~0.6 s
 of CPU per channel for a conda-forge-sized subdir. Here a large upstream section is
 compressed once, in chunks of ``CHUNK`` bytes of its data (its entries as listed), each
-chunk a run of zstd blocks that decodes the same wherever it stands in a frame: while the
-section is parsed (section_files.py), or else by the first merge that needs it
-(``compressed_section``); kept with the parsed section and shared by every merge of it. A
+chunk a run of zstd blocks that decodes the same wherever it stands in a frame, while the
+section is parsed (section_files.py); kept with the parsed section and shared by every merge
+of it (``compressed_section``). A
 merged document is then one zstd frame (RFC 8878): a header with the content size, the
 chunks that lie whole inside the plan's layout copied as they are, blocks compressed for the
 rest (head, uploads, the ends of runs that start or stop inside a chunk), and an empty last
@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 import weakref
 from array import array
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import zstandard
@@ -183,71 +179,10 @@ def _close(fd: int, path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def data_bytes(section: Section) -> Iterator[bytes]:
-    """The section's data, a read at a time."""
-    start, stop = 0, section.offsets[-1]
-    while start < stop:
-        data = section.data.read(start, min(stop - start, READ_CHUNK))
-        start += len(data)
-        yield data
-
-
-def _chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
-    """The pieces regrouped into ``CHUNK`` bytes each (the last one shorter), joined once."""
-    parts: list[bytes | memoryview] = []
-    size = 0
-    for data in pieces:
-        view = memoryview(data)
-        while size + len(view) >= CHUNK:
-            take = CHUNK - size
-            parts.append(view[:take])
-            yield b"".join(parts)
-            parts, size, view = [], 0, view[take:]
-        if view:
-            parts.append(view)
-            size += len(view)
-    if parts:
-        yield b"".join(parts)
-
-
-def _build(section: Section, path: Path, compressor: BlockCompressor) -> CompressedSection:
-    """Compress the section's chunks in order: one is compressed (zstd's threads, no GIL)
-    while the next is read."""
-    zoffsets = array("Q", [0])
-    with open(path, "wb") as out, ThreadPoolExecutor(1, thread_name_prefix="conda-chunks") as pool:
-        ahead: deque[Future[bytes]] = deque()
-
-        def settle(keep: int) -> None:
-            while len(ahead) > keep:
-                blocks = ahead.popleft().result()
-                out.write(blocks)
-                zoffsets.append(zoffsets[-1] + len(blocks))
-
-        for chunk in _chunks(data_bytes(section)):
-            ahead.append(pool.submit(compressor.blocks, chunk))
-            settle(1)
-        settle(0)
-    return CompressedSection(path, section.offsets[-1], zoffsets)
-
-
-def compressed_section(section: Section, level: int, threads: int) -> CompressedSection | None:
-    """The section compressed once (while it was parsed, or by the first merge that needs
-    it; later ones, and merges of other channels, wait for it and share it). None for small
-    or in-memory ones."""
-    if section.data.path is None or section.offsets[-1] < MIN_SHARED:
-        return None
-    with section.shared_lock:
-        if section.compressed is None:
-            path = section.data.path.with_name(f"{section.data.path.name}-{uuid.uuid4().hex}.zst-chunks")
-            try:
-                section.compressed = _build(section, path, BlockCompressor(level, threads))
-            except SpliceError as exc:
-                section.compressed = exc  # not tried again for this section
-                raise
-            finally:
-                if not isinstance(section.compressed, CompressedSection):
-                    path.unlink(missing_ok=True)
-        found = section.compressed
+def compressed_section(section: Section) -> CompressedSection | None:
+    """The section's shared chunks, compressed while it was parsed (section_files.py); None
+    for small or in-memory sections. Raises the SpliceError that stopped its compression."""
+    found = section.compressed
     if isinstance(found, SpliceError):
         raise found
     return found if isinstance(found, CompressedSection) else None
@@ -327,7 +262,7 @@ def write_spliced(plan: Plan, zst_path: Path, tmp_dir: Path, *, level: int, thre
             if size * 2 < section.offsets[-1]:
                 continue  # e.g. a filter keeps a few names: compressing those is cheaper than
                 # decoding the chunks they lie in
-            comp = compressed_section(section, level, threads)
+            comp = compressed_section(section)
             if comp is not None:
                 shared[(ext, j)] = comp
     if not shared:
