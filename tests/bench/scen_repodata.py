@@ -4,11 +4,15 @@ served as ``repodata.json.zst`` like conda-forge) merged under a channel's own u
 Figures: the first merged ``repodata.json.zst`` (cold: upstream fetch, parse, merge, render),
 the warm answer time (nginx serving the same bytes is the reference), the server's peak RSS
 (VmHWM) against the raw upstream size, and how long one new upload takes to appear in the
-merged index. Runs on a fresh channelgate so VmHWM belongs to this scenario alone. Then a
-second fresh channelgate with five channels over the same upstream, each with an upload of
-its own, all asked at once: the slowest first merged answer (the upstream is fetched and
-parsed once; each channel's merge is its own). Then five channels with no uploads (the same
-inputs: one build serves them all, counted by ``channelgate_index_builds_total``).
+merged index. Runs on a fresh channelgate so VmHWM belongs to this scenario alone. Then
+fresh channelgates with five channels over the same upstream, each with an upload of its own,
+all asked at once: the slowest first merged answer (the upstream is fetched and parsed once;
+each channel's merge is its own). Then five channels with no uploads (the same inputs: one
+build serves them all, counted by ``channelgate_index_builds_total``).
+
+Each first-merge figure is the median of ``--rounds`` fresh servers (every value is in the
+row's note): one cold build is a few seconds of CPU on two shared cores, and a single one
+moves with what the host's other guests take (``/proc/stat`` steal) more than with the code.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+
+from tests.harness import Channelgate, Policy
 
 from .common import (
     CHANNEL,
@@ -84,51 +90,113 @@ async def big_repodata(bench: Bench) -> list[Row]:
     bench.say(f"upstream linux-64/repodata.json: {repodata.raw_size / 1e6:.1f} MB raw, {repodata.zst_size / 1e6:.1f} MB zst")
     packages = conda_packages(bench.dir("pkgs"), [*UPLOADS, LATE, *(f"{c}-upload" for c in SHARED)])
     shared_packages = packages[len(UPLOADS) + 1:]
-    packages = packages[:len(UPLOADS) + 1]
+    late, packages = packages[len(UPLOADS)], packages[:len(UPLOADS)]
     up = start_upstream(bench.stack, root, bench.workdir / "upstream.log")
     policy, reader, writer = bench_policy({"forge": {"type": "conda", "url": f"{up.url}/forge"}})
-    server = bench.channelgate("cg", policy)
+    server, url, timed = await _first_merge(bench, "cg", (policy, reader, writer), packages)
+    firsts = [timed]
+    body, etag, count = await _check_merged(url)
+    bench.say(f"first merged repodata.json.zst: {timed[0]:.2f} s (first byte after {timed[1]:.2f} s), "
+              f"{len(body) / 1e6:.1f} MB")
+    warm, peer, ttfb = await _warm_vs_nginx(bench, url, body)
+    assert server.proc is not None
+    visible, upload_time, polls = await _upload_visible(server.url, writer, url, etag, late)
+    status_now = proc_status(server.proc.pid)
+    hwm = status_now["VmHWM"]
+    bz2_answer, bz2_status, bz2_ready = await _first_bz2(url.removesuffix(".zst") + ".bz2")
+    for n in range(2, s.rounds + 1):  # more first merges, each on a fresh server: the median counts
+        other, _, timed = await _first_merge(bench, f"cg-{n}", (policy, reader, writer), packages)
+        other.stop()
+        firsts.append(timed)
+    first = median([t for t, _ in firsts])
+    shared = [await _shared(bench, up.url, shared_packages, n) for n in range(1, s.rounds + 1)]
+    same = [await _same_inputs(bench, up.url, n) for n in range(1, s.rounds + 1)]
+    slowest = median([max(t for t, _ in times) for times in shared])
+    slowest_same = median([max(t for t, _ in times) for times, _ in same])
+    raw = repodata.raw_size
+    size_note = (f"{count:,} records merged ({repodata.records:,} upstream + {len(UPLOADS)} uploads); upstream "
+                 f"{raw / 1e6:.1f} MB raw / {repodata.zst_size / 1e6:.1f} MB zst; served zst {len(body) / 1e6:.1f} MB")
+    return [
+        FIGURES["first"].row(first, note=f"{size_note}; median of {len(firsts)} fresh servers, by a curl process each "
+                                         f"(s): {_split(firsts)}"),
+        FIGURES["warm"].row(median(warm), median(peer), peer_name="nginx",
+                            note=f"median of {len(warm)} whole-body GETs by curl; first byte after "
+                                 f"{ttfb[0]:.1f} ms (nginx {ttfb[1]:.1f} ms)"),
+        FIGURES["rss"].row(hwm / MiB, raw / MiB, peer_name="raw upstream",
+                           note=f"VmHWM of the server after all of the above; VmRSS now {status_now['VmRSS'] / MiB:.0f} MiB"),
+        FIGURES["shared"].row(slowest, first, peer_name="1 channel",
+                              note=f"median of {len(shared)} fresh servers of the slowest channel; first merged "
+                                   "repodata.json.zst per channel, a curl process each (s): "
+                                   + " | ".join(map(_split, shared))),
+        FIGURES["same"].row(slowest_same,
+                            note=f"median of {len(same)} fresh servers of the slowest channel; "
+                                 + " | ".join(f"{builds:.0f} index build(s) served all five "
+                                              f"(channelgate_index_builds_total), per channel (s): {_split(times)}"
+                                              for times, builds in same)),
+        FIGURES["bz2"].row(bz2_answer, note=f"HTTP {bz2_status}; the .bz2 was ready {bz2_ready:.1f} s after that "
+                                            f"first request (HEAD polled every 0.25 s)"),
+        FIGURES["upload"].row(visible, note=f"from the upload's 2xx (the POST itself took {upload_time:.3f} s) "
+                                            f"to the first GET whose body lists it; {polls} conditional GETs"),
+    ]
+
+
+async def _first_merge(bench: Bench, name: str, auth: tuple[Policy, str, str],
+                       packages: list[Path]) -> tuple[Channelgate, str, tuple[float, float]]:
+    """A fresh server with the uploads, and its first merged ``repodata.json.zst``: (seconds to
+    the complete body, to its first byte), timed by a curl process as the five-channel rows are
+    (_cold_five): the same client for every first answer."""
+    policy, reader, writer = auth
+    server = bench.channelgate(name, policy)
     # the fixtures just written (~260 MB) are still being flushed: the first merge's fsync of the
     # upstream document would wait behind them. Flushed first, as the bundle rows do (a sync(2) before)
     await asyncio.to_thread(os.sync)
-    assert server.proc is not None
-    pid = server.proc.pid
-    for pkg in packages[:-1]:
+    for pkg in packages:
         await upload_conda(server.url, writer, pkg)
     url = f"{channel_url(server.url, reader)}/linux-64/repodata.json.zst"
-    # timed by a curl process, as the five-channel rows are (_cold_five): the same client for every first answer
     ((first, first_ttfb),) = await _cold_five([url], {404: f"the server answered 404 for {CHANNEL}/linux-64/"
                                                               "repodata.json.zst (conda handlers not available)"})
-    async with client_session(4) as session:  # what was built (the warm answer: the same bytes)
+    return server, url, (first, first_ttfb)
+
+
+async def _check_merged(url: str) -> tuple[bytes, str, int]:
+    """What was built (the warm answer: the same bytes): its body, ETag and record count."""
+    async with client_session(4) as session:
         _, status, body, etag = await _get(session, url)
-        if status != 200:
-            raise BenchError(f"repodata.json.zst: HTTP {status}: {body[:200]!r}")
-        bench.say(f"first merged repodata.json.zst: {first:.2f} s (first byte after {first_ttfb:.2f} s), "
-                  f"{len(body) / 1e6:.1f} MB")
-        doc = await asyncio.to_thread(lambda: orjson.loads(unzstd(body)))
-        count = len(doc.get("packages", {})) + len(doc.get("packages.conda", {}))
-        names = {r.get("name") for part in ("packages", "packages.conda") for r in doc.get(part, {}).values()}
-        del doc
-        if not set(UPLOADS) <= names:
-            raise BenchError("the merged repodata lacks the uploads")
+    if status != 200:
+        raise BenchError(f"repodata.json.zst: HTTP {status}: {body[:200]!r}")
+    doc = await asyncio.to_thread(lambda: orjson.loads(unzstd(body)))
+    count = len(doc.get("packages", {})) + len(doc.get("packages.conda", {}))
+    names = {r.get("name") for part in ("packages", "packages.conda") for r in doc.get(part, {}).values()}
+    del doc
+    if not set(UPLOADS) <= names:
+        raise BenchError("the merged repodata lacks the uploads")
+    return body, etag, count
+
+
+async def _warm_vs_nginx(bench: Bench, url: str, body: bytes) -> tuple[list[float], list[float], tuple[float, float]]:
+    """Whole-body GETs of the merged document, interleaved with nginx serving the same bytes
+    (ms each, and the median first bytes)."""
     static = bench.dir("static")
     (static / "linux-64").mkdir(exist_ok=True)
     (static / "linux-64" / "repodata.json.zst").write_bytes(body)
     nginx = start_nginx(bench.stack, bench.workdir, static, workers="1")
     times: dict[str, list[tuple[float, float]]] = {"ours": [], "nginx": []}
-    for _ in range(max(5, s.rounds * 3)):  # interleaved, a curl process each (a client that keeps up)
+    for _ in range(max(5, bench.sizes.rounds * 3)):  # interleaved, a curl process each (a client that keeps up)
         for name, target in (("ours", url), ("nginx", f"{nginx.url}/linux-64/repodata.json.zst")):
             total, first_byte, code, size = await curl_get(target)
             if code != 200 or size != len(body):
                 raise BenchError(f"warm repodata.json.zst from {name}: HTTP {code}, {size} of {len(body)} bytes")
             times[name].append((total * 1000, first_byte * 1000))
-    warm = [t for t, _ in times["ours"]]
-    peer = [t for t, _ in times["nginx"]]
     ttfb = median([f for _, f in times["ours"]]), median([f for _, f in times["nginx"]])
-    late = packages[-1].name.encode()
-    upload_time = await upload_conda(server.url, writer, packages[-1])
+    return [t for t, _ in times["ours"]], [t for t, _ in times["nginx"]], ttfb
+
+
+async def _upload_visible(server_url: str, writer: str, url: str, etag: str, package: Path) -> tuple[float, float, int]:
+    """One more upload: seconds from its answer until a GET of the merged index lists it, the
+    upload's own time, and the conditional GETs made."""
+    late = package.name.encode()  # its file name: a key of the merged index
+    upload_time = await upload_conda(server_url, writer, package)
     uploaded = time.monotonic()
-    visible = None
     polls = 0
     async with client_session(4) as session:
         while time.monotonic() - uploaded < POLL_LIMIT:
@@ -137,39 +205,12 @@ async def big_repodata(bench: Bench) -> list[Row]:
             if status == 200:
                 arrived = time.monotonic()
                 if await asyncio.to_thread(_contains, new, late):
-                    visible = arrived - uploaded
-                    break
+                    return arrived - uploaded, upload_time, polls
                 etag = new_etag
             elif status != 304:
                 raise BenchError(f"repodata.json.zst after the upload: HTTP {status}")
             await asyncio.sleep(0.005)  # poll interval: the server offers no change notification
-    if visible is None:
-        raise BenchError(f"the upload did not appear in the merged index within {POLL_LIMIT:.0f} s")
-    status_now = proc_status(pid)
-    hwm = status_now["VmHWM"]
-    bz2_answer, bz2_status, bz2_ready = await _first_bz2(url.removesuffix(".zst") + ".bz2")
-    shared = await _shared(bench, up.url, shared_packages)
-    same, builds = await _same_inputs(bench, up.url)
-    raw = repodata.raw_size
-    size_note = (f"{count:,} records merged ({repodata.records:,} upstream + {len(UPLOADS)} uploads); upstream "
-                 f"{raw / 1e6:.1f} MB raw / {repodata.zst_size / 1e6:.1f} MB zst; served zst {len(body) / 1e6:.1f} MB")
-    return [
-        FIGURES["first"].row(first, note=f"{size_note}; by a curl process, first byte (index built) after {first_ttfb:.2f} s"),
-        FIGURES["warm"].row(median(warm), median(peer), peer_name="nginx",
-                            note=f"median of {len(warm)} whole-body GETs by curl; first byte after "
-                                 f"{ttfb[0]:.1f} ms (nginx {ttfb[1]:.1f} ms)"),
-        FIGURES["rss"].row(hwm / MiB, raw / MiB, peer_name="raw upstream",
-                           note=f"VmHWM of the server after all of the above; VmRSS now {status_now['VmRSS'] / MiB:.0f} MiB"),
-        FIGURES["shared"].row(max(t for t, _ in shared), first, peer_name="1 channel",
-                              note="first merged repodata.json.zst per channel, a curl process each (s): " + _split(shared)),
-        FIGURES["same"].row(max(t for t, _ in same),
-                            note=f"{builds:.0f} index build(s) served all five (channelgate_index_builds_total); "
-                                 "per channel, a curl process each (s): " + _split(same)),
-        FIGURES["bz2"].row(bz2_answer, note=f"HTTP {bz2_status}; the .bz2 was ready {bz2_ready:.1f} s after that "
-                                            f"first request (HEAD polled every 0.25 s)"),
-        FIGURES["upload"].row(visible, note=f"from the upload's 2xx (the POST itself took {upload_time:.3f} s) "
-                                            f"to the first GET whose body lists it; {polls} conditional GETs"),
-    ]
+    raise BenchError(f"the upload did not appear in the merged index within {POLL_LIMIT:.0f} s")
 
 
 async def _cold_five(urls: list[str], skip: dict[int, str] | None = None) -> list[tuple[float, float]]:
@@ -191,11 +232,11 @@ def _split(times: list[tuple[float, float]]) -> str:
             + ", ".join(f"{f:.2f}" for _, f in times))
 
 
-async def _shared(bench: Bench, upstream: str, packages: list[Path]) -> list[tuple[float, float]]:
+async def _shared(bench: Bench, upstream: str, packages: list[Path], n: int) -> list[tuple[float, float]]:
     """Five channels over one upstream on a fresh server, each with its own upload, asked at
     once: each channel's time to its first merged ``repodata.json.zst`` (and to its first byte)."""
     policy, reader, writer = bench_policy({"forge": {"type": "conda", "url": f"{upstream}/forge"}}, tuple(SHARED))
-    server = bench.channelgate("cg-shared", policy)
+    server = bench.channelgate(f"cg-shared-{n}", policy)
     for channel, pkg in zip(SHARED, packages):
         await upload_conda(server.url, writer, pkg, channel)
     urls = [f"{channel_url(server.url, reader, c)}/linux-64/repodata.json.zst" for c in SHARED]
@@ -210,11 +251,11 @@ async def _shared(bench: Bench, upstream: str, packages: list[Path]) -> list[tup
     return times
 
 
-async def _same_inputs(bench: Bench, upstream: str) -> tuple[list[tuple[float, float]], float]:
+async def _same_inputs(bench: Bench, upstream: str, n: int) -> tuple[list[tuple[float, float]], float]:
     """Five channels over one upstream with no uploads (the same inputs, so the same merged
     document) on a fresh server, asked at once: each one's first answer, and the builds made."""
     policy, reader, _ = bench_policy({"forge": {"type": "conda", "url": f"{upstream}/forge"}}, tuple(SHARED))
-    server = bench.channelgate("cg-same", policy)
+    server = bench.channelgate(f"cg-same-{n}", policy)
     urls = [f"{channel_url(server.url, reader, c)}/linux-64/repodata.json.zst" for c in SHARED]
     await asyncio.to_thread(os.sync)  # the earlier servers' writes flushed first (see big_repodata)
     times = await _cold_five(urls)
