@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import http.client as httpclient
 import json
-import os
 import subprocess
 import sys
 import time

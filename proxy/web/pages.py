@@ -6,7 +6,7 @@ and listings, counts and search results are built only from what the reader may 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 

@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import functools
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence, overload
+from typing import Literal, Mapping, overload
 from urllib.parse import quote
 
 from aiohttp import web
