@@ -15,14 +15,11 @@ port, its own call log.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import os
 import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from fixtures.wheels import make_wheel, write_simple_index
+from fixtures.wheels import make_wheel
 from harness import Policy, stored_blobs
 from webui_world import ALPHA_NAMES, BRAVO_NAMES, PASSWORD, World, build_world, csrf_of, signed_in
 
