@@ -47,6 +47,7 @@ class Sizes:
     wrk_rounds: int = 1  # rounds of wrk runs, interleaved over the peers (median taken)
     resolve_projects: int = 15  # the tree resolved cold by uv and pip (scen_resolve)
     resolve_wheel: int = 24 * 1024 * 1024  # bytes per wheel of that tree
+    cold_builds: int = 3  # fresh servers per first-merge figure (scen_repodata, median taken)
 
 
 FULL = Sizes(
@@ -58,6 +59,7 @@ QUICK = Sizes(
     wrk_seconds=1, wrk_warmup=0, connections=64, page_versions=5, conda_records=200,
     artifact=8 * MiB, parallel=8, cold=12 * MiB, cold_clients=64, cold_seconds=1.0,
     big_records=3000, stream=24 * MiB, rounds=1, bundle=24 * MiB, resolve_projects=2, resolve_wheel=MiB // 4,
+    cold_builds=2,  # more than one: the repeat path runs in the smoke test too
 )
 
 

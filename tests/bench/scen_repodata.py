@@ -10,7 +10,7 @@ all asked at once: the slowest first merged answer (the upstream is fetched and 
 each channel's merge is its own). Then five channels with no uploads (the same inputs: one
 build serves them all, counted by ``channelgate_index_builds_total``).
 
-Each first-merge figure is the median of ``--rounds`` fresh servers (every value is in the
+Each first-merge figure is the median of ``Sizes.cold_builds`` fresh servers (every value is in the
 row's note): one cold build is a few seconds of CPU on two shared cores, and a single one
 moves with what the host's other guests take (``/proc/stat`` steal) more than with the code.
 """
@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import aiohttp
 import orjson
 
-from tests.harness import Channelgate, Policy
+from tests.harness import Channelgate
 
 from .common import (
     CHANNEL,
@@ -92,8 +93,7 @@ async def big_repodata(bench: Bench) -> list[Row]:
     shared_packages = packages[len(UPLOADS) + 1:]
     late, packages = packages[len(UPLOADS)], packages[:len(UPLOADS)]
     up = start_upstream(bench.stack, root, bench.workdir / "upstream.log")
-    policy, reader, writer = bench_policy({"forge": {"type": "conda", "url": f"{up.url}/forge"}})
-    server, url, timed = await _first_merge(bench, "cg", (policy, reader, writer), packages)
+    server, url, writer, timed = await _first_merge(bench, "cg", up.url, packages)
     firsts = [timed]
     body, etag, count = await _check_merged(url)
     bench.say(f"first merged repodata.json.zst: {timed[0]:.2f} s (first byte after {timed[1]:.2f} s), "
@@ -104,13 +104,13 @@ async def big_repodata(bench: Bench) -> list[Row]:
     status_now = proc_status(server.proc.pid)
     hwm = status_now["VmHWM"]
     bz2_answer, bz2_status, bz2_ready = await _first_bz2(url.removesuffix(".zst") + ".bz2")
-    for n in range(2, s.rounds + 1):  # more first merges, each on a fresh server: the median counts
-        other, _, timed = await _first_merge(bench, f"cg-{n}", (policy, reader, writer), packages)
+    for n in range(2, s.cold_builds + 1):  # more first merges, each on a fresh server: the median counts
+        other, _, _, timed = await _first_merge(bench, f"cg-{n}", up.url, packages)
         other.stop()
         firsts.append(timed)
     first = median([t for t, _ in firsts])
-    shared = [await _shared(bench, up.url, shared_packages, n) for n in range(1, s.rounds + 1)]
-    same = [await _same_inputs(bench, up.url, n) for n in range(1, s.rounds + 1)]
+    shared = [await _shared(bench, up.url, shared_packages, n) for n in range(1, s.cold_builds + 1)]
+    same = [await _same_inputs(bench, up.url, n) for n in range(1, s.cold_builds + 1)]
     slowest = median([max(t for t, _ in times) for times in shared])
     slowest_same = median([max(t for t, _ in times) for times, _ in same])
     raw = repodata.raw_size
@@ -127,12 +127,12 @@ async def big_repodata(bench: Bench) -> list[Row]:
         FIGURES["shared"].row(slowest, first, peer_name="1 channel",
                               note=f"median of {len(shared)} fresh servers of the slowest channel; first merged "
                                    "repodata.json.zst per channel, a curl process each (s): "
-                                   + " | ".join(map(_split, shared))),
+                                   + _rounds(map(_split, shared))),
         FIGURES["same"].row(slowest_same,
                             note=f"median of {len(same)} fresh servers of the slowest channel; "
-                                 + " | ".join(f"{builds:.0f} index build(s) served all five "
-                                              f"(channelgate_index_builds_total), per channel (s): {_split(times)}"
-                                              for times, builds in same)),
+                                 + _rounds(f"{builds:.0f} index build(s) served all five "
+                                           f"(channelgate_index_builds_total), per channel (s): {_split(times)}"
+                                           for times, builds in same)),
         FIGURES["bz2"].row(bz2_answer, note=f"HTTP {bz2_status}; the .bz2 was ready {bz2_ready:.1f} s after that "
                                             f"first request (HEAD polled every 0.25 s)"),
         FIGURES["upload"].row(visible, note=f"from the upload's 2xx (the POST itself took {upload_time:.3f} s) "
@@ -140,12 +140,13 @@ async def big_repodata(bench: Bench) -> list[Row]:
     ]
 
 
-async def _first_merge(bench: Bench, name: str, auth: tuple[Policy, str, str],
-                       packages: list[Path]) -> tuple[Channelgate, str, tuple[float, float]]:
-    """A fresh server with the uploads, and its first merged ``repodata.json.zst``: (seconds to
-    the complete body, to its first byte), timed by a curl process as the five-channel rows are
-    (_cold_five): the same client for every first answer."""
-    policy, reader, writer = auth
+async def _first_merge(bench: Bench, name: str, upstream: str,
+                       packages: list[Path]) -> tuple[Channelgate, str, str, tuple[float, float]]:
+    """A fresh server (its own store) with the uploads: its merged ``repodata.json.zst`` URL,
+    the uploader's token, and the first answer's (seconds to the complete body, to its first
+    byte), timed by a curl process as the five-channel rows are (_cold_five): the same client
+    for every first answer."""
+    policy, reader, writer = bench_policy({"forge": {"type": "conda", "url": f"{upstream}/forge"}})
     server = bench.channelgate(name, policy)
     # the fixtures just written (~260 MB) are still being flushed: the first merge's fsync of the
     # upstream document would wait behind them. Flushed first, as the bundle rows do (a sync(2) before)
@@ -155,7 +156,7 @@ async def _first_merge(bench: Bench, name: str, auth: tuple[Policy, str, str],
     url = f"{channel_url(server.url, reader)}/linux-64/repodata.json.zst"
     ((first, first_ttfb),) = await _cold_five([url], {404: f"the server answered 404 for {CHANNEL}/linux-64/"
                                                               "repodata.json.zst (conda handlers not available)"})
-    return server, url, (first, first_ttfb)
+    return server, url, writer, (first, first_ttfb)
 
 
 async def _check_merged(url: str) -> tuple[bytes, str, int]:
@@ -227,6 +228,10 @@ async def _cold_five(urls: list[str], skip: dict[int, str] | None = None) -> lis
     return [(total, first) for total, first, _, _ in answers]
 
 
+def _rounds(notes: Iterable[str]) -> str:
+    return " ".join(f"[{n}] {note}" for n, note in enumerate(notes, 1))
+
+
 def _split(times: list[tuple[float, float]]) -> str:
     return (", ".join(f"{t:.2f}" for t, _ in times) + "; first byte (index built) after "
             + ", ".join(f"{f:.2f}" for _, f in times))
@@ -247,6 +252,7 @@ async def _shared(bench: Bench, upstream: str, packages: list[Path], n: int) -> 
             _, status, body, _ = await _get(session, url)
             if status != 200 or not await asyncio.to_thread(_contains, body, pkg.name.split("-1.0-")[0].encode()):
                 raise BenchError(f"{channel}: HTTP {status}, or its merged index lacks its upload")
+    server.stop()  # its memory back before the next fresh server
     bench.say("5 channels sharing the upstream (s): " + _split(times))
     return times
 
@@ -265,6 +271,7 @@ async def _same_inputs(bench: Bench, upstream: str, n: int) -> tuple[list[tuple[
             metrics = await resp.text()
     if any(status != 200 for _, status, _, _ in answers) or len({body for _, _, body, _ in answers}) != 1:
         raise BenchError("channels with the same inputs answered differently: " + str([a[1] for a in answers]))
+    server.stop()
     builds = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                  if line.startswith('channelgate_index_builds_total{ecosystem="conda"}'))
     bench.say("5 channels with the same inputs (s): " + _split(times) + f"; {builds:.0f} build(s)")
