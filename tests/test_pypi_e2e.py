@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ class World:
         return channel_url(self.server, {"path": "leading"}.get(form, form), token) + "/simple"
 
 
-def twine_upload(world: World, path: Path, token: str) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+def twine_upload(world: World, path: Path, token: str) -> subprocess.CompletedProcess[str]:
     env = client_env(world.base / "home-twine")
     return run(
         [
@@ -101,7 +102,7 @@ def installed(target: Path) -> dict[str, str]:
     return out
 
 
-def pip_install(world: World, index_url: str, target: Path, *packages: str) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+def pip_install(world: World, index_url: str, target: Path, *packages: str) -> subprocess.CompletedProcess[str]:
     env = client_env(target.parent / f"home-{target.name}")
     return run(
         [sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir", "--trusted-host", "127.0.0.1",
@@ -110,7 +111,7 @@ def pip_install(world: World, index_url: str, target: Path, *packages: str) -> "
     )
 
 
-def uv_install(world: World, index_url: str, target: Path, *packages: str) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+def uv_install(world: World, index_url: str, target: Path, *packages: str) -> subprocess.CompletedProcess[str]:
     env = client_env(target.parent / f"home-{target.name}")
     return run(
         [venv_bin("uv"), "pip", "install", "--no-cache", "--python", sys.executable,

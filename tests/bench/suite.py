@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from . import scen_bundle, scen_files, scen_index, scen_replicas, scen_repodata, scen_resolve, scen_s3, scen_ui
+from . import (scen_bundle, scen_files, scen_index, scen_install, scen_replicas, scen_repodata, scen_resolve, scen_s3,
+               scen_ui)
 from .common import FULL, QUICK, Bench, Figure, Scenario, Sizes, Skip
 from .procs import Reaper, Unavailable
 from .report import Row, machine_description, markdown_table, text_table, write_json
@@ -40,6 +41,7 @@ SCENARIOS: dict[str, tuple[Scenario, list[Figure]]] = {
     "resolve": (scen_resolve.resolve, list(scen_resolve.FIGURES.values())),
     "s3": (scen_s3.s3, list(scen_s3.FIGURES.values())),
     "replicas": (scen_replicas.replicas, list(scen_replicas.FIGURES.values())),
+    "install": (scen_install.install, list(scen_install.FIGURES.values())),
 }
 
 
