@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
+from aiohttp.web_fileresponse import NOSENDFILE
 
+from . import sendfile
 from .errors import (
     ChannelgateError,
     Conflict,
@@ -148,6 +150,17 @@ class SentFileResponse(web.FileResponse):
         writer = await super().prepare(request)
         if not self._copied and request.method != "HEAD" and self.status in (200, 206):
             self.file_bytes = self.content_length or 0
+        return writer
+
+    async def _sendfile(self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int) -> AbstractStreamWriter:
+        # a bounded chunk per writable event (proxy/sendfile.py), else aiohttp's own way
+        if NOSENDFILE or self.compression or request.transport is None:
+            return await super()._sendfile(request, fobj, offset, count)
+        writer = await web.StreamResponse.prepare(self, request)  # the headers (FileResponse.prepare is the caller)
+        assert writer is not None
+        if not await sendfile.send(request.transport, fobj, offset, count):
+            return await super()._sendfile(request, fobj, offset, count)  # prepare again is a no-op
+        await web.StreamResponse.write_eof(self)
         return writer
 
     async def _sendfile_fallback(self, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int) -> AbstractStreamWriter:

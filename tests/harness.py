@@ -291,7 +291,8 @@ class Channelgate:
         (``channelgate_held_writes`` is 0: proxy/write_behind.py)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+            context = ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else None
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=10, context=context) as resp:
                 held = [line for line in resp.read().decode().splitlines() if line.startswith("channelgate_held_writes ")]
             if held and float(held[0].split()[1]) == 0:
                 return
