@@ -225,6 +225,10 @@ class Channelgate:
         certificate is its own CA)."""
         return (self.policy.data.get("server") or {}).get("tls_cert")
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What a client trusts to reach this server: its own certificate over HTTPS."""
+        return ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else None
+
     @property
     def url(self) -> str:
         return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.port}"
@@ -259,8 +263,7 @@ class Channelgate:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"channelgate exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                context = ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else None
-                with urllib.request.urlopen(f"{self.url}/api/health", timeout=2, context=context) as resp:
+                with urllib.request.urlopen(f"{self.url}/api/health", timeout=2, context=self.ssl_context()) as resp:
                     if resp.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, OSError):
@@ -291,8 +294,7 @@ class Channelgate:
         (``channelgate_held_writes`` is 0: proxy/write_behind.py)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            context = ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else None
-            with urllib.request.urlopen(f"{self.url}/metrics", timeout=10, context=context) as resp:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=10, context=self.ssl_context()) as resp:
                 held = [line for line in resp.read().decode().splitlines() if line.startswith("channelgate_held_writes ")]
             if held and float(held[0].split()[1]) == 0:
                 return
@@ -382,6 +384,15 @@ def http(method: str, url: str, *, headers: dict[str, str] | None = None, data: 
         status, headers, body = err.code, dict(err.headers), err.read()
     SCAN.received(f"{method} {url}", str(headers).encode() + body)
     return status, headers, body
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30) -> None:
+    """Poll a server-side state that has no event of its own (a gauge, a file, a log line), bounded."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"never happened: {what}")
+        time.sleep(0.02)
 
 
 def stored_blobs(storage: Path, area: str) -> set[str]:

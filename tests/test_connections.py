@@ -7,13 +7,12 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
-from harness import Channelgate, Policy, free_port, http, stored_blobs
+from harness import Channelgate, Policy, free_port, http, stored_blobs, wait_until
 
 
 def _policy(**limits: int) -> tuple[Policy, str]:
@@ -231,15 +230,6 @@ def temp_files(server: Channelgate) -> list[Path]:
     return [p for p in tmp.rglob("*") if p.is_file() and not p.name.startswith((".", "lock"))] if tmp.exists() else []
 
 
-def wait_for(predicate: Callable[[], object], what: str) -> None:
-    """Poll a condition on the server's disk (an event with no other signal), bounded."""
-    for _ in range(600):
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
-
 def assert_nothing_stored(server: Channelgate, token: str) -> None:
     assert temp_files(server) == [], "the upload's temp file was left behind"
     assert stored_blobs(server.storage, "uploads") == set()
@@ -253,7 +243,7 @@ def test_a_stalled_upload_body_gets_408_and_leaves_no_temp_file(gate: tuple[Chan
     baseline = set(temp_files(server))
     sock = connect(server)
     sock.sendall(upload_head(token, 10 * 1024 * 1024) + b"\0" * (300 * 1024))  # then nothing more
-    wait_for(lambda: set(temp_files(server)) - baseline, "the upload's temp file")  # the server is writing it
+    wait_until(lambda: set(temp_files(server)) - baseline, "the upload's temp file")  # the server is writing it
     answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert b"server.limits.body_idle_timeout" in answer

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from fixtures import conda_pkgs as fx
 from fixtures.wheels import make_wheel, twine_fields, write_simple_index
-from harness import Channelgate, Policy, UpstreamServer, client_env, http, run
+from harness import Channelgate, Policy, UpstreamServer, client_env, http, run, wait_until
 from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
 
 EVENTS = "channelgate:events"
@@ -82,15 +82,6 @@ def metric(replica: Channelgate, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 30) -> None:
-    """Poll a server-side state that has no event of its own (a gauge, a file)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.02)
 
 
 @pytest.fixture()

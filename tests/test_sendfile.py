@@ -14,21 +14,17 @@ import base64
 import hashlib
 import os
 import socket
-import ssl
 import struct
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.client import HTTPConnection, HTTPSConnection
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fixtures.certs import make_cert
 from fixtures.wheels import make_wheel, write_simple_index
-from harness import Channelgate, Policy, http
+from harness import Channelgate, Policy, http, wait_until
 from proxy.sendfile import CHUNK
 
 FILE_PATH = "/mirror/simple/bigwheel/bigwheel-1.0-py3-none-any.whl"
@@ -38,7 +34,6 @@ FILE_PATH = "/mirror/simple/bigwheel/bigwheel-1.0-py3-none-any.whl"
 class World:
     plain: Channelgate
     tls: Channelgate
-    cafile: Path
     data: bytes
 
 
@@ -60,18 +55,18 @@ def world(tmp_path_factory: pytest.TempPathFactory, upstream_factory) -> Any:  #
     })).start()
     data = wheel.read_bytes()
     for server in (plain, tls):  # the page, then the file once: it is stored (warm) from here on
-        status, _, page = get(server, cert, "/mirror/simple/bigwheel/")
+        status, _, page = get(server, "/mirror/simple/bigwheel/")
         assert status == 200 and b"bigwheel-1.0-py3-none-any.whl" in page
-        status, _, got = get(server, cert, FILE_PATH)
+        status, _, got = get(server, FILE_PATH)
         assert status == 200 and got == data
         server.writes_done()
-    yield World(plain, tls, cert, data)
+    yield World(plain, tls, data)
     plain.stop()
     tls.stop()
 
 
-def get(server: Channelgate, cafile: Path, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = connection(server, cafile)
+def get(server: Channelgate, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = connection(server)
     try:
         conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
@@ -80,10 +75,9 @@ def get(server: Channelgate, cafile: Path, path: str, headers: dict[str, str] | 
         conn.close()
 
 
-def connection(server: Channelgate, cafile: Path) -> HTTPConnection:
+def connection(server: Channelgate) -> HTTPConnection:
     if server.tls_cert:
-        return HTTPSConnection("127.0.0.1", server.port, timeout=60,
-                                           context=ssl.create_default_context(cafile=str(cafile)))
+        return HTTPSConnection("127.0.0.1", server.port, timeout=60, context=server.ssl_context())
     return HTTPConnection("127.0.0.1", server.port, timeout=60)
 
 
@@ -91,7 +85,7 @@ def connection(server: Channelgate, cafile: Path) -> HTTPConnection:
 def test_parallel_downloads_of_a_warm_file_get_its_exact_bytes(world: World, scheme: str) -> None:
     server = world.plain if scheme == "http" else world.tls
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: get(server, world.cafile, FILE_PATH), range(8)))
+        results = list(pool.map(lambda _: get(server, FILE_PATH), range(8)))
     want = hashlib.sha256(world.data).hexdigest()
     for status, headers, body in results:
         assert status == 200
@@ -102,7 +96,7 @@ def test_parallel_downloads_of_a_warm_file_get_its_exact_bytes(world: World, sch
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_one_keep_alive_connection_gets_the_file_a_range_across_chunks_and_then_a_page(world: World, scheme: str) -> None:
     server = world.plain if scheme == "http" else world.tls
-    conn = connection(server, world.cafile)
+    conn = connection(server)
     try:
         conn.request("GET", FILE_PATH)
         resp = conn.getresponse()
@@ -160,17 +154,11 @@ def test_a_client_hanging_up_mid_file_costs_no_traceback_and_no_later_download(w
             assert got.startswith(b"HTTP/1.1 200")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
     # each hung-up download has ended on the server (its access line is written) ...
-    wait_until(lambda: server.log().count(line) >= before + 3)
+    wait_until(lambda: server.log().count(line) >= before + 3, "three access lines of hung-up downloads")
     # ... and the next client gets the whole file
-    status, _, body = get(server, world.cafile, FILE_PATH)
+    status, _, body = get(server, FILE_PATH)
     assert status == 200 and body == world.data
     status, _, _ = http("GET", f"{server.url}/api/health")
     assert status == 200
     assert server.log().count("Traceback") == tracebacks, server.log()[-4000:]
 
-
-def wait_until(done: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)  # polling the server's log, written in batches
